@@ -1,0 +1,224 @@
+//! The `finguard` command line. Exit codes: 0 success, 1 bad config or bad
+//! arguments, 2 runtime failure (cannot bind, ...). Errors go to stderr, one
+//! clear line first.
+
+use crate::config::{self, Config, ConfigError, Overrides};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "finguard",
+    version,
+    about = "A reverse proxy that shields web servers from buggy clients"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the proxy (the default).
+    Run(RunArgs),
+    /// Validate the config and print it with every default filled in.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct ConfigArg {
+    /// Config file [default: $FINGUARD_CONFIG, else conf/finguard.toml if it exists].
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "FINGUARD_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+struct RunArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Listen address (repeatable); replaces the file's listeners.
+    #[arg(
+        long,
+        env = "FINGUARD_LISTEN",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    listen: Vec<String>,
+    /// Backend address (repeatable); replaces the file's backends with one.
+    #[arg(
+        long,
+        env = "FINGUARD_BACKEND",
+        value_delimiter = ',',
+        value_name = "ADDR"
+    )]
+    backend: Vec<String>,
+    /// Admin listener address.
+    #[arg(long, env = "FINGUARD_ADMIN", value_name = "ADDR")]
+    admin: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Also show the policy this User-Agent gets and which rules matched (repeatable).
+    #[arg(long = "user-agent", value_name = "UA")]
+    user_agent: Vec<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 1 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.cmd {
+        Some(Cmd::Run(a)) => run(a),
+        None => run(cli.run),
+        Some(Cmd::Check(a)) => check(a),
+    }
+}
+
+fn load(c: &ConfigArg, ov: &Overrides) -> Result<Config, ConfigError> {
+    let path = config::default_path(c.config.as_deref());
+    config::load(path.as_deref(), ov)
+}
+
+fn check(a: CheckArgs) -> ExitCode {
+    let cfg = match load(&a.config, &Overrides::default()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("finguard: invalid config: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", config::to_toml(&cfg));
+    for ua in &a.user_agent {
+        println!();
+        print!("{}", explain(&cfg, ua));
+    }
+    eprintln!("finguard: {}: config is valid", cfg.source);
+    ExitCode::SUCCESS
+}
+
+/// The policy a User-Agent gets, as TOML, for `finguard check --user-agent`.
+fn explain(cfg: &Config, ua: &str) -> String {
+    use toml::{Table, Value};
+    let p = cfg.rules.classify(&cfg.client, ua);
+    let mut t = Table::new();
+    t.insert("user_agent".into(), Value::String(ua.to_string()));
+    let matched = p
+        .matched
+        .iter()
+        .map(|&i| Value::String(format!("user_agent[{i}]: {}", cfg.rules.rules()[i].pattern)))
+        .collect();
+    t.insert("matched".into(), Value::Array(matched));
+    t.insert("keepalive".into(), Value::Boolean(p.allows_keepalive()));
+    t.insert("nokeepalive".into(), Value::Boolean(p.nokeepalive));
+    t.insert("downgrade_1_0".into(), Value::Boolean(p.downgrade_1_0));
+    t.insert(
+        "force_response_1_0".into(),
+        Value::Boolean(p.force_response_1_0),
+    );
+    let mut client = config::effective_settings_table(&p.settings);
+    client.insert(
+        "close".into(),
+        Value::Table(config::effective_close_table(&p.settings.close)),
+    );
+    t.insert("client".into(), Value::Table(client));
+    let mut root = Table::new();
+    root.insert("policy".into(), Value::Array(vec![Value::Table(t)]));
+    toml::to_string_pretty(&root).unwrap_or_default()
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(a: RunArgs) -> ExitCode {
+    let ov = Overrides {
+        listen: a.listen.clone(),
+        backend: a.backend.clone(),
+        admin: a.admin.clone(),
+    };
+    let cfg = match load(&a.config, &ov) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("finguard: invalid config: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_tracing(&cfg.log_level);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("finguard: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(serve(cfg, a))
+}
+
+async fn serve(cfg: Config, a: RunArgs) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let shutdown_timeout = cfg.shutdown_timeout;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("finguard: cannot install signal handlers");
+        return ExitCode::from(2);
+    };
+    let running = match crate::server::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("finguard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for addr in &running.addrs {
+        // A stable line that scripts and tests wait for.
+        eprintln!("finguard: listening on {addr}");
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                let ov = Overrides { listen: a.listen.clone(), backend: a.backend.clone(), admin: a.admin.clone() };
+                match load(&a.config, &ov) {
+                    Ok(_) => tracing::warn!("SIGHUP: the new config is valid, but live reload is not supported yet; restart to apply it"),
+                    Err(e) => tracing::error!("SIGHUP: new config rejected, keeping the running one: {e}"),
+                }
+            }
+        }
+    }
+    tracing::info!(timeout = ?shutdown_timeout, "draining");
+    if running.drain(shutdown_timeout).await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("shutdown_timeout reached with connections still open; exiting");
+    }
+    ExitCode::SUCCESS
+}

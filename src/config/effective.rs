@@ -1,0 +1,147 @@
+//! The effective configuration printed by `finguard check`: the file's values
+//! with every default filled in, in the file's own syntax.
+
+use super::*;
+use toml::{Table, Value};
+
+fn dur(d: Duration) -> Value {
+    Value::String(fmt_duration(d))
+}
+
+fn enum_str<T: Serialize>(v: &T) -> Value {
+    toml::Value::try_from(v).unwrap_or_else(|_| Value::String(String::new()))
+}
+
+pub fn close_table(c: &CloseSettings) -> Table {
+    let mut t = Table::new();
+    t.insert("mode".into(), enum_str(&c.mode));
+    t.insert("linger_time".into(), dur(c.linger_time));
+    t.insert("linger_timeout".into(), dur(c.linger_timeout));
+    t.insert("on_timeout".into(), enum_str(&c.on_timeout));
+    t
+}
+
+/// The `[client]` keys of a settings value (without the close table).
+pub fn settings_table(s: &ClientSettings) -> Table {
+    let mut t = Table::new();
+    t.insert("keepalive".into(), Value::Boolean(s.keepalive));
+    t.insert("keepalive_timeout".into(), dur(s.keepalive_timeout));
+    t.insert(
+        "max_requests_per_connection".into(),
+        Value::Integer(s.max_requests.into()),
+    );
+    t.insert("header_timeout".into(), dur(s.header_timeout));
+    t.insert("body_timeout".into(), dur(s.body_timeout));
+    t.insert(
+        "max_header_bytes".into(),
+        Value::Integer(s.max_header_bytes as i64),
+    );
+    t.insert(
+        "max_body_bytes".into(),
+        Value::Integer(s.max_body_bytes as i64),
+    );
+    t
+}
+
+/// Renders the config as TOML.
+pub fn to_toml(c: &Config) -> String {
+    let mut root = Table::new();
+    root.insert("shutdown_timeout".into(), dur(c.shutdown_timeout));
+    let listeners = c
+        .listeners
+        .iter()
+        .map(|l| {
+            let mut t = Table::new();
+            t.insert("addr".into(), Value::String(l.addr.to_string()));
+            Value::Table(t)
+        })
+        .collect();
+    root.insert("listener".into(), Value::Array(listeners));
+    if let Some(a) = c.admin {
+        let mut t = Table::new();
+        t.insert("addr".into(), Value::String(a.to_string()));
+        root.insert("admin".into(), Value::Table(t));
+    }
+    let mut client = settings_table(&c.client);
+    client.insert(
+        "max_connections".into(),
+        Value::Integer(c.max_connections.into()),
+    );
+    client.insert(
+        "max_connections_per_ip".into(),
+        Value::Integer(c.max_connections_per_ip.into()),
+    );
+    client.insert("close".into(), Value::Table(close_table(&c.client.close)));
+    root.insert("client".into(), Value::Table(client));
+    let rules: Vec<Value> = c
+        .rules
+        .rules()
+        .iter()
+        .map(|r| Value::Table(r.to_table()))
+        .collect();
+    if !rules.is_empty() {
+        root.insert("user_agent".into(), Value::Array(rules));
+    }
+    let backends = c
+        .backends
+        .iter()
+        .map(|b| Value::Table(backend_table(b)))
+        .collect();
+    root.insert("backend".into(), Value::Array(backends));
+    let routes = c
+        .routes
+        .iter()
+        .map(|r| {
+            let mut t = Table::new();
+            t.insert(
+                "host".into(),
+                Value::String(r.host.clone().unwrap_or_else(|| "*".into())),
+            );
+            t.insert("path_prefix".into(), Value::String(r.path_prefix.clone()));
+            t.insert(
+                "backend".into(),
+                Value::String(c.backends[r.backend].name.clone()),
+            );
+            Value::Table(t)
+        })
+        .collect();
+    root.insert("route".into(), Value::Array(routes));
+    let mut reaper = Table::new();
+    reaper.insert("interval".into(), dur(c.reaper_interval));
+    root.insert("reaper".into(), Value::Table(reaper));
+    let mut log = Table::new();
+    log.insert("access".into(), enum_str(&c.access_log));
+    log.insert("level".into(), Value::String(c.log_level.clone()));
+    root.insert("log".into(), Value::Table(log));
+    toml::to_string_pretty(&root).unwrap_or_default()
+}
+
+fn backend_table(b: &BackendConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("name".into(), Value::String(b.name.clone()));
+    let addrs = b
+        .addr_specs
+        .iter()
+        .map(|a| Value::String(a.clone()))
+        .collect();
+    t.insert("addrs".into(), Value::Array(addrs));
+    t.insert(
+        "max_connections".into(),
+        Value::Integer(b.max_connections.into()),
+    );
+    t.insert("queue_timeout".into(), dur(b.queue_timeout));
+    t.insert(
+        "pool_max_idle".into(),
+        Value::Integer(b.pool_max_idle.into()),
+    );
+    t.insert("pool_idle_timeout".into(), dur(b.pool_idle_timeout));
+    t.insert("connect_timeout".into(), dur(b.connect_timeout));
+    t.insert("response_timeout".into(), dur(b.response_timeout));
+    t.insert(
+        "retry_idempotent".into(),
+        Value::Boolean(b.retry_idempotent),
+    );
+    t.insert("proxy_protocol".into(), enum_str(&b.proxy_protocol));
+    t.insert("forwarded".into(), enum_str(&b.forwarded));
+    t
+}

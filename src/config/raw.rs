@@ -1,0 +1,135 @@
+//! The config file exactly as written: every key optional, unknown keys rejected.
+//! `super::validate` turns this into a checked `Config`.
+
+use super::units::{ConfDuration, ConfSize};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub shutdown_timeout: Option<ConfDuration>,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub client: RawClient,
+    #[serde(default)]
+    pub user_agent: Vec<RawUaRule>,
+    #[serde(default)]
+    pub backend: Vec<RawBackend>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+    #[serde(default)]
+    pub reaper: RawReaper,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub addr: String,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub addr: String,
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClose {
+    pub mode: Option<String>,
+    pub linger_time: Option<ConfDuration>,
+    pub linger_timeout: Option<ConfDuration>,
+    pub on_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub keepalive: Option<bool>,
+    pub keepalive_timeout: Option<ConfDuration>,
+    pub max_requests_per_connection: Option<u32>,
+    pub header_timeout: Option<ConfDuration>,
+    pub body_timeout: Option<ConfDuration>,
+    pub max_header_bytes: Option<ConfSize>,
+    pub max_body_bytes: Option<ConfSize>,
+    pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
+    #[serde(default)]
+    pub close: RawClose,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUaRule {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub nokeepalive: Option<bool>,
+    pub downgrade_1_0: Option<bool>,
+    pub force_response_1_0: Option<bool>,
+    pub keepalive: Option<bool>,
+    pub keepalive_timeout: Option<ConfDuration>,
+    pub max_requests_per_connection: Option<u32>,
+    pub header_timeout: Option<ConfDuration>,
+    pub body_timeout: Option<ConfDuration>,
+    pub max_header_bytes: Option<ConfSize>,
+    pub max_body_bytes: Option<ConfSize>,
+    /// `[client.close]` keys may be written flat in the rule or in a `close` table.
+    pub mode: Option<String>,
+    pub linger_time: Option<ConfDuration>,
+    pub linger_timeout: Option<ConfDuration>,
+    pub on_timeout: Option<String>,
+    pub close: Option<RawClose>,
+    /// Listed only to give a precise error: these are decided before any
+    /// User-Agent is known.
+    pub max_connections: Option<u32>,
+    pub max_connections_per_ip: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub name: String,
+    pub addrs: Vec<String>,
+    pub max_connections: Option<u32>,
+    pub queue_timeout: Option<ConfDuration>,
+    pub pool_max_idle: Option<u32>,
+    pub pool_idle_timeout: Option<ConfDuration>,
+    pub connect_timeout: Option<ConfDuration>,
+    pub response_timeout: Option<ConfDuration>,
+    pub retry_idempotent: Option<bool>,
+    pub proxy_protocol: Option<String>,
+    pub forwarded: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub backend: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReaper {
+    pub interval: Option<ConfDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub access: Option<String>,
+    pub level: Option<String>,
+}

@@ -1,0 +1,210 @@
+//! Where a request body ends.
+//!
+//! hyper decodes the body; finguard only needs to know where it ends, so that
+//! hyper is never handed a byte of the next pipelined request (those go
+//! through the head check first) and so that a malformed or oversized chunked
+//! body is caught as it streams. The chunk scanner is written by hand: hyper's
+//! decoder is private, and the scanner is a small state machine over bytes.
+
+/// A body that cannot be relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// Over `max_body_bytes` (413).
+    TooLarge,
+    /// Bad chunked syntax (400).
+    Malformed,
+    /// The client went silent for `body_timeout` (408).
+    Timeout,
+    /// The client closed before the end of the body.
+    Truncated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// At the start of a chunk-size line.
+    SizeStart,
+    Size,
+    /// Chunk extensions, ignored up to CR.
+    Ext,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    /// After the last chunk: a trailer line or the final CRLF.
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChunkScanner {
+    state: Chunk,
+    /// Size of the current chunk (while parsing) or bytes left in it.
+    size: u64,
+    digits: u8,
+    total: u64,
+    max: u64,
+}
+
+#[derive(Debug, Clone)]
+pub enum Framing {
+    /// Bytes of the body still to come (0: no body, or all read).
+    Length(u64),
+    Chunked(ChunkScanner),
+}
+
+impl Framing {
+    pub fn chunked(max: u64) -> Self {
+        Framing::Chunked(ChunkScanner {
+            state: Chunk::SizeStart,
+            size: 0,
+            digits: 0,
+            total: 0,
+            max,
+        })
+    }
+
+    pub fn is_done(&self) -> bool {
+        match self {
+            Framing::Length(n) => *n == 0,
+            Framing::Chunked(c) => c.state == Chunk::Done,
+        }
+    }
+
+    /// Whether the request carries a body at all.
+    pub fn has_body(&self) -> bool {
+        !matches!(self, Framing::Length(0))
+    }
+
+    /// Feeds body bytes; returns how many belong to this body (the rest, if
+    /// any, is the next request).
+    pub fn consume(&mut self, data: &[u8]) -> Result<usize, BodyFault> {
+        match self {
+            Framing::Length(n) => {
+                let take = (*n).min(data.len() as u64);
+                *n -= take;
+                Ok(take as usize)
+            }
+            Framing::Chunked(c) => c.consume(data),
+        }
+    }
+}
+
+impl ChunkScanner {
+    fn consume(&mut self, data: &[u8]) -> Result<usize, BodyFault> {
+        let mut i = 0;
+        while i < data.len() && self.state != Chunk::Done {
+            if self.state == Chunk::Data {
+                let take = self.size.min((data.len() - i) as u64);
+                self.size -= take;
+                i += take as usize;
+                if self.size == 0 {
+                    self.state = Chunk::DataCr;
+                }
+                continue;
+            }
+            self.step(data[i])?;
+            i += 1;
+        }
+        Ok(i)
+    }
+
+    fn step(&mut self, b: u8) -> Result<(), BodyFault> {
+        use Chunk::*;
+        self.state = match (self.state, b) {
+            (SizeStart | Size, b) if b.is_ascii_hexdigit() => {
+                self.digits += 1;
+                if self.digits > 15 {
+                    return Err(BodyFault::Malformed);
+                }
+                self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
+                Size
+            }
+            (Size, b';') | (Size, b' ') | (Size, b'\t') | (Ext, b';') => Ext,
+            (Size | Ext, b'\r') => SizeLf,
+            (Ext, b) if b != b'\n' && (b == b'\t' || !b.is_ascii_control()) => Ext,
+            (SizeLf, b'\n') => self.end_of_size_line()?,
+            (DataCr, b'\r') => DataLf,
+            (DataLf, b'\n') => SizeStart,
+            (TrailerStart, b'\r') => EndLf,
+            (TrailerStart | Trailer, b) if b != b'\r' && b != b'\n' => Trailer,
+            (Trailer, b'\r') => TrailerLf,
+            (TrailerLf, b'\n') => TrailerStart,
+            (EndLf, b'\n') => Done,
+            _ => return Err(BodyFault::Malformed),
+        };
+        Ok(())
+    }
+
+    fn end_of_size_line(&mut self) -> Result<Chunk, BodyFault> {
+        self.digits = 0;
+        if self.size == 0 {
+            return Ok(Chunk::TrailerStart);
+        }
+        self.total = self.total.saturating_add(self.size);
+        if self.total > self.max {
+            return Err(BodyFault::TooLarge);
+        }
+        Ok(Chunk::Data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_bytewise(body: &[u8], max: u64) -> Result<usize, BodyFault> {
+        let mut f = Framing::chunked(max);
+        let mut used = 0;
+        for b in body {
+            used += f.consume(std::slice::from_ref(b))?;
+            if f.is_done() {
+                break;
+            }
+        }
+        Ok(used)
+    }
+
+    #[test]
+    fn finds_the_end_of_chunked_bodies() {
+        let body = b"5\r\nhello\r\n0;ext=1\r\nX-T: 1\r\n\r\nGET /next";
+        let mut f = Framing::chunked(100);
+        let n = f.consume(body).unwrap();
+        assert!(f.is_done());
+        assert_eq!(&body[n..], b"GET /next");
+        assert_eq!(scan_bytewise(body, 100), Ok(n));
+        let mut f = Framing::chunked(100);
+        assert_eq!(f.consume(b"A\r\n0123456789\r\n0\r\n\r\n"), Ok(22));
+        assert!(f.is_done());
+    }
+
+    #[test]
+    fn refuses_bad_chunks() {
+        for bad in [
+            &b"zz\r\n"[..],
+            b"5\nhello",
+            b"5\r\nhelloX\r\n",
+            b"-1\r\n",
+            b"1234567890abcdef0\r\n",
+        ] {
+            assert_eq!(
+                Framing::chunked(1 << 40).consume(bad),
+                Err(BodyFault::Malformed),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            Framing::chunked(4).consume(b"5\r\nhello\r\n"),
+            Err(BodyFault::TooLarge)
+        );
+    }
+
+    #[test]
+    fn counts_lengths() {
+        let mut f = Framing::Length(3);
+        assert_eq!(f.consume(b"abcdef"), Ok(3));
+        assert!(f.is_done());
+    }
+}

@@ -1,0 +1,243 @@
+//! The request head, read and judged before hyper sees it.
+//!
+//! finguard reads each request head itself so that it can answer 408/431/400
+//! with its own bytes and then close the way the policy says, and so that
+//! ambiguous framing (the stuff of request smuggling) never reaches hyper, let
+//! alone the backend. hyper then parses the same bytes again; a head is a few
+//! hundred bytes and `httparse` takes well under a microsecond for it.
+//!
+//! This module is pure: bytes in, verdict out.
+
+use super::framing::{BodyFault, Framing};
+
+/// More headers than this is a 431 (hyper's own limit is 100).
+pub const MAX_HEADERS: usize = 100;
+
+/// What finguard needs to know about a request before forwarding it.
+#[derive(Debug)]
+pub struct Head {
+    /// Length of the head, final CRLF CRLF included.
+    pub len: usize,
+    pub framing: Framing,
+    pub http10: bool,
+    /// `Connection: close` was sent.
+    pub wants_close: bool,
+    /// `Connection: keep-alive` was sent (matters for HTTP/1.0).
+    pub wants_keepalive: bool,
+    /// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: safe to send twice.
+    pub idempotent: bool,
+    /// Only filled in when asked for (the first request of a connection).
+    pub user_agent: Option<String>,
+}
+
+/// Why a head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// 400, with a short reason for the log.
+    Bad(&'static str),
+    /// 431: head or header count over the limit.
+    HeadTooLarge,
+    /// 413: the announced body is over the limit.
+    BodyTooLarge,
+}
+
+/// Finds the end of the head in `buf`. `Ok(None)`: not complete yet.
+/// A line ending in a bare LF is refused: RFC 9112 allows it, but front ends
+/// and origins that disagree about it are how requests get smuggled.
+pub fn find_end(buf: &[u8]) -> Result<Option<usize>, Reject> {
+    let mut line_start = 0;
+    let mut i = 0;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        if nl == 0 || buf[nl - 1] != b'\r' {
+            return Err(Reject::Bad("bare LF in request head"));
+        }
+        if nl == line_start + 1 {
+            return Ok(Some(nl + 1));
+        }
+        line_start = nl + 1;
+        i = nl + 1;
+    }
+    Ok(None)
+}
+
+/// Number of empty lines (CRLF) before the request line: RFC 9112 §2.2 says to
+/// ignore at least one; they are dropped before the head is parsed.
+pub fn leading_empty_lines(buf: &[u8]) -> usize {
+    let mut n = 0;
+    while buf.len() >= n + 2 && &buf[n..n + 2] == b"\r\n" {
+        n += 2;
+    }
+    n
+}
+
+/// Parses and judges a complete head (`buf[..len]`, from `find_end`).
+pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Head, Reject> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..len]) {
+        Ok(httparse::Status::Complete(n)) if n == len => {}
+        Ok(_) => return Err(Reject::Bad("malformed request head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
+        Err(httparse::Error::Version) => return Err(Reject::Bad("not an HTTP/1.x request")),
+        Err(httparse::Error::HeaderName) | Err(httparse::Error::HeaderValue) => {
+            return Err(Reject::Bad("malformed header line"))
+        }
+        Err(_) => return Err(Reject::Bad("malformed request line")),
+    }
+    let http10 = req.version == Some(0);
+    let method = req.method.unwrap_or("");
+    let idempotent = matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    );
+    let mut content_length: Option<u64> = None;
+    let mut chunked = false;
+    let mut te_seen = false;
+    let mut hosts = 0;
+    let (mut wants_close, mut wants_keepalive) = (false, false);
+    let mut user_agent = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = parse_content_length(h.value).ok_or(Reject::Bad("invalid Content-Length"))?;
+            if content_length.is_some_and(|prev| prev != v) {
+                return Err(Reject::Bad("conflicting Content-Length headers"));
+            }
+            content_length = Some(v);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if te_seen {
+                return Err(Reject::Bad("repeated Transfer-Encoding"));
+            }
+            te_seen = true;
+            if !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+                return Err(Reject::Bad("unsupported Transfer-Encoding"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',').map(trim) {
+                wants_close |= token.eq_ignore_ascii_case(b"close");
+                wants_keepalive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if want_ua && name.eq_ignore_ascii_case("user-agent") {
+            user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
+        }
+    }
+    if te_seen && content_length.is_some() {
+        return Err(Reject::Bad("both Content-Length and Transfer-Encoding"));
+    }
+    if te_seen && http10 {
+        return Err(Reject::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+    }
+    if hosts > 1 || (hosts == 0 && !http10) {
+        return Err(Reject::Bad(
+            "an HTTP/1.1 request needs exactly one Host header",
+        ));
+    }
+    let framing = match (chunked, content_length) {
+        (true, _) => Framing::chunked(max_body),
+        (false, Some(n)) if n > max_body => return Err(Reject::BodyTooLarge),
+        (false, Some(n)) => Framing::Length(n),
+        (false, None) => Framing::Length(0),
+    };
+    Ok(Head {
+        len,
+        framing,
+        http10,
+        wants_close,
+        wants_keepalive,
+        idempotent,
+        user_agent,
+    })
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+/// Digits only (no sign, no list): `Content-Length: 5, 5` is refused too.
+fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let v = trim(v);
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+impl From<BodyFault> for Reject {
+    fn from(f: BodyFault) -> Self {
+        match f {
+            BodyFault::TooLarge => Reject::BodyTooLarge,
+            _ => Reject::Bad("malformed body"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn judge(raw: &str) -> Result<Head, Reject> {
+        let b = raw.as_bytes();
+        let len = find_end(b)?.ok_or(Reject::Bad("incomplete"))?;
+        parse(b, len, 1000, true)
+    }
+
+    #[test]
+    fn accepts_plain_requests() {
+        let h = judge("GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x/1\r\n\r\n").unwrap();
+        assert_eq!(h.user_agent.as_deref(), Some("x/1"));
+        assert!(h.framing.is_done());
+        let h =
+            judge("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
+                .unwrap();
+        assert!(!h.idempotent);
+        assert!(matches!(h.framing, Framing::Length(5)));
+        let h = judge("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        assert!(h.http10 && h.wants_keepalive);
+    }
+
+    #[test]
+    fn refuses_the_corpus() {
+        let cases = [
+            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "CL+TE"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "two CL"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", "CL list"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", "obs-fold"),
+            ("GET / HTTP/1.1\nHost: a\n\n", "bare LF"),
+            ("GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n", "bare LF inside"),
+            ("HELLO\r\n\r\n", "not HTTP"),
+            ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", "HTTP/2 line"),
+            ("GET / HTTP/1.1\r\n\r\n", "no host"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "two hosts"),
+            ("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "TE list"),
+            ("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "TE in 1.0"),
+            ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", "space before colon"),
+        ];
+        for (raw, what) in cases {
+            assert!(
+                matches!(judge(raw), Err(Reject::Bad(_))),
+                "{what} was accepted"
+            );
+        }
+        let big = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n";
+        assert_eq!(judge(big).unwrap_err(), Reject::BodyTooLarge);
+    }
+
+    #[test]
+    fn head_end_and_leading_lines() {
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        assert_eq!(find_end(b"GET / HTTP/1.1\r\n\r\nrest"), Ok(Some(18)));
+        assert_eq!(leading_empty_lines(b"\r\n\r\nGET"), 4);
+    }
+}

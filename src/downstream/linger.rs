@@ -1,0 +1,116 @@
+//! Closing a client connection: lingering close, SO_LINGER, or immediate.
+//!
+//! Lingering close (Apache's `lingering_close`, nginx's `lingering_close`):
+//! the response is already flushed; shut down the write half (FIN), then read
+//! and discard whatever the client still sends until it closes, goes silent for
+//! `linger_timeout`, or `linger_time` has passed. Closing without this while
+//! the client is still sending makes the kernel answer with RST, and the
+//! client's stack throws away the response it had not read yet.
+//!
+//! On a timeout, `on_timeout = "reset"` aborts with RST (`SO_LINGER {on, 0}`):
+//! no orphaned FIN_WAIT_2 is left to the kernel's `tcp_fin_timeout`.
+//! User-space lingering and SO_LINGER are never both applied to one socket.
+
+use crate::config::{CloseMode, CloseSettings, OnTimeout};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// How a client connection ended (`finguard_lingering_closes_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// The client sent its FIN: a clean close.
+    ClientFin,
+    /// The client stayed silent for `linger_timeout`.
+    LingerTimeout,
+    /// The client kept sending past `linger_time`.
+    LingerTime,
+    /// The client reset the connection.
+    Reset,
+    /// `immediate` or `so_linger`: no user-space lingering.
+    Immediate,
+    /// A socket error other than a reset.
+    Error,
+}
+
+impl CloseOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseOutcome::ClientFin => "client_fin",
+            CloseOutcome::LingerTimeout => "linger_timeout",
+            CloseOutcome::LingerTime => "linger_time",
+            CloseOutcome::Reset => "reset",
+            CloseOutcome::Immediate => "immediate",
+            CloseOutcome::Error => "error",
+        }
+    }
+}
+
+/// Bytes drained per read; one small buffer per lingering connection.
+const DRAIN_CHUNK: usize = 2048;
+
+/// Closes `stream` the way `settings` says. Returns how it ended and how many
+/// bytes were drained and discarded.
+pub async fn close(mut stream: TcpStream, settings: &CloseSettings) -> (CloseOutcome, u64) {
+    match settings.mode {
+        CloseMode::Immediate => (CloseOutcome::Immediate, 0),
+        CloseMode::SoLinger => {
+            close_so_linger(stream, settings.linger_time).await;
+            (CloseOutcome::Immediate, 0)
+        }
+        CloseMode::Lingering => {
+            if stream.shutdown().await.is_err() {
+                return (CloseOutcome::Error, 0);
+            }
+            let (outcome, drained) = drain(&mut stream, settings).await;
+            let timed_out = matches!(
+                outcome,
+                CloseOutcome::LingerTimeout | CloseOutcome::LingerTime
+            );
+            if timed_out && settings.on_timeout == OnTimeout::Reset {
+                abort(stream);
+            }
+            (outcome, drained)
+        }
+    }
+}
+
+/// Reads and discards until EOF, silence or the overall cap.
+async fn drain(stream: &mut TcpStream, s: &CloseSettings) -> (CloseOutcome, u64) {
+    let deadline = Instant::now() + s.linger_time;
+    let mut buf = [0u8; DRAIN_CHUNK];
+    let mut drained = 0u64;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return (CloseOutcome::LingerTime, drained);
+        }
+        let wait = s.linger_timeout.min(deadline - now);
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(0)) => return (CloseOutcome::ClientFin, drained),
+            Ok(Ok(n)) => drained += n as u64,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (CloseOutcome::Reset, drained)
+            }
+            Ok(Err(_)) => return (CloseOutcome::Error, drained),
+            Err(_) if Instant::now() >= deadline => return (CloseOutcome::LingerTime, drained),
+            Err(_) => return (CloseOutcome::LingerTimeout, drained),
+        }
+    }
+}
+
+/// Closes with RST: `SO_LINGER {on, 0}` then close.
+pub fn abort(stream: TcpStream) {
+    // Linger 0 never blocks: close() sends RST and returns at once.
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// `SO_LINGER {on, t}` makes `close()` block up to `t` even on a non-blocking
+/// socket, so the close runs on the blocking pool, never on a reactor thread.
+async fn close_so_linger(stream: TcpStream, t: Duration) {
+    let Ok(std) = stream.into_std() else { return };
+    let _ = socket2::SockRef::from(&std).set_linger(Some(t));
+    let _ = tokio::task::spawn_blocking(move || drop(std)).await;
+}

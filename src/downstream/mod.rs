@@ -1,0 +1,311 @@
+//! The client side: one task per client connection, running an explicit
+//! keep-alive loop.
+//!
+//! Each turn of the loop reads a request head itself (idle and head timeouts,
+//! size limit, strict framing checks), classifies the User-Agent on the first
+//! request, then lets hyper serve exactly that one request over a borrowed
+//! socket (`io::ClientIo`). When the response is out, the loop decides: next
+//! request, or close — and every close goes through `linger::close`, so no
+//! path can skip the lingering close or leave a socket behind.
+//!
+//! This module never talks to a backend: that is `proxy` and `upstream`.
+
+pub mod framing;
+pub mod head;
+pub mod io;
+pub mod linger;
+
+use crate::policy::ClientPolicy;
+use crate::proxy::{self, RequestCtx};
+use crate::server::Shared;
+use bytes::{Bytes, BytesMut};
+use framing::{BodyFault, Framing};
+use head::Reject;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::{debug, trace};
+
+/// State shared, for one request, by the socket wrapper, the proxy service and
+/// the connection loop.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    fault: Mutex<Option<BodyFault>>,
+    request_complete: AtomicBool,
+    close_after: AtomicBool,
+    finished: AtomicBool,
+    done: Notify,
+    status: AtomicU16,
+}
+
+impl Exchange {
+    pub fn fault(&self) -> Option<BodyFault> {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn set_fault(&self, f: BodyFault) {
+        self.fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(f);
+    }
+    pub fn request_complete(&self) -> bool {
+        self.request_complete.load(Ordering::Acquire)
+    }
+    pub fn set_request_complete(&self, v: bool) {
+        self.request_complete.store(v, Ordering::Release);
+    }
+    /// The response announced `Connection: close`.
+    pub fn set_close_after(&self) {
+        self.close_after.store(true, Ordering::Release);
+    }
+    pub fn set_status(&self, s: u16) {
+        self.status.store(s, Ordering::Relaxed);
+    }
+    pub fn status(&self) -> u16 {
+        self.status.load(Ordering::Relaxed)
+    }
+    /// The response body has been produced to its end (or dropped).
+    pub fn finish(&self) {
+        if !self.finished.swap(true, Ordering::AcqRel) {
+            self.done.notify_one();
+        }
+    }
+}
+
+/// Why the keep-alive loop stopped.
+#[derive(Debug)]
+enum Ending {
+    /// The client closed (FIN) while idle: nothing to linger for.
+    ClientClosed,
+    /// Keep-alive over (policy, limit, timeout, shutdown): configured close.
+    Close,
+    /// Answer with this status before the configured close.
+    Reply(u16, &'static str),
+}
+
+/// Serves one client connection to its end.
+pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let accepted = Instant::now();
+    let mut buf = BytesMut::with_capacity(2048);
+    let mut policy: Option<Arc<ClientPolicy>> = None;
+    let mut served: u32 = 0;
+    let ending = loop {
+        let s = policy.as_deref().unwrap_or(&shared.base_policy).settings;
+        // The first head must be complete `header_timeout` after accept; later
+        // ones may idle `keepalive_timeout`, then have `header_timeout`.
+        let idle_until = if served == 0 {
+            accepted + s.header_timeout
+        } else {
+            Instant::now() + s.keepalive_timeout
+        };
+        let len = match wait_head(
+            &mut stream,
+            &mut buf,
+            idle_until,
+            s.header_timeout,
+            s.max_header_bytes,
+            &shared,
+        )
+        .await
+        {
+            Ok(len) => len,
+            Err(e) => break e,
+        };
+        let head = match head::parse(&buf, len, s.max_body_bytes, policy.is_none()) {
+            Ok(h) => h,
+            Err(r) => break reject(r),
+        };
+        let policy = policy.get_or_insert_with(|| {
+            let ua = head.user_agent.as_deref().unwrap_or("");
+            let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
+            if !p.matched.is_empty() {
+                debug!(%peer, user_agent = ua, rules = ?p.matched, "user-agent rules matched");
+            }
+            p
+        });
+        let s = policy.settings;
+        served += 1;
+        let mut framing = head.framing;
+        let in_buf = match framing.consume(&buf[head.len..]) {
+            Ok(n) => n,
+            Err(f) => break reject(f.into()),
+        };
+        let prefix = buf.split_to(head.len + in_buf).freeze();
+        let keepalive = policy.allows_keepalive()
+            && served < s.max_requests
+            && !head.wants_close
+            && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
+            && !shared.draining.is_cancelled();
+        let ctx = Arc::new(RequestCtx {
+            shared: shared.clone(),
+            policy: policy.clone(),
+            peer,
+            exchange: Arc::new(Exchange::default()),
+            keepalive,
+            remaining: s.max_requests - served,
+            has_body: framing.has_body(),
+            idempotent: head.idempotent,
+        });
+        match exchange(&mut stream, prefix, framing, ctx, s.body_timeout).await {
+            Some(rest) if keepalive => buf.extend_from_slice(&rest),
+            _ => break Ending::Close,
+        }
+    };
+    let settings = policy.as_deref().unwrap_or(&shared.base_policy).settings;
+    let force10 = policy.as_deref().is_some_and(|p| p.force_response_1_0);
+    finish(
+        stream,
+        ending,
+        &settings.close,
+        force10,
+        settings.body_timeout,
+        peer,
+    )
+    .await;
+}
+
+fn reject(r: Reject) -> Ending {
+    match r {
+        Reject::Bad(why) => Ending::Reply(400, why),
+        Reject::HeadTooLarge => Ending::Reply(431, "request head too large"),
+        Reject::BodyTooLarge => Ending::Reply(413, "request body too large"),
+    }
+}
+
+/// Waits for a complete request head in `buf`; returns its length.
+async fn wait_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    idle_until: Instant,
+    header_timeout: Duration,
+    max: usize,
+    shared: &Shared,
+) -> Result<usize, Ending> {
+    let mut head_until = None;
+    loop {
+        let skip = head::leading_empty_lines(buf);
+        let _ = buf.split_to(skip);
+        if !buf.is_empty() {
+            if let Some(len) = head::find_end(buf).map_err(reject)? {
+                return Ok(len);
+            }
+            if buf.len() > max {
+                return Err(reject(Reject::HeadTooLarge));
+            }
+        }
+        let deadline = if buf.is_empty() {
+            idle_until
+        } else {
+            *head_until.get_or_insert_with(|| {
+                idle_until
+                    .min(Instant::now() + header_timeout)
+                    .max(Instant::now())
+            })
+        };
+        buf.reserve(1024);
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => r,
+            () = shared.draining.cancelled(), if buf.is_empty() => return Err(Ending::Close),
+        };
+        match read {
+            Ok(Ok(0)) if buf.is_empty() => return Err(Ending::ClientClosed),
+            Ok(Ok(0)) => return Err(Ending::Reply(400, "client closed inside the request head")),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                trace!(error = %e, "read error while waiting for a request");
+                return Err(Ending::Close);
+            }
+            Err(_) if buf.is_empty() => return Err(Ending::Close),
+            Err(_) => return Err(Ending::Reply(408, "request head not received in time")),
+        }
+    }
+}
+
+fn http1_builder() -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.keep_alive(true)
+        .half_close(false)
+        .timer(TokioTimer::new())
+        .header_read_timeout(None::<Duration>)
+        .max_buf_size(64 * 1024);
+    b
+}
+
+/// Lets hyper serve one request whose head is in `prefix`. Returns the bytes
+/// read past the request when the connection may carry another one.
+async fn exchange(
+    stream: &mut TcpStream,
+    prefix: Bytes,
+    framing: Framing,
+    ctx: Arc<RequestCtx>,
+    stall: Duration,
+) -> Option<BytesMut> {
+    let exch = ctx.exchange.clone();
+    let io = io::ClientIo::new(stream, prefix, framing, stall, exch.clone());
+    let svc = hyper::service::service_fn(move |req| Box::pin(proxy::handle(req, ctx.clone())));
+    let mut conn = http1_builder().serve_connection(TokioIo::new(io), svc);
+    let ended = tokio::select! {
+        r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => Some(r),
+        () = exch.done.notified() => None,
+    };
+    let result = match ended {
+        Some(r) => r,
+        None => {
+            // The response body is produced: stop hyper from waiting for a next
+            // request (the loop reads it), and let it flush what it holds.
+            Pin::new(&mut conn).graceful_shutdown();
+            match tokio::time::timeout(stall, poll_fn(|cx| conn.poll_without_shutdown(cx))).await {
+                Ok(r) => r,
+                Err(_) => return None,
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "client exchange ended with an error");
+        return None;
+    }
+    let parts = conn.into_parts();
+    let mut io = parts.io.into_inner();
+    if exch.close_after.load(Ordering::Acquire) || !io.request_complete() {
+        return None;
+    }
+    Some(io::take_leftover(parts.read_buf, &mut io))
+}
+
+/// Writes a final error response, then closes the configured way.
+async fn finish(
+    mut stream: TcpStream,
+    ending: Ending,
+    close: &crate::config::CloseSettings,
+    force10: bool,
+    write_timeout: Duration,
+    peer: SocketAddr,
+) {
+    if let Ending::ClientClosed = ending {
+        trace!(%peer, "client closed an idle connection");
+        return;
+    }
+    if let Ending::Reply(status, why) = ending {
+        debug!(%peer, status, reason = why, "refusing request");
+        let bytes = proxy::raw_error_response(status, force10);
+        if tokio::time::timeout(write_timeout, stream.write_all(&bytes))
+            .await
+            .is_err()
+        {
+            linger::abort(stream);
+            return;
+        }
+    }
+    let (outcome, drained) = linger::close(stream, close).await;
+    trace!(%peer, outcome = outcome.as_str(), drained, "client connection closed");
+}

@@ -1,0 +1,23 @@
+//! finguard: a reverse proxy that shields web servers (Apache httpd above all)
+//! from buggy clients — per-User-Agent keepalive policy, lingering close,
+//! pooled backend connections, and sockets reaped on a timer so that neither
+//! FIN_WAIT_2 nor CLOSE_WAIT builds up on either side.
+//!
+//! # Layout
+//! - [`config`]: TOML file + CLI overrides → checked `Config` (errors name file, key, reason)
+//! - [`policy`]: User-Agent rules (Apache `BrowserMatch` semantics) → `ClientPolicy`
+//! - [`server`]: listeners, accept loop, connection permits, drain
+//! - [`downstream`]: the client connection: keep-alive loop, head checks, lingering close
+//! - [`proxy`]: routing, forwarding, hop-by-hop headers, response shaping, error statuses
+//! - [`upstream`]: the bounded backend pool and its reaper
+//! - [`cli`]: the `finguard` command line
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod downstream;
+pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod upstream;

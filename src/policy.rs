@@ -1,0 +1,207 @@
+//! Per-User-Agent policy with Apache `BrowserMatch` semantics: every rule whose
+//! regex is found in the User-Agent applies, in file order, a later rule
+//! overriding an earlier one for the same setting.
+//!
+//! All patterns are compiled once, at load, into one `RegexSet`: classifying a
+//! User-Agent is one scan whatever the number of rules. [`RuleSet::classify`] is
+//! pure; the connection calls it once, on its first request, and keeps the result.
+
+use crate::config::{ClientSettings, CloseMode, OnTimeout};
+use regex::RegexSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The settings a rule (or `[client]`) sets; `None` leaves the value as it was.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SettingsOverride {
+    pub keepalive: Option<bool>,
+    pub keepalive_timeout: Option<Duration>,
+    pub max_requests: Option<u32>,
+    pub header_timeout: Option<Duration>,
+    pub body_timeout: Option<Duration>,
+    pub max_header_bytes: Option<u64>,
+    pub max_body_bytes: Option<u64>,
+    pub close_mode: Option<CloseMode>,
+    pub linger_time: Option<Duration>,
+    pub linger_timeout: Option<Duration>,
+    pub on_timeout: Option<OnTimeout>,
+}
+
+impl SettingsOverride {
+    pub fn apply(&self, s: &mut ClientSettings) {
+        fn set<T: Copy>(dst: &mut T, v: Option<T>) {
+            if let Some(v) = v {
+                *dst = v;
+            }
+        }
+        set(&mut s.keepalive, self.keepalive);
+        set(&mut s.keepalive_timeout, self.keepalive_timeout);
+        set(&mut s.max_requests, self.max_requests);
+        set(&mut s.header_timeout, self.header_timeout);
+        set(&mut s.body_timeout, self.body_timeout);
+        set(&mut s.max_body_bytes, self.max_body_bytes);
+        if let Some(v) = self.max_header_bytes {
+            s.max_header_bytes = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        set(&mut s.close.mode, self.close_mode);
+        set(&mut s.close.linger_time, self.linger_time);
+        set(&mut s.close.linger_timeout, self.linger_timeout);
+        set(&mut s.close.on_timeout, self.on_timeout);
+    }
+}
+
+/// One `[[user_agent]]` rule as configured.
+#[derive(Debug, Clone)]
+pub struct UaRule {
+    pub pattern: String,
+    pub nokeepalive: Option<bool>,
+    pub downgrade_1_0: Option<bool>,
+    pub force_response_1_0: Option<bool>,
+    pub overrides: SettingsOverride,
+}
+
+impl UaRule {
+    /// The rule as it would be written in the file (for `finguard check`).
+    pub fn to_table(&self) -> toml::Table {
+        use toml::Value;
+        let mut t = toml::Table::new();
+        t.insert("match".into(), Value::String(self.pattern.clone()));
+        for (k, v) in [
+            ("nokeepalive", self.nokeepalive),
+            ("downgrade_1_0", self.downgrade_1_0),
+            ("force_response_1_0", self.force_response_1_0),
+            ("keepalive", self.overrides.keepalive),
+        ] {
+            if let Some(v) = v {
+                t.insert(k.into(), Value::Boolean(v));
+            }
+        }
+        let o = &self.overrides;
+        let d = |d: Duration| Value::String(crate::config::units::fmt_duration(d));
+        let durations = [
+            ("keepalive_timeout", o.keepalive_timeout),
+            ("header_timeout", o.header_timeout),
+            ("body_timeout", o.body_timeout),
+            ("linger_time", o.linger_time),
+            ("linger_timeout", o.linger_timeout),
+        ];
+        for (k, v) in durations {
+            if let Some(v) = v {
+                t.insert(k.into(), d(v));
+            }
+        }
+        for (k, v) in [
+            ("max_requests_per_connection", o.max_requests.map(u64::from)),
+            ("max_header_bytes", o.max_header_bytes),
+            ("max_body_bytes", o.max_body_bytes),
+        ] {
+            if let Some(v) = v {
+                t.insert(
+                    k.into(),
+                    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
+                );
+            }
+        }
+        if let Some(m) = o.close_mode {
+            t.insert(
+                "mode".into(),
+                toml::Value::try_from(m).unwrap_or(Value::String(String::new())),
+            );
+        }
+        if let Some(m) = o.on_timeout {
+            t.insert(
+                "on_timeout".into(),
+                toml::Value::try_from(m).unwrap_or(Value::String(String::new())),
+            );
+        }
+        t
+    }
+}
+
+/// What one client connection gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPolicy {
+    pub settings: ClientSettings,
+    /// Answer with `Connection: close`, then close.
+    pub nokeepalive: bool,
+    /// Treat the request as HTTP/1.0: no chunked response.
+    pub downgrade_1_0: bool,
+    /// Answer with an `HTTP/1.0` status line.
+    pub force_response_1_0: bool,
+    /// Indices of the rules that matched, in file order.
+    pub matched: Vec<usize>,
+}
+
+impl ClientPolicy {
+    pub fn base(settings: ClientSettings) -> Self {
+        ClientPolicy {
+            settings,
+            nokeepalive: false,
+            downgrade_1_0: false,
+            force_response_1_0: false,
+            matched: Vec::new(),
+        }
+    }
+
+    /// Whether this connection may serve another request after the current one.
+    pub fn allows_keepalive(&self) -> bool {
+        self.settings.keepalive && !self.nokeepalive
+    }
+}
+
+/// The compiled `[[user_agent]]` rules.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    rules: Vec<UaRule>,
+    set: RegexSet,
+}
+
+impl RuleSet {
+    /// Compiles the rules; on a bad pattern, returns its index and the reason.
+    pub fn new(rules: Vec<UaRule>) -> Result<Self, (usize, String)> {
+        for (i, r) in rules.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(&r.pattern) {
+                return Err((i, format!("invalid regex {:?}: {e}", r.pattern)));
+            }
+        }
+        let set = RegexSet::new(rules.iter().map(|r| r.pattern.as_str()))
+            .map_err(|e| (0, format!("cannot compile the rules together: {e}")))?;
+        Ok(RuleSet { rules, set })
+    }
+
+    pub fn rules(&self) -> &[UaRule] {
+        &self.rules
+    }
+
+    /// The policy for a User-Agent (an absent header is the empty string).
+    pub fn classify(&self, base: &ClientSettings, user_agent: &str) -> ClientPolicy {
+        let mut p = ClientPolicy::base(*base);
+        if self.rules.is_empty() {
+            return p;
+        }
+        for i in self.set.matches(user_agent).iter() {
+            let r = &self.rules[i];
+            r.overrides.apply(&mut p.settings);
+            if let Some(v) = r.nokeepalive {
+                p.nokeepalive = v;
+            }
+            if let Some(v) = r.downgrade_1_0 {
+                p.downgrade_1_0 = v;
+            }
+            if let Some(v) = r.force_response_1_0 {
+                p.force_response_1_0 = v;
+            }
+            p.matched.push(i);
+        }
+        p
+    }
+
+    /// Like [`classify`](Self::classify), but shares one allocation for every
+    /// User-Agent that matches no rule (the common case).
+    pub fn classify_shared(&self, base: &Arc<ClientPolicy>, user_agent: &str) -> Arc<ClientPolicy> {
+        if self.rules.is_empty() || !self.set.is_match(user_agent) {
+            return base.clone();
+        }
+        Arc::new(self.classify(&base.settings, user_agent))
+    }
+}

@@ -1,0 +1,554 @@
+//! The request path: route, forward to the backend pool, relay the response,
+//! and shape it by the client's policy (keep-alive, HTTP/1.0 rules).
+//!
+//! Every failure maps to one status here, with one log line: a client fault
+//! (400/408/413), no route (404), backend refused or broken (502), backend
+//! queue full (503 + `Retry-After`), backend too slow (504).
+
+use crate::config::{BackendConfig, Forwarded};
+use crate::downstream::framing::BodyFault;
+use crate::downstream::Exchange;
+use crate::policy::ClientPolicy;
+use crate::server::Shared;
+use crate::upstream::{Lease, Upstream, UpstreamError};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Request, Response, StatusCode, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Sleep;
+use tracing::{info, warn};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies sent to a backend.
+pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What the proxy knows about one request besides the request itself.
+pub struct RequestCtx {
+    pub shared: Arc<Shared>,
+    pub policy: Arc<ClientPolicy>,
+    pub peer: SocketAddr,
+    pub exchange: Arc<Exchange>,
+    /// The connection may carry another request after this one.
+    pub keepalive: bool,
+    /// Requests still allowed on this connection after this one.
+    pub remaining: u32,
+    pub has_body: bool,
+    pub idempotent: bool,
+}
+
+/// The hyper service: one call per request.
+pub async fn handle(
+    req: Request<Incoming>,
+    ctx: Arc<RequestCtx>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let started = tokio::time::Instant::now();
+    let http10 = req.version() == Version::HTTP_10;
+    let (mut parts, body) = req.into_parts();
+    let resp = match forward(&mut parts, body, &ctx).await {
+        Ok(r) => r,
+        Err((status, why)) => {
+            let level_warn = status.is_server_error();
+            if level_warn {
+                warn!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %why, "request failed");
+            } else {
+                info!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %why, "request refused");
+            }
+            error_response(status, &ctx)
+        }
+    };
+    let resp = shape_response(resp, &ctx, http10, parts.method == http::Method::HEAD);
+    ctx.exchange.set_status(resp.status().as_u16());
+    tracing::trace!(elapsed = ?started.elapsed(), status = resp.status().as_u16(), "response ready");
+    Ok(resp)
+}
+
+type Failure = (StatusCode, String);
+
+async fn forward(
+    parts: &mut request::Parts,
+    body: Incoming,
+    ctx: &RequestCtx,
+) -> Result<Response<ProxyBody>, Failure> {
+    let shared = &ctx.shared;
+    let Some(idx) = route(shared, parts) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "no route for this host and path".into(),
+        ));
+    };
+    let upstream = &shared.upstreams[idx];
+    let settings = &ctx.policy.settings;
+    // Wait for the first body bytes before taking a backend connection: a
+    // client that announces a body and never sends it (or sends garbage)
+    // never costs the backend anything.
+    let mut body = Some(if ctx.has_body {
+        peek_body(body, settings.body_timeout, &ctx.exchange).await?
+    } else {
+        UnsyncBoxBody::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}))
+    });
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarded(&mut parts.headers, ctx.peer, &upstream.cfg);
+    let mut fresh = false;
+    loop {
+        let lease = upstream
+            .checkout(fresh)
+            .await
+            .map_err(|e| upstream_failure(&e))?;
+        let Lease { mut sender, reused } = lease;
+        let retryable =
+            reused && !fresh && upstream.cfg.retry_idempotent && ctx.idempotent && !ctx.has_body;
+        let b = body.take().unwrap_or_else(|| {
+            UnsyncBoxBody::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}))
+        });
+        let req = upstream_request(parts, b, &upstream.cfg);
+        let sent =
+            tokio::time::timeout(upstream.cfg.response_timeout, sender.send_request(req)).await;
+        match sent {
+            Err(_) => {
+                return Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {} did not answer within response_timeout",
+                        upstream.cfg.name
+                    ),
+                ))
+            }
+            Ok(Ok(resp)) => return Ok(relay(resp, sender, upstream.clone(), ctx)),
+            Ok(Err(e)) => {
+                if let Some(f) = ctx.exchange.fault() {
+                    return Err(fault_failure(f));
+                }
+                if retryable && !e.is_user() {
+                    tracing::debug!(error = %e, "reused backend connection failed; retrying on a fresh one");
+                    fresh = true;
+                    continue;
+                }
+                return Err((
+                    StatusCode::BAD_GATEWAY,
+                    format!("backend {}: {e}", upstream.cfg.name),
+                ));
+            }
+        }
+    }
+}
+
+fn upstream_failure(e: &UpstreamError) -> Failure {
+    let status = match e {
+        UpstreamError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    (status, e.to_string())
+}
+
+fn fault_failure(f: BodyFault) -> Failure {
+    match f {
+        BodyFault::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body over max_body_bytes".into(),
+        ),
+        BodyFault::Timeout => (
+            StatusCode::REQUEST_TIMEOUT,
+            "request body stalled past body_timeout".into(),
+        ),
+        BodyFault::Malformed => (StatusCode::BAD_REQUEST, "malformed chunked body".into()),
+        BodyFault::Truncated => (
+            StatusCode::BAD_REQUEST,
+            "client closed inside the request body".into(),
+        ),
+    }
+}
+
+/// Picks the backend: routes whose host matches (exact before `*`), longest
+/// path prefix first.
+fn route(shared: &Shared, parts: &request::Parts) -> Option<usize> {
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host())
+        .unwrap_or("");
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
+    let path = parts.uri.path();
+    shared
+        .config
+        .routes
+        .iter()
+        .filter(|r| {
+            r.host
+                .as_deref()
+                .is_none_or(|h| h.eq_ignore_ascii_case(host))
+        })
+        .filter(|r| path.starts_with(&r.path_prefix))
+        .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
+        .map(|r| r.backend)
+}
+
+async fn peek_body(
+    mut body: Incoming,
+    timeout: Duration,
+    exch: &Exchange,
+) -> Result<UpBody, Failure> {
+    let first = match tokio::time::timeout(timeout, body.frame()).await {
+        Err(_) => return Err(fault_failure(BodyFault::Timeout)),
+        Ok(None) => None,
+        Ok(Some(Ok(f))) => Some(f),
+        Ok(Some(Err(_))) => {
+            return Err(fault_failure(exch.fault().unwrap_or(BodyFault::Truncated)))
+        }
+    };
+    Ok(UnsyncBoxBody::new(Prefixed { first, rest: body }))
+}
+
+/// A request body whose first frame was already read.
+struct Prefixed {
+    first: Option<Frame<Bytes>>,
+    rest: Incoming,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(f) = self.first.take() {
+            return Poll::Ready(Some(Ok(f)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx).map_err(Into::into)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        let mut h = self.rest.size_hint();
+        if let Some(n) = self
+            .first
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+        {
+            h.set_lower(h.lower() + n);
+            if let Some(u) = h.upper() {
+                h.set_upper(u + n);
+            }
+        }
+        h
+    }
+}
+
+/// Removes hop-by-hop headers: those named by `Connection`, and the fixed set.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+}
+
+/// Adds `X-Forwarded-*` or RFC 7239 `Forwarded`, per backend.
+pub fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, cfg: &BackendConfig) {
+    let ip = peer.ip();
+    match cfg.forwarded {
+        Forwarded::Off => {}
+        Forwarded::XForwarded => {
+            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&xff) {
+                h.insert("x-forwarded-for", v);
+            }
+            h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            if let Some(host) = h.get(header::HOST).cloned() {
+                h.insert("x-forwarded-host", host);
+            }
+        }
+        Forwarded::Forwarded => {
+            let node = if ip.is_ipv6() {
+                format!("\"[{ip}]\"")
+            } else {
+                ip.to_string()
+            };
+            let mut elem = format!("for={node};proto=http");
+            if let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) {
+                elem.push_str(&format!(";host=\"{host}\""));
+            }
+            let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {elem}"),
+                None => elem,
+            };
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(header::FORWARDED, v);
+            }
+        }
+    }
+}
+
+fn upstream_request(parts: &request::Parts, body: UpBody, cfg: &BackendConfig) -> Request<UpBody> {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.headers_mut() = parts.headers.clone();
+    if !req.headers().contains_key(header::HOST) {
+        // HTTP/1.0 clients may omit it; HTTP/1.1 backends require it.
+        if let Ok(v) = HeaderValue::from_str(&cfg.addr_specs[0]) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+    }
+    req
+}
+
+fn relay(
+    resp: Response<Incoming>,
+    sender: SendRequest<UpBody>,
+    upstream: Arc<Upstream>,
+    ctx: &RequestCtx,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    // finguard speaks HTTP/1.1 to the client whatever the backend spoke.
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let gap = upstream.cfg.response_timeout;
+    let body = ProxyBody {
+        inner: Inner::Upstream(body),
+        exchange: ctx.exchange.clone(),
+        pooled: Some((sender, upstream)),
+        gap,
+        gap_timer: None,
+        complete: false,
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A short plain-text error response.
+fn error_response(status: StatusCode, ctx: &RequestCtx) -> Response<ProxyBody> {
+    let text = format!(
+        "{} {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(text), ctx.exchange.clone()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    if status.is_client_error() {
+        // The request could not be read to its end: this connection is done.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The same, as raw bytes, for refusals made before hyper sees the request.
+pub fn raw_error_response(status: u16, http10: bool) -> Vec<u8> {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let reason = code.canonical_reason().unwrap_or("");
+    let body = format!("{status} {reason}\n");
+    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    format!(
+        "{version} {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Applies the client policy to a response: keep-alive or close, and the
+/// HTTP/1.0 rules (`downgrade_1_0`, `force_response_1_0`).
+fn shape_response(
+    mut resp: Response<ProxyBody>,
+    ctx: &RequestCtx,
+    http10: bool,
+    head: bool,
+) -> Response<ProxyBody> {
+    let p = &ctx.policy;
+    let bodyless =
+        head || resp.status().is_informational() || matches!(resp.status().as_u16(), 204 | 304);
+    let has_length = bodyless
+        || resp.headers().contains_key(header::CONTENT_LENGTH)
+        || resp.body().size_hint().exact().is_some();
+    let mut v10 = p.force_response_1_0;
+    let mut close = !ctx.keepalive
+        || !ctx.exchange.request_complete()
+        || ctx.shared.draining.is_cancelled()
+        || resp
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    if p.downgrade_1_0 && !has_length {
+        // No chunked encoding for this client: the body ends at close.
+        v10 = true;
+    }
+    if (v10 || http10) && !has_length {
+        close = true;
+    }
+    let h = resp.headers_mut();
+    if close {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        ctx.exchange.set_close_after();
+    } else {
+        if v10 || http10 {
+            h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        }
+        let ka = format!(
+            "timeout={}, max={}",
+            p.settings.keepalive_timeout.as_secs().max(1),
+            ctx.remaining
+        );
+        if let Ok(v) = HeaderValue::from_str(&ka) {
+            h.insert(HeaderName::from_static("keep-alive"), v);
+        }
+    }
+    if v10 {
+        *resp.version_mut() = Version::HTTP_10;
+    }
+    resp
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// A response body on its way to the client. When it ends it signals the
+/// connection loop and returns the backend connection to its pool.
+pub struct ProxyBody {
+    inner: Inner,
+    exchange: Arc<Exchange>,
+    pooled: Option<(SendRequest<UpBody>, Arc<Upstream>)>,
+    /// Longest wait for the next chunk from the backend.
+    gap: Duration,
+    gap_timer: Option<Pin<Box<Sleep>>>,
+    complete: bool,
+}
+
+impl ProxyBody {
+    fn full(b: Bytes, exchange: Arc<Exchange>) -> Self {
+        ProxyBody {
+            inner: Inner::Full(Some(b)),
+            exchange,
+            pooled: None,
+            gap: Duration::ZERO,
+            gap_timer: None,
+            complete: false,
+        }
+    }
+
+    fn end(&mut self) {
+        self.complete = true;
+        if let Some((sender, upstream)) = self.pooled.take() {
+            upstream.checkin(sender);
+        }
+        self.exchange.finish();
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let ended = self.complete || matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream());
+        if ended {
+            self.end();
+        } else {
+            // Not relayed to its end: the backend connection is not reusable.
+            self.pooled = None;
+            self.exchange.finish();
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
+        };
+        match polled {
+            Poll::Ready(None) => {
+                this.end();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.pooled = None;
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(t) = this.gap_timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.gap);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Pending => {
+                let gap = this.gap;
+                let t = this
+                    .gap_timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                if t.as_mut().poll(cx).is_ready() {
+                    this.pooled = None;
+                    return Poll::Ready(Some(Err(
+                        "backend stalled inside the response body".into()
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Upstream(b) => b.is_end_stream(),
+        };
+        if end {
+            self.exchange.finish();
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(b) => b.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Running the proxy: bind the listeners, accept with connection permits and
+//! per-IP limits, spawn one task per client, drain on SIGTERM/SIGINT.
+//!
+//! The accept loop never dies on a transient error: on descriptor exhaustion
+//! (EMFILE/ENFILE) it backs off instead of spinning, and the connections in the
+//! backlog wait for a permit rather than being refused.
+
+use crate::config::Config;
+use crate::downstream;
+use crate::policy::ClientPolicy;
+use crate::upstream::{self, Upstream};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// Everything a connection task needs, shared read-only.
+pub struct Shared {
+    pub config: Config,
+    pub base_policy: Arc<ClientPolicy>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Cancelled when the process starts draining.
+    pub draining: CancellationToken,
+    per_ip: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// How long the accept loop pauses when the process is out of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A running proxy: its bound addresses and the handle that stops it.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop_accepting: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Binds every listener and starts serving.
+pub async fn start(config: Config) -> Result<Running, BindError> {
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let listener = bind(l.addr).map_err(|source| BindError {
+            addr: l.addr,
+            source,
+        })?;
+        listeners.push(listener);
+    }
+    let upstreams: Vec<_> = config.backends.iter().cloned().map(Upstream::new).collect();
+    let shared = Arc::new(Shared {
+        base_policy: Arc::new(ClientPolicy::base(config.client)),
+        upstreams,
+        draining: CancellationToken::new(),
+        per_ip: Mutex::new(HashMap::new()),
+        config,
+    });
+    let tracker = TaskTracker::new();
+    let stop_accepting = CancellationToken::new();
+    let permits = Arc::new(Semaphore::new(shared.config.max_connections as usize));
+    let mut addrs = Vec::new();
+    for listener in listeners {
+        let addr = listener.local_addr().map_err(|source| BindError {
+            addr: shared.config.listeners[0].addr,
+            source,
+        })?;
+        addrs.push(addr);
+        tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            permits.clone(),
+            tracker.clone(),
+            stop_accepting.clone(),
+        ));
+    }
+    tokio::spawn(upstream::reaper(
+        shared.upstreams.clone(),
+        shared.config.reaper_interval,
+        stop_accepting.clone(),
+    ));
+    Ok(Running {
+        addrs,
+        shared,
+        tracker,
+        stop_accepting,
+    })
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish and idle connections
+    /// close the configured way; gives up after `timeout`. Returns whether
+    /// every connection ended in time.
+    pub async fn drain(self, timeout: Duration) -> bool {
+        self.stop_accepting.cancel();
+        self.shared.draining.cancel();
+        self.tracker.close();
+        tokio::time::timeout(timeout, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        // Take the permit first: past `max_connections`, clients wait in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = stop.cancelled() => return,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = stop.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) if is_out_of_descriptors(&e) => {
+                error!(error = %e, "out of file descriptors; pausing accept");
+                tokio::select! {
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                    () = stop.cancelled() => return,
+                }
+                continue;
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
+            tracker.spawn(refuse_over_ip_limit(stream, peer, shared.clone(), permit));
+            continue;
+        };
+        let shared = shared.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let _ip = ip_guard;
+            downstream::serve(stream, peer, shared).await;
+        });
+    }
+}
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+/// Counts a client IP's open connections while alive.
+struct IpGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpGuard {
+    /// `None` when the IP is at `max_connections_per_ip`.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpGuard> {
+        let max = shared.config.max_connections_per_ip;
+        if max == 0 {
+            return Some(IpGuard {
+                shared: shared.clone(),
+                ip,
+            });
+        }
+        let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        if self.shared.config.max_connections_per_ip == 0 {
+            return;
+        }
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Over the per-IP limit: a 503, then the configured close.
+async fn refuse_over_ip_limit(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    use tokio::io::AsyncWriteExt;
+    info!(%peer, "over max_connections_per_ip; refusing");
+    let settings = &shared.base_policy.settings;
+    let bytes = crate::proxy::raw_error_response(503, false);
+    if tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes))
+        .await
+        .is_ok()
+    {
+        downstream::linger::close(stream, &settings.close).await;
+    }
+}
