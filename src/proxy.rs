@@ -235,18 +235,17 @@ impl Body for Prefixed {
         self.first.is_none() && self.rest.is_end_stream()
     }
     fn size_hint(&self) -> SizeHint {
-        let mut h = self.rest.size_hint();
-        if let Some(n) = self
+        let rest = self.rest.size_hint();
+        let n = self
             .first
             .as_ref()
             .and_then(|f| f.data_ref())
-            .map(|d| d.len() as u64)
-        {
-            h.set_lower(h.lower() + n);
-            if let Some(u) = h.upper() {
-                h.set_upper(u + n);
-            }
+            .map_or(0, |d| d.len() as u64);
+        let mut h = SizeHint::new();
+        if let Some(u) = rest.upper() {
+            h.set_upper(u.saturating_add(n));
         }
+        h.set_lower(rest.lower().saturating_add(n));
         h
     }
 }

@@ -411,7 +411,8 @@ impl Validator<'_> {
     /// Cross-field checks on a resolved settings value; `at` is `client` or a rule.
     fn check_settings(&self, at: &str, s: &ClientSettings) -> Result<(), ConfigError> {
         let close = if at == "client" { "client.close" } else { at };
-        if s.close.linger_time < s.close.linger_timeout {
+        // Only user-space lingering uses both; so_linger uses linger_time alone.
+        if s.close.mode == CloseMode::Lingering && s.close.linger_time < s.close.linger_timeout {
             return Err(self.err(format!("{close}.linger_time"), "must be >= linger_timeout"));
         }
         if s.close.linger_timeout.is_zero() && s.close.mode == CloseMode::Lingering {

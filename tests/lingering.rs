@@ -1,0 +1,200 @@
+//! Lingering close, observed on the wire and in /proc/net/tcp.
+
+mod support;
+
+use std::io::{ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+fn config(close: &str) -> String {
+    format!(
+        r#"
+[client]
+keepalive_timeout = "10s"
+header_timeout = "5s"
+body_timeout = "5s"
+[client.close]
+{close}
+"#
+    )
+}
+
+/// A client that POSTs 4 MiB, writing all of it before it reads, the way
+/// simple HTTP clients do. Returns (status it read, whether it saw a reset).
+fn post_4mib(addr: SocketAddr) -> (Option<u16>, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let len = 4 << 20;
+    let head = format!("POST /upload HTTP/1.1\r\nHost: test\r\nContent-Length: {len}\r\n\r\n");
+    let mut reset = false;
+    let mut sent = s.write_all(head.as_bytes()).is_ok();
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = len;
+    while sent && left > 0 {
+        match s.write_all(&chunk[..left.min(chunk.len())]) {
+            Ok(()) => left -= chunk.len().min(left),
+            Err(e) => {
+                reset |= matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe);
+                sent = false;
+            }
+        }
+    }
+    let mut buf = Vec::new();
+    let status = match read_response(&mut s, &mut buf) {
+        Some(r) => Some(r.status),
+        None => {
+            reset |= peer_end(&mut s, Duration::from_millis(100)) == PeerEnd::Reset;
+            None
+        }
+    };
+    (status, reset)
+}
+
+#[test]
+fn early_401_reaches_a_client_still_sending_and_immediate_close_loses_it() {
+    let backend = Backend::start(Reply::Unauthorized);
+    let lingering = Proxy::start(&config(r#"mode = "lingering""#), backend.addr);
+    for i in 0..30 {
+        let (status, reset) = post_4mib(lingering.addr);
+        assert_eq!(
+            status,
+            Some(401),
+            "run {i}: the 401 was lost (reset seen: {reset})\n{}",
+            lingering.log()
+        );
+        assert!(!reset, "run {i}: connection reset");
+    }
+    // The control: closing at once turns the unread upload into a reset.
+    let immediate = Proxy::start(&config(r#"mode = "immediate""#), backend.addr);
+    let resets = (0..5).filter(|_| post_4mib(immediate.addr).1).count();
+    assert!(
+        resets > 0,
+        "immediate close never reset a client still sending"
+    );
+}
+
+/// A client that reads its response and then neither reads nor closes.
+fn never_closing_client(proxy: &Proxy) -> (TcpStream, u16) {
+    let mut s = proxy.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).expect("response");
+    assert_eq!(r.status, 200);
+    let port = s.local_addr().unwrap().port();
+    (s, port)
+}
+
+#[test]
+fn a_client_that_never_closes_is_reset_after_linger_time() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        &config(
+            r#"mode = "lingering"
+linger_time = "600ms"
+linger_timeout = "300ms"
+on_timeout = "reset""#,
+        ),
+        backend.addr,
+    );
+    let (_client, port) = never_closing_client(&p);
+    // finguard sent FIN and holds the socket in FIN_WAIT_2 while it lingers...
+    assert!(wait_until(Duration::from_secs(2), || tcp_states(
+        p.port(),
+        port
+    )
+    .contains(&"FIN_WAIT2")));
+    // ...then aborts it: nothing is left for the kernel's tcp_fin_timeout.
+    assert!(
+        wait_until(Duration::from_millis(600 + 1500), || tcp_states(
+            p.port(),
+            port
+        )
+        .is_empty()),
+        "finguard's socket is still there: {:?}",
+        tcp_states(p.port(), port)
+    );
+}
+
+#[test]
+fn plain_close_on_timeout_leaves_the_orphan_that_reset_avoids() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        &config(
+            r#"mode = "lingering"
+linger_time = "300ms"
+linger_timeout = "200ms"
+on_timeout = "close""#,
+        ),
+        backend.addr,
+    );
+    let (mut client, port) = never_closing_client(&p);
+    // After finguard lets go, the kernel keeps the orphan in FIN_WAIT_2 until
+    // tcp_fin_timeout (60 s by default): that is what "reset" is for.
+    assert!(
+        wait_until(Duration::from_secs(3), || tcp_sockets(p.port(), port)
+            == vec![("FIN_WAIT2", 0)]),
+        "expected an orphaned FIN_WAIT2, found {:?}",
+        tcp_sockets(p.port(), port)
+    );
+    assert_eq!(
+        peer_end(&mut client, Duration::from_millis(200)),
+        PeerEnd::Eof
+    );
+}
+
+#[test]
+fn an_idle_client_that_half_closes_is_closed_at_once() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(&config(r#"mode = "lingering""#), backend.addr);
+    let mut s = p.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let r = read_response(&mut s, &mut Vec::new()).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("connection").is_none(),
+        "keep-alive expected: {}",
+        r.head
+    );
+    let port = s.local_addr().unwrap().port();
+    s.shutdown(Shutdown::Write).unwrap();
+    // No CLOSE_WAIT on finguard's side, well within keepalive_timeout (10 s).
+    assert!(wait_until(Duration::from_secs(1), || !tcp_states(
+        p.port(),
+        port
+    )
+    .contains(&"CLOSE_WAIT")
+        && !tcp_states(p.port(), port).contains(&"ESTABLISHED")));
+    assert_eq!(peer_end(&mut s, Duration::from_secs(1)), PeerEnd::Eof);
+}
+
+#[test]
+fn a_request_followed_by_fin_is_answered() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(&config(r#"mode = "lingering""#), backend.addr);
+    for _ in 0..5 {
+        let mut s = p.connect();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let r = read_response(&mut s, &mut Vec::new()).expect("answered despite the FIN");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"hello\n");
+    }
+}
+
+#[test]
+fn so_linger_mode_closes_without_user_space_lingering() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        &config(
+            r#"mode = "so_linger"
+linger_time = "1s""#,
+        ),
+        backend.addr,
+    );
+    let (mut client, _port) = never_closing_client(&p);
+    assert_eq!(peer_end(&mut client, Duration::from_secs(3)), PeerEnd::Eof);
+    thread::yield_now();
+}
