@@ -197,6 +197,9 @@ async fn wait_head(
         let _ = buf.split_to(skip);
         if !buf.is_empty() {
             if let Some(len) = head::find_end(buf).map_err(reject)? {
+                if len > max {
+                    return Err(reject(Reject::HeadTooLarge));
+                }
                 return Ok(len);
             }
             if buf.len() > max {
