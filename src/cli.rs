@@ -32,12 +32,7 @@ enum Cmd {
 #[derive(Args, Debug, Clone, Default)]
 struct ConfigArg {
     /// Config file [default: $FINGUARD_CONFIG, else conf/finguard.toml if it exists].
-    #[arg(
-        short = 'c',
-        long = "config",
-        env = "FINGUARD_CONFIG",
-        value_name = "FILE"
-    )]
+    #[arg(short = 'c', long = "config", env = "FINGUARD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 }
 
@@ -46,20 +41,10 @@ struct RunArgs {
     #[command(flatten)]
     config: ConfigArg,
     /// Listen address (repeatable); replaces the file's listeners.
-    #[arg(
-        long,
-        env = "FINGUARD_LISTEN",
-        value_delimiter = ',',
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "FINGUARD_LISTEN", value_delimiter = ',', value_name = "ADDR")]
     listen: Vec<String>,
     /// Backend address (repeatable); replaces the file's backends with one.
-    #[arg(
-        long,
-        env = "FINGUARD_BACKEND",
-        value_delimiter = ',',
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "FINGUARD_BACKEND", value_delimiter = ',', value_name = "ADDR")]
     backend: Vec<String>,
     /// Admin listener address.
     #[arg(long, env = "FINGUARD_ADMIN", value_name = "ADDR")]
@@ -128,10 +113,7 @@ fn explain(cfg: &Config, ua: &str) -> String {
     t.insert("keepalive".into(), Value::Boolean(p.allows_keepalive()));
     t.insert("nokeepalive".into(), Value::Boolean(p.nokeepalive));
     t.insert("downgrade_1_0".into(), Value::Boolean(p.downgrade_1_0));
-    t.insert(
-        "force_response_1_0".into(),
-        Value::Boolean(p.force_response_1_0),
-    );
+    t.insert("force_response_1_0".into(), Value::Boolean(p.force_response_1_0));
     let mut client = config::effective_settings_table(&p.settings);
     client.insert(
         "close".into(),
@@ -168,10 +150,7 @@ fn run(a: RunArgs) -> ExitCode {
         }
     };
     init_tracing(&cfg.log_level);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("finguard: cannot start the runtime: {e}");

@@ -10,6 +10,7 @@
 //! - [`downstream`]: the client connection: keep-alive loop, head checks, lingering close
 //! - [`proxy`]: routing, forwarding, hop-by-hop headers, response shaping, error statuses
 //! - [`upstream`]: the bounded backend pool and its reaper
+//! - [`metrics`]: every exported metric, declared once
 //! - [`cli`]: the `finguard` command line
 
 #![forbid(unsafe_code)]
@@ -17,6 +18,7 @@
 pub mod cli;
 pub mod config;
 pub mod downstream;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;

@@ -96,10 +96,7 @@ impl UaRule {
             ("max_body_bytes", o.max_body_bytes),
         ] {
             if let Some(v) = v {
-                t.insert(
-                    k.into(),
-                    Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)),
-                );
+                t.insert(k.into(), Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)));
             }
         }
         if let Some(m) = o.close_mode {

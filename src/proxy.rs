@@ -8,9 +8,10 @@
 use crate::config::{BackendConfig, Forwarded};
 use crate::downstream::framing::BodyFault;
 use crate::downstream::Exchange;
+use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
 use crate::server::Shared;
-use crate::upstream::{Lease, Upstream, UpstreamError};
+use crate::upstream::{PooledConn, ReuseHint, Upstream, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Request, Response, StatusCode, Version};
@@ -18,7 +19,6 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +38,8 @@ pub struct RequestCtx {
     pub shared: Arc<Shared>,
     pub policy: Arc<ClientPolicy>,
     pub peer: SocketAddr,
+    /// The address the client connected to.
+    pub local: SocketAddr,
     pub exchange: Arc<Exchange>,
     /// The connection may carry another request after this one.
     pub keepalive: bool,
@@ -48,10 +50,7 @@ pub struct RequestCtx {
 }
 
 /// The hyper service: one call per request.
-pub async fn handle(
-    req: Request<Incoming>,
-    ctx: Arc<RequestCtx>,
-) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn handle(req: Request<Incoming>, ctx: Arc<RequestCtx>) -> Result<Response<ProxyBody>, Infallible> {
     let started = tokio::time::Instant::now();
     let http10 = req.version() == Version::HTTP_10;
     let (mut parts, body) = req.into_parts();
@@ -69,78 +68,74 @@ pub async fn handle(
     };
     let resp = shape_response(resp, &ctx, http10, parts.method == http::Method::HEAD);
     ctx.exchange.set_status(resp.status().as_u16());
+    ctx.shared.metrics.response(resp.status().as_u16());
     tracing::trace!(elapsed = ?started.elapsed(), status = resp.status().as_u16(), "response ready");
     Ok(resp)
 }
 
 type Failure = (StatusCode, String);
 
-async fn forward(
-    parts: &mut request::Parts,
-    body: Incoming,
-    ctx: &RequestCtx,
-) -> Result<Response<ProxyBody>, Failure> {
+async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -> Result<Response<ProxyBody>, Failure> {
     let shared = &ctx.shared;
     let Some(idx) = route(shared, parts) else {
-        return Err((
-            StatusCode::NOT_FOUND,
-            "no route for this host and path".into(),
-        ));
+        return Err((StatusCode::NOT_FOUND, "no route for this host and path".into()));
     };
     let upstream = &shared.upstreams[idx];
-    let settings = &ctx.policy.settings;
+    let cfg = &upstream.cfg;
     // Wait for the first body bytes before taking a backend connection: a
     // client that announces a body and never sends it (or sends garbage)
     // never costs the backend anything.
-    let mut body = Some(if ctx.has_body {
-        peek_body(body, settings.body_timeout, &ctx.exchange).await?
+    let mut body = if ctx.has_body {
+        Some(peek_body(body, ctx.policy.settings.body_timeout, &ctx.exchange).await?)
     } else {
-        UnsyncBoxBody::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}))
-    });
+        None
+    };
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, ctx.peer, &upstream.cfg);
+    add_forwarded(&mut parts.headers, ctx.peer, cfg);
     let mut fresh = false;
+    let mut unsent: Option<Request<UpBody>> = None;
     loop {
-        let lease = upstream
-            .checkout(fresh)
+        let mut conn = upstream
+            .checkout(fresh, ctx.peer, ctx.local)
             .await
             .map_err(|e| upstream_failure(&e))?;
-        let Lease { mut sender, reused } = lease;
-        let retryable =
-            reused && !fresh && upstream.cfg.retry_idempotent && ctx.idempotent && !ctx.has_body;
-        let b = body.take().unwrap_or_else(|| {
-            UnsyncBoxBody::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}))
-        });
-        let req = upstream_request(parts, b, &upstream.cfg);
-        let sent =
-            tokio::time::timeout(upstream.cfg.response_timeout, sender.send_request(req)).await;
-        match sent {
+        let reused = conn.reused();
+        let req = unsent
+            .take()
+            .unwrap_or_else(|| upstream_request(parts, body.take().unwrap_or_else(empty_body), cfg));
+        let sent = tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(req)).await;
+        let mut err = match sent {
             Err(_) => {
-                return Err((
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "backend {} did not answer within response_timeout",
-                        upstream.cfg.name
-                    ),
-                ))
+                let why = format!("backend {} did not answer within response_timeout", cfg.name);
+                return Err((StatusCode::GATEWAY_TIMEOUT, why));
             }
-            Ok(Ok(resp)) => return Ok(relay(resp, sender, upstream.clone(), ctx)),
-            Ok(Err(e)) => {
-                if let Some(f) = ctx.exchange.fault() {
-                    return Err(fault_failure(f));
-                }
-                if retryable && !e.is_user() {
-                    tracing::debug!(error = %e, "reused backend connection failed; retrying on a fresh one");
-                    fresh = true;
-                    continue;
-                }
-                return Err((
-                    StatusCode::BAD_GATEWAY,
-                    format!("backend {}: {e}", upstream.cfg.name),
-                ));
+            Ok(Ok(resp)) => return Ok(relay(resp, conn, upstream.clone(), ctx)),
+            Ok(Err(e)) => e,
+        };
+        if let Some(f) = ctx.exchange.fault() {
+            return Err(fault_failure(f));
+        }
+        // Only a reused connection can have gone stale under us, and only once.
+        if reused && !fresh {
+            // Never written: any request may go again, body and all.
+            unsent = err.take_message();
+            let replayable = cfg.retry_idempotent && ctx.idempotent && !ctx.has_body;
+            if unsent.is_some() || replayable {
+                tracing::debug!(error = %err.error(), "reused backend connection failed; retrying on a fresh one");
+                Metrics::backend_counter(&shared.metrics.backend_retries, &cfg.name).inc();
+                fresh = true;
+                continue;
             }
         }
+        return Err((
+            StatusCode::BAD_GATEWAY,
+            format!("backend {}: {}", cfg.name, err.into_error()),
+        ));
     }
+}
+
+fn empty_body() -> UpBody {
+    UnsyncBoxBody::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}))
 }
 
 fn upstream_failure(e: &UpstreamError) -> Failure {
@@ -153,19 +148,13 @@ fn upstream_failure(e: &UpstreamError) -> Failure {
 
 fn fault_failure(f: BodyFault) -> Failure {
     match f {
-        BodyFault::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body over max_body_bytes".into(),
-        ),
+        BodyFault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body over max_body_bytes".into()),
         BodyFault::Timeout => (
             StatusCode::REQUEST_TIMEOUT,
             "request body stalled past body_timeout".into(),
         ),
         BodyFault::Malformed => (StatusCode::BAD_REQUEST, "malformed chunked body".into()),
-        BodyFault::Truncated => (
-            StatusCode::BAD_REQUEST,
-            "client closed inside the request body".into(),
-        ),
+        BodyFault::Truncated => (StatusCode::BAD_REQUEST, "client closed inside the request body".into()),
     }
 }
 
@@ -187,28 +176,18 @@ fn route(shared: &Shared, parts: &request::Parts) -> Option<usize> {
         .config
         .routes
         .iter()
-        .filter(|r| {
-            r.host
-                .as_deref()
-                .is_none_or(|h| h.eq_ignore_ascii_case(host))
-        })
+        .filter(|r| r.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host)))
         .filter(|r| path.starts_with(&r.path_prefix))
         .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
         .map(|r| r.backend)
 }
 
-async fn peek_body(
-    mut body: Incoming,
-    timeout: Duration,
-    exch: &Exchange,
-) -> Result<UpBody, Failure> {
+async fn peek_body(mut body: Incoming, timeout: Duration, exch: &Exchange) -> Result<UpBody, Failure> {
     let first = match tokio::time::timeout(timeout, body.frame()).await {
         Err(_) => return Err(fault_failure(BodyFault::Timeout)),
         Ok(None) => None,
         Ok(Some(Ok(f))) => Some(f),
-        Ok(Some(Err(_))) => {
-            return Err(fault_failure(exch.fault().unwrap_or(BodyFault::Truncated)))
-        }
+        Ok(Some(Err(_))) => return Err(fault_failure(exch.fault().unwrap_or(BodyFault::Truncated))),
     };
     Ok(UnsyncBoxBody::new(Prefixed { first, rest: body }))
 }
@@ -222,10 +201,7 @@ struct Prefixed {
 impl Body for Prefixed {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Some(f) = self.first.take() {
             return Poll::Ready(Some(Ok(f)));
         }
@@ -329,13 +305,9 @@ fn upstream_request(parts: &request::Parts, body: UpBody, cfg: &BackendConfig) -
     req
 }
 
-fn relay(
-    resp: Response<Incoming>,
-    sender: SendRequest<UpBody>,
-    upstream: Arc<Upstream>,
-    ctx: &RequestCtx,
-) -> Response<ProxyBody> {
+fn relay(resp: Response<Incoming>, conn: PooledConn, upstream: Arc<Upstream>, ctx: &RequestCtx) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
+    let hint = ReuseHint::from_headers(&parts.headers);
     // finguard speaks HTTP/1.1 to the client whatever the backend spoke.
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
@@ -343,7 +315,7 @@ fn relay(
     let body = ProxyBody {
         inner: Inner::Upstream(body),
         exchange: ctx.exchange.clone(),
-        pooled: Some((sender, upstream)),
+        pooled: Some((conn, upstream, hint)),
         gap,
         gap_timer: None,
         complete: false,
@@ -353,11 +325,7 @@ fn relay(
 
 /// A short plain-text error response.
 fn error_response(status: StatusCode, ctx: &RequestCtx) -> Response<ProxyBody> {
-    let text = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("")
-    );
+    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
     let mut resp = Response::new(ProxyBody::full(Bytes::from(text), ctx.exchange.clone()));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
@@ -387,18 +355,11 @@ pub fn raw_error_response(status: u16, http10: bool) -> Vec<u8> {
 
 /// Applies the client policy to a response: keep-alive or close, and the
 /// HTTP/1.0 rules (`downgrade_1_0`, `force_response_1_0`).
-fn shape_response(
-    mut resp: Response<ProxyBody>,
-    ctx: &RequestCtx,
-    http10: bool,
-    head: bool,
-) -> Response<ProxyBody> {
+fn shape_response(mut resp: Response<ProxyBody>, ctx: &RequestCtx, http10: bool, head: bool) -> Response<ProxyBody> {
     let p = &ctx.policy;
-    let bodyless =
-        head || resp.status().is_informational() || matches!(resp.status().as_u16(), 204 | 304);
-    let has_length = bodyless
-        || resp.headers().contains_key(header::CONTENT_LENGTH)
-        || resp.body().size_hint().exact().is_some();
+    let bodyless = head || resp.status().is_informational() || matches!(resp.status().as_u16(), 204 | 304);
+    let has_length =
+        bodyless || resp.headers().contains_key(header::CONTENT_LENGTH) || resp.body().size_hint().exact().is_some();
     let mut v10 = p.force_response_1_0;
     let mut close = !ctx.keepalive
         || !ctx.exchange.request_complete()
@@ -447,7 +408,7 @@ enum Inner {
 pub struct ProxyBody {
     inner: Inner,
     exchange: Arc<Exchange>,
-    pooled: Option<(SendRequest<UpBody>, Arc<Upstream>)>,
+    pooled: Option<(PooledConn, Arc<Upstream>, ReuseHint)>,
     /// Longest wait for the next chunk from the backend.
     gap: Duration,
     gap_timer: Option<Pin<Box<Sleep>>>,
@@ -468,8 +429,8 @@ impl ProxyBody {
 
     fn end(&mut self) {
         self.complete = true;
-        if let Some((sender, upstream)) = self.pooled.take() {
-            upstream.checkin(sender);
+        if let Some((conn, upstream, hint)) = self.pooled.take() {
+            upstream.checkin(conn, hint);
         }
         self.exchange.finish();
     }
@@ -492,10 +453,7 @@ impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
@@ -518,14 +476,10 @@ impl Body for ProxyBody {
             }
             Poll::Pending => {
                 let gap = this.gap;
-                let t = this
-                    .gap_timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                let t = this.gap_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
                 if t.as_mut().poll(cx).is_ready() {
                     this.pooled = None;
-                    return Poll::Ready(Some(Err(
-                        "backend stalled inside the response body".into()
-                    )));
+                    return Poll::Ready(Some(Err("backend stalled inside the response body".into())));
                 }
                 Poll::Pending
             }

@@ -7,6 +7,8 @@
 
 use crate::config::Config;
 use crate::downstream;
+use crate::downstream::track::Registry;
+use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
 use crate::upstream::{self, Upstream};
 use std::collections::HashMap;
@@ -26,6 +28,8 @@ pub struct Shared {
     pub upstreams: Vec<Arc<Upstream>>,
     /// Cancelled when the process starts draining.
     pub draining: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    pub clients: Arc<Registry>,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
 }
 
@@ -51,14 +55,19 @@ pub struct BindError {
 pub async fn start(config: Config) -> Result<Running, BindError> {
     let mut listeners = Vec::new();
     for l in &config.listeners {
-        let listener = bind(l.addr).map_err(|source| BindError {
-            addr: l.addr,
-            source,
-        })?;
+        let listener = bind(l.addr).map_err(|source| BindError { addr: l.addr, source })?;
         listeners.push(listener);
     }
-    let upstreams: Vec<_> = config.backends.iter().cloned().map(Upstream::new).collect();
+    let metrics = Arc::new(Metrics::new());
+    let upstreams: Vec<_> = config
+        .backends
+        .iter()
+        .cloned()
+        .map(|b| Upstream::new(b, metrics.clone()))
+        .collect();
     let shared = Arc::new(Shared {
+        clients: Arc::new(Registry::new(&metrics)),
+        metrics,
         base_policy: Arc::new(ClientPolicy::base(config.client)),
         upstreams,
         draining: CancellationToken::new(),
@@ -97,11 +106,7 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
@@ -117,9 +122,7 @@ impl Running {
         self.stop_accepting.cancel();
         self.shared.draining.cancel();
         self.tracker.close();
-        tokio::time::timeout(timeout, self.tracker.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok()
     }
 }
 
@@ -155,6 +158,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        shared.metrics.accepted.inc();
         let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
             tracker.spawn(refuse_over_ip_limit(stream, peer, shared.clone(), permit));
             continue;
@@ -234,6 +238,6 @@ async fn refuse_over_ip_limit(
         .await
         .is_ok()
     {
-        downstream::linger::close(stream, &settings.close).await;
+        downstream::linger::close(stream, &settings.close, &CancellationToken::new()).await;
     }
 }

@@ -114,7 +114,10 @@ fn a_pipelined_request_after_a_400_is_not_forwarded() {
     let backend = Backend::start(Reply::Ok);
     let p = Proxy::start(CONFIG, backend.addr);
     let mut s = p.connect();
-    s.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /bad HTTP/1.1\nHost: a\n\nGET /third HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    s.write_all(
+        b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /bad HTTP/1.1\nHost: a\n\nGET /third HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
     let mut buf = Vec::new();
     let first = read_response(&mut s, &mut buf).unwrap();
     assert_eq!(first.status, 200);
@@ -135,9 +138,7 @@ fn pipelined_requests_are_answered_in_order() {
     for i in 0..5 {
         batch.push_str(&format!("GET /r{i} HTTP/1.1\r\nHost: a\r\n\r\n"));
     }
-    batch.push_str(
-        "POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-    );
+    batch.push_str("POST /body HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
     batch.push_str("GET /last HTTP/1.1\r\nHost: a\r\n\r\n");
     s.write_all(batch.as_bytes()).unwrap();
     let mut buf = Vec::new();

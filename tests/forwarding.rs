@@ -21,21 +21,12 @@ fn hop_by_hop_headers_are_stripped_and_x_forwarded_added() {
     assert_eq!(r.status, 200);
     let seen = String::from_utf8(r.body).unwrap().to_ascii_lowercase();
     assert!(seen.starts_with("get /path?q=1 http/1.1\r\n"), "{seen}");
-    for gone in [
-        "x-secret",
-        "keep-alive",
-        "proxy-connection",
-        "te:",
-        "connection:",
-    ] {
+    for gone in ["x-secret", "keep-alive", "proxy-connection", "te:", "connection:"] {
         assert!(!seen.contains(gone), "{gone} was forwarded:\n{seen}");
     }
     assert!(seen.contains("host: example.test:8080"), "{seen}");
     assert!(seen.contains("x-kept: yes"));
-    assert!(
-        seen.contains("x-forwarded-for: 10.9.9.9, 127.0.0.1"),
-        "{seen}"
-    );
+    assert!(seen.contains("x-forwarded-for: 10.9.9.9, 127.0.0.1"), "{seen}");
     assert!(seen.contains("x-forwarded-proto: http"));
     assert!(seen.contains("x-forwarded-host: example.test:8080"));
 }
@@ -76,8 +67,7 @@ fn a_refused_backend_is_a_502_and_the_client_connection_survives() {
 #[test]
 fn a_slow_backend_is_a_504() {
     let backend = Backend::start(Reply::Slow(Duration::from_secs(3)));
-    let cfg =
-        "[[backend]]\nname = \"app\"\naddrs = [\"127.0.0.1:1\"]\nresponse_timeout = \"300ms\"\n";
+    let cfg = "[[backend]]\nname = \"app\"\naddrs = [\"127.0.0.1:1\"]\nresponse_timeout = \"300ms\"\n";
     let p = Proxy::start(cfg, backend.addr);
     let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.status, 504);
@@ -88,10 +78,7 @@ fn new_connection_per_request_clients_share_few_backend_connections() {
     let backend = Backend::start(Reply::Ok);
     let p = Proxy::start("", backend.addr);
     for _ in 0..200 {
-        let r = request(
-            p.addr,
-            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-        );
+        let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         assert_eq!(r.status, 200);
     }
     assert!(

@@ -14,12 +14,8 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let backend = Backend::start(Reply::Slow(Duration::from_millis(800)));
     let mut p = Proxy::start("shutdown_timeout = \"5s\"\n", backend.addr);
     let mut idle = p.connect();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    assert_eq!(
-        read_response(&mut idle, &mut Vec::new()).unwrap().status,
-        200
-    );
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut idle, &mut Vec::new()).unwrap().status, 200);
     let addr = p.addr;
     let slow = thread::spawn(move || request(addr, "GET /slow HTTP/1.1\r\nHost: a\r\n\r\n"));
     assert!(wait_until(Duration::from_secs(5), || backend
@@ -50,12 +46,7 @@ impl TcpStreamExt {
 
 fn check(text: &str) -> (i32, String) {
     let f = TempFile::new("check.toml", text);
-    let out = Command::new(BIN)
-        .arg("check")
-        .arg("-c")
-        .arg(&f.0)
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).arg("check").arg("-c").arg(&f.0).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr).replace(&f.0.display().to_string(), "FILE");
     (out.status.code().unwrap_or(-1), err)
 }
@@ -131,12 +122,7 @@ fn every_shipped_config_passes_check() {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let out = Command::new(BIN)
-                .arg("check")
-                .arg("-c")
-                .arg(&path)
-                .output()
-                .unwrap();
+            let out = Command::new(BIN).arg("check").arg("-c").arg(&path).output().unwrap();
             assert!(
                 out.status.success(),
                 "{}: {}",
@@ -145,12 +131,7 @@ fn every_shipped_config_passes_check() {
             );
             // The effective config it prints is itself a valid config.
             let (code, err) = check(&String::from_utf8_lossy(&out.stdout));
-            assert_eq!(
-                code,
-                0,
-                "{}: printed config does not re-parse: {err}",
-                path.display()
-            );
+            assert_eq!(code, 0, "{}: printed config does not re-parse: {err}", path.display());
             n += 1;
         }
     }
@@ -159,23 +140,12 @@ fn every_shipped_config_passes_check() {
 
 #[test]
 fn bad_arguments_exit_1_and_bind_failures_exit_2() {
-    let out = Command::new(BIN)
-        .args(["run", "--no-such-flag"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["run", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(BIN)
-        .args([
-            "run",
-            "--listen",
-            &addr,
-            "--backend",
-            "127.0.0.1:1",
-            "-c",
-            "/dev/null",
-        ])
+        .args(["run", "--listen", &addr, "--backend", "127.0.0.1:1", "-c", "/dev/null"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -70,10 +70,7 @@ fn early_401_reaches_a_client_still_sending_and_immediate_close_loses_it() {
     // The control: closing at once turns the unread upload into a reset.
     let immediate = Proxy::start(&config(r#"mode = "immediate""#), backend.addr);
     let resets = (0..5).filter(|_| post_4mib(immediate.addr).1).count();
-    assert!(
-        resets > 0,
-        "immediate close never reset a client still sending"
-    );
+    assert!(resets > 0, "immediate close never reset a client still sending");
 }
 
 /// A client that reads its response and then neither reads nor closes.
@@ -101,18 +98,12 @@ on_timeout = "reset""#,
     );
     let (_client, port) = never_closing_client(&p);
     // finguard sent FIN and holds the socket in FIN_WAIT_2 while it lingers...
-    assert!(wait_until(Duration::from_secs(2), || tcp_states(
-        p.port(),
-        port
-    )
-    .contains(&"FIN_WAIT2")));
+    assert!(wait_until(Duration::from_secs(2), || tcp_states(p.port(), port)
+        .contains(&"FIN_WAIT2")));
     // ...then aborts it: nothing is left for the kernel's tcp_fin_timeout.
     assert!(
-        wait_until(Duration::from_millis(600 + 1500), || tcp_states(
-            p.port(),
-            port
-        )
-        .is_empty()),
+        wait_until(Duration::from_millis(600 + 1500), || tcp_states(p.port(), port)
+            .is_empty()),
         "finguard's socket is still there: {:?}",
         tcp_states(p.port(), port)
     );
@@ -139,10 +130,7 @@ on_timeout = "close""#,
         "expected an orphaned FIN_WAIT2, found {:?}",
         tcp_sockets(p.port(), port)
     );
-    assert_eq!(
-        peer_end(&mut client, Duration::from_millis(200)),
-        PeerEnd::Eof
-    );
+    assert_eq!(peer_end(&mut client, Duration::from_millis(200)), PeerEnd::Eof);
 }
 
 #[test]
@@ -153,19 +141,12 @@ fn an_idle_client_that_half_closes_is_closed_at_once() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let r = read_response(&mut s, &mut Vec::new()).unwrap();
     assert_eq!(r.status, 200);
-    assert!(
-        r.header("connection").is_none(),
-        "keep-alive expected: {}",
-        r.head
-    );
+    assert!(r.header("connection").is_none(), "keep-alive expected: {}", r.head);
     let port = s.local_addr().unwrap().port();
     s.shutdown(Shutdown::Write).unwrap();
     // No CLOSE_WAIT on finguard's side, well within keepalive_timeout (10 s).
-    assert!(wait_until(Duration::from_secs(1), || !tcp_states(
-        p.port(),
-        port
-    )
-    .contains(&"CLOSE_WAIT")
+    assert!(wait_until(Duration::from_secs(1), || !tcp_states(p.port(), port)
+        .contains(&"CLOSE_WAIT")
         && !tcp_states(p.port(), port).contains(&"ESTABLISHED")));
     assert_eq!(peer_end(&mut s, Duration::from_secs(1)), PeerEnd::Eof);
 }

@@ -134,10 +134,7 @@ fn mozilla_2_gets_connection_close_and_finguard_closes() {
         "Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0",
     );
     assert_eq!(r.header("connection"), None);
-    assert_eq!(
-        r.header("keep-alive").as_deref(),
-        Some("timeout=10, max=99")
-    );
+    assert_eq!(r.header("keep-alive").as_deref(), Some("timeout=10, max=99"));
     assert_eq!(peer_end(&mut s, Duration::from_millis(500)), PeerEnd::Open);
 }
 
@@ -174,10 +171,7 @@ fn a_bot_rule_shortens_keepalive_on_the_wire() {
     // The bot's idle connection is closed after 300 ms (+ linger), the browser's is not.
     assert_eq!(peer_end(&mut bot, Duration::from_secs(5)), PeerEnd::Eof);
     assert!(t.elapsed() < Duration::from_secs(5));
-    assert_eq!(
-        peer_end(&mut browser, Duration::from_millis(300)),
-        PeerEnd::Open
-    );
+    assert_eq!(peer_end(&mut browser, Duration::from_millis(300)), PeerEnd::Open);
 }
 
 #[test]
@@ -188,10 +182,7 @@ fn check_explains_a_user_agent() {
             "-c",
             concat!(env!("CARGO_MANIFEST_DIR"), "/conf/finguard.toml"),
         ])
-        .args([
-            "--user-agent",
-            "Mozilla/4.0 (compatible; MSIE 4.0b2; Windows 95)",
-        ])
+        .args(["--user-agent", "Mozilla/4.0 (compatible; MSIE 4.0b2; Windows 95)"])
         .output()
         .unwrap();
     assert!(out.status.success());

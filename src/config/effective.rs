@@ -32,14 +32,8 @@ pub fn settings_table(s: &ClientSettings) -> Table {
     );
     t.insert("header_timeout".into(), dur(s.header_timeout));
     t.insert("body_timeout".into(), dur(s.body_timeout));
-    t.insert(
-        "max_header_bytes".into(),
-        Value::Integer(s.max_header_bytes as i64),
-    );
-    t.insert(
-        "max_body_bytes".into(),
-        Value::Integer(s.max_body_bytes as i64),
-    );
+    t.insert("max_header_bytes".into(), Value::Integer(s.max_header_bytes as i64));
+    t.insert("max_body_bytes".into(), Value::Integer(s.max_body_bytes as i64));
     t
 }
 
@@ -63,30 +57,18 @@ pub fn to_toml(c: &Config) -> String {
         root.insert("admin".into(), Value::Table(t));
     }
     let mut client = settings_table(&c.client);
-    client.insert(
-        "max_connections".into(),
-        Value::Integer(c.max_connections.into()),
-    );
+    client.insert("max_connections".into(), Value::Integer(c.max_connections.into()));
     client.insert(
         "max_connections_per_ip".into(),
         Value::Integer(c.max_connections_per_ip.into()),
     );
     client.insert("close".into(), Value::Table(close_table(&c.client.close)));
     root.insert("client".into(), Value::Table(client));
-    let rules: Vec<Value> = c
-        .rules
-        .rules()
-        .iter()
-        .map(|r| Value::Table(r.to_table()))
-        .collect();
+    let rules: Vec<Value> = c.rules.rules().iter().map(|r| Value::Table(r.to_table())).collect();
     if !rules.is_empty() {
         root.insert("user_agent".into(), Value::Array(rules));
     }
-    let backends = c
-        .backends
-        .iter()
-        .map(|b| Value::Table(backend_table(b)))
-        .collect();
+    let backends = c.backends.iter().map(|b| Value::Table(backend_table(b))).collect();
     root.insert("backend".into(), Value::Array(backends));
     let routes = c
         .routes
@@ -98,10 +80,7 @@ pub fn to_toml(c: &Config) -> String {
                 Value::String(r.host.clone().unwrap_or_else(|| "*".into())),
             );
             t.insert("path_prefix".into(), Value::String(r.path_prefix.clone()));
-            t.insert(
-                "backend".into(),
-                Value::String(c.backends[r.backend].name.clone()),
-            );
+            t.insert("backend".into(), Value::String(c.backends[r.backend].name.clone()));
             Value::Table(t)
         })
         .collect();
@@ -119,29 +98,18 @@ pub fn to_toml(c: &Config) -> String {
 fn backend_table(b: &BackendConfig) -> Table {
     let mut t = Table::new();
     t.insert("name".into(), Value::String(b.name.clone()));
-    let addrs = b
-        .addr_specs
-        .iter()
-        .map(|a| Value::String(a.clone()))
-        .collect();
+    let addrs = b.addr_specs.iter().map(|a| Value::String(a.clone())).collect();
     t.insert("addrs".into(), Value::Array(addrs));
-    t.insert(
-        "max_connections".into(),
-        Value::Integer(b.max_connections.into()),
-    );
+    t.insert("max_connections".into(), Value::Integer(b.max_connections.into()));
     t.insert("queue_timeout".into(), dur(b.queue_timeout));
-    t.insert(
-        "pool_max_idle".into(),
-        Value::Integer(b.pool_max_idle.into()),
-    );
+    t.insert("pool_max_idle".into(), Value::Integer(b.pool_max_idle.into()));
     t.insert("pool_idle_timeout".into(), dur(b.pool_idle_timeout));
     t.insert("connect_timeout".into(), dur(b.connect_timeout));
     t.insert("response_timeout".into(), dur(b.response_timeout));
-    t.insert(
-        "retry_idempotent".into(),
-        Value::Boolean(b.retry_idempotent),
-    );
+    t.insert("retry_idempotent".into(), Value::Boolean(b.retry_idempotent));
     t.insert("proxy_protocol".into(), enum_str(&b.proxy_protocol));
     t.insert("forwarded".into(), enum_str(&b.forwarded));
+    t.insert("eject_after".into(), Value::Integer(b.eject_after.into()));
+    t.insert("eject_cool_off".into(), dur(b.eject_cool_off));
     t
 }

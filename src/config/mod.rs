@@ -47,6 +47,11 @@ pub const DEFAULT_POOL_MAX_IDLE: u32 = 64;
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Consecutive connect failures before an address sits out (nginx `max_fails` is 1;
+/// 3 rides out a single lost SYN).
+pub const DEFAULT_EJECT_AFTER: u32 = 3;
+/// nginx `fail_timeout` default.
+pub const DEFAULT_EJECT_COOL_OFF: Duration = Duration::from_secs(10);
 pub const DEFAULT_REAPER_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A config error: which file, which key, why.
@@ -156,6 +161,8 @@ pub struct BackendConfig {
     pub retry_idempotent: bool,
     pub proxy_protocol: ProxyProtocol,
     pub forwarded: Forwarded,
+    pub eject_after: u32,
+    pub eject_cool_off: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -282,7 +289,10 @@ impl Validator<'_> {
                 if let Some(tls) = &l.tls {
                     return Err(self.err(
                         format!("listener[{i}].tls"),
-                        format!("TLS listeners (cert {:?}, key {:?}) are not supported by this build yet", tls.cert, tls.key),
+                        format!(
+                            "TLS listeners (cert {:?}, key {:?}) are not supported by this build yet",
+                            tls.cert, tls.key
+                        ),
                     ));
                 }
                 listeners.push(ListenerConfig {
@@ -312,8 +322,7 @@ impl Validator<'_> {
         for (i, r) in raw.user_agent.into_iter().enumerate() {
             rules.push(self.ua_rule(i, r, &client)?);
         }
-        let rules =
-            RuleSet::new(rules).map_err(|(i, e)| self.err(format!("user_agent[{i}].match"), e))?;
+        let rules = RuleSet::new(rules).map_err(|(i, e)| self.err(format!("user_agent[{i}].match"), e))?;
 
         let (backends, routes) = self.backends_and_routes(raw.backend, raw.route, ov)?;
 
@@ -330,27 +339,19 @@ impl Validator<'_> {
         };
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(self.err(
-                "log.level",
-                format!("{log_level:?} is not a log level or filter"),
-            ));
+            return Err(self.err("log.level", format!("{log_level:?} is not a log level or filter")));
         }
         let reaper_interval = raw.reaper.interval.map_or(DEFAULT_REAPER_INTERVAL, |d| d.0);
         if reaper_interval.is_zero() {
             return Err(self.err("reaper.interval", "must be greater than 0"));
         }
-        let max_connections = raw
-            .client
-            .max_connections
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_connections = raw.client.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 {
             return Err(self.err("client.max_connections", "must be at least 1"));
         }
         Ok(Config {
             source: self.file.to_string(),
-            shutdown_timeout: raw
-                .shutdown_timeout
-                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
             listeners,
             admin,
             client,
@@ -377,8 +378,7 @@ impl Validator<'_> {
             close_mode: self.close_mode("client.close.mode", c.close.mode.as_deref())?,
             linger_time: c.close.linger_time.map(|d| d.0),
             linger_timeout: c.close.linger_timeout.map(|d| d.0),
-            on_timeout: self
-                .on_timeout("client.close.on_timeout", c.close.on_timeout.as_deref())?,
+            on_timeout: self.on_timeout("client.close.on_timeout", c.close.on_timeout.as_deref())?,
         };
         let mut s = ClientSettings::default();
         o.apply(&mut s);
@@ -419,10 +419,7 @@ impl Validator<'_> {
             return Err(self.err(format!("{close}.linger_timeout"), "must be greater than 0"));
         }
         if s.max_requests == 0 {
-            return Err(self.err(
-                format!("{at}.max_requests_per_connection"),
-                "must be at least 1",
-            ));
+            return Err(self.err(format!("{at}.max_requests_per_connection"), "must be at least 1"));
         }
         for (k, d) in [
             ("keepalive_timeout", s.keepalive_timeout),
@@ -434,20 +431,12 @@ impl Validator<'_> {
             }
         }
         if s.max_header_bytes < 256 {
-            return Err(self.err(
-                format!("{at}.max_header_bytes"),
-                "must be at least 256 bytes",
-            ));
+            return Err(self.err(format!("{at}.max_header_bytes"), "must be at least 256 bytes"));
         }
         Ok(())
     }
 
-    fn ua_rule(
-        &self,
-        i: usize,
-        r: RawUaRule,
-        base: &ClientSettings,
-    ) -> Result<UaRule, ConfigError> {
+    fn ua_rule(&self, i: usize, r: RawUaRule, base: &ClientSettings) -> Result<UaRule, ConfigError> {
         let at = format!("user_agent[{i}]");
         for (k, v) in [
             ("max_connections", r.max_connections),
@@ -536,10 +525,7 @@ impl Validator<'_> {
         for (i, b) in raw_backends.into_iter().enumerate() {
             let b = self.backend(i, b)?;
             if backends.iter().any(|o: &BackendConfig| o.name == b.name) {
-                return Err(self.err(
-                    format!("backend[{i}].name"),
-                    format!("{:?} is defined twice", b.name),
-                ));
+                return Err(self.err(format!("backend[{i}].name"), format!("{:?} is defined twice", b.name)));
             }
             backends.push(b);
         }
@@ -596,6 +582,11 @@ impl Validator<'_> {
         c.connect_timeout = d(b.connect_timeout, c.connect_timeout);
         c.response_timeout = d(b.response_timeout, c.response_timeout);
         c.retry_idempotent = b.retry_idempotent.unwrap_or(c.retry_idempotent);
+        c.eject_after = b.eject_after.unwrap_or(c.eject_after);
+        c.eject_cool_off = d(b.eject_cool_off, c.eject_cool_off);
+        if c.eject_after == 0 {
+            return Err(self.err(format!("{at}.eject_after"), "must be at least 1"));
+        }
         c.proxy_protocol = match b.proxy_protocol.as_deref().unwrap_or("off") {
             "off" => ProxyProtocol::Off,
             "v1" => ProxyProtocol::V1,
@@ -651,10 +642,10 @@ fn default_backend(name: &str, addr_specs: Vec<String>, addrs: Vec<SocketAddr>) 
         retry_idempotent: true,
         proxy_protocol: ProxyProtocol::Off,
         forwarded: Forwarded::XForwarded,
+        eject_after: DEFAULT_EJECT_AFTER,
+        eject_cool_off: DEFAULT_EJECT_COOL_OFF,
     }
 }
 
-pub use effective::{
-    close_table as effective_close_table, settings_table as effective_settings_table, to_toml,
-};
+pub use effective::{close_table as effective_close_table, settings_table as effective_settings_table, to_toml};
 mod effective;

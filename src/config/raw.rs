@@ -111,6 +111,8 @@ pub struct RawBackend {
     pub retry_idempotent: Option<bool>,
     pub proxy_protocol: Option<String>,
     pub forwarded: Option<String>,
+    pub eject_after: Option<u32>,
+    pub eject_cool_off: Option<ConfDuration>,
 }
 
 #[derive(Debug, Deserialize)]

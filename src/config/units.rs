@@ -15,9 +15,7 @@ pub struct ConfDuration(pub Duration);
 impl<'de> Deserialize<'de> for ConfDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s)
-            .map(ConfDuration)
-            .map_err(de::Error::custom)
+        parse_duration(&s).map(ConfDuration).map_err(de::Error::custom)
     }
 }
 
@@ -69,14 +67,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "invalid size unit {other:?} in {s:?}; use B, KiB, MiB or GiB"
-            ))
-        }
+        other => return Err(format!("invalid size unit {other:?} in {s:?}; use B, KiB, MiB or GiB")),
     };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 /// Formats a duration the way the config file writes it.

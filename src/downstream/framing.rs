@@ -195,10 +195,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(
-            Framing::chunked(4).consume(b"5\r\nhello\r\n"),
-            Err(BodyFault::TooLarge)
-        );
+        assert_eq!(Framing::chunked(4).consume(b"5\r\nhello\r\n"), Err(BodyFault::TooLarge));
     }
 
     #[test]

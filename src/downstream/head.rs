@@ -87,10 +87,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Hea
     }
     let http10 = req.version == Some(0);
     let method = req.method.unwrap_or("");
-    let idempotent = matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-    );
+    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut te_seen = false;
@@ -132,9 +129,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Hea
         return Err(Reject::Bad("Transfer-Encoding in an HTTP/1.0 request"));
     }
     if hosts > 1 || (hosts == 0 && !http10) {
-        return Err(Reject::Bad(
-            "an HTTP/1.1 request needs exactly one Host header",
-        ));
+        return Err(Reject::Bad("an HTTP/1.1 request needs exactly one Host header"));
     }
     let framing = match (chunked, content_length) {
         (true, _) => Framing::chunked(max_body),
@@ -154,10 +149,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Hea
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(v.len());
+    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
     let end = v
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
@@ -198,9 +190,7 @@ mod tests {
         let h = judge("GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: x/1\r\n\r\n").unwrap();
         assert_eq!(h.user_agent.as_deref(), Some("x/1"));
         assert!(h.framing.is_done());
-        let h =
-            judge("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n")
-                .unwrap();
+        let h = judge("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n").unwrap();
         assert!(!h.idempotent);
         assert!(matches!(h.framing, Framing::Length(5)));
         let h = judge("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
@@ -210,8 +200,14 @@ mod tests {
     #[test]
     fn refuses_the_corpus() {
         let cases = [
-            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", "CL+TE"),
-            ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", "two CL"),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "CL+TE",
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                "two CL",
+            ),
             ("GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", "CL list"),
             ("GET / HTTP/1.1\r\nHost: a\r\nX: a\r\n b\r\n\r\n", "obs-fold"),
             ("GET / HTTP/1.1\nHost: a\n\n", "bare LF"),
@@ -220,15 +216,15 @@ mod tests {
             ("GET / HTTP/2.0\r\nHost: a\r\n\r\n", "HTTP/2 line"),
             ("GET / HTTP/1.1\r\n\r\n", "no host"),
             ("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "two hosts"),
-            ("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", "TE list"),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "TE list",
+            ),
             ("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "TE in 1.0"),
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", "space before colon"),
         ];
         for (raw, what) in cases {
-            assert!(
-                matches!(judge(raw), Err(Reject::Bad(_))),
-                "{what} was accepted"
-            );
+            assert!(matches!(judge(raw), Err(Reject::Bad(_))), "{what} was accepted");
         }
         let big = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n";
         assert_eq!(judge(big).unwrap_err(), Reject::BodyTooLarge);

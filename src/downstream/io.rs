@@ -8,11 +8,13 @@
 //! hold a task forever by not sending or not reading.
 
 use super::framing::{BodyFault, Framing};
+use super::track::Entry;
 use super::Exchange;
 use bytes::{Buf, Bytes, BytesMut};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -30,8 +32,7 @@ pub struct ClientIo<'a> {
     read_timer: Option<Pin<Box<Sleep>>>,
     write_timer: Option<Pin<Box<Sleep>>>,
     exchange: Arc<Exchange>,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
+    entry: &'a Entry,
 }
 
 impl<'a> ClientIo<'a> {
@@ -41,6 +42,7 @@ impl<'a> ClientIo<'a> {
         framing: Framing,
         stall: Duration,
         exchange: Arc<Exchange>,
+        entry: &'a Entry,
     ) -> Self {
         exchange.set_request_complete(framing.is_done());
         ClientIo {
@@ -52,8 +54,7 @@ impl<'a> ClientIo<'a> {
             read_timer: None,
             write_timer: None,
             exchange,
-            bytes_in: 0,
-            bytes_out: 0,
+            entry,
         }
     }
 
@@ -86,11 +87,7 @@ fn progressed(timer: &mut Option<Pin<Box<Sleep>>>, stall: Duration) {
 }
 
 impl AsyncRead for ClientIo<'_> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
@@ -123,7 +120,7 @@ impl AsyncRead for ClientIo<'_> {
                     this.exchange.set_fault(BodyFault::Truncated);
                     return Poll::Ready(Ok(()));
                 }
-                this.bytes_in += n as u64;
+                this.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 let used = match this.framing.consume(&unfilled[..n]) {
                     Ok(used) => used,
                     Err(f) => return Poll::Ready(Err(this.fail(f))),
@@ -147,20 +144,16 @@ impl AsyncRead for ClientIo<'_> {
 
 impl ClientIo<'_> {
     /// Counts written bytes and fails a write that stalls past the timeout.
-    fn guard_write(
-        &mut self,
-        cx: &mut Context<'_>,
-        r: Poll<io::Result<usize>>,
-    ) -> Poll<io::Result<usize>> {
+    fn guard_write(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match r {
-            Poll::Pending if stalled(&mut self.write_timer, self.stall, cx) => Poll::Ready(Err(
-                io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"),
-            )),
+            Poll::Pending if stalled(&mut self.write_timer, self.stall, cx) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")))
+            }
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => {
                 progressed(&mut self.write_timer, self.stall);
                 if let Ok(n) = r {
-                    self.bytes_out += n as u64;
+                    self.entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                 }
                 Poll::Ready(r)
             }
@@ -169,11 +162,7 @@ impl ClientIo<'_> {
 }
 
 impl AsyncWrite for ClientIo<'_> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut *self.stream).poll_write(cx, buf);
         self.guard_write(cx, r)
     }

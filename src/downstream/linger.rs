@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How a client connection ended (`finguard_lingering_closes_total{outcome}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +53,9 @@ const DRAIN_CHUNK: usize = 2048;
 
 /// Closes `stream` the way `settings` says. Returns how it ended and how many
 /// bytes were drained and discarded.
-pub async fn close(mut stream: TcpStream, settings: &CloseSettings) -> (CloseOutcome, u64) {
+/// `kill` ends the lingering early (the reaper's safety net): it counts as
+/// `linger_time` and follows `on_timeout`.
+pub async fn close(mut stream: TcpStream, settings: &CloseSettings, kill: &CancellationToken) -> (CloseOutcome, u64) {
     match settings.mode {
         CloseMode::Immediate => (CloseOutcome::Immediate, 0),
         CloseMode::SoLinger => {
@@ -63,11 +66,11 @@ pub async fn close(mut stream: TcpStream, settings: &CloseSettings) -> (CloseOut
             if stream.shutdown().await.is_err() {
                 return (CloseOutcome::Error, 0);
             }
-            let (outcome, drained) = drain(&mut stream, settings).await;
-            let timed_out = matches!(
-                outcome,
-                CloseOutcome::LingerTimeout | CloseOutcome::LingerTime
-            );
+            let (outcome, drained) = tokio::select! {
+                r = drain(&mut stream, settings) => r,
+                () = kill.cancelled() => (CloseOutcome::LingerTime, 0),
+            };
+            let timed_out = matches!(outcome, CloseOutcome::LingerTimeout | CloseOutcome::LingerTime);
             if timed_out && settings.on_timeout == OnTimeout::Reset {
                 abort(stream);
             }
@@ -90,9 +93,7 @@ async fn drain(stream: &mut TcpStream, s: &CloseSettings) -> (CloseOutcome, u64)
         match tokio::time::timeout(wait, stream.read(&mut buf)).await {
             Ok(Ok(0)) => return (CloseOutcome::ClientFin, drained),
             Ok(Ok(n)) => drained += n as u64,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return (CloseOutcome::Reset, drained)
-            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return (CloseOutcome::Reset, drained),
             Ok(Err(_)) => return (CloseOutcome::Error, drained),
             Err(_) if Instant::now() >= deadline => return (CloseOutcome::LingerTime, drained),
             Err(_) => return (CloseOutcome::LingerTimeout, drained),

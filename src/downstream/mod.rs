@@ -14,7 +14,9 @@ pub mod framing;
 pub mod head;
 pub mod io;
 pub mod linger;
+pub mod track;
 
+use crate::metrics::{OutcomeLabel, RuleLabel};
 use crate::policy::ClientPolicy;
 use crate::proxy::{self, RequestCtx};
 use crate::server::Shared;
@@ -23,6 +25,7 @@ use framing::{BodyFault, Framing};
 use head::Reject;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use linger::CloseOutcome;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -34,6 +37,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, trace};
+use track::ClientState;
 
 /// State shared, for one request, by the socket wrapper, the proxy service and
 /// the connection loop.
@@ -52,10 +56,7 @@ impl Exchange {
         *self.fault.lock().unwrap_or_else(|p| p.into_inner())
     }
     pub fn set_fault(&self, f: BodyFault) {
-        self.fault
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_or_insert(f);
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(f);
     }
     pub fn request_complete(&self) -> bool {
         self.request_complete.load(Ordering::Acquire)
@@ -95,6 +96,8 @@ enum Ending {
 /// Serves one client connection to its end.
 pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(peer);
+    let track = shared.clients.open(peer);
     let accepted = Instant::now();
     let mut buf = BytesMut::with_capacity(2048);
     let mut policy: Option<Arc<ClientPolicy>> = None;
@@ -108,6 +111,11 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         } else {
             Instant::now() + s.keepalive_timeout
         };
+        track.set(if buf.is_empty() && served > 0 {
+            ClientState::Idle
+        } else {
+            ClientState::Reading
+        });
         let len = match wait_head(
             &mut stream,
             &mut buf,
@@ -115,6 +123,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             s.header_timeout,
             s.max_header_bytes,
             &shared,
+            &track,
         )
         .await
         {
@@ -128,13 +137,29 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
         let policy = policy.get_or_insert_with(|| {
             let ua = head.user_agent.as_deref().unwrap_or("");
             let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
+            let _ = track.entry.user_agent.set(ua.to_string());
             if !p.matched.is_empty() {
-                debug!(%peer, user_agent = ua, rules = ?p.matched, "user-agent rules matched");
+                let rules: Vec<String> = p
+                    .matched
+                    .iter()
+                    .map(|&i| shared.config.rules.rules()[i].pattern.clone())
+                    .collect();
+                debug!(%peer, user_agent = ua, ?rules, "user-agent rules matched");
+                for r in &rules {
+                    shared
+                        .metrics
+                        .ua_rule_matches
+                        .get_or_create(&RuleLabel { rule: r.clone() })
+                        .inc();
+                }
+                let _ = track.entry.rules.set(rules);
             }
             p
         });
         let s = policy.settings;
         served += 1;
+        track.set(ClientState::Active);
+        track.entry.requests.fetch_add(1, Ordering::Relaxed);
         let mut framing = head.framing;
         let in_buf = match framing.consume(&buf[head.len..]) {
             Ok(n) => n,
@@ -150,28 +175,21 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             shared: shared.clone(),
             policy: policy.clone(),
             peer,
+            local,
             exchange: Arc::new(Exchange::default()),
             keepalive,
             remaining: s.max_requests - served,
             has_body: framing.has_body(),
             idempotent: head.idempotent,
         });
-        match exchange(&mut stream, prefix, framing, ctx, s.body_timeout).await {
+        match exchange(&mut stream, prefix, framing, ctx, s.body_timeout, &track.entry).await {
             Some(rest) if keepalive => buf.extend_from_slice(&rest),
             _ => break Ending::Close,
         }
     };
     let settings = policy.as_deref().unwrap_or(&shared.base_policy).settings;
     let force10 = policy.as_deref().is_some_and(|p| p.force_response_1_0);
-    finish(
-        stream,
-        ending,
-        &settings.close,
-        force10,
-        settings.body_timeout,
-        peer,
-    )
-    .await;
+    finish(stream, ending, &settings, force10, &shared, &track).await;
 }
 
 fn reject(r: Reject) -> Ending {
@@ -190,6 +208,7 @@ async fn wait_head(
     header_timeout: Duration,
     max: usize,
     shared: &Shared,
+    track: &track::Tracked,
 ) -> Result<usize, Ending> {
     let mut head_until = None;
     loop {
@@ -209,11 +228,7 @@ async fn wait_head(
         let deadline = if buf.is_empty() {
             idle_until
         } else {
-            *head_until.get_or_insert_with(|| {
-                idle_until
-                    .min(Instant::now() + header_timeout)
-                    .max(Instant::now())
-            })
+            *head_until.get_or_insert_with(|| idle_until.min(Instant::now() + header_timeout).max(Instant::now()))
         };
         buf.reserve(1024);
         let read = tokio::select! {
@@ -223,7 +238,10 @@ async fn wait_head(
         match read {
             Ok(Ok(0)) if buf.is_empty() => return Err(Ending::ClientClosed),
             Ok(Ok(0)) => return Err(Ending::Reply(400, "client closed inside the request head")),
-            Ok(Ok(_)) => {}
+            Ok(Ok(n)) => {
+                track.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                track.set(ClientState::Reading);
+            }
             Ok(Err(e)) => {
                 trace!(error = %e, "read error while waiting for a request");
                 return Err(Ending::Close);
@@ -252,9 +270,10 @@ async fn exchange(
     framing: Framing,
     ctx: Arc<RequestCtx>,
     stall: Duration,
+    entry: &track::Entry,
 ) -> Option<BytesMut> {
     let exch = ctx.exchange.clone();
-    let io = io::ClientIo::new(stream, prefix, framing, stall, exch.clone());
+    let io = io::ClientIo::new(stream, prefix, framing, stall, exch.clone(), entry);
     let svc = hyper::service::service_fn(move |req| Box::pin(proxy::handle(req, ctx.clone())));
     let mut conn = http1_builder().serve_connection(TokioIo::new(io), svc);
     let ended = tokio::select! {
@@ -289,26 +308,51 @@ async fn exchange(
 async fn finish(
     mut stream: TcpStream,
     ending: Ending,
-    close: &crate::config::CloseSettings,
+    settings: &crate::config::ClientSettings,
     force10: bool,
-    write_timeout: Duration,
-    peer: SocketAddr,
+    shared: &Shared,
+    track: &track::Tracked,
 ) {
+    let peer = track.entry.peer;
+    let metrics = &shared.metrics;
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");
+        metrics
+            .lingering_closes
+            .get_or_create(&OutcomeLabel {
+                outcome: CloseOutcome::ClientFin.as_str(),
+            })
+            .inc();
         return;
     }
     if let Ending::Reply(status, why) = ending {
         debug!(%peer, status, reason = why, "refusing request");
+        metrics.response(status);
         let bytes = proxy::raw_error_response(status, force10);
-        if tokio::time::timeout(write_timeout, stream.write_all(&bytes))
-            .await
-            .is_err()
-        {
-            linger::abort(stream);
-            return;
+        match tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes)).await {
+            Ok(Ok(())) => {
+                track.entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            _ => {
+                linger::abort(stream);
+                metrics
+                    .lingering_closes
+                    .get_or_create(&OutcomeLabel {
+                        outcome: CloseOutcome::Error.as_str(),
+                    })
+                    .inc();
+                return;
+            }
         }
     }
-    let (outcome, drained) = linger::close(stream, close).await;
+    track.set(ClientState::Lingering);
+    let (outcome, drained) = linger::close(stream, &settings.close, &track.entry.kill).await;
+    metrics
+        .lingering_closes
+        .get_or_create(&OutcomeLabel {
+            outcome: outcome.as_str(),
+        })
+        .inc();
+    metrics.drained_bytes.inc_by(drained);
     trace!(%peer, outcome = outcome.as_str(), drained, "client connection closed");
 }

@@ -37,8 +37,7 @@ impl TempFile {
     pub fn new(name: &str, text: &str) -> TempFile {
         static N: AtomicUsize = AtomicUsize::new(0);
         let n = N.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("finguard-test-{}-{n}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("finguard-test-{}-{n}-{name}", std::process::id()));
         std::fs::write(&path, text).expect("write temp file");
         TempFile(path)
     }
@@ -193,12 +192,8 @@ impl Backend {
             max_open: Arc::default(),
             heads: Arc::default(),
         };
-        let (accepted, open, max_open, heads) = (
-            b.accepted.clone(),
-            b.open.clone(),
-            b.max_open.clone(),
-            b.heads.clone(),
-        );
+        let (accepted, open, max_open, heads) =
+            (b.accepted.clone(), b.open.clone(), b.max_open.clone(), b.heads.clone());
         thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(s) = s else { continue };
@@ -240,7 +235,9 @@ fn serve_backend_conn(mut s: TcpStream, reply: Reply, heads: &Mutex<Vec<String>>
         heads.lock().unwrap().push(head.clone());
         let framing = body_framing(&head);
         if let Reply::Unauthorized = reply {
-            let _ = s.write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\nunauthorized\n");
+            let _ = s.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\nunauthorized\n",
+            );
             let _ = s.shutdown(Shutdown::Write);
             let mut sink = [0u8; 65536];
             while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
@@ -254,7 +251,9 @@ fn serve_backend_conn(mut s: TcpStream, reply: Reply, heads: &Mutex<Vec<String>>
             Reply::EchoHead => head.clone(),
             Reply::CountBody => format!("{n}\n"),
             Reply::Chunked => {
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nchunk-\r\n4\r\ned!\n\r\n0\r\n\r\n");
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nchunk-\r\n4\r\ned!\n\r\n0\r\n\r\n",
+                );
                 continue;
             }
             Reply::Slow(d) => {
@@ -334,14 +333,9 @@ fn read_body(s: &mut TcpStream, buf: &mut Vec<u8>, f: BodyFraming) -> Option<usi
                     let need = buf.len() + 1;
                     fill(s, buf, need)?;
                 };
-                let size = usize::from_str_radix(
-                    String::from_utf8_lossy(&buf[..line_end])
-                        .split(';')
-                        .next()?
-                        .trim(),
-                    16,
-                )
-                .ok()?;
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).split(';').next()?.trim(), 16)
+                        .ok()?;
                 buf.drain(..line_end + 2);
                 if size == 0 {
                     fill(s, buf, 2)?;
@@ -401,8 +395,7 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
                 let need = buf.len() + 1;
                 fill(s, buf, need)?;
             };
-            let size =
-                usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).ok()?;
+            let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).ok()?;
             buf.drain(..line_end + 2);
             fill(s, buf, size + 2)?;
             out.extend_from_slice(&buf[..size]);
@@ -411,10 +404,7 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
                 break out;
             }
         }
-    } else if let Some(n) = r
-        .header("content-length")
-        .and_then(|v| v.parse::<usize>().ok())
-    {
+    } else if let Some(n) = r.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
         fill(s, buf, n)?;
         buf.drain(..n).collect()
     } else {
@@ -450,9 +440,7 @@ pub fn peer_end(s: &mut TcpStream, limit: Duration) -> PeerEnd {
             Ok(0) => return PeerEnd::Eof,
             Ok(_) => continue,
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return PeerEnd::Reset,
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                return PeerEnd::Open
-            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return PeerEnd::Open,
             Err(e) => panic!("unexpected read error {e}"),
         }
     }
@@ -461,10 +449,7 @@ pub fn peer_end(s: &mut TcpStream, limit: Duration) -> PeerEnd {
 /// TCP states from `/proc/net/tcp{,6}` for sockets whose local port is
 /// `local` and remote port is `remote` (0: any).
 pub fn tcp_states(local: u16, remote: u16) -> Vec<&'static str> {
-    tcp_sockets(local, remote)
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect()
+    tcp_sockets(local, remote).into_iter().map(|(s, _)| s).collect()
 }
 
 /// Like `tcp_states`, with each socket's inode: 0 for an orphan that no
@@ -480,8 +465,7 @@ pub fn tcp_sockets(local: u16, remote: u16) -> Vec<(&'static str, u64)> {
             if f.len() < 10 {
                 continue;
             }
-            let port =
-                |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0);
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0);
             if port(f[1]) != local || (remote != 0 && port(f[2]) != remote) {
                 continue;
             }

@@ -1,0 +1,200 @@
+//! The registry of open client connections: what `/connections` lists, what
+//! the `finguard_client_connections{state}` gauge counts, and what the reaper
+//! checks. Each connection holds a [`Tracked`] guard whose `Drop` removes it,
+//! so no path can leak an entry or a gauge count.
+
+use crate::metrics::Metrics;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum ClientState {
+    /// Reading a request head.
+    Reading = 0,
+    /// A request is being served (body, backend, response).
+    Active = 1,
+    /// Between requests, keep-alive.
+    Idle = 2,
+    /// Closing: write half shut, draining what the client still sends.
+    Lingering = 3,
+}
+
+impl ClientState {
+    pub const ALL: [ClientState; 4] = [
+        ClientState::Reading,
+        ClientState::Active,
+        ClientState::Idle,
+        ClientState::Lingering,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Reading => "reading",
+            ClientState::Active => "active",
+            ClientState::Idle => "idle",
+            ClientState::Lingering => "lingering",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        Self::ALL.get(v as usize).copied().unwrap_or(ClientState::Active)
+    }
+}
+
+/// One open client connection, as `/connections` shows it.
+pub struct Entry {
+    pub peer: SocketAddr,
+    started: Instant,
+    state: AtomicU8,
+    /// Milliseconds after `started` at which the current state began.
+    state_since_ms: AtomicU64,
+    pub requests: AtomicU32,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub user_agent: OnceLock<String>,
+    pub rules: OnceLock<Vec<String>>,
+    /// Cancelled by the reaper to end a connection stuck past its deadline.
+    pub kill: CancellationToken,
+}
+
+/// Every open client connection.
+pub struct Registry {
+    next: AtomicU64,
+    conns: Mutex<HashMap<u64, Arc<Entry>>>,
+    gauges: [Gauge; 4],
+}
+
+impl Registry {
+    pub fn new(metrics: &Metrics) -> Self {
+        Registry {
+            next: AtomicU64::new(1),
+            conns: Mutex::new(HashMap::new()),
+            gauges: ClientState::ALL.map(|s| metrics.client_state(s.as_str())),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Entry>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new connection, in state `Reading`.
+    pub fn open(self: &Arc<Self>, peer: SocketAddr) -> Tracked {
+        let entry = Arc::new(Entry {
+            peer,
+            started: Instant::now(),
+            state: AtomicU8::new(ClientState::Reading as u8),
+            state_since_ms: AtomicU64::new(0),
+            requests: AtomicU32::new(0),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            user_agent: OnceLock::new(),
+            rules: OnceLock::new(),
+            kill: CancellationToken::new(),
+        });
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(id, entry.clone());
+        self.gauges[ClientState::Reading as usize].inc();
+        Tracked {
+            registry: self.clone(),
+            id,
+            entry,
+        }
+    }
+
+    /// A snapshot for `/connections`.
+    pub fn snapshot(&self) -> Vec<ConnView> {
+        let mut v: Vec<ConnView> = self.lock().values().map(|e| e.view()).collect();
+        v.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
+        v
+    }
+
+    /// Cancels connections that have been lingering longer than `limit`;
+    /// returns how many. A safety net: the lingering loop has its own deadline.
+    pub fn reap_lingering(&self, limit: Duration) -> usize {
+        let now = Instant::now();
+        let stuck: Vec<Arc<Entry>> = self
+            .lock()
+            .values()
+            .filter(|e| e.state() == ClientState::Lingering && e.in_state_for(now) > limit && !e.kill.is_cancelled())
+            .cloned()
+            .collect();
+        for e in &stuck {
+            e.kill.cancel();
+        }
+        stuck.len()
+    }
+}
+
+impl Entry {
+    pub fn state(&self) -> ClientState {
+        ClientState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    fn in_state_for(&self, now: Instant) -> Duration {
+        let since = Duration::from_millis(self.state_since_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(self.started + since)
+    }
+
+    fn view(&self) -> ConnView {
+        ConnView {
+            peer: self.peer.to_string(),
+            state: self.state(),
+            age_ms: self.started.elapsed().as_millis() as u64,
+            requests: self.requests.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            user_agent: self.user_agent.get().cloned(),
+            rules: self.rules.get().cloned().unwrap_or_default(),
+        }
+    }
+}
+
+/// `/connections` JSON element.
+#[derive(Debug, Serialize)]
+pub struct ConnView {
+    pub peer: String,
+    pub state: ClientState,
+    pub age_ms: u64,
+    pub requests: u32,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub user_agent: Option<String>,
+    pub rules: Vec<String>,
+}
+
+/// A connection's membership in the registry; dropping it removes the entry.
+pub struct Tracked {
+    registry: Arc<Registry>,
+    id: u64,
+    pub entry: Arc<Entry>,
+}
+
+impl Tracked {
+    pub fn set(&self, state: ClientState) {
+        let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
+        if old != state as u8 {
+            self.registry.gauges[old as usize].dec();
+            self.registry.gauges[state as usize].inc();
+            let ms = self.entry.started.elapsed().as_millis() as u64;
+            self.entry.state_since_ms.store(ms, Ordering::Relaxed);
+            tracing::trace!(peer = %self.entry.peer, from = ClientState::from_u8(old).as_str(), to = state.as_str(), "client state");
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.registry.gauges[self.entry.state() as usize].dec();
+        self.registry.lock().remove(&self.id);
+    }
+}
