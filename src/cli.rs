@@ -27,6 +27,32 @@ enum Cmd {
     Run(RunArgs),
     /// Validate the config and print it with every default filled in.
     Check(CheckArgs),
+    /// Count the host's TCP sockets by state (from /proc/net/tcp{,6}).
+    Census(CensusArgs),
+    /// Exit 0 if the admin /healthz answers 200 (for Docker HEALTHCHECK).
+    Health(HealthArgs),
+}
+
+#[derive(Args, Debug)]
+struct CensusArgs {
+    /// Only sockets whose local or remote port is this (repeatable).
+    #[arg(long = "port", value_name = "N")]
+    ports: Vec<u16>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Print again every SECS seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    watch: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+struct HealthArgs {
+    /// Admin address [default: $FINGUARD_ADMIN, else the config's [admin] addr, else 127.0.0.1:9901].
+    #[arg(long, env = "FINGUARD_ADMIN", value_name = "ADDR")]
+    admin: Option<String>,
+    #[command(flatten)]
+    config: ConfigArg,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -73,6 +99,69 @@ pub fn main() -> ExitCode {
         Some(Cmd::Run(a)) => run(a),
         None => run(cli.run),
         Some(Cmd::Check(a)) => check(a),
+        Some(Cmd::Census(a)) => census(a),
+        Some(Cmd::Health(a)) => health(a),
+    }
+}
+
+fn census(a: CensusArgs) -> ExitCode {
+    if let Some(w) = a.watch {
+        if !(w.is_finite() && w > 0.0) {
+            eprintln!("finguard: --watch: must be a positive number of seconds");
+            return ExitCode::from(1);
+        }
+    }
+    loop {
+        let counts = crate::census::count_ports(&crate::census::sockets(), &a.ports);
+        if a.json {
+            println!("{}", serde_json::to_string(&counts).unwrap_or_default());
+        } else {
+            if a.watch.is_some() {
+                println!("# {}", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
+            }
+            print!("{}", crate::census::table(&counts));
+        }
+        match a.watch {
+            Some(secs) => std::thread::sleep(std::time::Duration::from_secs_f64(secs)),
+            None => return ExitCode::SUCCESS,
+        }
+    }
+}
+
+fn health(a: HealthArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let addr = match a.admin {
+        Some(a) => a,
+        None => match load(&a.config, &Overrides::default()) {
+            Ok(Config { admin: Some(addr), .. }) => addr.to_string(),
+            _ => "127.0.0.1:9901".to_string(),
+        },
+    };
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let sa = std::net::ToSocketAddrs::to_socket_addrs(&addr)?
+            .next()
+            .ok_or_else(|| std::io::Error::other("no address"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sa, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: finguard\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })();
+    match answer {
+        Ok(resp) if resp.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(resp) => {
+            eprintln!(
+                "finguard: {addr}/healthz: {}",
+                resp.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("finguard: {addr}/healthz: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -11,10 +11,16 @@
 //! - [`proxy`]: routing, forwarding, hop-by-hop headers, response shaping, error statuses
 //! - [`upstream`]: the bounded backend pool and its reaper
 //! - [`metrics`]: every exported metric, declared once
+//! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
+//! - [`admin`]: /healthz, /metrics, /census, /connections
+//! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`cli`]: the `finguard` command line
 
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
+pub mod admin;
+pub mod census;
 pub mod cli;
 pub mod config;
 pub mod downstream;

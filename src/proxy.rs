@@ -103,13 +103,17 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         let req = unsent
             .take()
             .unwrap_or_else(|| upstream_request(parts, body.take().unwrap_or_else(empty_body), cfg));
+        let sent_at = tokio::time::Instant::now();
         let sent = tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(req)).await;
         let mut err = match sent {
             Err(_) => {
                 let why = format!("backend {} did not answer within response_timeout", cfg.name);
                 return Err((StatusCode::GATEWAY_TIMEOUT, why));
             }
-            Ok(Ok(resp)) => return Ok(relay(resp, conn, upstream.clone(), ctx)),
+            Ok(Ok(resp)) => {
+                ctx.exchange.set_upstream(conn.addr, sent_at.elapsed());
+                return Ok(relay(resp, conn, upstream.clone(), ctx));
+            }
             Ok(Err(e)) => e,
         };
         if let Some(f) = ctx.exchange.fault() {

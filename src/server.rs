@@ -30,6 +30,7 @@ pub struct Shared {
     pub draining: CancellationToken,
     pub metrics: Arc<Metrics>,
     pub clients: Arc<Registry>,
+    pub access: crate::accesslog::Logger,
     per_ip: Mutex<HashMap<IpAddr, u32>>,
 }
 
@@ -67,6 +68,7 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         .collect();
     let shared = Arc::new(Shared {
         clients: Arc::new(Registry::new(&metrics)),
+        access: crate::accesslog::Logger::new(config.access_log),
         metrics,
         base_policy: Arc::new(ClientPolicy::base(config.client)),
         upstreams,
@@ -92,11 +94,19 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
             stop_accepting.clone(),
         ));
     }
-    tokio::spawn(upstream::reaper(
-        shared.upstreams.clone(),
-        shared.config.reaper_interval,
-        stop_accepting.clone(),
-    ));
+    tokio::spawn(upstream::reaper(shared.clone(), stop_accepting.clone()));
+    if let Some(admin) = shared.config.admin {
+        let listener = bind(admin).map_err(|source| BindError { addr: admin, source })?;
+        let bound = listener.local_addr().unwrap_or(admin);
+        eprintln!("finguard: admin on {bound}");
+        // Runs until the process exits, so /healthz can say 503 while draining.
+        tokio::spawn(crate::admin::serve(
+            listener,
+            shared.clone(),
+            addrs.clone(),
+            CancellationToken::new(),
+        ));
+    }
     Ok(Running {
         addrs,
         shared,

@@ -437,20 +437,39 @@ impl Upstream {
     }
 }
 
-/// Sweeps every pool on `interval` until `stop` fires.
-pub async fn reaper(pools: Vec<Arc<Upstream>>, interval: Duration, stop: tokio_util::sync::CancellationToken) {
-    let mut tick = tokio::time::interval(interval);
+/// The reaper: every `[reaper] interval`, sweeps every pool (idle timeout,
+/// `pool_max_idle`) and ends client connections stuck lingering past
+/// `linger_time` (a safety net: the lingering loop has its own deadline).
+/// It only takes short locks, never waits on a socket.
+pub async fn reaper(shared: Arc<crate::server::Shared>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.reaper_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The longest any rule lets a connection linger, plus a grace period.
+    let max_linger = shared
+        .config
+        .rules
+        .rules()
+        .iter()
+        .filter_map(|r| r.overrides.linger_time)
+        .chain([shared.config.client.close.linger_time])
+        .max()
+        .unwrap_or_default()
+        + shared.config.reaper_interval;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        for p in &pools {
+        for p in &shared.upstreams {
             let n = p.reap();
             if n > 0 {
                 debug!(backend = %p.cfg.name, reaped = n, "reaped idle backend connections");
             }
+        }
+        let stuck = shared.clients.reap_lingering(max_linger);
+        if stuck > 0 {
+            warn!(stuck, "ended client connections lingering past linger_time");
+            shared.metrics.reaped("client", ReapReason::LingerExpired);
         }
     }
 }

@@ -26,8 +26,12 @@ pub struct Head {
     pub wants_keepalive: bool,
     /// GET, HEAD, OPTIONS, PUT, DELETE, TRACE: safe to send twice.
     pub idempotent: bool,
-    /// Only filled in when asked for (the first request of a connection).
+    /// Only filled in when asked for (the first request, or an access log).
     pub user_agent: Option<String>,
+    /// Only filled in when asked for (an access log).
+    pub referer: Option<String>,
+    /// Length of the request line, without its CRLF.
+    pub line_end: usize,
 }
 
 /// Why a head is refused.
@@ -72,7 +76,7 @@ pub fn leading_empty_lines(buf: &[u8]) -> usize {
 }
 
 /// Parses and judges a complete head (`buf[..len]`, from `find_end`).
-pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Head, Reject> {
+pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer: bool) -> Result<Head, Reject> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(&buf[..len]) {
@@ -94,6 +98,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Hea
     let mut hosts = 0;
     let (mut wants_close, mut wants_keepalive) = (false, false);
     let mut user_agent = None;
+    let mut referer = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -120,6 +125,8 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Hea
             }
         } else if want_ua && name.eq_ignore_ascii_case("user-agent") {
             user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
+        } else if want_referer && name.eq_ignore_ascii_case("referer") {
+            referer = Some(String::from_utf8_lossy(h.value).into_owned());
         }
     }
     if te_seen && content_length.is_some() {
@@ -145,6 +152,8 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool) -> Result<Hea
         wants_keepalive,
         idempotent,
         user_agent,
+        referer,
+        line_end: buf.iter().position(|&b| b == b'\r').unwrap_or(0),
     })
 }
 
@@ -182,7 +191,7 @@ mod tests {
     fn judge(raw: &str) -> Result<Head, Reject> {
         let b = raw.as_bytes();
         let len = find_end(b)?.ok_or(Reject::Bad("incomplete"))?;
-        parse(b, len, 1000, true)
+        parse(b, len, 1000, true, true)
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod io;
 pub mod linger;
 pub mod track;
 
+use crate::accesslog;
 use crate::metrics::{OutcomeLabel, RuleLabel};
 use crate::policy::ClientPolicy;
 use crate::proxy::{self, RequestCtx};
@@ -49,6 +50,8 @@ pub struct Exchange {
     finished: AtomicBool,
     done: Notify,
     status: AtomicU16,
+    /// The backend address and the time to its response head.
+    upstream: Mutex<Option<(SocketAddr, Duration)>>,
 }
 
 impl Exchange {
@@ -73,6 +76,12 @@ impl Exchange {
     }
     pub fn status(&self) -> u16 {
         self.status.load(Ordering::Relaxed)
+    }
+    pub fn set_upstream(&self, addr: SocketAddr, took: Duration) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((addr, took));
+    }
+    pub fn upstream(&self) -> Option<(SocketAddr, Duration)> {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
     }
     /// The response body has been produced to its end (or dropped).
     pub fn finish(&self) {
@@ -130,7 +139,8 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             Ok(len) => len,
             Err(e) => break e,
         };
-        let head = match head::parse(&buf, len, s.max_body_bytes, policy.is_none()) {
+        let logging = shared.access.enabled();
+        let head = match head::parse(&buf, len, s.max_body_bytes, policy.is_none() || logging, logging) {
             Ok(h) => h,
             Err(r) => break reject(r),
         };
@@ -166,6 +176,8 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             Err(f) => break reject(f.into()),
         };
         let prefix = buf.split_to(head.len + in_buf).freeze();
+        let request_line = prefix.slice(..head.line_end);
+        let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
         let keepalive = policy.allows_keepalive()
             && served < s.max_requests
             && !head.wants_close
@@ -182,7 +194,21 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             has_body: framing.has_body(),
             idempotent: head.idempotent,
         });
-        match exchange(&mut stream, prefix, framing, ctx, s.body_timeout, &track.entry).await {
+        let exch = ctx.exchange.clone();
+        let next = exchange(&mut stream, prefix, framing, ctx, s.body_timeout, &track.entry).await;
+        if logging {
+            shared.access.request(&accesslog::Record {
+                peer,
+                request_line: &String::from_utf8_lossy(&request_line),
+                status: exch.status(),
+                bytes_out: track.entry.bytes_out.load(Ordering::Relaxed) - bytes_before,
+                referer: head.referer.as_deref(),
+                user_agent: head.user_agent.as_deref(),
+                rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
+                backend: exch.upstream(),
+            });
+        }
+        match next {
             Some(rest) if keepalive => buf.extend_from_slice(&rest),
             _ => break Ending::Close,
         }
@@ -329,6 +355,16 @@ async fn finish(
         debug!(%peer, status, reason = why, "refusing request");
         metrics.response(status);
         let bytes = proxy::raw_error_response(status, force10);
+        shared.access.request(&accesslog::Record {
+            peer,
+            request_line: why,
+            status,
+            bytes_out: bytes.len() as u64,
+            referer: None,
+            user_agent: track.entry.user_agent.get().map(String::as_str),
+            rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
+            backend: None,
+        });
         match tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes)).await {
             Ok(Ok(())) => {
                 track.entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -354,5 +390,7 @@ async fn finish(
         })
         .inc();
     metrics.drained_bytes.inc_by(drained);
+    let requests = track.entry.requests.load(Ordering::Relaxed);
+    shared.access.close(peer, outcome.as_str(), requests, drained);
     trace!(%peer, outcome = outcome.as_str(), drained, "client connection closed");
 }

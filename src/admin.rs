@@ -1,0 +1,124 @@
+//! The admin listener: `/healthz`, `/metrics`, `/census`, `/connections`.
+//!
+//! Off unless `[admin] addr` or `--admin` is given; meant for loopback or a
+//! private interface: it has no authentication, so never bind it publicly.
+//! Scrape-time values (pool sizes, the TCP census) are read when asked for,
+//! never on the request path.
+
+use crate::census;
+use crate::metrics::{BackendStateLabel, SocketLabel};
+use crate::server::Shared;
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+/// Bounds an admin client, which is a scraper, not a browser.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the admin endpoints until `stop`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, listeners: Vec<SocketAddr>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            () = stop.cancelled() => return,
+        };
+        let (shared, listeners) = (shared.clone(), listeners.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (shared, listeners) = (shared.clone(), listeners.clone());
+                async move { Ok::<_, Infallible>(route(req, &shared, &listeners)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc);
+            if let Ok(Err(e)) = tokio::time::timeout(ADMIN_TIMEOUT * 6, conn).await {
+                debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+fn route(req: Request<Incoming>, shared: &Shared, listeners: &[SocketAddr]) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
+    }
+    match req.uri().path() {
+        "/healthz" if shared.draining.is_cancelled() => {
+            reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+        }
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/metrics" => {
+            refresh_gauges(shared, listeners);
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                shared.metrics.render(),
+            )
+        }
+        "/census" => {
+            let c = census::sides(&census::sockets(), listeners, &backend_addrs(shared));
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&c).unwrap_or_default(),
+            )
+        }
+        "/connections" => {
+            let v = shared.clients.snapshot();
+            reply(
+                StatusCode::OK,
+                "application/json",
+                serde_json::to_vec_pretty(&v).unwrap_or_default(),
+            )
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+fn backend_addrs(shared: &Shared) -> Vec<SocketAddr> {
+    shared
+        .upstreams
+        .iter()
+        .flat_map(|u| u.cfg.addrs.iter().copied())
+        .collect()
+}
+
+/// Sets the gauges that are read at scrape time.
+fn refresh_gauges(shared: &Shared, listeners: &[SocketAddr]) {
+    let m = &shared.metrics;
+    for u in &shared.upstreams {
+        let idle = u.idle_connections();
+        let busy = u.open_connections().saturating_sub(idle);
+        let label = |state| BackendStateLabel {
+            backend: u.cfg.name.clone(),
+            state,
+        };
+        m.backend_connections.get_or_create(&label("idle")).set(idle as i64);
+        m.backend_connections.get_or_create(&label("busy")).set(busy as i64);
+    }
+    let c = census::sides(&census::sockets(), listeners, &backend_addrs(shared));
+    m.tcp_sockets.clear();
+    for (side, counts) in [("client", &c.client), ("backend", &c.backend)] {
+        for (state, n) in counts {
+            m.tcp_sockets.get_or_create(&SocketLabel { side, state }).set(*n as i64);
+        }
+    }
+}
