@@ -53,8 +53,11 @@ impl Drop for TempFile {
 pub struct Proxy {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the config or arguments enable it.
+    pub admin: Option<SocketAddr>,
     pub stderr: Arc<Mutex<Vec<String>>>,
-    _config: TempFile,
+    pub stdout: Arc<Mutex<Vec<String>>>,
+    pub config: TempFile,
 }
 
 impl Proxy {
@@ -77,35 +80,71 @@ impl Proxy {
                 std::env::var("TEST_RUST_LOG").unwrap_or_else(|_| "finguard=debug".into()),
             )
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn finguard");
         let stderr = child.stderr.take().expect("stderr");
+        let stdout = child.stdout.take().expect("stdout");
         let lines = Arc::new(Mutex::new(Vec::new()));
+        let out_lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = lines.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(a) = line.strip_prefix("finguard: listening on ") {
-                    let _ = tx.send(a.parse::<SocketAddr>().expect("listen addr"));
+                    let _ = tx.send((true, a.parse::<SocketAddr>().expect("listen addr")));
+                }
+                if let Some(a) = line.strip_prefix("finguard: admin on ") {
+                    let _ = tx.send((false, a.parse::<SocketAddr>().expect("admin addr")));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(a) => a,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("finguard did not start: {:?}", lines.lock().unwrap());
+        let out_sink = out_lines.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                out_sink.lock().unwrap().push(line);
+            }
+        });
+        let mut admin = None;
+        let addr = loop {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((true, a)) => break a,
+                Ok((false, a)) => admin = Some(a),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("finguard did not start: {:?}", lines.lock().unwrap());
+                }
             }
         };
         Proxy {
             child,
             addr,
+            admin,
             stderr: lines,
-            _config: file,
+            stdout: out_lines,
+            config: file,
         }
+    }
+
+    /// GET on the admin listener; returns (status, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.expect("admin listener enabled");
+        let r = request(
+            admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+        );
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// The value of one metric sample (`name{labels}` exactly as exported), 0 if absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn connect(&self) -> TcpStream {
@@ -169,6 +208,10 @@ pub enum Reply {
     Chunked,
     /// Wait, then 200.
     Slow(Duration),
+    /// 200 with no length, the body ending when the backend closes.
+    CloseDelimited,
+    /// Announces 1000 bytes, sends 10, then resets the connection.
+    ResetMidBody,
 }
 
 /// A test backend: HTTP/1.1 keep-alive, one thread per connection, counting
@@ -181,9 +224,26 @@ pub struct Backend {
     pub heads: Arc<Mutex<Vec<String>>>,
 }
 
+/// How a test backend treats its connections.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BackendOpts {
+    /// Close a connection idle this long (a backend keep-alive timeout).
+    pub keepalive: Option<Duration>,
+    /// Expect a PROXY protocol header first and record it.
+    pub proxy_protocol: bool,
+}
+
 impl Backend {
     pub fn start(reply: Reply) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_with(reply, BackendOpts::default())
+    }
+
+    pub fn start_with(reply: Reply, opts: BackendOpts) -> Backend {
+        Self::on(TcpListener::bind("127.0.0.1:0").unwrap(), reply, opts)
+    }
+
+    /// Serves on a listener the test bound itself.
+    pub fn on(listener: TcpListener, reply: Reply, opts: BackendOpts) -> Backend {
         let addr = listener.local_addr().unwrap();
         let b = Backend {
             addr,
@@ -202,7 +262,7 @@ impl Backend {
                 max_open.fetch_max(now, Ordering::SeqCst);
                 let (open, heads) = (open.clone(), heads.clone());
                 thread::spawn(move || {
-                    serve_backend_conn(s, reply, &heads);
+                    serve_backend_conn(s, reply, opts, &heads);
                     open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -225,9 +285,16 @@ pub fn dead_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
-fn serve_backend_conn(mut s: TcpStream, reply: Reply, heads: &Mutex<Vec<String>>) {
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+fn serve_backend_conn(mut s: TcpStream, reply: Reply, opts: BackendOpts, heads: &Mutex<Vec<String>>) {
+    s.set_read_timeout(Some(opts.keepalive.unwrap_or(Duration::from_secs(30))))
+        .unwrap();
     let mut buf = Vec::new();
+    if opts.proxy_protocol {
+        let Some(line) = read_proxy_header(&mut s, &mut buf) else {
+            return;
+        };
+        heads.lock().unwrap().push(line);
+    }
     loop {
         let Some(head) = read_head(&mut s, &mut buf) else {
             return;
@@ -260,6 +327,15 @@ fn serve_backend_conn(mut s: TcpStream, reply: Reply, heads: &Mutex<Vec<String>>
                 thread::sleep(d);
                 "slow\n".to_string()
             }
+            Reply::CloseDelimited => {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end\n");
+                return;
+            }
+            Reply::ResetMidBody => {
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789");
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                return;
+            }
         };
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Backend: test\r\n\r\n{body}",
@@ -287,6 +363,42 @@ fn body_framing(head: &str) -> BodyFraming {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0);
     BodyFraming::Length(len)
+}
+
+/// Reads a PROXY protocol header (v1 line or v2 binary) and renders it as
+/// `PROXY <src-ip> <src-port>`.
+fn read_proxy_header(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    fill(s, buf, 16)?;
+    if buf.starts_with(b"PROXY ") {
+        let end = loop {
+            if let Some(i) = find(buf, b"\r\n") {
+                break i;
+            }
+            let need = buf.len() + 1;
+            fill(s, buf, need)?;
+        };
+        let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end + 2);
+        let f: Vec<&str> = line.split(' ').collect();
+        return Some(format!("PROXY {} {}", f.get(2)?, f.get(4)?));
+    }
+    let len = u16::from_be_bytes([buf[14], buf[15]]) as usize;
+    fill(s, buf, 16 + len)?;
+    let fam = buf[13];
+    let text = if fam == 0x11 {
+        let ip = std::net::Ipv4Addr::new(buf[16], buf[17], buf[18], buf[19]);
+        format!("PROXY {ip} {}", u16::from_be_bytes([buf[24], buf[25]]))
+    } else {
+        let mut o = [0u8; 16];
+        o.copy_from_slice(&buf[16..32]);
+        format!(
+            "PROXY {} {}",
+            std::net::Ipv6Addr::from(o),
+            u16::from_be_bytes([buf[48], buf[49]])
+        )
+    };
+    buf.drain(..16 + len);
+    Some(text)
 }
 
 /// Reads a head (through CRLF CRLF) from `s`, keeping extra bytes in `buf`.

@@ -1,0 +1,213 @@
+//! The backend pool: few connections, no CLOSE_WAIT, safe retries, ejection,
+//! PROXY protocol, and backend-side framing.
+
+mod support;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+fn backend_cfg(extra: &str) -> String {
+    format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[reaper]\ninterval = \"100ms\"\n[[backend]]\nname = \"app\"\naddrs = [\"127.0.0.1:1\"]\n{extra}\n"
+    )
+}
+
+#[test]
+fn an_idle_pooled_connection_closed_by_the_backend_leaves_no_close_wait() {
+    let backend = Backend::start_with(
+        Reply::Ok,
+        BackendOpts {
+            keepalive: Some(Duration::from_millis(200)),
+            ..Default::default()
+        },
+    );
+    let p = Proxy::start(&backend_cfg("pool_idle_timeout = \"10s\""), backend.addr);
+    assert_eq!(request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").status, 200);
+    assert_eq!(backend.accepted(), 1);
+    // The backend's keep-alive fires; finguard sees the FIN at once.
+    let sample = "finguard_backend_reaped_total{backend=\"app\",reason=\"backend_closed\"}";
+    assert!(
+        wait_until(Duration::from_secs(3), || p.metric(sample) == 1.0),
+        "{}",
+        p.admin_get("/metrics").1
+    );
+    let finguard_side = || {
+        tcp_states(0, backend.addr.port())
+            .into_iter()
+            .filter(|s| *s == "CLOSE_WAIT" || *s == "ESTABLISHED")
+            .count()
+    };
+    assert_eq!(finguard_side(), 0, "finguard still holds the closed backend connection");
+    // And the next request simply gets a new connection.
+    assert_eq!(request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").status, 200);
+    assert_eq!(backend.accepted(), 2);
+}
+
+#[test]
+fn the_stale_connection_race_never_reaches_the_client() {
+    // The backend closes idle connections after 30 ms, the pool keeps them 2 s:
+    // requests spaced around 30 ms race the backend's close.
+    let backend = Backend::start_with(
+        Reply::Ok,
+        BackendOpts {
+            keepalive: Some(Duration::from_millis(30)),
+            ..Default::default()
+        },
+    );
+    let cfg = format!(
+        "[client]\nmax_requests_per_connection = 1000\n{}",
+        backend_cfg("pool_idle_timeout = \"2s\"")
+    );
+    let p = Proxy::start(&cfg, backend.addr);
+    let mut s = p.connect();
+    let mut buf = Vec::new();
+    let mut failures = 0;
+    for i in 0..200u64 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        let r = read_response(&mut s, &mut buf).unwrap_or_else(|| panic!("request {i}: no response\n{}", p.log()));
+        failures += usize::from(r.status >= 500);
+        // Client pacing: 20..40 ms, straddling the backend's 30 ms.
+        thread::sleep(Duration::from_millis(20 + (i * 7) % 21));
+    }
+    assert_eq!(
+        failures,
+        0,
+        "retries: {}",
+        p.metric("finguard_backend_retries_total{backend=\"app\"}")
+    );
+}
+
+#[test]
+fn two_hundred_concurrent_clients_see_at_most_max_connections_backend_connections() {
+    let backend = Backend::start(Reply::Slow(Duration::from_millis(50)));
+    let p = Proxy::start(
+        &backend_cfg("max_connections = 32\npool_max_idle = 32\nqueue_timeout = \"300ms\""),
+        backend.addr,
+    );
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            let addr = p.addr;
+            thread::spawn(move || request(addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
+        })
+        .collect();
+    let responses: Vec<Response> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let max = backend.max_open.load(Ordering::SeqCst);
+    assert!(max <= 32, "the backend saw {max} connections at once");
+    for r in &responses {
+        assert!(r.status == 200 || r.status == 503, "{}", r.head);
+        if r.status == 503 {
+            assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+        }
+    }
+    assert!(responses.iter().filter(|r| r.status == 200).count() >= 32);
+}
+
+#[test]
+fn a_refusing_address_is_ejected_and_comes_back_after_the_cool_off() {
+    let good = Backend::start(Reply::Ok);
+    let dead = dead_port();
+    let cfg = format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{dead}\", \"{}\"]\neject_after = 2\neject_cool_off = \"1s\"\n\
+         pool_max_idle = 0\n",
+        good.addr
+    );
+    let p = Proxy::start_args(&cfg, &[]);
+    for _ in 0..10 {
+        let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200, "a dead address must not cost the client its request");
+    }
+    assert_eq!(p.metric("finguard_backend_ejections_total{backend=\"app\"}"), 1.0);
+    assert!(wait_until(Duration::from_secs(2), || p
+        .log()
+        .contains("backend address ejected")));
+    // The address comes back to life; after the cool-off it gets traffic again.
+    let revived = Backend::on(
+        TcpListener::bind(dead).expect("rebind the dead port"),
+        Reply::Ok,
+        BackendOpts::default(),
+    );
+    assert!(wait_until(Duration::from_secs(5), || {
+        request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        revived.accepted() > 0
+    }));
+    assert!(wait_until(Duration::from_secs(2), || p
+        .log()
+        .contains("back in rotation")));
+}
+
+#[test]
+fn proxy_protocol_v1_and_v2_announce_the_client() {
+    for version in ["v1", "v2"] {
+        let backend = Backend::start_with(
+            Reply::Ok,
+            BackendOpts {
+                proxy_protocol: true,
+                ..Default::default()
+            },
+        );
+        let p = Proxy::start(&backend_cfg(&format!("proxy_protocol = \"{version}\"")), backend.addr);
+        let mut s = p.connect();
+        let client_port = s.local_addr().unwrap().port();
+        let mut buf = Vec::new();
+        for _ in 0..3 {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+            assert_eq!(read_response(&mut s, &mut buf).unwrap().status, 200);
+        }
+        let heads = backend.heads();
+        assert_eq!(heads[0], format!("PROXY 127.0.0.1 {client_port}"), "{version}");
+        // One header per backend connection, reused for the same client.
+        assert_eq!(heads.iter().filter(|h| h.starts_with("PROXY")).count(), 1, "{heads:?}");
+    }
+}
+
+#[test]
+fn a_close_delimited_backend_response_is_relayed_whole_and_not_reused() {
+    let backend = Backend::start(Reply::CloseDelimited);
+    let p = Proxy::start("", backend.addr);
+    for n in 1..=3 {
+        let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body, b"until the end\n");
+        assert_eq!(backend.accepted(), n);
+    }
+}
+
+#[test]
+fn a_backend_reset_mid_body_aborts_the_client_response() {
+    let backend = Backend::start(Reply::ResetMidBody);
+    let p = Proxy::start("", backend.addr);
+    let mut s = p.connect();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).expect("the head was relayed");
+    assert!(head.contains("content-length: 1000"), "{head}");
+    let mut rest = buf;
+    let end = loop {
+        let mut b = [0u8; 4096];
+        match std::io::Read::read(&mut s, &mut b) {
+            Ok(0) => break "eof",
+            Ok(n) => rest.extend_from_slice(&b[..n]),
+            Err(_) => break "error",
+        }
+    };
+    assert!(rest.len() < 1000, "a truncated body was passed off as complete ({end})");
+}
+
+#[test]
+fn expect_100_continue_works() {
+    let backend = Backend::start(Reply::CountBody);
+    let p = Proxy::start("", backend.addr);
+    let mut s = p.connect();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .unwrap();
+    let mut buf = Vec::new();
+    let interim = read_head(&mut s, &mut buf).unwrap();
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    s.write_all(b"hello").unwrap();
+    let r = read_response(&mut s, &mut buf).unwrap();
+    assert_eq!((r.status, r.body), (200, b"5\n".to_vec()));
+}
