@@ -7,7 +7,7 @@
 
 use crate::census;
 use crate::metrics::{BackendStateLabel, SocketLabel};
-use crate::server::Shared;
+use crate::server::{Current, Shared};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -15,26 +15,26 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 /// Bounds an admin client, which is a scraper, not a browser.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves the admin endpoints until `stop`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, listeners: Vec<SocketAddr>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, current: Current, listeners: Vec<SocketAddr>) {
     loop {
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            () = stop.cancelled() => return,
+        let Ok((stream, _)) = listener.accept().await else {
+            // Out of descriptors, most likely: the proxy's own backoff applies.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         };
-        let (shared, listeners) = (shared.clone(), listeners.clone());
+        let (current, listeners) = (current.clone(), listeners.clone());
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
-                let (shared, listeners) = (shared.clone(), listeners.clone());
+                let shared = current.read().unwrap_or_else(|p| p.into_inner()).clone();
+                let listeners = listeners.clone();
                 async move { Ok::<_, Infallible>(route(req, &shared, &listeners)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()

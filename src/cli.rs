@@ -278,7 +278,14 @@ async fn serve(cfg: Config, a: RunArgs) -> ExitCode {
             _ = hup.recv() => {
                 let ov = Overrides { listen: a.listen.clone(), backend: a.backend.clone(), admin: a.admin.clone() };
                 match load(&a.config, &ov) {
-                    Ok(_) => tracing::warn!("SIGHUP: the new config is valid, but live reload is not supported yet; restart to apply it"),
+                    Ok(cfg) => {
+                        let source = cfg.source.clone();
+                        let not_applied = running.reload(cfg);
+                        tracing::info!(config = %source, "SIGHUP: configuration reloaded for new connections");
+                        if !not_applied.is_empty() {
+                            tracing::warn!(?not_applied, "SIGHUP: these settings need a restart");
+                        }
+                    }
                     Err(e) => tracing::error!("SIGHUP: new config rejected, keeping the running one: {e}"),
                 }
             }

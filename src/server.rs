@@ -1,6 +1,11 @@
 //! Running the proxy: bind the listeners, accept with connection permits and
 //! per-IP limits, spawn one task per client, drain on SIGTERM/SIGINT.
 //!
+//! A reload (SIGHUP) builds a new [`Shared`] generation — policy, routes,
+//! backend pools — and swaps it in: new connections get it, existing ones keep
+//! the one they started with. Metrics, the connection registry, the per-IP
+//! counts and the drain signal outlive generations.
+//!
 //! The accept loop never dies on a transient error: on descriptor exhaustion
 //! (EMFILE/ENFILE) it backs off instead of spinning, and the connections in the
 //! backlog wait for a permit rather than being refused.
@@ -13,7 +18,7 @@ use crate::policy::ClientPolicy;
 use crate::upstream::{self, Upstream};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -31,16 +36,70 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub clients: Arc<Registry>,
     pub access: crate::accesslog::Logger,
-    per_ip: Mutex<HashMap<IpAddr, u32>>,
+    per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
+}
+
+/// The generation new connections get.
+pub type Current = Arc<RwLock<Arc<Shared>>>;
+
+impl Shared {
+    fn first(config: Config) -> Arc<Shared> {
+        let metrics = Arc::new(Metrics::new());
+        Shared::build(
+            config,
+            metrics.clone(),
+            Arc::new(Registry::new(&metrics)),
+            CancellationToken::new(),
+            Arc::default(),
+        )
+    }
+
+    fn build(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clients: Arc<Registry>,
+        draining: CancellationToken,
+        per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    ) -> Arc<Shared> {
+        let upstreams = config
+            .backends
+            .iter()
+            .cloned()
+            .map(|b| Upstream::new(b, metrics.clone()))
+            .collect();
+        let shared = Arc::new(Shared {
+            access: crate::accesslog::Logger::new(config.access_log),
+            base_policy: Arc::new(ClientPolicy::base(config.client)),
+            upstreams,
+            metrics,
+            clients,
+            draining,
+            per_ip,
+            config,
+        });
+        tokio::spawn(upstream::reaper(Arc::downgrade(&shared)));
+        shared
+    }
+
+    /// The next generation, from a new config; what outlives reloads is kept.
+    fn next(&self, config: Config) -> Arc<Shared> {
+        Shared::build(
+            config,
+            self.metrics.clone(),
+            self.clients.clone(),
+            self.draining.clone(),
+            self.per_ip.clone(),
+        )
+    }
 }
 
 /// How long the accept loop pauses when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// A running proxy: its bound addresses and the handle that stops it.
+/// A running proxy: its bound addresses and the handles that reload and stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
-    pub shared: Arc<Shared>,
+    pub current: Current,
     tracker: TaskTracker,
     stop_accepting: CancellationToken,
 }
@@ -59,57 +118,39 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         let listener = bind(l.addr).map_err(|source| BindError { addr: l.addr, source })?;
         listeners.push(listener);
     }
-    let metrics = Arc::new(Metrics::new());
-    let upstreams: Vec<_> = config
-        .backends
-        .iter()
-        .cloned()
-        .map(|b| Upstream::new(b, metrics.clone()))
-        .collect();
-    let shared = Arc::new(Shared {
-        clients: Arc::new(Registry::new(&metrics)),
-        access: crate::accesslog::Logger::new(config.access_log),
-        metrics,
-        base_policy: Arc::new(ClientPolicy::base(config.client)),
-        upstreams,
-        draining: CancellationToken::new(),
-        per_ip: Mutex::new(HashMap::new()),
-        config,
-    });
+    let admin = match config.admin {
+        Some(a) => Some(bind(a).map_err(|source| BindError { addr: a, source })?),
+        None => None,
+    };
+    let permits = Arc::new(Semaphore::new(config.max_connections as usize));
+    let current: Current = Arc::new(RwLock::new(Shared::first(config)));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
-    let permits = Arc::new(Semaphore::new(shared.config.max_connections as usize));
     let mut addrs = Vec::new();
     for listener in listeners {
         let addr = listener.local_addr().map_err(|source| BindError {
-            addr: shared.config.listeners[0].addr,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
         addrs.push(addr);
         tokio::spawn(accept_loop(
             listener,
-            shared.clone(),
+            current.clone(),
             permits.clone(),
             tracker.clone(),
             stop_accepting.clone(),
         ));
     }
-    tokio::spawn(upstream::reaper(shared.clone(), stop_accepting.clone()));
-    if let Some(admin) = shared.config.admin {
-        let listener = bind(admin).map_err(|source| BindError { addr: admin, source })?;
-        let bound = listener.local_addr().unwrap_or(admin);
-        eprintln!("finguard: admin on {bound}");
+    if let Some(listener) = admin {
+        if let Ok(bound) = listener.local_addr() {
+            eprintln!("finguard: admin on {bound}");
+        }
         // Runs until the process exits, so /healthz can say 503 while draining.
-        tokio::spawn(crate::admin::serve(
-            listener,
-            shared.clone(),
-            addrs.clone(),
-            CancellationToken::new(),
-        ));
+        tokio::spawn(crate::admin::serve(listener, current.clone(), addrs.clone()));
     }
     Ok(Running {
         addrs,
-        shared,
+        current,
         tracker,
         stop_accepting,
     })
@@ -125,12 +166,36 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 impl Running {
+    pub fn shared(&self) -> Arc<Shared> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Swaps in a new configuration for new connections. Listener, admin and
+    /// `max_connections` changes need a restart: they are reported, not applied.
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let old = self.shared();
+        let mut not_applied = Vec::new();
+        let addrs = |c: &Config| c.listeners.iter().map(|l| l.addr).collect::<Vec<_>>();
+        if addrs(&old.config) != addrs(&config) {
+            not_applied.push("listener addresses".to_string());
+        }
+        if old.config.admin != config.admin {
+            not_applied.push("admin.addr".to_string());
+        }
+        if old.config.max_connections != config.max_connections {
+            not_applied.push("client.max_connections".to_string());
+        }
+        let next = old.next(config);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        not_applied
+    }
+
     /// Stops accepting, lets in-flight requests finish and idle connections
     /// close the configured way; gives up after `timeout`. Returns whether
     /// every connection ended in time.
     pub async fn drain(self, timeout: Duration) -> bool {
         self.stop_accepting.cancel();
-        self.shared.draining.cancel();
+        self.shared().draining.cancel();
         self.tracker.close();
         tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok()
     }
@@ -138,7 +203,7 @@ impl Running {
 
 async fn accept_loop(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    current: Current,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
     stop: CancellationToken,
@@ -168,6 +233,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let shared = current.read().unwrap_or_else(|p| p.into_inner()).clone();
         shared.metrics.accepted.inc();
         let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
             tracker.spawn(refuse_over_ip_limit(stream, peer, shared.clone(), permit));

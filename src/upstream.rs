@@ -441,7 +441,11 @@ impl Upstream {
 /// `pool_max_idle`) and ends client connections stuck lingering past
 /// `linger_time` (a safety net: the lingering loop has its own deadline).
 /// It only takes short locks, never waits on a socket.
-pub async fn reaper(shared: Arc<crate::server::Shared>, stop: tokio_util::sync::CancellationToken) {
+///
+/// One reaper per config generation; it ends when its generation is gone
+/// (reloaded away and its last connection closed).
+pub async fn reaper(weak: std::sync::Weak<crate::server::Shared>) {
+    let Some(shared) = weak.upgrade() else { return };
     let mut tick = tokio::time::interval(shared.config.reaper_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The longest any rule lets a connection linger, plus a grace period.
@@ -455,11 +459,10 @@ pub async fn reaper(shared: Arc<crate::server::Shared>, stop: tokio_util::sync::
         .max()
         .unwrap_or_default()
         + shared.config.reaper_interval;
+    drop(shared);
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            () = stop.cancelled() => return,
-        }
+        tick.tick().await;
+        let Some(shared) = weak.upgrade() else { return };
         for p in &shared.upstreams {
             let n = p.reap();
             if n > 0 {
