@@ -31,6 +31,49 @@ enum Cmd {
     Census(CensusArgs),
     /// Exit 0 if the admin /healthz answers 200 (for Docker HEALTHCHECK).
     Health(HealthArgs),
+    /// The buggy-client simulator, against any HTTP server you name.
+    Simulate(SimulateArgs),
+    /// Zero-setup demonstration on loopback: a naive backend, with and without finguard.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// The server to test (HOST:PORT); only this address is contacted.
+    #[arg(long, value_name = "HOST:PORT")]
+    target: String,
+    #[arg(long, value_enum)]
+    scenario: crate::simulate::Scenario,
+    /// Connections to open (capped at 20000).
+    #[arg(long, default_value_t = crate::simulate::DEFAULT_CONNECTIONS)]
+    connections: usize,
+    /// How long the scenario runs, e.g. "3s" (capped at 10m).
+    #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
+    duration: std::time::Duration,
+    /// Path to request (post-unauthorized posts to it).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Body size for post-unauthorized, e.g. "4MiB".
+    #[arg(long, default_value = "4MiB", value_parser = parse_size_arg)]
+    body_bytes: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::units::parse_duration(s)
+}
+
+fn parse_size_arg(s: &str) -> Result<u64, String> {
+    crate::config::units::parse_size(s)
 }
 
 #[derive(Args, Debug)]
@@ -101,7 +144,72 @@ pub fn main() -> ExitCode {
         Some(Cmd::Check(a)) => check(a),
         Some(Cmd::Census(a)) => census(a),
         Some(Cmd::Health(a)) => health(a),
+        Some(Cmd::Simulate(a)) => simulate(a),
+        Some(Cmd::Demo(a)) => demo(a),
     }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("finguard: cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// A token cancelled by Ctrl-C, so a run stops early and still reports.
+fn ctrl_c_token() -> tokio_util::sync::CancellationToken {
+    let t = tokio_util::sync::CancellationToken::new();
+    let c = t.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            c.cancel();
+        }
+    });
+    t
+}
+
+fn simulate(a: SimulateArgs) -> ExitCode {
+    use crate::simulate;
+    let target = match std::net::ToSocketAddrs::to_socket_addrs(&a.target).map(|mut i| i.next()) {
+        Ok(Some(t)) => t,
+        _ => {
+            eprintln!("finguard: --target: {:?} is not a reachable HOST:PORT", a.target);
+            return ExitCode::from(1);
+        }
+    };
+    let Some(rt) = runtime() else { return ExitCode::from(2) };
+    let opts = simulate::Options {
+        connections: a.connections,
+        duration: a.duration,
+        path: a.path,
+        body_bytes: usize::try_from(a.body_bytes).unwrap_or(usize::MAX),
+        ..simulate::Options::new(target, a.scenario)
+    };
+    let report = rt.block_on(async { simulate::run(opts, ctrl_c_token()).await });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+    } else {
+        print!("{}", simulate::table(&report));
+    }
+    ExitCode::SUCCESS
+}
+
+fn demo(a: DemoArgs) -> ExitCode {
+    use crate::simulate::demo;
+    let Some(rt) = runtime() else { return ExitCode::from(2) };
+    let rows = rt.block_on(async { demo::run_demo(ctrl_c_token(), |line| eprintln!("finguard demo: {line}")).await });
+    match rows {
+        Ok(rows) if a.json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
+        Ok(rows) => print!("\n{}", demo::table(&rows)),
+        Err(e) => {
+            eprintln!("finguard demo: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn census(a: CensusArgs) -> ExitCode {

@@ -14,6 +14,7 @@
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
 //! - [`accesslog`]: combined or JSON access log on stdout
+//! - [`simulate`]: the buggy-client simulator and `finguard demo`
 //! - [`cli`]: the `finguard` command line
 
 #![forbid(unsafe_code)]
@@ -28,4 +29,5 @@ pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod simulate;
 pub mod upstream;

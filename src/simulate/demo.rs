@@ -1,0 +1,261 @@
+//! `finguard demo`: the problem and the cure, side by side, with no setup.
+//!
+//! An embedded *naive* backend — it answers early and closes outright (no
+//! lingering close), closes idle keep-alive connections after a second, and
+//! is slow to close after a client's FIN (the CLOSE_WAIT leak of the field
+//! report) — faces each simulator scenario directly, then behind an embedded
+//! finguard. Every number printed is measured; everything runs on loopback
+//! and ends by itself.
+
+use super::{run, Options, Report, Scenario};
+use crate::config::{self, Overrides};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long each scenario runs (per side).
+const SCENARIO_TIME: Duration = Duration::from_millis(2500);
+const CONNECTIONS: usize = 20;
+/// The naive backend's keep-alive timeout.
+const NAIVE_KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long the naive backend leaves a socket in CLOSE_WAIT after the client's FIN.
+const NAIVE_CLOSE_DELAY: Duration = Duration::from_secs(20);
+
+/// The embedded naive backend.
+struct Naive {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+impl Naive {
+    async fn start() -> std::io::Result<Naive> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (count, st) = (accepted.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = l.accept() => c,
+                    () = st.cancelled() => return,
+                };
+                if let Ok((s, _)) = conn {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = naive_conn(s) => {}
+                            () = st.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Ok(Naive { addr, accepted, stop })
+    }
+}
+
+impl Drop for Naive {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A server without lingering close and with a slow close after the peer's FIN.
+async fn naive_conn(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout(NAIVE_KEEPALIVE, s.read(&mut chunk)).await {
+                Err(_) => return, // keep-alive timeout: close outright
+                Ok(Ok(0)) => {
+                    // The client's FIN: this server gets round to closing much later.
+                    tokio::time::sleep(NAIVE_CLOSE_DELAY).await;
+                    return;
+                }
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(_)) => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let malformed = head.lines().skip(1).any(|l| !l.is_empty() && !l.contains(':'));
+        let reply: &[u8] = if malformed {
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
+        } else if head.starts_with("POST") {
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\nunauthorized\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
+        };
+        if s.write_all(reply).await.is_err() || reply.starts_with(b"HTTP/1.1 4") {
+            return; // closes at once, unread request bytes and all
+        }
+    }
+}
+
+fn finguard_config(backend: SocketAddr) -> Result<config::Config, config::ConfigError> {
+    let text = format!(
+        r#"shutdown_timeout = "2s"
+[[listener]]
+addr = "127.0.0.1:0"
+[client]
+keepalive_timeout = "1s"
+header_timeout = "1s"
+body_timeout = "2s"
+[client.close]
+mode = "lingering"
+linger_timeout = "300ms"
+linger_time = "2s"
+on_timeout = "reset"
+[[backend]]
+name = "naive"
+addrs = ["{backend}"]
+# This backend leaks CLOSE_WAIT whenever its peer closes first, so finguard
+# lets it close idle connections itself (after 1 s) and closes its own end
+# at once; a request that races that close is retried.
+pool_idle_timeout = "5s"
+[reaper]
+interval = "200ms"
+[log]
+access = "off"
+level = "off"
+"#
+    );
+    config::parse("<demo>", &text, &Overrides::default())
+}
+
+/// One scenario, both ways.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub scenario: Scenario,
+    pub direct: Side,
+    pub finguard: Side,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct Side {
+    /// Responses lost to a reset, or never received.
+    pub responses_lost: u64,
+    pub responses_complete: u64,
+    /// Sockets left on the client-facing server (the backend directly, or finguard).
+    pub front_fin_wait2: u64,
+    pub front_close_wait: u64,
+    /// Sockets left on the backend behind finguard.
+    pub backend_fin_wait2: u64,
+    pub backend_close_wait: u64,
+    pub backend_connections: u64,
+    pub p99_ms: Option<f64>,
+    pub requests_per_sec: Option<f64>,
+}
+
+fn side(r: &Report, backend_connections: u64) -> Side {
+    let get = |c: &crate::census::Counts, s: &str| c.get(s).copied().unwrap_or(0);
+    let back = r.also_census_after.clone().unwrap_or_default();
+    Side {
+        responses_lost: r.responses_lost_to_reset + r.responses_missing,
+        responses_complete: r.responses_complete,
+        front_fin_wait2: get(&r.census_after, "FIN_WAIT2"),
+        front_close_wait: get(&r.census_after, "CLOSE_WAIT"),
+        backend_fin_wait2: get(&back, "FIN_WAIT2"),
+        backend_close_wait: get(&back, "CLOSE_WAIT"),
+        backend_connections,
+        p99_ms: r.latency.as_ref().map(|l| l.p99_ms),
+        requests_per_sec: r.requests_per_sec,
+    }
+}
+
+/// Runs every scenario directly and through finguard; `progress` gets a line per phase.
+pub async fn run_demo(stop: CancellationToken, mut progress: impl FnMut(&str)) -> std::io::Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    for scenario in Scenario::ALL {
+        if stop.is_cancelled() {
+            break;
+        }
+        let opts = |target| Options {
+            connections: CONNECTIONS,
+            duration: SCENARIO_TIME,
+            ..Options::new(target, scenario)
+        };
+        progress(&format!("{:<18} direct to the naive backend ...", scenario.name()));
+        let naive = Naive::start().await?;
+        let direct = run(opts(naive.addr), stop.clone()).await;
+        let direct_side = side(&direct, naive.accepted.load(Ordering::Relaxed));
+        drop(naive);
+
+        progress(&format!("{:<18} through finguard ...", scenario.name()));
+        let naive = Naive::start().await?;
+        let cfg = finguard_config(naive.addr).map_err(std::io::Error::other)?;
+        let running = crate::server::start(cfg).await.map_err(std::io::Error::other)?;
+        let mut o = opts(running.addrs[0]);
+        o.also_census = Some(naive.addr.port());
+        let via = run(o, stop.clone()).await;
+        let via_side = side(&via, naive.accepted.load(Ordering::Relaxed));
+        running.drain(Duration::from_secs(2)).await;
+        drop(naive);
+        rows.push(Row {
+            scenario,
+            direct: direct_side,
+            finguard: via_side,
+        });
+    }
+    Ok(rows)
+}
+
+/// The side-by-side table.
+pub fn table(rows: &[Row]) -> String {
+    let mut o = String::new();
+    o.push_str(&format!(
+        "{:<18} | {:>5} {:>5} {:>5} {:>6} | {:>5} {:>9} {:>9} {:>6}\n",
+        "", "lost", "FW2", "CW", "conns", "lost", "FW2 f/b", "CW f/b", "conns"
+    ));
+    o.push_str(&format!(
+        "{:<18} | {:^24} | {:^33}\n",
+        "scenario", "direct to backend", "through finguard"
+    ));
+    o.push_str(&format!("{}\n", "-".repeat(81)));
+    for r in rows {
+        let (d, f) = (&r.direct, &r.finguard);
+        o.push_str(&format!(
+            "{:<18} | {:>5} {:>5} {:>5} {:>6} | {:>5} {:>9} {:>9} {:>6}\n",
+            r.scenario.name(),
+            d.responses_lost,
+            d.front_fin_wait2,
+            d.front_close_wait,
+            d.backend_connections,
+            f.responses_lost,
+            format!("{}/{}", f.front_fin_wait2, f.backend_fin_wait2),
+            format!("{}/{}", f.front_close_wait, f.backend_close_wait),
+            f.backend_connections,
+        ));
+    }
+    if let Some(r) = rows.iter().find(|r| r.scenario == Scenario::WellBehaved) {
+        let fmt = |s: &Side| {
+            format!(
+                "{:.2} ms p99, {:.0} req/s",
+                s.p99_ms.unwrap_or(0.0),
+                s.requests_per_sec.unwrap_or(0.0)
+            )
+        };
+        o.push_str(&format!(
+            "\nwell-behaved clients: direct {}  |  through finguard {}\n",
+            fmt(&r.direct),
+            fmt(&r.finguard)
+        ));
+    }
+    o.push_str(
+        "\nlost: responses lost to a reset or never received; FW2 / CW: sockets left in FIN_WAIT_2 / CLOSE_WAIT\n\
+         right after the run (f/b: finguard's client side / the backend); conns: connections the backend accepted.\n",
+    );
+    o
+}

@@ -1,0 +1,306 @@
+//! The buggy-client simulator: connections that behave like the broken
+//! clients of the field, against any HTTP server the user names, with a
+//! report of what happened to them and a TCP census of the target port.
+//!
+//! Bounded by construction: at most [`MAX_CONNECTIONS`] connections and
+//! [`MAX_DURATION`]; every await has a deadline; Ctrl-C (the `stop` token)
+//! ends the run early and the report is still printed.
+
+mod scenarios;
+mod wire;
+
+use crate::census::{self, Counts};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_CONNECTIONS: usize = 20;
+pub const MAX_CONNECTIONS: usize = 20_000;
+pub const DEFAULT_DURATION: Duration = Duration::from_secs(3);
+pub const MAX_DURATION: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// Reads its response, then never closes and never reads again.
+    NeverClose,
+    /// Sends a request, shuts its write side, reads the response, then vanishes.
+    HalfClose,
+    /// Streams a large body to a URL answered early (401/413).
+    PostUnauthorized,
+    /// Pipelines requests with a malformed one in the middle.
+    PipelineError,
+    /// Sends the request head a byte at a time.
+    Slowloris,
+    /// Opens connections and holds them idle.
+    IdleHold,
+    /// Plain keep-alive GETs: the control group.
+    WellBehaved,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 7] = [
+        Scenario::NeverClose,
+        Scenario::HalfClose,
+        Scenario::PostUnauthorized,
+        Scenario::PipelineError,
+        Scenario::Slowloris,
+        Scenario::IdleHold,
+        Scenario::WellBehaved,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::NeverClose => "never-close",
+            Scenario::HalfClose => "half-close",
+            Scenario::PostUnauthorized => "post-unauthorized",
+            Scenario::PipelineError => "pipeline-error",
+            Scenario::Slowloris => "slowloris",
+            Scenario::IdleHold => "idle-hold",
+            Scenario::WellBehaved => "well-behaved",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub target: SocketAddr,
+    pub scenario: Scenario,
+    pub connections: usize,
+    pub duration: Duration,
+    /// The path requested (`post-unauthorized` posts to it).
+    pub path: String,
+    /// Body size for `post-unauthorized`.
+    pub body_bytes: usize,
+    /// Another port whose server-side sockets are counted too (the backend
+    /// behind a proxy under test).
+    pub also_census: Option<u16>,
+}
+
+impl Options {
+    pub fn new(target: SocketAddr, scenario: Scenario) -> Self {
+        Options {
+            target,
+            scenario,
+            connections: DEFAULT_CONNECTIONS,
+            duration: DEFAULT_DURATION,
+            path: "/".into(),
+            body_bytes: 4 << 20,
+            also_census: None,
+        }
+    }
+
+    /// Applies the hard caps.
+    pub fn bounded(mut self) -> Self {
+        self.connections = self.connections.clamp(1, MAX_CONNECTIONS);
+        self.duration = self.duration.min(MAX_DURATION);
+        self
+    }
+}
+
+/// How the server ended a connection, as the client saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum End {
+    Fin,
+    Rst,
+    #[default]
+    Open,
+}
+
+/// One connection's story.
+#[derive(Debug, Default)]
+pub struct ConnOutcome {
+    pub sent: u64,
+    pub complete: u64,
+    /// Responses the server sent (or owed) that a reset destroyed.
+    pub lost_reset: u64,
+    /// Requests that got no response without a reset (cut by FIN or timeout).
+    pub missing: u64,
+    pub statuses: Vec<u16>,
+    pub latencies: Vec<Duration>,
+    pub end: End,
+    /// Held until the census is taken, so that it sees the sockets' states.
+    pub socket: Option<TcpStream>,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Latency {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+/// The report of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub target: String,
+    pub connections: usize,
+    pub elapsed_ms: u64,
+    pub requests_sent: u64,
+    pub responses_complete: u64,
+    pub responses_lost_to_reset: u64,
+    pub responses_missing: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    pub server_closed_fin: u64,
+    pub server_closed_rst: u64,
+    pub server_left_open: u64,
+    /// The target port's server-side sockets by state.
+    pub census_before: Counts,
+    pub census_after: Counts,
+    /// `also_census`'s server side, after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub also_census_after: Option<Counts>,
+    pub requests_per_sec: Option<f64>,
+    pub latency: Option<Latency>,
+}
+
+/// The server side of `port`: sockets whose local port it is (not the listener).
+pub fn server_side(port: u16) -> Counts {
+    census::count(
+        census::sockets()
+            .iter()
+            .filter(|s| s.local.port() == port && s.state != "LISTEN"),
+    )
+}
+
+/// Runs one scenario to its end (or until `stop`).
+pub async fn run(opts: Options, stop: CancellationToken) -> Report {
+    let opts = opts.bounded();
+    let before = server_side(opts.target.port());
+    let started = Instant::now();
+    let deadline = started + opts.duration;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..opts.connections {
+        let (o, stop) = (opts.clone(), stop.clone());
+        set.spawn(async move { scenarios::one(&o, i, deadline, stop).await });
+    }
+    let mut outcomes = Vec::with_capacity(opts.connections);
+    while let Some(r) = set.join_next().await {
+        if let Ok(o) = r {
+            outcomes.push(o);
+        }
+    }
+    let elapsed = started.elapsed();
+    let after = server_side(opts.target.port());
+    let also = opts.also_census.map(server_side);
+    let mut report = summarize(&opts, &outcomes, elapsed);
+    report.census_before = before;
+    report.census_after = after;
+    report.also_census_after = also;
+    drop(outcomes); // now the sockets may close
+    report
+}
+
+fn summarize(opts: &Options, outcomes: &[ConnOutcome], elapsed: Duration) -> Report {
+    let mut r = Report {
+        scenario: opts.scenario,
+        target: opts.target.to_string(),
+        connections: opts.connections,
+        elapsed_ms: elapsed.as_millis() as u64,
+        requests_sent: 0,
+        responses_complete: 0,
+        responses_lost_to_reset: 0,
+        responses_missing: 0,
+        statuses: BTreeMap::new(),
+        server_closed_fin: 0,
+        server_closed_rst: 0,
+        server_left_open: 0,
+        census_before: Counts::new(),
+        census_after: Counts::new(),
+        also_census_after: None,
+        requests_per_sec: None,
+        latency: None,
+    };
+    let mut lat: Vec<Duration> = Vec::new();
+    for o in outcomes {
+        r.requests_sent += o.sent;
+        r.responses_complete += o.complete;
+        r.responses_lost_to_reset += o.lost_reset;
+        r.responses_missing += o.missing;
+        for s in &o.statuses {
+            *r.statuses.entry(*s).or_default() += 1;
+        }
+        match o.end {
+            End::Fin => r.server_closed_fin += 1,
+            End::Rst => r.server_closed_rst += 1,
+            End::Open => r.server_left_open += 1,
+        }
+        lat.extend_from_slice(&o.latencies);
+    }
+    if opts.scenario == Scenario::WellBehaved && !lat.is_empty() {
+        lat.sort_unstable();
+        let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize].as_secs_f64() * 1000.0;
+        r.latency = Some(Latency {
+            p50_ms: pick(0.5),
+            p90_ms: pick(0.9),
+            p99_ms: pick(0.99),
+            max_ms: pick(1.0),
+        });
+        r.requests_per_sec = Some(r.responses_complete as f64 / elapsed.as_secs_f64().max(1e-9));
+    }
+    r
+}
+
+const CENSUS_STATES: [&str; 6] = [
+    "ESTABLISHED",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+];
+
+/// The human-readable report.
+pub fn table(r: &Report) -> String {
+    let mut o = String::new();
+    let statuses: Vec<String> = r.statuses.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+    o.push_str(&format!(
+        "scenario {}  target {}  connections {}  elapsed {:.2}s\n",
+        r.scenario.name(),
+        r.target,
+        r.connections,
+        r.elapsed_ms as f64 / 1000.0
+    ));
+    o.push_str(&format!("  requests sent              {:>8}\n", r.requests_sent));
+    o.push_str(&format!(
+        "  responses complete         {:>8}   ({})\n",
+        r.responses_complete,
+        statuses.join(", ")
+    ));
+    o.push_str(&format!(
+        "  responses lost to a reset  {:>8}\n",
+        r.responses_lost_to_reset
+    ));
+    o.push_str(&format!("  responses missing          {:>8}\n", r.responses_missing));
+    o.push_str(&format!(
+        "  server closed              FIN {}  RST {}  still open {}\n",
+        r.server_closed_fin, r.server_closed_rst, r.server_left_open
+    ));
+    if let (Some(rps), Some(l)) = (r.requests_per_sec, &r.latency) {
+        o.push_str(&format!(
+            "  req/s {rps:.0}   latency p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms\n",
+            l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms
+        ));
+    }
+    o.push_str(&format!(
+        "  target-port sockets (server side)   {:>8} {:>8}\n",
+        "before", "after"
+    ));
+    for st in CENSUS_STATES {
+        let (b, a) = (
+            r.census_before.get(st).copied().unwrap_or(0),
+            r.census_after.get(st).copied().unwrap_or(0),
+        );
+        o.push_str(&format!("    {st:<33} {b:>8} {a:>8}\n"));
+    }
+    o
+}
+
+pub mod demo;

@@ -1,0 +1,87 @@
+//! The simulator against servers whose behaviour is known, and the demo's
+//! measured verdict.
+
+mod support;
+
+use std::process::Command;
+use support::*;
+
+fn simulate(target: std::net::SocketAddr, scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args([
+            "simulate",
+            "--json",
+            "--target",
+            &target.to_string(),
+            "--scenario",
+            scenario,
+        ])
+        .args(["--connections", "10", "--duration", "1500ms"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+const LINGER: &str = "[client]\nheader_timeout = \"500ms\"\nkeepalive_timeout = \"500ms\"\n[client.close]\nlinger_timeout = \"200ms\"\nlinger_time = \"1s\"\n";
+
+#[test]
+fn post_unauthorized_loses_responses_only_without_lingering_close() {
+    let backend = Backend::start(Reply::Unauthorized);
+    let lingering = Proxy::start(LINGER, backend.addr);
+    let r = simulate(lingering.addr, "post-unauthorized", &["--path", "/upload"]);
+    assert_eq!(r["responses_lost_to_reset"], 0, "{r}");
+    assert_eq!(r["statuses"]["401"], 10, "{r}");
+    let immediate = Proxy::start(&format!("{LINGER}mode = \"immediate\"\n"), backend.addr);
+    let r = simulate(immediate.addr, "post-unauthorized", &["--path", "/upload"]);
+    assert!(r["responses_lost_to_reset"].as_u64().unwrap() > 0, "{r}");
+}
+
+#[test]
+fn slowloris_and_half_close_against_finguard() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(LINGER, backend.addr);
+    let r = simulate(p.addr, "slowloris", &[]);
+    assert_eq!(r["statuses"]["408"], 10, "{r}");
+    assert_eq!(backend.accepted(), 0);
+    let r = simulate(p.addr, "half-close", &[]);
+    assert_eq!(r["responses_complete"], 10, "{r}");
+    assert_eq!(r["census_after"].get("CLOSE_WAIT"), None, "{r}");
+    let r = simulate(p.addr, "never-close", &[]);
+    assert_eq!(r["census_after"].get("FIN_WAIT2"), None, "{r}");
+    let r = simulate(p.addr, "well-behaved", &[]);
+    assert!(r["requests_per_sec"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert_eq!(r["responses_lost_to_reset"], 0);
+}
+
+#[test]
+fn the_demo_shows_the_damage_directly_and_none_through_finguard() {
+    let out = Command::new(BIN).args(["demo", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.len(), 7);
+    let damage = |side: &serde_json::Value| {
+        [
+            "responses_lost",
+            "front_fin_wait2",
+            "front_close_wait",
+            "backend_fin_wait2",
+            "backend_close_wait",
+        ]
+        .iter()
+        .map(|k| side[k].as_u64().unwrap())
+        .sum::<u64>()
+    };
+    let direct: u64 = rows.iter().map(|r| damage(&r["direct"])).sum();
+    assert!(direct > 0, "the naive backend showed no damage: {rows:?}");
+    for r in &rows {
+        assert_eq!(damage(&r["finguard"]), 0, "{}", r);
+    }
+    let slow = rows.iter().find(|r| r["scenario"] == "slowloris").unwrap();
+    assert_eq!(
+        slow["finguard"]["backend_connections"], 0,
+        "slowloris reached the backend"
+    );
+}
