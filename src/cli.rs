@@ -347,6 +347,12 @@ fn run(a: RunArgs) -> ExitCode {
         }
     };
     init_tracing(&cfg.log_level);
+    // Every client and backend connection is a descriptor: take all the
+    // kernel allows, as nginx and HAProxy do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

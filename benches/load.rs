@@ -1,0 +1,488 @@
+//! The load comparison: finguard against nginx (one worker) and HAProxy (one
+//! thread) as the proxy in front of the same nginx backend, plus the backend
+//! directly as the ceiling. Backend and load generator share core 0; the
+//! proxy under test has core 1 to itself. Rounds are interleaved (every
+//! proxy once per workload per round) and the median is reported, as ratios
+//! to nginx measured in the same run.
+//!
+//!   cargo bench --bench load               # full: 3 rounds x 5 s per cell
+//!   cargo bench --bench load -- --smoke    # CI: 1 round x 1 s per cell
+//!   FINGUARD_LOAD_OUT=dir                  # where report.md / report.svg go (default target/load)
+//!
+//! Needs nginx, haproxy, wrk and taskset (Debian packages); says SKIPPED and
+//! exits 0 when one is missing.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const FINGUARD: &str = env!("CARGO_BIN_EXE_finguard");
+const PROXY_CORE: &str = "1";
+const LOAD_CORE: &str = "0";
+const IDLE_CONNS: usize = 2000;
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Proxy {
+    Direct,
+    Finguard,
+    Nginx,
+    Haproxy,
+}
+
+impl Proxy {
+    const ALL: [Proxy; 4] = [Proxy::Direct, Proxy::Finguard, Proxy::Nginx, Proxy::Haproxy];
+    fn name(self) -> &'static str {
+        match self {
+            Proxy::Direct => "direct (ceiling)",
+            Proxy::Finguard => "finguard",
+            Proxy::Nginx => "nginx",
+            Proxy::Haproxy => "haproxy",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Workload {
+    KeepAliveSmall,
+    KeepAlive16k,
+    NewConnection,
+    Concurrent1000,
+    BesideBuggyClients,
+}
+
+impl Workload {
+    const ALL: [Workload; 5] = [
+        Workload::KeepAliveSmall,
+        Workload::KeepAlive16k,
+        Workload::NewConnection,
+        Workload::Concurrent1000,
+        Workload::BesideBuggyClients,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Workload::KeepAliveSmall => "keep-alive, 12 B",
+            Workload::KeepAlive16k => "keep-alive, 16 KiB",
+            Workload::NewConnection => "new connection per request",
+            Workload::Concurrent1000 => "1000 concurrent connections",
+            Workload::BesideBuggyClients => "50 clients beside 2000 idle-hold",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pinned(core: &str, prog: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", core, prog])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    c
+}
+
+fn start_backend(dir: &Path, port: u16) -> Child {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("small"), "hello world\n").unwrap();
+    std::fs::write(www.join("16k"), vec![b'x'; 16 * 1024]).unwrap();
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err;\n\
+         worker_rlimit_nofile 20000;\nevents {{ worker_connections 16384; }}\n\
+         http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port} backlog=4096; root {d}/www; }} }}\n"
+    );
+    std::fs::write(dir.join("backend.conf"), conf).unwrap();
+    let c = pinned(LOAD_CORE, "nginx")
+        .arg("-c")
+        .arg(dir.join("backend.conf"))
+        .spawn()
+        .expect("nginx");
+    wait_port(port);
+    c
+}
+
+fn start_proxy(p: Proxy, dir: &Path, port: u16, backend: u16) -> Option<Child> {
+    let d = dir.display();
+    let child = match p {
+        Proxy::Direct => return None,
+        Proxy::Finguard => {
+            let conf = format!(
+                "[[listener]]\naddr = \"127.0.0.1:{port}\"\n[client]\nmax_requests_per_connection = 1000000\nkeepalive_timeout = \"60s\"\n\
+                 max_connections = 20000\n[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:{backend}\"]\nmax_connections = 1024\n\
+                 pool_max_idle = 1024\npool_idle_timeout = \"30s\"\n[log]\naccess = \"off\"\nlevel = \"error\"\n"
+            );
+            std::fs::write(dir.join("finguard.toml"), conf).unwrap();
+            pinned(PROXY_CORE, FINGUARD)
+                .args(["run", "-c"])
+                .arg(dir.join("finguard.toml"))
+                .spawn()
+        }
+        Proxy::Nginx => {
+            let conf = format!(
+                "worker_processes 1; daemon off; pid {d}/proxy.pid; error_log {d}/proxy.err;\nworker_rlimit_nofile 20000;\n\
+                 events {{ worker_connections 16384; }}\n\
+                 http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s;\n\
+                 upstream b {{ server 127.0.0.1:{backend}; keepalive 1024; }}\n\
+                 server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
+            );
+            std::fs::write(dir.join("proxy-nginx.conf"), conf).unwrap();
+            pinned(PROXY_CORE, "nginx")
+                .arg("-c")
+                .arg(dir.join("proxy-nginx.conf"))
+                .spawn()
+        }
+        Proxy::Haproxy => {
+            let conf = format!(
+                "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+                 option http-keep-alive\nfrontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  http-reuse always\n\
+                 server s1 127.0.0.1:{backend} maxconn 1024\n"
+            );
+            std::fs::write(dir.join("haproxy.cfg"), conf).unwrap();
+            pinned(PROXY_CORE, "haproxy")
+                .args(["-db", "-f"])
+                .arg(dir.join("haproxy.cfg"))
+                .spawn()
+        }
+    };
+    let c = child.expect("start proxy");
+    wait_port(port);
+    Some(c)
+}
+
+fn parse_ms(v: &str) -> f64 {
+    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else {
+        (v, 1.0)
+    };
+    num.parse::<f64>().unwrap_or(f64::NAN) * mult
+}
+
+fn wrk(port: u16, path: &str, conns: usize, secs: u64, extra: &[&str]) -> Sample {
+    let out = Command::new("taskset")
+        .args(["-c", LOAD_CORE, "wrk", "-t1", "--latency"])
+        .args(["-c", &conns.to_string(), "-d", &format!("{secs}s"), "--timeout", "5s"])
+        .args(extra)
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("wrk");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut s = Sample::default();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => s.rps = v.parse().unwrap_or(0.0),
+            ["50%", v] => s.p50_ms = parse_ms(v),
+            ["99%", v] => s.p99_ms = parse_ms(v),
+            _ => {}
+        }
+    }
+    s
+}
+
+fn run_cell(w: Workload, port: u16, secs: u64) -> Sample {
+    match w {
+        Workload::KeepAliveSmall => wrk(port, "/small", 50, secs, &[]),
+        Workload::KeepAlive16k => wrk(port, "/16k", 50, secs, &[]),
+        Workload::NewConnection => wrk(port, "/small", 50, secs, &["-H", "Connection: close"]),
+        Workload::Concurrent1000 => wrk(port, "/small", 1000, secs, &[]),
+        Workload::BesideBuggyClients => {
+            let mut sim = pinned(LOAD_CORE, FINGUARD)
+                .args([
+                    "simulate",
+                    "--scenario",
+                    "idle-hold",
+                    "--target",
+                    &format!("127.0.0.1:{port}"),
+                ])
+                .args([
+                    "--connections",
+                    &IDLE_CONNS.to_string(),
+                    "--duration",
+                    &format!("{}s", secs + 3),
+                ])
+                .spawn()
+                .expect("simulate");
+            // Let the idle connections open before measuring.
+            std::thread::sleep(Duration::from_secs(2));
+            let s = wrk(port, "/small", 50, secs, &[]);
+            let _ = sim.wait();
+            s
+        }
+    }
+}
+
+/// RSS of a process and its children (nginx's master and worker).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let own: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let kids: u64 = children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .filter_map(rss_kib)
+        .sum();
+    Some(own + kids)
+}
+
+/// RSS growth per idle keep-alive connection (bytes), for a proxy process.
+fn rss_per_idle(pid: u32, port: u16, n: usize) -> Option<f64> {
+    let before = rss_kib(pid)?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(b"GET /small HTTP/1.1\r\nHost: b\r\n\r\n").ok()?;
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf);
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid)?;
+    drop(held);
+    // Let the server notice the closes before the next measurement.
+    std::thread::sleep(Duration::from_millis(300));
+    Some((after.saturating_sub(before) as f64 * 1024.0) / n as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[v.len() / 2]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let smoke = args.iter().any(|a| a == "--smoke") || std::env::var_os("FINGUARD_LOAD_SMOKE").is_some();
+    let missing: Vec<&str> = ["nginx", "haproxy", "wrk", "taskset"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    if !missing.is_empty() {
+        println!("SKIPPED: the load comparison needs {missing:?} (apt-get install nginx haproxy wrk util-linux)");
+        return;
+    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (rounds, secs) = if smoke { (1, 1) } else { (3, 5) };
+    let out_dir = PathBuf::from(std::env::var("FINGUARD_LOAD_OUT").unwrap_or_else(|_| "target/load".into()));
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let dir = std::env::temp_dir().join(format!("finguard-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let backend_port = free_port();
+    let mut procs = Procs(vec![start_backend(&dir, backend_port)]);
+    let mut ports = BTreeMap::new();
+    let mut pids = BTreeMap::new();
+    for p in Proxy::ALL {
+        let port = if p == Proxy::Direct { backend_port } else { free_port() };
+        if let Some(c) = start_proxy(p, &dir, port, backend_port) {
+            pids.insert(p, c.id());
+            procs.0.push(c);
+        }
+        ports.insert(p, port);
+    }
+    // Memory first, on fresh processes: after the load, allocator caches hide it.
+    let idle_n = if smoke { 200 } else { IDLE_CONNS };
+    let mut rss = BTreeMap::new();
+    for p in Proxy::ALL {
+        let pid = if p == Proxy::Direct { procs.0[0].id() } else { pids[&p] };
+        if let Some(b) = rss_per_idle(pid, ports[&p], idle_n) {
+            rss.insert(p, b);
+        }
+    }
+    eprintln!("load: {rounds} round(s) x {secs} s per cell, proxies on core {PROXY_CORE}, backend and wrk on core {LOAD_CORE}");
+    let mut samples: BTreeMap<(Workload, Proxy), Vec<Sample>> = BTreeMap::new();
+    for round in 0..rounds {
+        for w in Workload::ALL {
+            for p in Proxy::ALL {
+                let s = run_cell(w, ports[&p], secs);
+                eprintln!(
+                    "round {} {:<34} {:<16} {:>10.0} req/s  p99 {:.2} ms",
+                    round + 1,
+                    w.name(),
+                    p.name(),
+                    s.rps,
+                    s.p99_ms
+                );
+                samples.entry((w, p)).or_default().push(s);
+            }
+        }
+    }
+    drop(procs);
+    let report = render(&samples, &rss, rounds, secs, idle_n);
+    std::fs::write(out_dir.join("report.md"), &report).unwrap();
+    std::fs::write(out_dir.join("report.svg"), chart(&samples)).unwrap();
+    println!("{report}");
+    println!("written: {}/report.md and report.svg", out_dir.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn med(samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>, w: Workload, p: Proxy) -> Sample {
+    let v = samples.get(&(w, p)).cloned().unwrap_or_default();
+    Sample {
+        rps: median(v.iter().map(|s| s.rps).collect()),
+        p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
+        p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+    }
+}
+
+fn render(
+    samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>,
+    rss: &BTreeMap<Proxy, f64>,
+    rounds: usize,
+    secs: u64,
+    idle_n: usize,
+) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "## Load comparison ({rounds} round(s) x {secs} s per cell, medians; ratios are to nginx in the same run)\n"
+    );
+    let _ = writeln!(
+        o,
+        "| workload | proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx |"
+    );
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|");
+    for w in Workload::ALL {
+        let n = med(samples, w, Proxy::Nginx);
+        for p in Proxy::ALL {
+            let s = med(samples, w, p);
+            let _ = writeln!(
+                o,
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                w.name(),
+                p.name(),
+                s.rps,
+                s.rps / n.rps.max(1e-9),
+                s.p50_ms,
+                s.p99_ms,
+                s.p99_ms / n.p99_ms.max(1e-9)
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\n| proxy | RSS per idle keep-alive connection ({idle_n} held) | × nginx |"
+    );
+    let _ = writeln!(o, "|---|---:|---:|");
+    let nginx = rss.get(&Proxy::Nginx).copied().unwrap_or(f64::NAN);
+    for (p, b) in rss {
+        let _ = writeln!(o, "| {} | {:.0} B | {:.2} |", p.name(), b, b / nginx);
+    }
+    o
+}
+
+/// Throughput relative to nginx, per workload and proxy, as an SVG bar chart.
+fn chart(samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>) -> String {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (900, 420)).into_drawing_area();
+        let _ = root.fill(&WHITE);
+        let n_w = Workload::ALL.len();
+        let max = Workload::ALL
+            .iter()
+            .flat_map(|w| Proxy::ALL.iter().map(move |p| (w, p)))
+            .map(|(w, p)| med(samples, *w, *p).rps / med(samples, *w, Proxy::Nginx).rps.max(1e-9))
+            .fold(1.0f64, f64::max);
+        let Ok(mut c) = ChartBuilder::on(&root)
+            .caption("req/s relative to nginx (1.0), per workload", ("sans-serif", 18))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..n_w as f64, 0f64..max * 1.1)
+        else {
+            return svg_fallback();
+        };
+        let _ = c
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(n_w)
+            .x_label_formatter(&|x| {
+                Workload::ALL
+                    .get(*x as usize)
+                    .map_or(String::new(), |w| w.name().to_string())
+            })
+            .x_label_style(("sans-serif", 9))
+            .draw();
+        let colors = [
+            RGBColor(150, 150, 150),
+            RGBColor(214, 39, 40),
+            RGBColor(31, 119, 180),
+            RGBColor(44, 160, 44),
+        ];
+        for (pi, p) in Proxy::ALL.iter().enumerate() {
+            let color = colors[pi];
+            let bars = Workload::ALL.iter().enumerate().map(|(wi, w)| {
+                let v = med(samples, *w, *p).rps / med(samples, *w, Proxy::Nginx).rps.max(1e-9);
+                let x0 = wi as f64 + 0.1 + pi as f64 * 0.2;
+                Rectangle::new([(x0, 0.0), (x0 + 0.18, v)], color.filled())
+            });
+            if let Ok(a) = c.draw_series(bars) {
+                a.label(p.name())
+                    .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+            }
+        }
+        let _ = c
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE)
+            .draw();
+        let _ = root.present();
+    }
+    svg
+}
+
+fn svg_fallback() -> String {
+    "<svg xmlns=\"http://www.w3.org/2000/svg\"/>".to_string()
+}

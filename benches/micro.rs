@@ -1,0 +1,83 @@
+//! Micro-benchmarks of the hot pure code: User-Agent classification with the
+//! classic rule set, request-head checks, header rewriting, config parsing.
+//! `cargo bench --bench micro`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use finguard::config::{self, Overrides};
+use finguard::downstream::head;
+use std::sync::Arc;
+
+const CONF: &str = include_str!("../conf/finguard.toml");
+const UAS: &str = include_str!("../tests/data/user-agents.tsv");
+
+fn uas() -> Vec<&'static str> {
+    UAS.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split('\t').nth(1))
+        .collect()
+}
+
+fn classify(c: &mut Criterion) {
+    let cfg = config::parse("finguard.toml", CONF, &Overrides::default()).expect("shipped config");
+    let base = Arc::new(finguard::policy::ClientPolicy::base(cfg.client));
+    let uas = uas();
+    c.bench_function("classify: every UA of the data set (classic rules)", |b| {
+        b.iter(|| {
+            for ua in &uas {
+                black_box(cfg.rules.classify_shared(&base, black_box(ua)));
+            }
+        })
+    });
+    let browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
+    c.bench_function("classify: one browser UA (no rule matches)", |b| {
+        b.iter(|| black_box(cfg.rules.classify_shared(&base, black_box(browser))))
+    });
+}
+
+fn head_checks(c: &mut Criterion) {
+    let raw = b"GET /index.html?q=1 HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:125.0) Gecko/20100101 Firefox/125.0\r\n\
+Accept: text/html,application/xhtml+xml\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n\
+Cookie: session=0123456789abcdef\r\n\r\n";
+    c.bench_function("head: find end + parse + framing checks", |b| {
+        b.iter(|| {
+            let len = head::find_end(black_box(raw)).unwrap().unwrap();
+            black_box(head::parse(raw, len, 1 << 20, true, false).unwrap())
+        })
+    });
+}
+
+fn rewrite(c: &mut Criterion) {
+    let mut h = http::HeaderMap::new();
+    for (k, v) in [
+        ("host", "www.example.com"),
+        ("user-agent", "Mozilla/5.0"),
+        ("accept", "*/*"),
+        ("connection", "keep-alive, x-trace"),
+        ("x-trace", "1"),
+        ("keep-alive", "timeout=5"),
+        ("te", "trailers"),
+        ("cookie", "a=b"),
+    ] {
+        h.insert(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
+    }
+    let cfg = config::parse("x", "", &Overrides::default()).unwrap();
+    let backend = cfg.backends[0].clone();
+    let peer = "192.0.2.7:40000".parse().unwrap();
+    c.bench_function("headers: strip hop-by-hop + X-Forwarded-*", |b| {
+        b.iter(|| {
+            let mut m = h.clone();
+            finguard::proxy::strip_hop_by_hop(&mut m);
+            finguard::proxy::add_forwarded(&mut m, peer, &backend);
+            black_box(m)
+        })
+    });
+}
+
+fn parse_config(c: &mut Criterion) {
+    c.bench_function("config: parse + validate conf/finguard.toml", |b| {
+        b.iter(|| black_box(config::parse("finguard.toml", black_box(CONF), &Overrides::default()).unwrap()))
+    });
+}
+
+criterion_group!(benches, classify, head_checks, rewrite, parse_config);
+criterion_main!(benches);
