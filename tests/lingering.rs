@@ -9,12 +9,17 @@ use std::time::Duration;
 use support::*;
 
 fn config(close: &str) -> String {
+    config_with("", close)
+}
+
+fn config_with(client: &str, close: &str) -> String {
     format!(
         r#"
 [client]
 keepalive_timeout = "10s"
 header_timeout = "5s"
 body_timeout = "5s"
+{client}
 [client.close]
 {close}
 "#
@@ -54,7 +59,7 @@ fn post_4mib(addr: SocketAddr) -> (Option<u16>, bool) {
 }
 
 #[test]
-fn early_401_reaches_a_client_still_sending_and_immediate_close_loses_it() {
+fn early_401_reaches_a_client_still_sending() {
     let backend = Backend::start(Reply::Unauthorized);
     let lingering = Proxy::start(&config(r#"mode = "lingering""#), backend.addr);
     for i in 0..30 {
@@ -67,10 +72,25 @@ fn early_401_reaches_a_client_still_sending_and_immediate_close_loses_it() {
         );
         assert!(!reset, "run {i}: connection reset");
     }
+}
+
+#[test]
+fn early_413_is_read_with_lingering_close_and_lost_with_immediate_close() {
+    // finguard answers 413 from the announced length, before reading a byte
+    // of the body, while the client is still sending 4 MiB.
+    let backend = Backend::start(Reply::Ok);
+    let limit = "max_body_bytes = \"1MiB\"";
+    let lingering = Proxy::start(&config_with(limit, r#"mode = "lingering""#), backend.addr);
+    for i in 0..30 {
+        let (status, reset) = post_4mib(lingering.addr);
+        assert_eq!(status, Some(413), "run {i}: the 413 was lost (reset seen: {reset})");
+        assert!(!reset, "run {i}: connection reset");
+    }
     // The control: closing at once turns the unread upload into a reset.
-    let immediate = Proxy::start(&config(r#"mode = "immediate""#), backend.addr);
+    let immediate = Proxy::start(&config_with(limit, r#"mode = "immediate""#), backend.addr);
     let resets = (0..5).filter(|_| post_4mib(immediate.addr).1).count();
     assert!(resets > 0, "immediate close never reset a client still sending");
+    assert_eq!(backend.accepted(), 0);
 }
 
 /// A client that reads its response and then neither reads nor closes.

@@ -41,6 +41,7 @@ pub fn settings_table(s: &ClientSettings) -> Table {
 pub fn to_toml(c: &Config) -> String {
     let mut root = Table::new();
     root.insert("shutdown_timeout".into(), dur(c.shutdown_timeout));
+    root.insert("workers".into(), Value::Integer(c.workers as i64));
     let listeners = c
         .listeners
         .iter()

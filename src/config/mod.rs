@@ -188,6 +188,9 @@ pub struct Config {
     /// Where it came from, for messages; `"<defaults>"` when no file was read.
     pub source: String,
     pub shutdown_timeout: Duration,
+    /// Accepting threads, each with its own runtime and its own
+    /// `SO_REUSEPORT` socket per listener; 0 in the file means one per core.
+    pub workers: usize,
     pub listeners: Vec<ListenerConfig>,
     pub admin: Option<SocketAddr>,
     pub client: ClientSettings,
@@ -352,6 +355,10 @@ impl Validator<'_> {
         Ok(Config {
             source: self.file.to_string(),
             shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            workers: match raw.workers.unwrap_or(0) {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n as usize,
+            },
             listeners,
             admin,
             client,

@@ -8,6 +8,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub shutdown_timeout: Option<ConfDuration>,
+    pub workers: Option<u32>,
     #[serde(default)]
     pub listener: Vec<RawListener>,
     pub admin: Option<RawAdmin>,
