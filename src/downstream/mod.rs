@@ -108,7 +108,9 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     let local = stream.local_addr().unwrap_or(peer);
     let track = shared.clients.open(peer);
     let accepted = Instant::now();
-    let mut buf = BytesMut::with_capacity(2048);
+    // Allocated when bytes arrive, released while idle: an idle keep-alive
+    // connection costs its socket and a small task, not a buffer.
+    let mut buf = BytesMut::new();
     let mut policy: Option<Arc<ClientPolicy>> = None;
     let mut served: u32 = 0;
     let ending = loop {
@@ -195,7 +197,16 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             idempotent: head.idempotent,
         });
         let exch = ctx.exchange.clone();
-        let next = exchange(&mut stream, prefix, framing, ctx, s.body_timeout, &track.entry).await;
+        // Boxed: its state lives on the heap only while a request is served.
+        let next = Box::pin(exchange(
+            &mut stream,
+            prefix,
+            framing,
+            ctx,
+            s.body_timeout,
+            &track.entry,
+        ))
+        .await;
         if logging {
             shared.access.request(&accesslog::Record {
                 peer,
@@ -215,7 +226,8 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
     };
     let settings = policy.as_deref().unwrap_or(&shared.base_policy).settings;
     let force10 = policy.as_deref().is_some_and(|p| p.force_response_1_0);
-    finish(stream, ending, &settings, force10, &shared, &track).await;
+    // Boxed: the drain buffer exists only while lingering, not in every idle task.
+    Box::pin(finish(stream, ending, &settings, force10, &shared, &track)).await;
 }
 
 fn reject(r: Reject) -> Ending {
@@ -256,11 +268,20 @@ async fn wait_head(
         } else {
             *head_until.get_or_insert_with(|| idle_until.min(Instant::now() + header_timeout).max(Instant::now()))
         };
-        buf.reserve(1024);
-        let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => r,
-            () = shared.draining.cancelled(), if buf.is_empty() => return Err(Ending::Close),
-        };
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+            let ready = tokio::select! {
+                r = tokio::time::timeout_at(deadline, stream.readable()) => r,
+                () = shared.draining.cancelled() => return Err(Ending::Close),
+            };
+            match ready {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Ending::Close),
+                Err(_) => return Err(Ending::Close),
+            }
+        }
+        buf.reserve(2048);
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(buf)).await;
         match read {
             Ok(Ok(0)) if buf.is_empty() => return Err(Ending::ClientClosed),
             Ok(Ok(0)) => return Err(Ending::Reply(400, "client closed inside the request head")),
