@@ -266,6 +266,7 @@ async fn accept_loop(
     tracker: TaskTracker,
     stop: CancellationToken,
 ) {
+    let mut starved = false;
     loop {
         // Take the permit first: past `max_connections`, clients wait in the backlog.
         let permit = tokio::select! {
@@ -277,9 +278,19 @@ async fn accept_loop(
             () = stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
-            Ok(x) => x,
+            Ok(x) => {
+                if starved {
+                    info!("descriptors available again; accepting");
+                    starved = false;
+                }
+                x
+            }
             Err(e) if is_out_of_descriptors(&e) => {
-                error!(error = %e, "out of file descriptors; pausing accept");
+                // One line per episode, not one per retry.
+                if !starved {
+                    error!(error = %e, "out of file descriptors; pausing accept (retrying every 100ms)");
+                    starved = true;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
                     () = stop.cancelled() => return,

@@ -150,15 +150,19 @@ fn census_command_counts_sockets_the_test_opened() {
     assert_eq!(v["LISTEN"], 1, "{v}");
     // The peer's FIN without our close: CLOSE_WAIT on the accepted side.
     drop(clients);
-    let out = Command::new(BIN)
-        .args(["census", "--port", &port.to_string()])
-        .output()
-        .unwrap();
-    let table = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        table.lines().any(|l| l.starts_with("CLOSE_WAIT") && l.ends_with(" 3")),
-        "{table}"
-    );
+    let table = || {
+        let out = Command::new(BIN)
+            .args(["census", "--port", &port.to_string()])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let three_close_wait = || {
+        table()
+            .lines()
+            .any(|l| l.starts_with("CLOSE_WAIT") && l.ends_with(" 3"))
+    };
+    assert!(wait_until(Duration::from_secs(3), three_close_wait), "{}", table());
     drop(accepted);
 }
 
