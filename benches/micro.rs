@@ -67,7 +67,7 @@ fn rewrite(c: &mut Criterion) {
         b.iter(|| {
             let mut m = h.clone();
             finguard::proxy::strip_hop_by_hop(&mut m);
-            finguard::proxy::add_forwarded(&mut m, peer, &backend);
+            finguard::proxy::add_forwarded(&mut m, peer, "http", &backend);
             black_box(m)
         })
     });

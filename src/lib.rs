@@ -14,6 +14,7 @@
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
 //! - [`accesslog`]: combined or JSON access log on stdout
+//! - [`tls`]: rustls termination: certificates, SNI, ALPN
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
 //! - [`cli`]: the `finguard` command line
 
@@ -30,4 +31,5 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod simulate;
+pub mod tls;
 pub mod upstream;

@@ -86,6 +86,7 @@ pub struct Metrics {
     pub backend_retries: Family<BackendLabel, Counter>,
     pub backend_ejections: Family<BackendLabel, Counter>,
     pub tcp_sockets: Family<SocketLabel, Gauge>,
+    pub tls_handshakes: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -110,6 +111,7 @@ impl Metrics {
             backend_retries: Family::default(),
             backend_ejections: Family::default(),
             tcp_sockets: Family::default(),
+            tls_handshakes: Family::default(),
             registry: Registry::default(),
         };
         // Counters get their `_total` suffix from the encoder.
@@ -173,7 +175,16 @@ impl Metrics {
             "TCP sockets of finguard's listener and backend ports by state (read at scrape)",
             m.tcp_sockets.clone(),
         );
+        registry.register(
+            "finguard_tls_handshakes",
+            "TLS handshakes on client connections, by outcome (ok, error, timeout)",
+            m.tls_handshakes.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn tls_handshake(&self, outcome: &'static str) {
+        self.tls_handshakes.get_or_create(&OutcomeLabel { outcome }).inc();
     }
 
     pub fn client_state(&self, state: &'static str) -> Gauge {

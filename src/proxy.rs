@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub peer: SocketAddr,
     /// The address the client connected to.
     pub local: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     pub exchange: Arc<Exchange>,
     /// The connection may carry another request after this one.
     pub keepalive: bool,
@@ -91,7 +93,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         None
     };
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, ctx.peer, cfg);
+    add_forwarded(&mut parts.headers, ctx.peer, ctx.scheme, cfg);
     let mut fresh = false;
     let mut unsent: Option<Request<UpBody>> = None;
     loop {
@@ -256,7 +258,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// Adds `X-Forwarded-*` or RFC 7239 `Forwarded`, per backend.
-pub fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, cfg: &BackendConfig) {
+pub fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, scheme: &'static str, cfg: &BackendConfig) {
     let ip = peer.ip();
     match cfg.forwarded {
         Forwarded::Off => {}
@@ -268,7 +270,7 @@ pub fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, cfg: &BackendConfig) {
             if let Ok(v) = HeaderValue::from_str(&xff) {
                 h.insert("x-forwarded-for", v);
             }
-            h.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
             if let Some(host) = h.get(header::HOST).cloned() {
                 h.insert("x-forwarded-host", host);
             }
@@ -279,7 +281,7 @@ pub fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, cfg: &BackendConfig) {
             } else {
                 ip.to_string()
             };
-            let mut elem = format!("for={node};proto=http");
+            let mut elem = format!("for={node};proto={scheme}");
             if let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) {
                 elem.push_str(&format!(";host=\"{host}\""));
             }

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Everything a connection task needs, shared read-only.
 pub struct Shared {
@@ -184,10 +184,11 @@ fn worker(
     };
     rt.block_on(async move {
         let conns = TaskTracker::new();
-        for s in socks {
+        for (idx, s) in socks.into_iter().enumerate() {
             match TcpListener::from_std(s) {
                 Ok(l) => {
                     tokio::spawn(accept_loop(
+                        idx,
                         l,
                         current.clone(),
                         permits.clone(),
@@ -260,6 +261,7 @@ impl Running {
 }
 
 async fn accept_loop(
+    idx: usize,
     listener: TcpListener,
     current: Current,
     permits: Arc<Semaphore>,
@@ -304,17 +306,46 @@ async fn accept_loop(
         };
         let shared = current.read().unwrap_or_else(|p| p.into_inner()).clone();
         shared.metrics.accepted.inc();
+        let tls = shared.config.listeners.get(idx).and_then(|l| l.tls.clone());
         let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
-            tracker.spawn(refuse_over_ip_limit(stream, peer, shared.clone(), permit));
+            match tls {
+                None => tracker.spawn(refuse_over_ip_limit(stream, peer, shared.clone(), permit)),
+                // No plaintext answer on a TLS port: a reset, and nothing left behind.
+                Some(_) => tracker.spawn(async move { downstream::linger::abort(stream) }),
+            };
             continue;
         };
         let shared = shared.clone();
         tracker.spawn(async move {
             let _permit = permit;
             let _ip = ip_guard;
-            downstream::serve(stream, peer, shared).await;
+            match tls {
+                None => downstream::serve(stream, peer, shared).await,
+                Some(tls) => serve_tls(stream, peer, shared, tls).await,
+            }
         });
     }
+}
+
+/// The TLS handshake, bounded by `handshake_timeout`, then the same client loop.
+async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: crate::tls::TlsSettings) {
+    let outcome = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => {
+            shared.metrics.tls_handshake("ok");
+            return downstream::serve(s, peer, shared).await;
+        }
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            "error"
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake not finished within handshake_timeout");
+            "timeout"
+        }
+    };
+    // The socket went with the handshake future: closed, with RST if the
+    // client's bytes were unread.
+    shared.metrics.tls_handshake(outcome);
 }
 
 fn is_out_of_descriptors(e: &std::io::Error) -> bool {

@@ -48,6 +48,27 @@ pub fn to_toml(c: &Config) -> String {
         .map(|l| {
             let mut t = Table::new();
             t.insert("addr".into(), Value::String(l.addr.to_string()));
+            if let Some(tls) = &l.tls {
+                let mut tt = Table::new();
+                tt.insert("cert".into(), Value::String(tls.files[0].cert.clone()));
+                tt.insert("key".into(), Value::String(tls.files[0].key.clone()));
+                tt.insert("handshake_timeout".into(), dur(tls.handshake_timeout));
+                let sni = tls.files[1..]
+                    .iter()
+                    .map(|f| {
+                        let mut s = Table::new();
+                        s.insert(
+                            "names".into(),
+                            Value::Array(f.names.iter().cloned().map(Value::String).collect()),
+                        );
+                        s.insert("cert".into(), Value::String(f.cert.clone()));
+                        s.insert("key".into(), Value::String(f.key.clone()));
+                        Value::Table(s)
+                    })
+                    .collect();
+                tt.insert("sni".into(), Value::Array(sni));
+                t.insert("tls".into(), Value::Table(tt));
+            }
             Value::Table(t)
         })
         .collect();

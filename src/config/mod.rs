@@ -128,6 +128,7 @@ impl Default for ClientSettings {
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     pub addr: SocketAddr,
+    pub tls: Option<crate::tls::TlsSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -289,28 +290,26 @@ impl Validator<'_> {
         let mut listeners = Vec::new();
         if ov.listen.is_empty() {
             for (i, l) in raw.listener.iter().enumerate() {
-                if let Some(tls) = &l.tls {
-                    return Err(self.err(
-                        format!("listener[{i}].tls"),
-                        format!(
-                            "TLS listeners (cert {:?}, key {:?}) are not supported by this build yet",
-                            tls.cert, tls.key
-                        ),
-                    ));
-                }
+                let tls = match &l.tls {
+                    Some(t) => Some(self.tls(i, t)?),
+                    None => None,
+                };
                 listeners.push(ListenerConfig {
                     addr: self.addr(&format!("listener[{i}].addr"), &l.addr)?,
+                    tls,
                 });
             }
             if listeners.is_empty() {
                 listeners.push(ListenerConfig {
                     addr: self.addr("listener.addr", DEFAULT_LISTEN)?,
+                    tls: None,
                 });
             }
         } else {
             for a in &ov.listen {
                 listeners.push(ListenerConfig {
                     addr: self.addr("--listen", a)?,
+                    tls: None,
                 });
             }
         }
@@ -370,6 +369,42 @@ impl Validator<'_> {
             reaper_interval,
             access_log,
             log_level,
+        })
+    }
+
+    fn tls(&self, i: usize, t: &RawTls) -> Result<crate::tls::TlsSettings, ConfigError> {
+        use crate::tls::CertFiles;
+        let mut files = vec![CertFiles {
+            names: Vec::new(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }];
+        for (j, s) in t.sni.iter().enumerate() {
+            if s.names.is_empty() {
+                return Err(self.err(
+                    format!("listener[{i}].tls.sni[{j}].names"),
+                    "needs at least one server name",
+                ));
+            }
+            files.push(CertFiles {
+                names: s.names.clone(),
+                cert: s.cert.clone(),
+                key: s.key.clone(),
+            });
+        }
+        let timeout = t
+            .handshake_timeout
+            .map_or(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT, |d| d.0);
+        if timeout.is_zero() {
+            return Err(self.err(format!("listener[{i}].tls.handshake_timeout"), "must be greater than 0"));
+        }
+        crate::tls::build(files, timeout, crate::downstream::alpn()).map_err(|(j, key, why)| {
+            let at = if j == 0 {
+                format!("listener[{i}].tls.{key}")
+            } else {
+                format!("listener[{i}].tls.sni[{}].{key}", j - 1)
+            };
+            self.err(at, why)
         })
     }
 

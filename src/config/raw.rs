@@ -38,6 +38,18 @@ pub struct RawListener {
 pub struct RawTls {
     pub cert: String,
     pub key: String,
+    pub handshake_timeout: Option<ConfDuration>,
+    /// More certificates, chosen by the client's SNI.
+    #[serde(default)]
+    pub sni: Vec<RawSni>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSni {
+    pub names: Vec<String>,
+    pub cert: String,
+    pub key: String,
 }
 
 #[derive(Debug, Deserialize)]

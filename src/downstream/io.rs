@@ -8,6 +8,7 @@
 //! hold a task forever by not sending or not reading.
 
 use super::framing::{BodyFault, Framing};
+use super::stream::ClientStream;
 use super::track::Entry;
 use super::Exchange;
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,11 +20,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-pub struct ClientIo<'a> {
-    stream: &'a mut TcpStream,
+pub struct ClientIo<'a, S> {
+    stream: &'a mut S,
     prefix: Bytes,
     framing: Framing,
     /// Bytes read past the end of this request.
@@ -35,9 +35,9 @@ pub struct ClientIo<'a> {
     entry: &'a Entry,
 }
 
-impl<'a> ClientIo<'a> {
+impl<'a, S: ClientStream> ClientIo<'a, S> {
     pub fn new(
-        stream: &'a mut TcpStream,
+        stream: &'a mut S,
         prefix: Bytes,
         framing: Framing,
         stall: Duration,
@@ -86,7 +86,7 @@ fn progressed(timer: &mut Option<Pin<Box<Sleep>>>, stall: Duration) {
     }
 }
 
-impl AsyncRead for ClientIo<'_> {
+impl<S: ClientStream> AsyncRead for ClientIo<'_, S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if !this.prefix.is_empty() {
@@ -142,7 +142,7 @@ impl AsyncRead for ClientIo<'_> {
     }
 }
 
-impl ClientIo<'_> {
+impl<S: ClientStream> ClientIo<'_, S> {
     /// Counts written bytes and fails a write that stalls past the timeout.
     fn guard_write(&mut self, cx: &mut Context<'_>, r: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         match r {
@@ -161,7 +161,7 @@ impl ClientIo<'_> {
     }
 }
 
-impl AsyncWrite for ClientIo<'_> {
+impl<S: ClientStream> AsyncWrite for ClientIo<'_, S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut *self.stream).poll_write(cx, buf);
         self.guard_write(cx, r)
@@ -191,7 +191,7 @@ impl AsyncWrite for ClientIo<'_> {
 }
 
 /// Unused bytes that hyper had buffered plus what `ClientIo` set aside.
-pub fn take_leftover(read_buf: Bytes, io: &mut ClientIo<'_>) -> BytesMut {
+pub fn take_leftover<S: ClientStream>(read_buf: Bytes, io: &mut ClientIo<'_, S>) -> BytesMut {
     let mut out = BytesMut::with_capacity(read_buf.len() + io.prefix.len() + io.leftover.len());
     out.extend_from_slice(&read_buf);
     out.extend_from_slice(&io.prefix);

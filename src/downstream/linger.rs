@@ -63,9 +63,8 @@ pub async fn close(mut stream: TcpStream, settings: &CloseSettings, kill: &Cance
             (CloseOutcome::Immediate, 0)
         }
         CloseMode::Lingering => {
-            if stream.shutdown().await.is_err() {
-                return (CloseOutcome::Error, 0);
-            }
+            // Already done after a TLS close_notify; the drain tells the rest.
+            let _ = stream.shutdown().await;
             let (outcome, drained) = tokio::select! {
                 r = drain(&mut stream, settings) => r,
                 () = kill.cancelled() => (CloseOutcome::LingerTime, 0),

@@ -14,6 +14,7 @@ pub mod framing;
 pub mod head;
 pub mod io;
 pub mod linger;
+pub mod stream;
 pub mod track;
 
 use crate::accesslog;
@@ -33,8 +34,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use stream::ClientStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, trace};
@@ -103,9 +104,9 @@ enum Ending {
 }
 
 /// Serves one client connection to its end.
-pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let local = stream.local_addr().unwrap_or(peer);
+pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.tcp().set_nodelay(true);
+    let local = stream.tcp().local_addr().unwrap_or(peer);
     let track = shared.clients.open(peer);
     let accepted = Instant::now();
     // Allocated when bytes arrive, released while idle: an idle keep-alive
@@ -190,6 +191,7 @@ pub async fn serve(mut stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>)
             policy: policy.clone(),
             peer,
             local,
+            scheme: S::SCHEME,
             exchange: Arc::new(Exchange::default()),
             keepalive,
             remaining: s.max_requests - served,
@@ -239,8 +241,8 @@ fn reject(r: Reject) -> Ending {
 }
 
 /// Waits for a complete request head in `buf`; returns its length.
-async fn wait_head(
-    stream: &mut TcpStream,
+async fn wait_head<S: ClientStream>(
+    stream: &mut S,
     buf: &mut BytesMut,
     idle_until: Instant,
     header_timeout: Duration,
@@ -299,6 +301,11 @@ async fn wait_head(
     }
 }
 
+/// ALPN protocols offered on TLS listeners, in preference order.
+pub fn alpn() -> Vec<Vec<u8>> {
+    vec![b"http/1.1".to_vec()]
+}
+
 fn http1_builder() -> http1::Builder {
     let mut b = http1::Builder::new();
     b.keep_alive(true)
@@ -311,8 +318,8 @@ fn http1_builder() -> http1::Builder {
 
 /// Lets hyper serve one request whose head is in `prefix`. Returns the bytes
 /// read past the request when the connection may carry another one.
-async fn exchange(
-    stream: &mut TcpStream,
+async fn exchange<S: ClientStream>(
+    stream: &mut S,
     prefix: Bytes,
     framing: Framing,
     ctx: Arc<RequestCtx>,
@@ -352,8 +359,8 @@ async fn exchange(
 }
 
 /// Writes a final error response, then closes the configured way.
-async fn finish(
-    mut stream: TcpStream,
+async fn finish<S: ClientStream>(
+    mut stream: S,
     ending: Ending,
     settings: &crate::config::ClientSettings,
     force10: bool,
@@ -391,7 +398,7 @@ async fn finish(
                 track.entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
             _ => {
-                linger::abort(stream);
+                linger::abort(stream.into_tcp().await);
                 metrics
                     .lingering_closes
                     .get_or_create(&OutcomeLabel {
@@ -403,7 +410,8 @@ async fn finish(
         }
     }
     track.set(ClientState::Lingering);
-    let (outcome, drained) = linger::close(stream, &settings.close, &track.entry.kill).await;
+    let tcp = stream.into_tcp().await;
+    let (outcome, drained) = linger::close(tcp, &settings.close, &track.entry.kill).await;
     metrics
         .lingering_closes
         .get_or_create(&OutcomeLabel {

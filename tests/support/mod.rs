@@ -68,12 +68,19 @@ impl Proxy {
     }
 
     pub fn start_args(config: &str, extra: &[&str]) -> Proxy {
+        let mut args = vec!["--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::start_raw(config, &args)
+    }
+
+    /// Starts finguard with exactly these arguments after `run -c FILE`
+    /// (the file's own listeners apply unless `--listen` is among them).
+    pub fn start_raw(config: &str, extra: &[&str]) -> Proxy {
         let file = TempFile::new("proxy.toml", config);
         let mut child = Command::new(BIN)
             .arg("run")
             .arg("-c")
             .arg(&file.0)
-            .args(["--listen", "127.0.0.1:0"])
             .args(extra)
             .env(
                 "RUST_LOG",

@@ -1,0 +1,72 @@
+//! A client connection's byte stream: plain TCP or TLS over TCP. The keep-alive
+//! loop is written once over this trait; the close is always done on the TCP
+//! socket itself (after TLS's `close_notify`).
+
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// Longest wait for TLS's `close_notify` to be written before the TCP close.
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// `https` or `http`, for `X-Forwarded-Proto` / `Forwarded: proto=`.
+    const SCHEME: &'static str;
+
+    fn tcp(&self) -> &TcpStream;
+
+    /// Waits until a read may make progress, without holding a buffer. TLS
+    /// may hold decrypted bytes already, so it never waits here.
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Ends the stream's own protocol (TLS: `close_notify`, which also shuts
+    /// down the write half) and hands back the socket for the configured close.
+    fn into_tcp(self) -> impl Future<Output = TcpStream> + Send;
+
+    /// The ALPN protocol the client chose, if any.
+    fn alpn(&self) -> Option<&[u8]> {
+        None
+    }
+}
+
+impl ClientStream for TcpStream {
+    const SCHEME: &'static str = "http";
+
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+
+    fn into_tcp(self) -> impl Future<Output = TcpStream> + Send {
+        std::future::ready(self)
+    }
+}
+
+impl ClientStream for TlsStream<TcpStream> {
+    const SCHEME: &'static str = "https";
+
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn into_tcp(mut self) -> impl Future<Output = TcpStream> + Send {
+        async move {
+            let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, self.shutdown()).await;
+            self.into_inner().0
+        }
+    }
+
+    fn alpn(&self) -> Option<&[u8]> {
+        self.get_ref().1.alpn_protocol()
+    }
+}

@@ -1,0 +1,258 @@
+//! TLS termination: a test CA made at test time (rcgen), rustls clients.
+
+mod support;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+/// A leaf certificate for `names`, as (cert PEM, key PEM, cert DER).
+fn leaf(pki: &Pki, names: &[&str]) -> (String, String, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
+    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    Pki { ca, ca_key }
+}
+
+/// Files for a listener: default cert for a.test, SNI cert for b.test.
+struct Files {
+    a_cert: TempFile,
+    a_key: TempFile,
+    b_cert: TempFile,
+    b_key: TempFile,
+    a_der: Vec<u8>,
+    b_der: Vec<u8>,
+}
+
+fn files(pki: &Pki) -> Files {
+    let (ac, ak, a_der) = leaf(pki, &["a.test"]);
+    let (bc, bk, b_der) = leaf(pki, &["b.test"]);
+    Files {
+        a_cert: TempFile::new("a.crt", &ac),
+        a_key: TempFile::new("a.key", &ak),
+        b_cert: TempFile::new("b.crt", &bc),
+        b_key: TempFile::new("b.key", &bk),
+        a_der,
+        b_der,
+    }
+}
+
+fn tls_config(f: &Files, extra: &str) -> String {
+    format!(
+        "[[listener]]\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nhandshake_timeout = \"300ms\"\n\
+         [[listener.tls.sni]]\nnames = [\"b.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
+         [admin]\naddr = \"127.0.0.1:0\"\n{extra}",
+        f.a_cert.0.display(),
+        f.a_key.0.display(),
+        f.b_cert.0.display(),
+        f.b_key.0.display()
+    )
+}
+
+fn client(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(pki.ca.der().to_vec())).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(cfg)
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn connect(cfg: &Arc<rustls::ClientConfig>, addr: SocketAddr, name: &str) -> Tls {
+    let conn = rustls::ClientConnection::new(cfg.clone(), ServerName::try_from(name.to_string()).unwrap()).unwrap();
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Reads one Content-Length response from a TLS stream: (status line, body).
+fn read_tls_response(s: &mut Tls) -> Option<(String, String)> {
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            while buf.len() < i + 4 + len {
+                let n = s.read(&mut b).ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&b[..n]);
+            }
+            let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).to_string();
+            return Some((head, body));
+        }
+        let n = s.read(&mut b).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&b[..n]);
+    }
+}
+
+#[test]
+fn requests_over_tls_reach_the_backend_as_https() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::EchoHead);
+    let p = Proxy::start_raw(&tls_config(&f, ""), &["--backend", &backend.addr.to_string()]);
+    let mut s = connect(&client(&pki), p.addr, "a.test");
+    for _ in 0..3 {
+        s.write_all(b"GET /secure HTTP/1.1\r\nHost: a.test\r\n\r\n").unwrap();
+        let (head, body) = read_tls_response(&mut s).expect("a response over TLS");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.to_ascii_lowercase().contains("x-forwarded-proto: https"), "{body}");
+    }
+    assert_eq!(s.conn.alpn_protocol(), None);
+}
+
+#[test]
+fn sni_picks_the_certificate() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start_raw(&tls_config(&f, ""), &["--backend", &backend.addr.to_string()]);
+    let cfg = client(&pki);
+    for (name, want) in [("a.test", &f.a_der), ("b.test", &f.b_der)] {
+        let mut s = connect(&cfg, p.addr, name);
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        read_tls_response(&mut s).expect("response");
+        let presented = s.conn.peer_certificates().unwrap()[0].to_vec();
+        assert_eq!(&presented, want, "{name}");
+    }
+}
+
+#[test]
+fn an_unfinished_handshake_is_closed_within_the_handshake_timeout() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start_raw(&tls_config(&f, ""), &["--backend", &backend.addr.to_string()]);
+    let mut s = TcpStream::connect(p.addr).unwrap();
+    s.write_all(&[0x16, 0x03, 0x01]).unwrap(); // the start of a ClientHello, then silence
+    assert_ne!(peer_end(&mut s, Duration::from_secs(3)), PeerEnd::Open);
+    let sample = "finguard_tls_handshakes_total{outcome=\"timeout\"}";
+    assert!(wait_until(Duration::from_secs(2), || p.metric(sample) == 1.0));
+    assert_eq!(backend.accepted(), 0);
+}
+
+#[test]
+fn early_413_over_tls_is_read_thanks_to_lingering_close() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::Ok);
+    let cfg = tls_config(&f, "[client]\nmax_body_bytes = \"1MiB\"\nbody_timeout = \"5s\"\n");
+    let p = Proxy::start_raw(&cfg, &["--backend", &backend.addr.to_string()]);
+    let ccfg = client(&pki);
+    for i in 0..10 {
+        let mut s = connect(&ccfg, p.addr, "a.test");
+        s.sock.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let len = 4 << 20;
+        s.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent_ok = true;
+        for _ in 0..(len / chunk.len()) {
+            if s.write_all(&chunk).is_err() {
+                sent_ok = false;
+                break;
+            }
+        }
+        assert!(sent_ok, "run {i}: the upload was reset");
+        let (head, _) = read_tls_response(&mut s).expect("the 413 survived");
+        assert!(head.starts_with("HTTP/1.1 413"), "run {i}: {head}");
+    }
+}
+
+#[test]
+fn sighup_loads_a_new_certificate_for_the_next_handshake_and_keeps_it_on_a_bad_file() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start_raw(&tls_config(&f, ""), &["--backend", &backend.addr.to_string()]);
+    let cfg = client(&pki);
+    let presented = |p: &Proxy| {
+        let mut s = connect(&cfg, p.addr, "a.test");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        read_tls_response(&mut s).expect("response");
+        s.conn.peer_certificates().unwrap()[0].to_vec()
+    };
+    assert_eq!(presented(&p), f.a_der);
+    let (c2, k2, der2) = leaf(&pki, &["a.test"]);
+    std::fs::write(&f.a_cert.0, c2).unwrap();
+    std::fs::write(&f.a_key.0, k2).unwrap();
+    p.signal("HUP");
+    assert!(wait_until(Duration::from_secs(3), || p
+        .log()
+        .contains("configuration reloaded")));
+    assert_eq!(presented(&p), der2);
+    // A key that does not match: logged, and the running certificate stays.
+    let (_, other_key, _) = leaf(&pki, &["a.test"]);
+    std::fs::write(&f.a_key.0, other_key).unwrap();
+    p.signal("HUP");
+    assert!(wait_until(Duration::from_secs(3), || p
+        .log()
+        .contains("does not match the certificate")));
+    assert_eq!(presented(&p), der2);
+}
+
+#[test]
+fn tls_config_errors_name_the_file_and_the_problem() {
+    let pki = pki();
+    let f = files(&pki);
+    let check = |text: &str| {
+        let file = TempFile::new("tls-check.toml", text);
+        let out = std::process::Command::new(BIN)
+            .arg("check")
+            .arg("-c")
+            .arg(&file.0)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let missing = tls_config(&f, "").replace(&f.a_cert.0.display().to_string(), "/nonexistent/cert.pem");
+    let (code, err) = check(&missing);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("listener[0].tls.cert") && err.contains("/nonexistent/cert.pem: cannot read"),
+        "{err}"
+    );
+    let swapped = tls_config(&f, "").replace(&f.b_key.0.display().to_string(), &f.a_key.0.display().to_string());
+    let (code, err) = check(&swapped);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("listener[0].tls.sni[0].key") && err.contains("does not match the certificate"),
+        "{err}"
+    );
+    let (code, err) = check(&tls_config(&f, ""));
+    assert_eq!(code, Some(0), "{err}");
+}
