@@ -68,8 +68,10 @@ CustomLog {d}/access.log fg
             .spawn()
             .expect("start apache2");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let up = wait_until(Duration::from_secs(15), || std::net::TcpStream::connect(addr).is_ok());
         let a = Apache { child, addr, dir };
+        // Seen in the kernel's table, not probed: a probe would itself be a
+        // (PROXY-less) client; connections made after this wait in the backlog.
+        let up = wait_until(Duration::from_secs(15), || tcp_states(port, 0).contains(&"LISTEN"));
         assert!(up, "apache did not start: {}", a.file("error.log"));
         Some(a)
     }
@@ -173,7 +175,7 @@ fn apache_with_mod_remoteip_logs_the_client_not_finguard() {
         let client_port = s.local_addr().unwrap().port().to_string();
         s.write_all(GET.as_bytes()).unwrap();
         let r = read_response(&mut s, &mut Vec::new()).unwrap();
-        assert_eq!(r.status, 200, "{version}: {}", apache.file("error.log"));
+        assert_eq!(r.status, 200, "{version}: {}\n{}", apache.file("error.log"), p.log());
         assert!(wait_until(Duration::from_secs(5), || !apache.log().is_empty()));
         let line = &apache.log()[0];
         assert_eq!(line[0], "127.0.0.1", "{version}");

@@ -59,11 +59,9 @@ impl ClientStream for TlsStream<TcpStream> {
         std::future::ready(Ok(()))
     }
 
-    fn into_tcp(mut self) -> impl Future<Output = TcpStream> + Send {
-        async move {
-            let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, self.shutdown()).await;
-            self.into_inner().0
-        }
+    async fn into_tcp(mut self) -> TcpStream {
+        let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, self.shutdown()).await;
+        self.into_inner().0
     }
 
     fn alpn(&self) -> Option<&[u8]> {
