@@ -21,6 +21,7 @@ pub struct SettingsOverride {
     pub body_timeout: Option<Duration>,
     pub max_header_bytes: Option<u64>,
     pub max_body_bytes: Option<u64>,
+    pub upgrade_idle_timeout: Option<Duration>,
     pub close_mode: Option<CloseMode>,
     pub linger_time: Option<Duration>,
     pub linger_timeout: Option<Duration>,
@@ -40,6 +41,7 @@ impl SettingsOverride {
         set(&mut s.header_timeout, self.header_timeout);
         set(&mut s.body_timeout, self.body_timeout);
         set(&mut s.max_body_bytes, self.max_body_bytes);
+        set(&mut s.upgrade_idle_timeout, self.upgrade_idle_timeout);
         if let Some(v) = self.max_header_bytes {
             s.max_header_bytes = usize::try_from(v).unwrap_or(usize::MAX);
         }
@@ -82,6 +84,7 @@ impl UaRule {
             ("keepalive_timeout", o.keepalive_timeout),
             ("header_timeout", o.header_timeout),
             ("body_timeout", o.body_timeout),
+            ("upgrade_idle_timeout", o.upgrade_idle_timeout),
             ("linger_time", o.linger_time),
             ("linger_timeout", o.linger_timeout),
         ];

@@ -377,7 +377,8 @@ impl Upstream {
         let (backend, metrics, idle_flag) = (self.cfg.name.clone(), self.metrics.clone(), idle.clone());
         tokio::spawn(async move {
             let _guard = guard;
-            let result = conn.await;
+            // Any connection may carry an Upgrade (WebSocket); those are never pooled.
+            let result = conn.with_upgrades().await;
             let was_idle = idle_flag.load(Ordering::Acquire);
             match result {
                 Ok(()) if was_idle => metrics.reaped(&backend, ReapReason::BackendClosed),

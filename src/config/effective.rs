@@ -34,6 +34,7 @@ pub fn settings_table(s: &ClientSettings) -> Table {
     t.insert("body_timeout".into(), dur(s.body_timeout));
     t.insert("max_header_bytes".into(), Value::Integer(s.max_header_bytes as i64));
     t.insert("max_body_bytes".into(), Value::Integer(s.max_body_bytes as i64));
+    t.insert("upgrade_idle_timeout".into(), dur(s.upgrade_idle_timeout));
     t
 }
 

@@ -33,6 +33,8 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Twice nginx's default large buffer; real heads are under 4 KiB.
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// WebSocket and other upgraded connections may idle this long (apps ping every ~30 s).
+pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// A few thousand idle connections cost a few MiB: the cap protects descriptors.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 /// Apache `MAX_SECS_TO_LINGER`.
@@ -102,6 +104,8 @@ pub struct ClientSettings {
     pub body_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
+    /// Longest silence in both directions of an upgraded (tunnelled) connection.
+    pub upgrade_idle_timeout: Duration,
     pub close: CloseSettings,
 }
 
@@ -115,6 +119,7 @@ impl Default for ClientSettings {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES as usize,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            upgrade_idle_timeout: DEFAULT_UPGRADE_IDLE_TIMEOUT,
             close: CloseSettings {
                 mode: CloseMode::Lingering,
                 linger_time: DEFAULT_LINGER_TIME,
@@ -417,6 +422,7 @@ impl Validator<'_> {
             body_timeout: c.body_timeout.map(|d| d.0),
             max_header_bytes: c.max_header_bytes.map(|s| s.0),
             max_body_bytes: c.max_body_bytes.map(|s| s.0),
+            upgrade_idle_timeout: c.upgrade_idle_timeout.map(|d| d.0),
             close_mode: self.close_mode("client.close.mode", c.close.mode.as_deref())?,
             linger_time: c.close.linger_time.map(|d| d.0),
             linger_timeout: c.close.linger_timeout.map(|d| d.0),
@@ -467,6 +473,7 @@ impl Validator<'_> {
             ("keepalive_timeout", s.keepalive_timeout),
             ("header_timeout", s.header_timeout),
             ("body_timeout", s.body_timeout),
+            ("upgrade_idle_timeout", s.upgrade_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(self.err(format!("{at}.{k}"), "must be greater than 0"));
@@ -514,6 +521,7 @@ impl Validator<'_> {
             body_timeout: r.body_timeout.map(|d| d.0),
             max_header_bytes: r.max_header_bytes.map(|s| s.0),
             max_body_bytes: r.max_body_bytes.map(|s| s.0),
+            upgrade_idle_timeout: r.upgrade_idle_timeout.map(|d| d.0),
             close_mode: self.close_mode(&format!("{at}.mode"), mode.as_deref())?,
             linger_time: r.linger_time.or(nested.linger_time).map(|d| d.0),
             linger_timeout: r.linger_timeout.or(nested.linger_timeout).map(|d| d.0),

@@ -77,6 +77,7 @@ pub struct RawClient {
     pub body_timeout: Option<ConfDuration>,
     pub max_header_bytes: Option<ConfSize>,
     pub max_body_bytes: Option<ConfSize>,
+    pub upgrade_idle_timeout: Option<ConfDuration>,
     pub max_connections: Option<u32>,
     pub max_connections_per_ip: Option<u32>,
     #[serde(default)]
@@ -98,6 +99,7 @@ pub struct RawUaRule {
     pub body_timeout: Option<ConfDuration>,
     pub max_header_bytes: Option<ConfSize>,
     pub max_body_bytes: Option<ConfSize>,
+    pub upgrade_idle_timeout: Option<ConfDuration>,
     /// `[client.close]` keys may be written flat in the rule or in a `close` table.
     pub mode: Option<String>,
     pub linger_time: Option<ConfDuration>,

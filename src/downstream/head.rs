@@ -32,6 +32,8 @@ pub struct Head {
     pub referer: Option<String>,
     /// Length of the request line, without its CRLF.
     pub line_end: usize,
+    /// `Connection: upgrade` with an `Upgrade` header (WebSocket).
+    pub upgrade: bool,
 }
 
 /// Why a head is refused.
@@ -96,7 +98,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     let mut chunked = false;
     let mut te_seen = false;
     let mut hosts = 0;
-    let (mut wants_close, mut wants_keepalive) = (false, false);
+    let (mut wants_close, mut wants_keepalive, mut conn_upgrade, mut upgrade_header) = (false, false, false, false);
     let mut user_agent = None;
     let mut referer = None;
     for h in req.headers.iter() {
@@ -122,7 +124,10 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
             for token in h.value.split(|&b| b == b',').map(trim) {
                 wants_close |= token.eq_ignore_ascii_case(b"close");
                 wants_keepalive |= token.eq_ignore_ascii_case(b"keep-alive");
+                conn_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade_header = true;
         } else if want_ua && name.eq_ignore_ascii_case("user-agent") {
             user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
         } else if want_referer && name.eq_ignore_ascii_case("referer") {
@@ -154,6 +159,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
         user_agent,
         referer,
         line_end: buf.iter().position(|&b| b == b'\r').unwrap_or(0),
+        upgrade: conn_upgrade && upgrade_header && !http10,
     })
 }
 

@@ -16,6 +16,7 @@ pub mod io;
 pub mod linger;
 pub mod stream;
 pub mod track;
+pub mod tunnel;
 
 use crate::accesslog;
 use crate::metrics::{OutcomeLabel, RuleLabel};
@@ -53,6 +54,8 @@ pub struct Exchange {
     status: AtomicU16,
     /// The backend address and the time to its response head.
     upstream: Mutex<Option<(SocketAddr, Duration)>>,
+    /// The backend side of an upgrade (101), once the backend switched.
+    upgrade: Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Exchange {
@@ -81,6 +84,12 @@ impl Exchange {
     pub fn set_upstream(&self, addr: SocketAddr, took: Duration) {
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((addr, took));
     }
+    pub fn set_upgrade(&self, on: hyper::upgrade::OnUpgrade) {
+        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(on);
+    }
+    fn take_upgrade(&self) -> Option<hyper::upgrade::OnUpgrade> {
+        self.upgrade.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
     pub fn upstream(&self) -> Option<(SocketAddr, Duration)> {
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -101,6 +110,16 @@ enum Ending {
     Close,
     /// Answer with this status before the configured close.
     Reply(u16, &'static str),
+    /// The backend switched protocols: tunnel bytes both ways (the bytes
+    /// the client sent past its request go first).
+    Tunnel(hyper::upgrade::OnUpgrade, BytesMut),
+}
+
+/// What the connection does after one exchange.
+enum Next {
+    KeepAlive(BytesMut),
+    Close,
+    Upgrade(hyper::upgrade::OnUpgrade, BytesMut),
 }
 
 /// Serves one client connection to its end.
@@ -182,6 +201,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         let request_line = prefix.slice(..head.line_end);
         let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
         let keepalive = policy.allows_keepalive()
+            && !head.upgrade
             && served < s.max_requests
             && !head.wants_close
             && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
@@ -197,6 +217,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             remaining: s.max_requests - served,
             has_body: framing.has_body(),
             idempotent: head.idempotent,
+            upgrade: head.upgrade,
         });
         let exch = ctx.exchange.clone();
         // Boxed: its state lives on the heap only while a request is served.
@@ -222,7 +243,12 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             });
         }
         match next {
-            Some(rest) if keepalive => buf.extend_from_slice(&rest),
+            Next::KeepAlive(rest) if keepalive => buf.extend_from_slice(&rest),
+            Next::Upgrade(on, rest) => {
+                let mut pending = rest;
+                pending.extend_from_slice(&buf);
+                break Ending::Tunnel(on, pending);
+            }
             _ => break Ending::Close,
         }
     };
@@ -325,7 +351,7 @@ async fn exchange<S: ClientStream>(
     ctx: Arc<RequestCtx>,
     stall: Duration,
     entry: &track::Entry,
-) -> Option<BytesMut> {
+) -> Next {
     let exch = ctx.exchange.clone();
     let io = io::ClientIo::new(stream, prefix, framing, stall, exch.clone(), entry);
     let svc = hyper::service::service_fn(move |req| Box::pin(proxy::handle(req, ctx.clone())));
@@ -342,20 +368,25 @@ async fn exchange<S: ClientStream>(
             Pin::new(&mut conn).graceful_shutdown();
             match tokio::time::timeout(stall, poll_fn(|cx| conn.poll_without_shutdown(cx))).await {
                 Ok(r) => r,
-                Err(_) => return None,
+                Err(_) => return Next::Close,
             }
         }
     };
     if let Err(e) = result {
         debug!(error = %e, "client exchange ended with an error");
-        return None;
+        return Next::Close;
     }
     let parts = conn.into_parts();
     let mut io = parts.io.into_inner();
-    if exch.close_after.load(Ordering::Acquire) || !io.request_complete() {
-        return None;
+    if exch.status() == 101 {
+        if let Some(on) = exch.take_upgrade() {
+            return Next::Upgrade(on, io::take_leftover(parts.read_buf, &mut io));
+        }
     }
-    Some(io::take_leftover(parts.read_buf, &mut io))
+    if exch.close_after.load(Ordering::Acquire) || !io.request_complete() {
+        return Next::Close;
+    }
+    Next::KeepAlive(io::take_leftover(parts.read_buf, &mut io))
 }
 
 /// Writes a final error response, then closes the configured way.
@@ -369,6 +400,20 @@ async fn finish<S: ClientStream>(
 ) {
     let peer = track.entry.peer;
     let metrics = &shared.metrics;
+    let ending = match ending {
+        Ending::Tunnel(on, pending) => {
+            let outcome = tunnel::run(stream, on, pending, settings.upgrade_idle_timeout, &track.entry).await;
+            metrics
+                .lingering_closes
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.as_str(),
+                })
+                .inc();
+            trace!(%peer, outcome = outcome.as_str(), "tunnel closed");
+            return;
+        }
+        other => other,
+    };
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");
         metrics

@@ -219,6 +219,9 @@ pub enum Reply {
     CloseDelimited,
     /// Announces 1000 bytes, sends 10, then resets the connection.
     ResetMidBody,
+    /// Switches protocols (101) on an upgrade request, then echoes bytes
+    /// until the peer's FIN, then closes.
+    UpgradeEcho,
 }
 
 /// A test backend: HTTP/1.1 keep-alive, one thread per connection, counting
@@ -308,6 +311,22 @@ fn serve_backend_conn(mut s: TcpStream, reply: Reply, opts: BackendOpts, heads: 
         };
         heads.lock().unwrap().push(head.clone());
         let framing = body_framing(&head);
+        if let Reply::UpgradeEcho = reply {
+            let _ =
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+            let _ = s.write_all(&std::mem::take(&mut buf));
+            let mut b = [0u8; 4096];
+            loop {
+                match s.read(&mut b) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if s.write_all(&b[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         if let Reply::Unauthorized = reply {
             let _ = s.write_all(
                 b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\nunauthorized\n",
@@ -321,7 +340,7 @@ fn serve_backend_conn(mut s: TcpStream, reply: Reply, opts: BackendOpts, heads: 
             return;
         };
         let body = match reply {
-            Reply::Ok | Reply::Unauthorized => "hello\n".to_string(),
+            Reply::Ok | Reply::Unauthorized | Reply::UpgradeEcho => "hello\n".to_string(),
             Reply::EchoHead => head.clone(),
             Reply::CountBody => format!("{n}\n"),
             Reply::Chunked => {

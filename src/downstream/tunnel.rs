@@ -1,0 +1,84 @@
+//! Upgraded connections (WebSocket and any other `Upgrade`): after the
+//! backend's 101, bytes are copied both ways on a backend connection of their
+//! own. A FIN from either side is passed on as a half-close to the other, so
+//! neither side is left in CLOSE_WAIT; silence in both directions for
+//! `upgrade_idle_timeout` ends the tunnel.
+
+use super::linger::CloseOutcome;
+use super::stream::ClientStream;
+use super::track::Entry;
+use bytes::BytesMut;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Longest wait for the backend side of the upgrade after the 101.
+const UPGRADE_WAIT: Duration = Duration::from_secs(5);
+const CHUNK: usize = 8 * 1024;
+
+pub async fn run<S: ClientStream>(
+    mut client: S,
+    on: hyper::upgrade::OnUpgrade,
+    pending: BytesMut,
+    idle: Duration,
+    entry: &Entry,
+) -> CloseOutcome {
+    let Ok(Ok(upgraded)) = tokio::time::timeout(UPGRADE_WAIT, on).await else {
+        super::linger::abort(client.into_tcp().await);
+        return CloseOutcome::Error;
+    };
+    let mut backend = TokioIo::new(upgraded);
+    if !pending.is_empty() && backend.write_all(&pending).await.is_err() {
+        super::linger::abort(client.into_tcp().await);
+        return CloseOutcome::Error;
+    }
+    let outcome = pump(&mut client, &mut backend, idle, entry).await;
+    let tcp = client.into_tcp().await;
+    if outcome != CloseOutcome::ClientFin {
+        super::linger::abort(tcp); // idle or broken: no orphan left behind
+    }
+    outcome
+}
+
+/// Copies both ways until both sides have closed, one fails, or both are silent for `idle`.
+async fn pump<A, B>(a: &mut A, b: &mut B, idle: Duration, entry: &Entry) -> CloseOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut a_buf, mut b_buf) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+    let (mut a_open, mut b_open) = (true, true);
+    while a_open || b_open {
+        tokio::select! {
+            r = a.read(&mut a_buf), if a_open => match r {
+                Ok(0) => {
+                    a_open = false;
+                    let _ = b.shutdown().await; // the client's FIN, passed on
+                }
+                Ok(n) => {
+                    entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    if b.write_all(&a_buf[..n]).await.is_err() {
+                        return CloseOutcome::Error;
+                    }
+                }
+                Err(_) => return CloseOutcome::Reset,
+            },
+            r = b.read(&mut b_buf), if b_open => match r {
+                Ok(0) => {
+                    b_open = false;
+                    let _ = a.shutdown().await; // the backend's FIN, passed on
+                }
+                Ok(n) => {
+                    entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    if a.write_all(&b_buf[..n]).await.is_err() {
+                        return CloseOutcome::Error;
+                    }
+                }
+                Err(_) => return CloseOutcome::Error,
+            },
+            () = tokio::time::sleep(idle) => return CloseOutcome::LingerTimeout,
+        }
+    }
+    CloseOutcome::ClientFin
+}

@@ -1,0 +1,80 @@
+//! Upgraded connections (WebSocket): a dedicated backend connection, bytes
+//! both ways, closes propagated, no CLOSE_WAIT left on finguard's side.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::time::Duration;
+use support::*;
+
+const UPGRADE: &[u8] =
+    b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+fn no_close_wait(p: &Proxy, backend: &Backend, client_port: u16) -> bool {
+    !tcp_states(p.port(), client_port).contains(&"CLOSE_WAIT")
+        && !tcp_states(0, backend.addr.port()).contains(&"CLOSE_WAIT")
+}
+
+#[test]
+fn a_websocket_round_trip_works_and_a_client_close_leaves_no_close_wait() {
+    let backend = Backend::start(Reply::UpgradeEcho);
+    let p = Proxy::start("", backend.addr);
+    let mut s = p.connect();
+    let port = s.local_addr().unwrap().port();
+    // The first frame rides with the request, as eager clients send it.
+    let mut first = UPGRADE.to_vec();
+    first.extend_from_slice(b"early");
+    s.write_all(&first).unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut s, &mut buf).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(
+        lower.contains("connection: upgrade") && lower.contains("upgrade: websocket"),
+        "{head}"
+    );
+    for msg in [&b"ping"[..], b"a longer message"] {
+        s.write_all(msg).unwrap();
+    }
+    let want = b"earlypinga longer message";
+    while buf.len() < want.len() {
+        let mut b = [0u8; 1024];
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "tunnel closed early");
+        buf.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(&buf[..], want);
+    // The backend never saw the upgrade on a pooled connection, and it saw the headers.
+    assert!(backend.heads()[0].to_ascii_lowercase().contains("upgrade: websocket"));
+    // The client half-closes: the backend gets the FIN, closes, and so does finguard.
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(peer_end(&mut s, Duration::from_secs(3)), PeerEnd::Eof);
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(2), || no_close_wait(&p, &backend, port)),
+        "{:?}",
+        tcp_states(p.port(), port)
+    );
+    // A backend that switches protocols unasked is a broken backend: 502.
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+    assert_eq!(r.status, 502);
+}
+
+#[test]
+fn an_idle_tunnel_is_ended_after_upgrade_idle_timeout() {
+    let backend = Backend::start(Reply::UpgradeEcho);
+    let p = Proxy::start("[client]\nupgrade_idle_timeout = \"300ms\"\n", backend.addr);
+    let mut s = p.connect();
+    let port = s.local_addr().unwrap().port();
+    s.write_all(UPGRADE).unwrap();
+    let head = read_head(&mut s, &mut Vec::new()).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101 "));
+    assert_ne!(
+        peer_end(&mut s, Duration::from_secs(3)),
+        PeerEnd::Open,
+        "the idle tunnel was kept"
+    );
+    assert!(wait_until(Duration::from_secs(2), || tcp_states(p.port(), port).is_empty()));
+}
