@@ -311,6 +311,12 @@ fn explain(cfg: &Config, ua: &str) -> String {
     t.insert("nokeepalive".into(), Value::Boolean(p.nokeepalive));
     t.insert("downgrade_1_0".into(), Value::Boolean(p.downgrade_1_0));
     t.insert("force_response_1_0".into(), Value::Boolean(p.force_response_1_0));
+    let h2 = if p.nokeepalive {
+        "nokeepalive: GOAWAY after the first response; downgrade_1_0 and force_response_1_0 do not apply"
+    } else {
+        "downgrade_1_0 and force_response_1_0 do not apply; timeouts and the close mode do"
+    };
+    t.insert("over_http2".into(), Value::String(h2.into()));
     let mut client = config::effective_settings_table(&p.settings);
     client.insert(
         "close".into(),

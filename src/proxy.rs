@@ -51,6 +51,8 @@ pub struct RequestCtx {
     pub idempotent: bool,
     /// `Connection: upgrade` (WebSocket): a dedicated backend connection, a tunnel after 101.
     pub upgrade: bool,
+    /// The client speaks HTTP/2: no connection-level headers in responses.
+    pub h2: bool,
 }
 
 /// The hyper service: one call per request.
@@ -325,8 +327,13 @@ fn upstream_request(parts: &request::Parts, body: UpBody, cfg: &BackendConfig) -
     *req.uri_mut() = pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
     *req.headers_mut() = parts.headers.clone();
     if !req.headers().contains_key(header::HOST) {
-        // HTTP/1.0 clients may omit it; HTTP/1.1 backends require it.
-        if let Ok(v) = HeaderValue::from_str(&cfg.addr_specs[0]) {
+        // HTTP/2 clients send :authority; HTTP/1.0 ones may send nothing.
+        // HTTP/1.1 backends require a Host.
+        let host = parts
+            .uri
+            .authority()
+            .map_or_else(|| cfg.addr_specs[0].clone(), |a| a.to_string());
+        if let Ok(v) = HeaderValue::from_str(&host) {
             req.headers_mut().insert(header::HOST, v);
         }
     }
@@ -401,8 +408,9 @@ pub fn raw_error_response(status: u16, http10: bool) -> Vec<u8> {
 /// Applies the client policy to a response: keep-alive or close, and the
 /// HTTP/1.0 rules (`downgrade_1_0`, `force_response_1_0`).
 fn shape_response(mut resp: Response<ProxyBody>, ctx: &RequestCtx, http10: bool, head: bool) -> Response<ProxyBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return resp; // no longer HTTP after this: nothing to shape
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || ctx.h2 {
+        // After a 101 it is no longer HTTP; HTTP/2 has no connection headers.
+        return resp;
     }
     let p = &ctx.policy;
     let bodyless = head || resp.status().is_informational() || matches!(resp.status().as_u16(), 204 | 304);

@@ -332,6 +332,9 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
     let outcome = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             shared.metrics.tls_handshake("ok");
+            if downstream::stream::ClientStream::alpn(&s) == Some(b"h2") {
+                return downstream::h2::serve(s, peer, shared).await;
+            }
             return downstream::serve(s, peer, shared).await;
         }
         Ok(Err(e)) => {

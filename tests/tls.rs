@@ -17,7 +17,9 @@ struct Pki {
 /// A leaf certificate for `names`, as (cert PEM, key PEM, cert DER).
 fn leaf(pki: &Pki, names: &[&str]) -> (String, String, Vec<u8>) {
     let key = rcgen::KeyPair::generate().unwrap();
-    let params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
     let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
@@ -26,6 +28,11 @@ fn pki() -> Pki {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "finguard test CA");
+    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     let ca = params.self_signed(&ca_key).unwrap();
     Pki { ca, ca_key }
 }
@@ -255,4 +262,100 @@ fn tls_config_errors_name_the_file_and_the_problem() {
     );
     let (code, err) = check(&tls_config(&f, ""));
     assert_eq!(code, Some(0), "{err}");
+}
+
+fn ca_file(pki: &Pki) -> TempFile {
+    TempFile::new("ca.pem", &pki.ca.pem())
+}
+
+/// `curl --http2` through finguard: (curl's stdout, exit ok).
+fn curl_h2(p: &Proxy, ca: &TempFile, urls: usize, extra: &[&str]) -> (String, bool) {
+    let port = p.addr.port();
+    let url = format!("https://a.test:{port}/");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["--http2", "-sS", "--cacert"]).arg(&ca.0);
+    cmd.args([
+        "--resolve",
+        &format!("a.test:{port}:127.0.0.1"),
+        "-w",
+        "%{http_version} %{http_code}\\n",
+    ]);
+    cmd.args(extra);
+    for _ in 0..urls {
+        cmd.args(["-o", "/dev/null", &url]);
+    }
+    let out = cmd.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (text, out.status.success())
+}
+
+#[test]
+fn curl_speaks_http2_through_finguard_on_one_connection() {
+    let pki = pki();
+    let f = files(&pki);
+    let ca = ca_file(&pki);
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start_raw(&tls_config(&f, ""), &["--backend", &backend.addr.to_string()]);
+    let (out, ok) = curl_h2(&p, &ca, 5, &[]);
+    assert!(ok, "{out}\n{}", p.log());
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["2 200"; 5], "{out}");
+    assert_eq!(
+        p.metric("finguard_client_connections_accepted_total"),
+        1.0,
+        "five requests, one connection"
+    );
+    assert_eq!(backend.heads().len(), 5);
+    assert!(
+        backend.heads()[0].to_ascii_lowercase().contains("host: a.test:"),
+        "{:?}",
+        backend.heads()
+    );
+    // HTTP/1.1 is still offered.
+    let (out, ok) = curl_h2(&p, &ca, 1, &["--http1.1"]);
+    assert!(ok);
+    assert_eq!(out.trim(), "1.1 200");
+}
+
+#[test]
+fn a_rapid_reset_burst_gets_goaway_while_another_client_keeps_working() {
+    let pki = pki();
+    let f = files(&pki);
+    let ca = ca_file(&pki);
+    let backend = Backend::start(Reply::Slow(Duration::from_millis(200)));
+    let p = Proxy::start_raw(&tls_config(&f, ""), &["--backend", &backend.addr.to_string()]);
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let cfg = Arc::new(cfg);
+    let addr = p.addr;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let goaway = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+        let driver = tokio::spawn(conn);
+        // Open streams and reset them at once, as fast as the connection takes them.
+        for _ in 0..2000 {
+            let req = http::Request::get("https://a.test/").body(()).unwrap();
+            let Ok((_resp, mut stream)) = client.send_request(req, false) else {
+                break;
+            };
+            stream.send_reset(h2::Reason::CANCEL);
+            if client.clone().ready().await.is_err() {
+                break;
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(5), driver).await {
+            Ok(Ok(Err(e))) => e.reason(),
+            other => panic!("the connection was not cut off: {other:?}"),
+        }
+    });
+    assert_eq!(goaway, Some(h2::Reason::ENHANCE_YOUR_CALM));
+    // Meanwhile a normal client on another connection is served.
+    let (out, ok) = curl_h2(&p, &ca, 2, &[]);
+    assert!(ok);
+    assert_eq!(out.lines().collect::<Vec<_>>(), vec!["2 200"; 2]);
 }

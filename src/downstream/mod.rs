@@ -11,6 +11,7 @@
 //! This module never talks to a backend: that is `proxy` and `upstream`.
 
 pub mod framing;
+pub mod h2;
 pub mod head;
 pub mod io;
 pub mod linger;
@@ -103,7 +104,7 @@ impl Exchange {
 
 /// Why the keep-alive loop stopped.
 #[derive(Debug)]
-enum Ending {
+pub(super) enum Ending {
     /// The client closed (FIN) while idle: nothing to linger for.
     ClientClosed,
     /// Keep-alive over (policy, limit, timeout, shutdown): configured close.
@@ -218,6 +219,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             has_body: framing.has_body(),
             idempotent: head.idempotent,
             upgrade: head.upgrade,
+            h2: false,
         });
         let exch = ctx.exchange.clone();
         // Boxed: its state lives on the heap only while a request is served.
@@ -329,7 +331,7 @@ async fn wait_head<S: ClientStream>(
 
 /// ALPN protocols offered on TLS listeners, in preference order.
 pub fn alpn() -> Vec<Vec<u8>> {
-    vec![b"http/1.1".to_vec()]
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
 fn http1_builder() -> http1::Builder {
@@ -390,7 +392,7 @@ async fn exchange<S: ClientStream>(
 }
 
 /// Writes a final error response, then closes the configured way.
-async fn finish<S: ClientStream>(
+pub(super) async fn finish<S: ClientStream>(
     mut stream: S,
     ending: Ending,
     settings: &crate::config::ClientSettings,

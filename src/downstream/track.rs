@@ -180,6 +180,11 @@ pub struct Tracked {
 }
 
 impl Tracked {
+    /// How long the connection has been in its current state.
+    pub fn in_state_for(&self) -> Duration {
+        self.entry.in_state_for(Instant::now())
+    }
+
     pub fn set(&self, state: ClientState) {
         let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
         if old != state as u8 {
