@@ -9,8 +9,12 @@
 //!   cargo bench --bench load -- --smoke    # CI: 1 round x 1 s per cell
 //!   FINGUARD_LOAD_OUT=dir                  # where report.md / report.svg go (default target/load)
 //!
-//! Needs nginx, haproxy, wrk and taskset (Debian packages); says SKIPPED and
-//! exits 0 when one is missing.
+//! TLS workloads terminate TLS at the proxy (a certificate made at run time);
+//! the backend stays plain HTTP, so they have no direct ceiling. `h2` runs
+//! h2load (10 streams per connection) and reports mean latency only.
+//!
+//! Needs nginx, haproxy, wrk, h2load and taskset (Debian packages); says
+//! SKIPPED and exits 0 when one is missing.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -52,16 +56,24 @@ enum Workload {
     NewConnection,
     Concurrent1000,
     BesideBuggyClients,
+    TlsKeepAlive,
+    TlsH2,
 }
 
 impl Workload {
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 7] = [
         Workload::KeepAliveSmall,
         Workload::KeepAlive16k,
         Workload::NewConnection,
         Workload::Concurrent1000,
         Workload::BesideBuggyClients,
+        Workload::TlsKeepAlive,
+        Workload::TlsH2,
     ];
+
+    fn tls(self) -> bool {
+        matches!(self, Workload::TlsKeepAlive | Workload::TlsH2)
+    }
     fn name(self) -> &'static str {
         match self {
             Workload::KeepAliveSmall => "keep-alive, 12 B",
@@ -69,6 +81,8 @@ impl Workload {
             Workload::NewConnection => "new connection per request",
             Workload::Concurrent1000 => "1000 concurrent connections",
             Workload::BesideBuggyClients => "50 clients beside 2000 idle-hold",
+            Workload::TlsKeepAlive => "TLS 1.3 keep-alive, 12 B",
+            Workload::TlsH2 => "TLS h2, 50 conns x 10 streams",
         }
     }
 }
@@ -141,13 +155,28 @@ fn start_backend(dir: &Path, port: u16) -> Child {
     c
 }
 
-fn start_proxy(p: Proxy, dir: &Path, port: u16, backend: u16) -> Option<Child> {
+/// A self-signed certificate for 127.0.0.1, as PEM files in `dir`:
+/// (cert, key, cert+key for HAProxy).
+fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let (cert, key) = (ck.cert.pem(), ck.key_pair.serialize_pem());
+    let paths = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("both.pem"));
+    std::fs::write(&paths.0, &cert).unwrap();
+    std::fs::write(&paths.1, &key).unwrap();
+    std::fs::write(&paths.2, format!("{cert}{key}")).unwrap();
+    paths
+}
+
+fn start_proxy(p: Proxy, dir: &Path, port: u16, tls_port: u16, backend: u16) -> Option<Child> {
     let d = dir.display();
+    let (cert, key, both) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("both.pem"));
+    let (cert, key, both) = (cert.display(), key.display(), both.display());
     let child = match p {
         Proxy::Direct => return None,
         Proxy::Finguard => {
             let conf = format!(
-                "[[listener]]\naddr = \"127.0.0.1:{port}\"\n[client]\nmax_requests_per_connection = 1000000\nkeepalive_timeout = \"60s\"\n\
+                "[[listener]]\naddr = \"127.0.0.1:{port}\"\n[[listener]]\naddr = \"127.0.0.1:{tls_port}\"\n\
+                 tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n[client]\nmax_requests_per_connection = 1000000\nkeepalive_timeout = \"60s\"\n\
                  max_connections = 20000\n[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:{backend}\"]\nmax_connections = 1024\n\
                  pool_max_idle = 1024\npool_idle_timeout = \"30s\"\n[log]\naccess = \"off\"\nlevel = \"error\"\n"
             );
@@ -163,7 +192,9 @@ fn start_proxy(p: Proxy, dir: &Path, port: u16, backend: u16) -> Option<Child> {
                  events {{ worker_connections 16384; }}\n\
                  http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 60s;\n\
                  upstream b {{ server 127.0.0.1:{backend}; keepalive 1024; }}\n\
-                 server {{ listen 127.0.0.1:{port} backlog=4096; location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
+                 server {{ listen 127.0.0.1:{port} backlog=4096; listen 127.0.0.1:{tls_port} ssl http2;\n\
+                 ssl_certificate {cert}; ssl_certificate_key {key}; ssl_protocols TLSv1.2 TLSv1.3;\n\
+                 location / {{ proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n"
             );
             std::fs::write(dir.join("proxy-nginx.conf"), conf).unwrap();
             pinned(PROXY_CORE, "nginx")
@@ -174,7 +205,8 @@ fn start_proxy(p: Proxy, dir: &Path, port: u16, backend: u16) -> Option<Child> {
         Proxy::Haproxy => {
             let conf = format!(
                 "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
-                 option http-keep-alive\nfrontend f\n  bind 127.0.0.1:{port}\n  default_backend b\nbackend b\n  http-reuse always\n\
+                 option http-keep-alive\nfrontend f\n  bind 127.0.0.1:{port}\n  bind 127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1\n\
+                 default_backend b\nbackend b\n  http-reuse always\n\
                  server s1 127.0.0.1:{backend} maxconn 1024\n"
             );
             std::fs::write(dir.join("haproxy.cfg"), conf).unwrap();
@@ -186,6 +218,7 @@ fn start_proxy(p: Proxy, dir: &Path, port: u16, backend: u16) -> Option<Child> {
     };
     let c = child.expect("start proxy");
     wait_port(port);
+    wait_port(tls_port);
     Some(c)
 }
 
@@ -210,7 +243,10 @@ fn wrk(port: u16, path: &str, conns: usize, secs: u64, extra: &[&str]) -> Sample
         .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .expect("wrk");
-    let text = String::from_utf8_lossy(&out.stdout);
+    parse_wrk(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_wrk(text: &str) -> Sample {
     let mut s = Sample::default();
     for line in text.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
@@ -224,8 +260,69 @@ fn wrk(port: u16, path: &str, conns: usize, secs: u64, extra: &[&str]) -> Sample
     s
 }
 
+fn h2load(port: u16, secs: u64) -> Sample {
+    let out = Command::new("taskset")
+        .args([
+            "-c",
+            LOAD_CORE,
+            "h2load",
+            "-c",
+            "50",
+            "-m",
+            "10",
+            "-t",
+            "1",
+            "-D",
+            &secs.to_string(),
+        ])
+        .arg(format!("https://127.0.0.1:{port}/small"))
+        .output()
+        .expect("h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut s = Sample {
+        p99_ms: f64::NAN,
+        ..Sample::default()
+    };
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            // "finished in 5.00s, 12345.67 req/s, 1.23MB/s"
+            s.rps = rest
+                .split(", ")
+                .nth(1)
+                .and_then(|v| v.trim_end_matches(" req/s").parse().ok())
+                .unwrap_or(0.0);
+        }
+        if let Some(rest) = line.strip_prefix("time for request:") {
+            // min max mean sd +/- sd
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            s.p50_ms = f.get(2).map_or(f64::NAN, |v| parse_ms(v));
+        }
+    }
+    s
+}
+
 fn run_cell(w: Workload, port: u16, secs: u64) -> Sample {
     match w {
+        Workload::TlsKeepAlive => {
+            let out_port = port;
+            let s = Command::new("taskset")
+                .args([
+                    "-c",
+                    LOAD_CORE,
+                    "wrk",
+                    "-t1",
+                    "--latency",
+                    "-c",
+                    "50",
+                    "-d",
+                    &format!("{secs}s"),
+                ])
+                .arg(format!("https://127.0.0.1:{out_port}/small"))
+                .output()
+                .expect("wrk");
+            parse_wrk(&String::from_utf8_lossy(&s.stdout))
+        }
+        Workload::TlsH2 => h2load(port, secs),
         Workload::KeepAliveSmall => wrk(port, "/small", 50, secs, &[]),
         Workload::KeepAlive16k => wrk(port, "/16k", 50, secs, &[]),
         Workload::NewConnection => wrk(port, "/small", 50, secs, &["-H", "Connection: close"]),
@@ -320,16 +417,20 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let backend_port = free_port();
+    make_cert(&dir);
     let mut procs = Procs(vec![start_backend(&dir, backend_port)]);
     let mut ports = BTreeMap::new();
+    let mut tls_ports = BTreeMap::new();
     let mut pids = BTreeMap::new();
     for p in Proxy::ALL {
         let port = if p == Proxy::Direct { backend_port } else { free_port() };
-        if let Some(c) = start_proxy(p, &dir, port, backend_port) {
+        let tls_port = free_port();
+        if let Some(c) = start_proxy(p, &dir, port, tls_port, backend_port) {
             pids.insert(p, c.id());
             procs.0.push(c);
         }
         ports.insert(p, port);
+        tls_ports.insert(p, tls_port);
     }
     // Memory first, on fresh processes: after the load, allocator caches hide it.
     let idle_n = if smoke { 200 } else { IDLE_CONNS };
@@ -345,7 +446,11 @@ fn main() {
     for round in 0..rounds {
         for w in Workload::ALL {
             for p in Proxy::ALL {
-                let s = run_cell(w, ports[&p], secs);
+                if w.tls() && p == Proxy::Direct {
+                    continue; // the backend speaks plain HTTP
+                }
+                let port = if w.tls() { tls_ports[&p] } else { ports[&p] };
+                let s = run_cell(w, port, secs);
                 eprintln!(
                     "round {} {:<34} {:<16} {:>10.0} req/s  p99 {:.2} ms",
                     round + 1,
@@ -396,6 +501,9 @@ fn render(
     for w in Workload::ALL {
         let n = med(samples, w, Proxy::Nginx);
         for p in Proxy::ALL {
+            if !samples.contains_key(&(w, p)) {
+                continue;
+            }
             let s = med(samples, w, p);
             let _ = writeln!(
                 o,
