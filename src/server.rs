@@ -315,15 +315,25 @@ async fn accept_loop(
             };
             continue;
         };
-        let shared = shared.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            let _ip = ip_guard;
-            match tls {
-                None => downstream::serve(stream, peer, shared).await,
-                Some(tls) => serve_tls(stream, peer, shared, tls).await,
-            }
-        });
+        tracker.spawn(serve_accepted(stream, peer, shared.clone(), tls, permit, ip_guard));
+    }
+}
+
+/// One accepted connection's task. Its future is what every idle connection
+/// costs in memory, so everything large is boxed and built only when needed.
+async fn serve_accepted(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<crate::tls::TlsSettings>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _ip: IpGuard,
+) {
+    match tls {
+        None => downstream::serve(stream, peer, shared).await,
+        // Boxed: the handshake and HTTP/2 states are large, and a plain
+        // connection's task must not carry their size.
+        Some(tls) => Box::pin(serve_tls(stream, peer, shared, tls)).await,
     }
 }
 
@@ -333,7 +343,7 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
         Ok(Ok(s)) => {
             shared.metrics.tls_handshake("ok");
             if downstream::stream::ClientStream::alpn(&s) == Some(b"h2") {
-                return downstream::h2::serve(s, peer, shared).await;
+                return Box::pin(downstream::h2::serve(s, peer, shared)).await;
             }
             return downstream::serve(s, peer, shared).await;
         }
@@ -418,5 +428,27 @@ async fn refuse_over_ip_limit(
         .is_ok()
     {
         downstream::linger::close(stream, &settings.close, &CancellationToken::new()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle keep-alive connection costs its task's future: keep it small
+    /// (a regression once made it 7 KiB by inlining the HTTP/2 state).
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = l.accept().await.unwrap();
+        let config = crate::config::parse("t", "", &Default::default()).unwrap();
+        let shared = Shared::first(config);
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let ip = IpGuard::take(&shared, peer.ip()).unwrap();
+        let fut = serve_accepted(stream, peer, shared, None, permit, ip);
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 2048, "the connection task's future is {size} bytes");
     }
 }
