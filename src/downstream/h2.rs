@@ -11,7 +11,6 @@
 use super::stream::ClientStream;
 use super::track::{ClientState, Tracked};
 use super::{Ending, Exchange};
-use crate::metrics::RuleLabel;
 use crate::policy::ClientPolicy;
 use crate::proxy::{self, RequestCtx};
 use crate::server::Shared;
@@ -117,24 +116,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<pro
                 .get(http::header::USER_AGENT)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
-            let _ = conn.track.entry.user_agent.set(ua.to_string());
-            if !p.matched.is_empty() {
-                let rules: Vec<String> = p
-                    .matched
-                    .iter()
-                    .map(|&i| shared.config.rules.rules()[i].pattern.clone())
-                    .collect();
-                for r in &rules {
-                    shared
-                        .metrics
-                        .ua_rule_matches
-                        .get_or_create(&RuleLabel { rule: r.clone() })
-                        .inc();
-                }
-                let _ = conn.track.entry.rules.set(rules);
-            }
-            p
+            super::classify(shared, &conn.track, ua)
         })
         .clone();
     conn.track.entry.requests.fetch_add(1, Ordering::Relaxed);

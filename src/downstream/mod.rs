@@ -167,28 +167,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             Ok(h) => h,
             Err(r) => break reject(r),
         };
-        let policy = policy.get_or_insert_with(|| {
-            let ua = head.user_agent.as_deref().unwrap_or("");
-            let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
-            let _ = track.entry.user_agent.set(ua.to_string());
-            if !p.matched.is_empty() {
-                let rules: Vec<String> = p
-                    .matched
-                    .iter()
-                    .map(|&i| shared.config.rules.rules()[i].pattern.clone())
-                    .collect();
-                debug!(%peer, user_agent = ua, ?rules, "user-agent rules matched");
-                for r in &rules {
-                    shared
-                        .metrics
-                        .ua_rule_matches
-                        .get_or_create(&RuleLabel { rule: r.clone() })
-                        .inc();
-                }
-                let _ = track.entry.rules.set(rules);
-            }
-            p
-        });
+        let policy = policy.get_or_insert_with(|| classify(&shared, &track, head.user_agent.as_deref().unwrap_or("")));
         let s = policy.settings;
         served += 1;
         track.set(ClientState::Active);
@@ -258,6 +237,30 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     let force10 = policy.as_deref().is_some_and(|p| p.force_response_1_0);
     // Boxed: the drain buffer exists only while lingering, not in every idle task.
     Box::pin(finish(stream, ending, &settings, force10, &shared, &track)).await;
+}
+
+/// The connection's policy from its first request's User-Agent: recorded on
+/// the connection (for `/connections`) and counted per matched rule.
+pub(super) fn classify(shared: &Shared, track: &track::Tracked, ua: &str) -> Arc<ClientPolicy> {
+    let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
+    let _ = track.entry.user_agent.set(ua.to_string());
+    if !p.matched.is_empty() {
+        let rules: Vec<String> = p
+            .matched
+            .iter()
+            .map(|&i| shared.config.rules.rules()[i].pattern.clone())
+            .collect();
+        debug!(peer = %track.entry.peer, user_agent = ua, ?rules, "user-agent rules matched");
+        for r in &rules {
+            shared
+                .metrics
+                .ua_rule_matches
+                .get_or_create(&RuleLabel { rule: r.clone() })
+                .inc();
+        }
+        let _ = track.entry.rules.set(rules);
+    }
+    p
 }
 
 fn reject(r: Reject) -> Ending {

@@ -464,13 +464,7 @@ fn read_body(s: &mut TcpStream, buf: &mut Vec<u8>, f: BodyFraming) -> Option<usi
         BodyFraming::Chunked => {
             let mut total = 0;
             loop {
-                let line_end = loop {
-                    if let Some(i) = find(buf, b"\r\n") {
-                        break i;
-                    }
-                    let need = buf.len() + 1;
-                    fill(s, buf, need)?;
-                };
+                let line_end = line(s, buf)?;
                 let size =
                     usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).split(';').next()?.trim(), 16)
                         .ok()?;
@@ -485,6 +479,17 @@ fn read_body(s: &mut TcpStream, buf: &mut Vec<u8>, f: BodyFraming) -> Option<usi
                 total += size;
             }
         }
+    }
+}
+
+/// Reads until `buf` holds a CRLF; returns where it starts.
+fn line(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    loop {
+        if let Some(i) = find(buf, b"\r\n") {
+            return Some(i);
+        }
+        let need = buf.len() + 1;
+        fill(s, buf, need)?;
     }
 }
 
@@ -526,13 +531,7 @@ pub fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Response> {
     let body = if lower.contains("transfer-encoding: chunked") {
         let mut out = Vec::new();
         loop {
-            let line_end = loop {
-                if let Some(i) = find(buf, b"\r\n") {
-                    break i;
-                }
-                let need = buf.len() + 1;
-                fill(s, buf, need)?;
-            };
+            let line_end = line(s, buf)?;
             let size = usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16).ok()?;
             buf.drain(..line_end + 2);
             fill(s, buf, size + 2)?;
