@@ -199,7 +199,8 @@ impl Upstream {
                     let mut idle = lock(&self.idle);
                     (!idle.is_empty()).then(|| idle.remove(0))
                 };
-                if victim.is_some() {
+                if let Some(v) = &victim {
+                    v.idle.store(false, Ordering::Release);
                     self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
                 }
             }
@@ -414,9 +415,10 @@ impl Upstream {
         let (mut expired, mut excess) = (0, 0);
         idle.retain(|c| {
             if c.sender.is_closed() {
-                false
+                false // counted by its task as backend_closed
             } else if now >= c.expires {
                 expired += 1;
+                c.idle.store(false, Ordering::Release); // finguard closes it, not the backend
                 false
             } else {
                 true
@@ -425,7 +427,9 @@ impl Upstream {
         let max = self.cfg.pool_max_idle as usize;
         if idle.len() > max {
             excess = idle.len() - max;
-            idle.drain(..excess); // oldest first
+            for c in idle.drain(..excess) {
+                c.idle.store(false, Ordering::Release); // oldest first
+            }
         }
         drop(idle);
         for _ in 0..expired {

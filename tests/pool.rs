@@ -211,3 +211,23 @@ fn expect_100_continue_works() {
     let r = read_response(&mut s, &mut buf).unwrap();
     assert_eq!((r.status, r.body), (200, b"5\n".to_vec()));
 }
+
+#[test]
+fn an_idle_connection_finguard_expires_is_counted_once_and_never_as_backend_closed() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(&backend_cfg("pool_idle_timeout = \"300ms\""), backend.addr);
+    assert_eq!(request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").status, 200);
+    let reaped = |reason: &str| {
+        p.metric(&format!(
+            "finguard_backend_reaped_total{{backend=\"app\",reason=\"{reason}\"}}"
+        ))
+    };
+    assert!(wait_until(Duration::from_secs(3), || reaped("idle_timeout") == 1.0));
+    // finguard closed it: the backend sees the FIN and its thread ends.
+    assert!(wait_until(Duration::from_secs(3), || backend
+        .open
+        .load(Ordering::SeqCst)
+        == 0));
+    assert_eq!(reaped("backend_closed"), 0.0);
+    assert_eq!(reaped("over_max_idle"), 0.0);
+}
