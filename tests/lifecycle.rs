@@ -258,3 +258,34 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn past_max_connections_a_client_waits_in_the_backlog_then_is_served() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start("workers = 1\n[client]\nmax_connections = 2\n", backend.addr);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = p.connect();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut s, &mut Vec::new()).unwrap().status, 200);
+        held.push(s);
+    }
+    // The kernel completes the handshake, but finguard does not accept it yet.
+    let mut third = p.connect();
+    third.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut b = [0u8; 64];
+    let early = std::io::Read::read(&mut third, &mut b);
+    assert!(
+        matches!(&early, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "answered past max_connections: {early:?}"
+    );
+    drop(held.pop());
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        read_response(&mut third, &mut Vec::new())
+            .expect("served once a permit is free")
+            .status,
+        200
+    );
+}
