@@ -92,6 +92,26 @@ struct Sample {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Connections the backend accepted per 1,000 requests it served.
+    backend_conns_per_1k: f64,
+}
+
+/// The backend's own counters (nginx stub_status): (accepted connections, requests).
+fn backend_counters(port: u16) -> (u64, u64) {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return (0, 0);
+    };
+    let _ = s.write_all(b"GET /stub HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    // "... server accepts handled requests\n A H R \n ..."
+    let nums: Vec<u64> = text
+        .lines()
+        .skip_while(|l| !l.contains("accepts handled requests"))
+        .nth(1)
+        .map(|l| l.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_default();
+    (nums.first().copied().unwrap_or(0), nums.get(2).copied().unwrap_or(0))
 }
 
 struct Procs(Vec<Child>);
@@ -143,7 +163,8 @@ fn start_backend(dir: &Path, port: u16) -> Child {
     let conf = format!(
         "worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err;\n\
          worker_rlimit_nofile 20000;\nevents {{ worker_connections 16384; }}\n\
-         http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port} backlog=4096; root {d}/www; }} }}\n"
+         http {{ access_log off; keepalive_requests 1000000; server {{ listen 127.0.0.1:{port} backlog=4096; root {d}/www;\n\
+         location = /stub {{ stub_status; }} }} }}\n"
     );
     std::fs::write(dir.join("backend.conf"), conf).unwrap();
     let c = pinned(LOAD_CORE, "nginx")
@@ -450,7 +471,12 @@ fn main() {
                     continue; // the backend speaks plain HTTP
                 }
                 let port = if w.tls() { tls_ports[&p] } else { ports[&p] };
-                let s = run_cell(w, port, secs);
+                let (a0, r0) = backend_counters(backend_port);
+                let mut s = run_cell(w, port, secs);
+                let (a1, r1) = backend_counters(backend_port);
+                // Each reading is itself one connection and one request.
+                let (conns, reqs) = (a1.saturating_sub(a0 + 1), r1.saturating_sub(r0 + 1));
+                s.backend_conns_per_1k = conns as f64 * 1000.0 / reqs.max(1) as f64;
                 eprintln!(
                     "round {} {:<34} {:<16} {:>10.0} req/s  p99 {:.2} ms",
                     round + 1,
@@ -478,6 +504,7 @@ fn med(samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>, w: Workload, p: Proxy
         rps: median(v.iter().map(|s| s.rps).collect()),
         p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
         p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
+        backend_conns_per_1k: median(v.iter().map(|s| s.backend_conns_per_1k).collect()),
     }
 }
 
@@ -495,9 +522,9 @@ fn render(
     );
     let _ = writeln!(
         o,
-        "| workload | proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx |"
+        "| workload | proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx | backend conns / 1k req |"
     );
-    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|");
     for w in Workload::ALL {
         let n = med(samples, w, Proxy::Nginx);
         for p in Proxy::ALL {
@@ -507,14 +534,15 @@ fn render(
             let s = med(samples, w, p);
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
                 w.name(),
                 p.name(),
                 s.rps,
                 s.rps / n.rps.max(1e-9),
                 s.p50_ms,
                 s.p99_ms,
-                s.p99_ms / n.p99_ms.max(1e-9)
+                s.p99_ms / n.p99_ms.max(1e-9),
+                s.backend_conns_per_1k
             );
         }
     }
