@@ -359,3 +359,38 @@ fn a_rapid_reset_burst_gets_goaway_while_another_client_keeps_working() {
     assert!(ok);
     assert_eq!(out.lines().collect::<Vec<_>>(), vec!["2 200"; 2]);
 }
+
+#[test]
+fn early_401_from_the_backend_and_ua_policy_over_tls() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::Unauthorized);
+    let cfg = tls_config(
+        &f,
+        "[client]\nbody_timeout = \"5s\"\n[[user_agent]]\nmatch = \"Mozilla/2\"\nnokeepalive = true\n",
+    );
+    let p = Proxy::start_raw(&cfg, &["--backend", &backend.addr.to_string()]);
+    let ccfg = client(&pki);
+    for i in 0..10 {
+        let mut s = connect(&ccfg, p.addr, "a.test");
+        s.sock.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let len = 4 << 20;
+        s.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+            .unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..(len / chunk.len()) {
+            assert!(s.write_all(&chunk).is_ok(), "run {i}: the upload was reset");
+        }
+        let (head, _) = read_tls_response(&mut s).expect("the 401 survived");
+        assert!(head.starts_with("HTTP/1.1 401"), "run {i}: {head}");
+    }
+    // A Mozilla/2 client over TLS: Connection: close, then close_notify and the close.
+    let mut s = connect(&ccfg, p.addr, "a.test");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\nUser-Agent: Mozilla/2.02 (Win95; I)\r\n\r\n")
+        .unwrap();
+    let (head, _) = read_tls_response(&mut s).expect("response");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let end = s.read_to_end(&mut rest);
+    assert!(end.is_ok(), "no clean close_notify: {end:?}");
+}
