@@ -24,11 +24,22 @@ struct Apache {
 
 impl Apache {
     /// Starts `apache2 -X` (one process, mpm_event) with `extra` directives.
+    /// The port is picked free and may be taken by a parallel test before
+    /// Apache binds it: then Apache exits and another port is tried.
     fn start(extra: &str) -> Option<Apache> {
         if !std::path::Path::new(APACHE).exists() {
             eprintln!("SKIPPED: {APACHE} not found (install Debian's apache2 to run this test)");
             return None;
         }
+        for _ in 0..5 {
+            if let Some(a) = Self::try_start(extra) {
+                return Some(a);
+            }
+        }
+        panic!("apache did not start on any of 5 ports");
+    }
+
+    fn try_start(extra: &str) -> Option<Apache> {
         let dir = std::env::temp_dir().join(format!("finguard-apache-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(dir.join("htdocs")).unwrap();
         std::fs::write(dir.join("htdocs/index.html"), "hello from apache\n").unwrap();
@@ -68,11 +79,18 @@ CustomLog {d}/access.log fg
             .spawn()
             .expect("start apache2");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let a = Apache { child, addr, dir };
-        // Seen in the kernel's table, not probed: a probe would itself be a
-        // (PROXY-less) client; connections made after this wait in the backlog.
-        let up = wait_until(Duration::from_secs(15), || tcp_states(port, 0).contains(&"LISTEN"));
-        assert!(up, "apache did not start: {}", a.file("error.log"));
+        let mut a = Apache { child, addr, dir };
+        // Seen in the kernel's table and owned by this Apache, not probed: a
+        // probe would itself be a (PROXY-less) client.
+        let pid = a.child.id();
+        let mut exited = false;
+        let up = wait_until(Duration::from_secs(15), || {
+            exited = a.child.try_wait().ok().flatten().is_some();
+            exited || owns_listener(pid, port)
+        });
+        if exited || !up {
+            return None; // dropped: killed and cleaned up
+        }
         Some(a)
     }
 
@@ -104,6 +122,24 @@ impl Drop for Apache {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Whether process `pid` holds the socket listening on `port`.
+fn owns_listener(pid: u32, port: u16) -> bool {
+    let inodes: Vec<u64> = tcp_sockets(port, 0)
+        .into_iter()
+        .filter(|(s, _)| *s == "LISTEN")
+        .map(|(_, i)| i)
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| {
+            let l = l.to_string_lossy();
+            inodes.iter().any(|i| l == format!("socket:[{i}]"))
+        })
 }
 
 fn rand_suffix() -> u64 {

@@ -47,7 +47,8 @@ fn rfc7239_forwarded_when_the_backend_asks_for_it() {
 
 #[test]
 fn a_refused_backend_is_a_502_and_the_client_connection_survives() {
-    let p = Proxy::start("", dead_port());
+    let dead = DeadPort::new();
+    let p = Proxy::start("", dead.addr);
     let mut s = p.connect();
     let mut buf = Vec::new();
     for _ in 0..2 {

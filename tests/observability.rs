@@ -121,7 +121,8 @@ fn census_and_connections_agree_with_the_kernel() {
         .status()
         .unwrap()
         .success());
-    let dead = dead_port().to_string();
+    let dead_port = DeadPort::new();
+    let dead = dead_port.addr.to_string();
     assert_eq!(
         Command::new(BIN)
             .args(["health", "--admin", &dead])

@@ -4,7 +4,6 @@
 mod support;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::Duration;
@@ -109,7 +108,8 @@ fn two_hundred_concurrent_clients_see_at_most_max_connections_backend_connection
 #[test]
 fn a_refusing_address_is_ejected_and_comes_back_after_the_cool_off() {
     let good = Backend::start(Reply::Ok);
-    let dead = dead_port();
+    let dead_port = DeadPort::new();
+    let dead = dead_port.addr;
     let cfg = format!(
         "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{dead}\", \"{}\"]\neject_after = 2\neject_cool_off = \"1s\"\n\
          pool_max_idle = 0\n",
@@ -125,11 +125,7 @@ fn a_refusing_address_is_ejected_and_comes_back_after_the_cool_off() {
         .log()
         .contains("backend address ejected")));
     // The address comes back to life; after the cool-off it gets traffic again.
-    let revived = Backend::on(
-        TcpListener::bind(dead).expect("rebind the dead port"),
-        Reply::Ok,
-        BackendOpts::default(),
-    );
+    let revived = Backend::on(dead_port.revive(), Reply::Ok, BackendOpts::default());
     assert!(wait_until(Duration::from_secs(5), || {
         request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         revived.accepted() > 0

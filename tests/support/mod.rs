@@ -289,10 +289,27 @@ impl Backend {
     }
 }
 
-/// A port with nothing listening on it.
-pub fn dead_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// A port where connections are refused, reserved for as long as the value
+/// lives: a bound, non-listening socket without SO_REUSEADDR, so that no
+/// parallel test can take the port meanwhile.
+pub struct DeadPort {
+    pub addr: SocketAddr,
+    sock: socket2::Socket,
+}
+
+impl DeadPort {
+    pub fn new() -> DeadPort {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        sock.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+        let addr = sock.local_addr().unwrap().as_socket().unwrap();
+        DeadPort { addr, sock }
+    }
+
+    /// The port comes to life: the same socket starts listening.
+    pub fn revive(self) -> TcpListener {
+        self.sock.listen(128).unwrap();
+        self.sock.into()
+    }
 }
 
 fn serve_backend_conn(mut s: TcpStream, reply: Reply, opts: BackendOpts, heads: &Mutex<Vec<String>>) {
