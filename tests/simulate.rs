@@ -24,10 +24,19 @@ fn simulate(target: std::net::SocketAddr, scenario: &str, extra: &[&str]) -> ser
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// These tests measure socket states across the whole host's table for
+/// their ports and load both cores: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const LINGER: &str = "[client]\nheader_timeout = \"500ms\"\nkeepalive_timeout = \"500ms\"\n[client.close]\nlinger_timeout = \"200ms\"\nlinger_time = \"1s\"\n";
 
 #[test]
 fn post_unauthorized_loses_responses_only_without_lingering_close() {
+    let _one_at_a_time = serial();
     let backend = Backend::start(Reply::Unauthorized);
     let lingering = Proxy::start(LINGER, backend.addr);
     let r = simulate(lingering.addr, "post-unauthorized", &["--path", "/upload"]);
@@ -40,6 +49,7 @@ fn post_unauthorized_loses_responses_only_without_lingering_close() {
 
 #[test]
 fn slowloris_and_half_close_against_finguard() {
+    let _one_at_a_time = serial();
     let backend = Backend::start(Reply::Ok);
     let p = Proxy::start(LINGER, backend.addr);
     let r = simulate(p.addr, "slowloris", &[]);
@@ -58,6 +68,7 @@ fn slowloris_and_half_close_against_finguard() {
 
 #[test]
 fn the_demo_shows_the_damage_directly_and_none_through_finguard() {
+    let _one_at_a_time = serial();
     let out = Command::new(BIN).args(["demo", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
