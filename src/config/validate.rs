@@ -1,0 +1,431 @@
+//! Validation: raw file values to a checked [`Config`], with every error
+//! naming the file, the key and the reason, and cross-field rules checked.
+
+use super::*;
+use crate::policy::{RuleSet, SettingsOverride, UaRule};
+
+pub(super) struct Validator<'a> {
+    pub(super) file: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    fn addr(&self, key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+        s.to_socket_addrs()
+            .map_err(|e| self.err(key, format!("{s:?} is not a host:port address ({e})")))?
+            .next()
+            .ok_or_else(|| self.err(key, format!("{s:?} resolves to no address")))
+    }
+
+    pub(super) fn config(&self, raw: RawConfig, ov: &Overrides) -> Result<Config, ConfigError> {
+        let mut listeners = Vec::new();
+        if ov.listen.is_empty() {
+            for (i, l) in raw.listener.iter().enumerate() {
+                let tls = match &l.tls {
+                    Some(t) => Some(self.tls(i, t)?),
+                    None => None,
+                };
+                listeners.push(ListenerConfig {
+                    addr: self.addr(&format!("listener[{i}].addr"), &l.addr)?,
+                    tls,
+                });
+            }
+            if listeners.is_empty() {
+                listeners.push(ListenerConfig {
+                    addr: self.addr("listener.addr", DEFAULT_LISTEN)?,
+                    tls: None,
+                });
+            }
+        } else {
+            for a in &ov.listen {
+                listeners.push(ListenerConfig {
+                    addr: self.addr("--listen", a)?,
+                    tls: None,
+                });
+            }
+        }
+        let admin = match (&ov.admin, &raw.admin) {
+            (Some(a), _) => Some(self.addr("--admin", a)?),
+            (None, Some(a)) => Some(self.addr("admin.addr", &a.addr)?),
+            (None, None) => None,
+        };
+
+        let client = self.client(&raw.client)?;
+        let mut rules = Vec::new();
+        for (i, r) in raw.user_agent.into_iter().enumerate() {
+            rules.push(self.ua_rule(i, r, &client)?);
+        }
+        let rules = RuleSet::new(rules).map_err(|(i, e)| self.err(format!("user_agent[{i}].match"), e))?;
+
+        let (backends, routes) = self.backends_and_routes(raw.backend, raw.route, ov)?;
+
+        let access_log = match raw.log.access.as_deref().unwrap_or("combined") {
+            "combined" => AccessLog::Combined,
+            "json" => AccessLog::Json,
+            "off" => AccessLog::Off,
+            o => {
+                return Err(self.err(
+                    "log.access",
+                    format!("{o:?}: expected \"combined\", \"json\" or \"off\""),
+                ))
+            }
+        };
+        let log_level = raw.log.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(self.err("log.level", format!("{log_level:?} is not a log level or filter")));
+        }
+        let reaper_interval = raw.reaper.interval.map_or(DEFAULT_REAPER_INTERVAL, |d| d.0);
+        if reaper_interval.is_zero() {
+            return Err(self.err("reaper.interval", "must be greater than 0"));
+        }
+        let max_connections = raw.client.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(self.err("client.max_connections", "must be at least 1"));
+        }
+        Ok(Config {
+            source: self.file.to_string(),
+            shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            workers: match raw.workers.unwrap_or(0) {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n as usize,
+            },
+            listeners,
+            admin,
+            client,
+            max_connections,
+            max_connections_per_ip: raw.client.max_connections_per_ip.unwrap_or(0),
+            rules,
+            backends,
+            routes,
+            reaper_interval,
+            access_log,
+            log_level,
+        })
+    }
+
+    fn tls(&self, i: usize, t: &RawTls) -> Result<crate::tls::TlsSettings, ConfigError> {
+        use crate::tls::CertFiles;
+        let mut files = vec![CertFiles {
+            names: Vec::new(),
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+        }];
+        for (j, s) in t.sni.iter().enumerate() {
+            if s.names.is_empty() {
+                return Err(self.err(
+                    format!("listener[{i}].tls.sni[{j}].names"),
+                    "needs at least one server name",
+                ));
+            }
+            files.push(CertFiles {
+                names: s.names.clone(),
+                cert: s.cert.clone(),
+                key: s.key.clone(),
+            });
+        }
+        let timeout = t
+            .handshake_timeout
+            .map_or(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT, |d| d.0);
+        if timeout.is_zero() {
+            return Err(self.err(format!("listener[{i}].tls.handshake_timeout"), "must be greater than 0"));
+        }
+        crate::tls::build(files, timeout, crate::downstream::alpn()).map_err(|(j, key, why)| {
+            let at = if j == 0 {
+                format!("listener[{i}].tls.{key}")
+            } else {
+                format!("listener[{i}].tls.sni[{}].{key}", j - 1)
+            };
+            self.err(at, why)
+        })
+    }
+
+    fn client(&self, c: &RawClient) -> Result<ClientSettings, ConfigError> {
+        let o = SettingsOverride {
+            keepalive: c.keepalive,
+            keepalive_timeout: c.keepalive_timeout.map(|d| d.0),
+            max_requests: c.max_requests_per_connection,
+            header_timeout: c.header_timeout.map(|d| d.0),
+            body_timeout: c.body_timeout.map(|d| d.0),
+            max_header_bytes: c.max_header_bytes.map(|s| s.0),
+            max_body_bytes: c.max_body_bytes.map(|s| s.0),
+            upgrade_idle_timeout: c.upgrade_idle_timeout.map(|d| d.0),
+            close_mode: self.close_mode("client.close.mode", c.close.mode.as_deref())?,
+            linger_time: c.close.linger_time.map(|d| d.0),
+            linger_timeout: c.close.linger_timeout.map(|d| d.0),
+            on_timeout: self.on_timeout("client.close.on_timeout", c.close.on_timeout.as_deref())?,
+        };
+        let mut s = ClientSettings::default();
+        o.apply(&mut s);
+        self.check_settings("client", &s)?;
+        Ok(s)
+    }
+
+    fn close_mode(&self, key: &str, v: Option<&str>) -> Result<Option<CloseMode>, ConfigError> {
+        v.map(|m| match m {
+            "lingering" => Ok(CloseMode::Lingering),
+            "so_linger" => Ok(CloseMode::SoLinger),
+            "immediate" => Ok(CloseMode::Immediate),
+            o => Err(self.err(
+                key,
+                format!("{o:?}: expected \"lingering\", \"so_linger\" or \"immediate\""),
+            )),
+        })
+        .transpose()
+    }
+
+    fn on_timeout(&self, key: &str, v: Option<&str>) -> Result<Option<OnTimeout>, ConfigError> {
+        v.map(|m| match m {
+            "reset" => Ok(OnTimeout::Reset),
+            "close" => Ok(OnTimeout::Close),
+            o => Err(self.err(key, format!("{o:?}: expected \"reset\" or \"close\""))),
+        })
+        .transpose()
+    }
+
+    /// Cross-field checks on a resolved settings value; `at` is `client` or a rule.
+    fn check_settings(&self, at: &str, s: &ClientSettings) -> Result<(), ConfigError> {
+        let close = if at == "client" { "client.close" } else { at };
+        // Only user-space lingering uses both; so_linger uses linger_time alone.
+        if s.close.mode == CloseMode::Lingering && s.close.linger_time < s.close.linger_timeout {
+            return Err(self.err(format!("{close}.linger_time"), "must be >= linger_timeout"));
+        }
+        if s.close.linger_timeout.is_zero() && s.close.mode == CloseMode::Lingering {
+            return Err(self.err(format!("{close}.linger_timeout"), "must be greater than 0"));
+        }
+        if s.max_requests == 0 {
+            return Err(self.err(format!("{at}.max_requests_per_connection"), "must be at least 1"));
+        }
+        for (k, d) in [
+            ("keepalive_timeout", s.keepalive_timeout),
+            ("header_timeout", s.header_timeout),
+            ("body_timeout", s.body_timeout),
+            ("upgrade_idle_timeout", s.upgrade_idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(self.err(format!("{at}.{k}"), "must be greater than 0"));
+            }
+        }
+        if s.max_header_bytes < 256 {
+            return Err(self.err(format!("{at}.max_header_bytes"), "must be at least 256 bytes"));
+        }
+        Ok(())
+    }
+
+    fn ua_rule(&self, i: usize, r: RawUaRule, base: &ClientSettings) -> Result<UaRule, ConfigError> {
+        let at = format!("user_agent[{i}]");
+        for (k, v) in [
+            ("max_connections", r.max_connections),
+            ("max_connections_per_ip", r.max_connections_per_ip),
+        ] {
+            if v.is_some() {
+                return Err(self.err(
+                    format!("{at}.{k}"),
+                    "cannot be set per User-Agent: a connection is admitted before its User-Agent is known",
+                ));
+            }
+        }
+        let nested = r.close.unwrap_or_default();
+        let flat_and_nested = [
+            r.mode.is_some() && nested.mode.is_some(),
+            r.linger_time.is_some() && nested.linger_time.is_some(),
+            r.linger_timeout.is_some() && nested.linger_timeout.is_some(),
+            r.on_timeout.is_some() && nested.on_timeout.is_some(),
+        ];
+        if flat_and_nested.iter().any(|b| *b) {
+            return Err(self.err(
+                format!("{at}.close"),
+                "a close setting is given both flat and in the close table",
+            ));
+        }
+        let mode = r.mode.or(nested.mode);
+        let on_timeout = r.on_timeout.or(nested.on_timeout);
+        let overrides = SettingsOverride {
+            keepalive: r.keepalive,
+            keepalive_timeout: r.keepalive_timeout.map(|d| d.0),
+            max_requests: r.max_requests_per_connection,
+            header_timeout: r.header_timeout.map(|d| d.0),
+            body_timeout: r.body_timeout.map(|d| d.0),
+            max_header_bytes: r.max_header_bytes.map(|s| s.0),
+            max_body_bytes: r.max_body_bytes.map(|s| s.0),
+            upgrade_idle_timeout: r.upgrade_idle_timeout.map(|d| d.0),
+            close_mode: self.close_mode(&format!("{at}.mode"), mode.as_deref())?,
+            linger_time: r.linger_time.or(nested.linger_time).map(|d| d.0),
+            linger_timeout: r.linger_timeout.or(nested.linger_timeout).map(|d| d.0),
+            on_timeout: self.on_timeout(&format!("{at}.on_timeout"), on_timeout.as_deref())?,
+        };
+        let mut s = *base;
+        overrides.apply(&mut s);
+        self.check_settings(&at, &s)?;
+        Ok(UaRule {
+            pattern: r.pattern,
+            nokeepalive: r.nokeepalive,
+            downgrade_1_0: r.downgrade_1_0,
+            force_response_1_0: r.force_response_1_0,
+            overrides,
+        })
+    }
+
+    fn backends_and_routes(
+        &self,
+        raw_backends: Vec<RawBackend>,
+        raw_routes: Vec<RawRoute>,
+        ov: &Overrides,
+    ) -> Result<(Vec<BackendConfig>, Vec<RouteConfig>), ConfigError> {
+        let mut backends = Vec::new();
+        if !ov.backend.is_empty() || raw_backends.is_empty() {
+            // A sidecar: one backend from the command line, one catch-all route.
+            let specs: Vec<String> = if ov.backend.is_empty() {
+                vec![DEFAULT_BACKEND.to_string()]
+            } else {
+                ov.backend.clone()
+            };
+            let mut addrs = Vec::new();
+            for s in &specs {
+                addrs.push(self.addr("--backend", s)?);
+            }
+            let mut b = default_backend("default", specs, addrs);
+            if let Some(first) = raw_backends.into_iter().next() {
+                // Keep the file's tuning of its first backend, only the address changes.
+                let (specs, addrs) = (b.addr_specs, b.addrs);
+                b = self.backend(0, first)?;
+                (b.addr_specs, b.addrs) = (specs, addrs);
+            }
+            let route = RouteConfig {
+                host: None,
+                path_prefix: "/".into(),
+                backend: 0,
+            };
+            backends.push(b);
+            return Ok((backends, vec![route]));
+        }
+        for (i, b) in raw_backends.into_iter().enumerate() {
+            let b = self.backend(i, b)?;
+            if backends.iter().any(|o: &BackendConfig| o.name == b.name) {
+                return Err(self.err(format!("backend[{i}].name"), format!("{:?} is defined twice", b.name)));
+            }
+            backends.push(b);
+        }
+        let mut routes = Vec::new();
+        for (i, r) in raw_routes.into_iter().enumerate() {
+            let Some(idx) = backends.iter().position(|b| b.name == r.backend) else {
+                return Err(self.err(
+                    format!("route[{i}].backend"),
+                    format!("no backend named {:?}", r.backend),
+                ));
+            };
+            let path_prefix = r.path_prefix.unwrap_or_else(|| "/".into());
+            if !path_prefix.starts_with('/') {
+                return Err(self.err(format!("route[{i}].path_prefix"), "must start with '/'"));
+            }
+            let host = r.host.filter(|h| h != "*").map(|h| h.to_ascii_lowercase());
+            routes.push(RouteConfig {
+                host,
+                path_prefix,
+                backend: idx,
+            });
+        }
+        if routes.is_empty() {
+            if backends.len() > 1 {
+                return Err(self.err("route", "required when more than one backend is defined"));
+            }
+            routes.push(RouteConfig {
+                host: None,
+                path_prefix: "/".into(),
+                backend: 0,
+            });
+        }
+        Ok((backends, routes))
+    }
+
+    fn backend(&self, i: usize, b: RawBackend) -> Result<BackendConfig, ConfigError> {
+        let at = format!("backend[{i}]");
+        if b.name.is_empty() {
+            return Err(self.err(format!("{at}.name"), "must not be empty"));
+        }
+        if b.addrs.is_empty() {
+            return Err(self.err(format!("{at}.addrs"), "needs at least one address"));
+        }
+        let mut addrs = Vec::new();
+        for (j, a) in b.addrs.iter().enumerate() {
+            addrs.push(self.addr(&format!("{at}.addrs[{j}]"), a)?);
+        }
+        let mut c = default_backend(&b.name, b.addrs.clone(), addrs);
+        let d = |v: Option<ConfDuration>, def: Duration| v.map_or(def, |d| d.0);
+        c.max_connections = b.max_connections.unwrap_or(c.max_connections);
+        c.queue_timeout = d(b.queue_timeout, c.queue_timeout);
+        c.pool_max_idle = b.pool_max_idle.unwrap_or(c.pool_max_idle);
+        c.pool_idle_timeout = d(b.pool_idle_timeout, c.pool_idle_timeout);
+        c.connect_timeout = d(b.connect_timeout, c.connect_timeout);
+        c.response_timeout = d(b.response_timeout, c.response_timeout);
+        c.retry_idempotent = b.retry_idempotent.unwrap_or(c.retry_idempotent);
+        c.eject_after = b.eject_after.unwrap_or(c.eject_after);
+        c.eject_cool_off = d(b.eject_cool_off, c.eject_cool_off);
+        if c.eject_after == 0 {
+            return Err(self.err(format!("{at}.eject_after"), "must be at least 1"));
+        }
+        c.proxy_protocol = match b.proxy_protocol.as_deref().unwrap_or("off") {
+            "off" => ProxyProtocol::Off,
+            "v1" => ProxyProtocol::V1,
+            "v2" => ProxyProtocol::V2,
+            o => {
+                return Err(self.err(
+                    format!("{at}.proxy_protocol"),
+                    format!("{o:?}: expected \"off\", \"v1\" or \"v2\""),
+                ))
+            }
+        };
+        c.forwarded = match b.forwarded.as_deref().unwrap_or("x-forwarded") {
+            "x-forwarded" => Forwarded::XForwarded,
+            "forwarded" => Forwarded::Forwarded,
+            "off" => Forwarded::Off,
+            o => {
+                return Err(self.err(
+                    format!("{at}.forwarded"),
+                    format!("{o:?}: expected \"x-forwarded\", \"forwarded\" or \"off\""),
+                ))
+            }
+        };
+        if c.max_connections == 0 {
+            return Err(self.err(format!("{at}.max_connections"), "must be at least 1"));
+        }
+        if c.pool_max_idle > c.max_connections {
+            return Err(self.err(format!("{at}.pool_max_idle"), "must be <= max_connections"));
+        }
+        for (k, v) in [
+            ("queue_timeout", c.queue_timeout),
+            ("connect_timeout", c.connect_timeout),
+            ("response_timeout", c.response_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(self.err(format!("{at}.{k}"), "must be greater than 0"));
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn default_backend(name: &str, addr_specs: Vec<String>, addrs: Vec<SocketAddr>) -> BackendConfig {
+    BackendConfig {
+        name: name.to_string(),
+        addr_specs,
+        addrs,
+        max_connections: DEFAULT_BACKEND_MAX_CONNECTIONS,
+        queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+        pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+        pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        retry_idempotent: true,
+        proxy_protocol: ProxyProtocol::Off,
+        forwarded: Forwarded::XForwarded,
+        eject_after: DEFAULT_EJECT_AFTER,
+        eject_cool_off: DEFAULT_EJECT_COOL_OFF,
+    }
+}
