@@ -237,6 +237,9 @@ async fn idle_hold(o: &Options, s: &mut TcpStream, out: &mut ConnOutcome, deadli
         e = read => e,
         () = hold(deadline, stop) => End::Open,
     };
+    // Closed by the server: keep the socket to the end of the run anyway, so
+    // the census sees where the server's side settles, not its first FIN_WAIT1.
+    hold(deadline, stop).await;
 }
 
 async fn well_behaved(
