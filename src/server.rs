@@ -315,7 +315,10 @@ async fn accept_loop(
             };
             continue;
         };
-        tracker.spawn(serve_accepted(stream, peer, shared.clone(), tls, permit, ip_guard));
+        // A span per connection: every log line of it carries the peer.
+        let span = tracing::debug_span!("client", %peer, listener = idx);
+        let task = serve_accepted(stream, peer, shared.clone(), tls, permit, ip_guard);
+        tracker.spawn(tracing::Instrument::instrument(task, span));
     }
 }
 

@@ -376,25 +376,29 @@ impl Upstream {
         };
         let idle = Arc::new(AtomicBool::new(false));
         let (backend, metrics, idle_flag) = (self.cfg.name.clone(), self.metrics.clone(), idle.clone());
-        tokio::spawn(async move {
-            let _guard = guard;
-            // Any connection may carry an Upgrade (WebSocket); those are never pooled.
-            let result = conn.with_upgrades().await;
-            let was_idle = idle_flag.load(Ordering::Acquire);
-            match result {
-                Ok(()) if was_idle => metrics.reaped(&backend, ReapReason::BackendClosed),
-                Ok(()) => {}
-                Err(e) => {
-                    debug!(%backend, %addr, error = %e, "backend connection ended with an error");
-                    let reason = if was_idle {
-                        ReapReason::BackendClosed
-                    } else {
-                        ReapReason::Error
-                    };
-                    metrics.reaped(&backend, reason);
+        let span = tracing::debug_span!("backend", %backend, %addr);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _guard = guard;
+                // Any connection may carry an Upgrade (WebSocket); those are never pooled.
+                let result = conn.with_upgrades().await;
+                let was_idle = idle_flag.load(Ordering::Acquire);
+                match result {
+                    Ok(()) if was_idle => metrics.reaped(&backend, ReapReason::BackendClosed),
+                    Ok(()) => {}
+                    Err(e) => {
+                        debug!(%backend, %addr, error = %e, "backend connection ended with an error");
+                        let reason = if was_idle {
+                            ReapReason::BackendClosed
+                        } else {
+                            ReapReason::Error
+                        };
+                        metrics.reaped(&backend, reason);
+                    }
                 }
-            }
-        });
+            },
+            span,
+        ));
         debug!(backend = %self.cfg.name, %addr, "opened backend connection");
         Ok(PooledConn {
             sender,

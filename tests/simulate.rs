@@ -43,7 +43,12 @@ fn post_unauthorized_loses_responses_only_without_lingering_close() {
     assert_eq!(r["responses_lost_to_reset"], 0, "{r}");
     assert_eq!(r["statuses"]["401"], 10, "{r}");
     let immediate = Proxy::start(&format!("{LINGER}mode = \"immediate\"\n"), backend.addr);
-    let r = simulate(immediate.addr, "post-unauthorized", &["--path", "/upload"]);
+    // 64 MiB each: more than the socket buffers swallow before the close.
+    let r = simulate(
+        immediate.addr,
+        "post-unauthorized",
+        &["--path", "/upload", "--body-bytes", "64MiB"],
+    );
     assert!(r["responses_lost_to_reset"].as_u64().unwrap() > 0, "{r}");
 }
 
