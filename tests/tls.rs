@@ -172,6 +172,23 @@ fn an_unfinished_handshake_is_closed_within_the_handshake_timeout() {
     assert_eq!(backend.accepted(), 0);
 }
 
+/// POSTs 4 MiB over TLS, writing all of it before reading, as simple clients
+/// do; returns the response head, or what went wrong.
+fn upload_4mib(cfg: &Arc<rustls::ClientConfig>, addr: SocketAddr) -> Result<String, String> {
+    let mut s = connect(cfg, addr, "a.test");
+    s.sock.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    let len = 4 << 20;
+    s.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("head not sent: {e}"))?;
+    let chunk = vec![b'x'; 64 * 1024];
+    for _ in 0..(len / chunk.len()) {
+        s.write_all(&chunk).map_err(|e| format!("the upload was reset: {e}"))?;
+    }
+    read_tls_response(&mut s)
+        .map(|(head, _)| head)
+        .ok_or_else(|| "the response was lost".to_string())
+}
+
 #[test]
 fn early_413_over_tls_is_read_thanks_to_lingering_close() {
     let pki = pki();
@@ -181,21 +198,7 @@ fn early_413_over_tls_is_read_thanks_to_lingering_close() {
     let p = Proxy::start_raw(&cfg, &["--backend", &backend.addr.to_string()]);
     let ccfg = client(&pki);
     for i in 0..10 {
-        let mut s = connect(&ccfg, p.addr, "a.test");
-        s.sock.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-        let len = 4 << 20;
-        s.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\n\r\n").as_bytes())
-            .unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        let mut sent_ok = true;
-        for _ in 0..(len / chunk.len()) {
-            if s.write_all(&chunk).is_err() {
-                sent_ok = false;
-                break;
-            }
-        }
-        assert!(sent_ok, "run {i}: the upload was reset");
-        let (head, _) = read_tls_response(&mut s).expect("the 413 survived");
+        let head = upload_4mib(&ccfg, p.addr).unwrap_or_else(|e| panic!("run {i}: {e}"));
         assert!(head.starts_with("HTTP/1.1 413"), "run {i}: {head}");
     }
 }
@@ -372,16 +375,7 @@ fn early_401_from_the_backend_and_ua_policy_over_tls() {
     let p = Proxy::start_raw(&cfg, &["--backend", &backend.addr.to_string()]);
     let ccfg = client(&pki);
     for i in 0..10 {
-        let mut s = connect(&ccfg, p.addr, "a.test");
-        s.sock.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-        let len = 4 << 20;
-        s.write_all(format!("POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len}\r\n\r\n").as_bytes())
-            .unwrap();
-        let chunk = vec![b'x'; 64 * 1024];
-        for _ in 0..(len / chunk.len()) {
-            assert!(s.write_all(&chunk).is_ok(), "run {i}: the upload was reset");
-        }
-        let (head, _) = read_tls_response(&mut s).expect("the 401 survived");
+        let head = upload_4mib(&ccfg, p.addr).unwrap_or_else(|e| panic!("run {i}: {e}"));
         assert!(head.starts_with("HTTP/1.1 401"), "run {i}: {head}");
     }
     // A Mozilla/2 client over TLS: Connection: close, then close_notify and the close.

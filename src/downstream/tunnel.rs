@@ -9,7 +9,7 @@ use super::stream::ClientStream;
 use super::track::Entry;
 use bytes::BytesMut;
 use hyper_util::rt::TokioIo;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -50,35 +50,42 @@ where
     let (mut a_buf, mut b_buf) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
     let (mut a_open, mut b_open) = (true, true);
     while a_open || b_open {
-        tokio::select! {
-            r = a.read(&mut a_buf), if a_open => match r {
-                Ok(0) => {
-                    a_open = false;
-                    let _ = b.shutdown().await; // the client's FIN, passed on
-                }
-                Ok(n) => {
-                    entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    if b.write_all(&a_buf[..n]).await.is_err() {
-                        return CloseOutcome::Error;
-                    }
-                }
-                Err(_) => return CloseOutcome::Reset,
-            },
-            r = b.read(&mut b_buf), if b_open => match r {
-                Ok(0) => {
-                    b_open = false;
-                    let _ = a.shutdown().await; // the backend's FIN, passed on
-                }
-                Ok(n) => {
-                    entry.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    if a.write_all(&b_buf[..n]).await.is_err() {
-                        return CloseOutcome::Error;
-                    }
-                }
-                Err(_) => return CloseOutcome::Error,
-            },
-            () = tokio::time::sleep(idle) => return CloseOutcome::LingerTimeout,
+        let step = tokio::select! {
+            r = a.read(&mut a_buf), if a_open => {
+                pass_on(r, &a_buf, &mut a_open, b, &entry.bytes_in, CloseOutcome::Reset).await
+            }
+            r = b.read(&mut b_buf), if b_open => {
+                pass_on(r, &b_buf, &mut b_open, a, &entry.bytes_out, CloseOutcome::Error).await
+            }
+            () = tokio::time::sleep(idle) => Err(CloseOutcome::LingerTimeout),
+        };
+        if let Err(outcome) = step {
+            return outcome;
         }
     }
     CloseOutcome::ClientFin
+}
+
+/// One read from one side, passed to the other: its bytes, or its FIN as a
+/// half-close. `on_read_error` is how a failed read ends the tunnel.
+async fn pass_on<W: AsyncWrite + Unpin>(
+    read: std::io::Result<usize>,
+    buf: &[u8],
+    open: &mut bool,
+    to: &mut W,
+    counter: &AtomicU64,
+    on_read_error: CloseOutcome,
+) -> Result<(), CloseOutcome> {
+    match read {
+        Ok(0) => {
+            *open = false;
+            let _ = to.shutdown().await;
+            Ok(())
+        }
+        Ok(n) => {
+            counter.fetch_add(n as u64, Ordering::Relaxed);
+            to.write_all(&buf[..n]).await.map_err(|_| CloseOutcome::Error)
+        }
+        Err(_) => Err(on_read_error),
+    }
 }
