@@ -18,7 +18,7 @@
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
 //! - [`cli`]: the `finguard` command line
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod accesslog;
 pub mod admin;
@@ -26,10 +26,14 @@ pub mod census;
 pub mod cli;
 pub mod config;
 pub mod downstream;
+pub mod error;
+pub mod exchange;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod simulate;
+pub mod sys;
+pub mod timeouts;
 pub mod tls;
 pub mod upstream;

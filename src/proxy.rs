@@ -49,8 +49,6 @@ pub struct RequestCtx {
     pub remaining: u32,
     pub has_body: bool,
     pub idempotent: bool,
-    /// `Connection: upgrade` (WebSocket): a dedicated backend connection, a tunnel after 101.
-    pub upgrade: bool,
     /// The client speaks HTTP/2: no connection-level headers in responses.
     pub h2: bool,
 }
@@ -96,22 +94,9 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     } else {
         None
     };
-    let upgrade = if ctx.upgrade {
-        parts.headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(u) = upgrade {
-        // The one hop-by-hop pair that must reach the backend for an upgrade.
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, u);
-    }
     add_forwarded(&mut parts.headers, ctx.peer, ctx.scheme, cfg);
-    // An upgrade takes a connection of its own: it never returns to the pool.
-    let mut fresh = ctx.upgrade;
+    let mut fresh = false;
     let mut unsent: Option<Request<UpBody>> = None;
     loop {
         let mut conn = upstream
@@ -132,11 +117,8 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
             Ok(Ok(resp)) => {
                 ctx.exchange.set_upstream(conn.addr, sent_at.elapsed());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if !ctx.upgrade {
-                        let why = format!("backend {} switched protocols without being asked", cfg.name);
-                        return Err((StatusCode::BAD_GATEWAY, why));
-                    }
-                    return Ok(switch(resp, ctx));
+                    let why = format!("backend {} switched protocols without being asked", cfg.name);
+                    return Err((StatusCode::BAD_GATEWAY, why));
                 }
                 return Ok(relay(resp, conn, upstream.clone(), ctx));
             }
@@ -358,23 +340,6 @@ fn relay(resp: Response<Incoming>, conn: PooledConn, upstream: Arc<Upstream>, ct
     Response::from_parts(parts, body)
 }
 
-/// A backend's 101: the upgraded backend connection is handed to the client
-/// connection's loop, which tunnels bytes once this response is out.
-fn switch(mut resp: Response<Incoming>, ctx: &RequestCtx) -> Response<ProxyBody> {
-    ctx.exchange.set_upgrade(hyper::upgrade::on(&mut resp));
-    let (mut parts, _) = resp.into_parts();
-    let upgrade = parts.headers.get(header::UPGRADE).cloned();
-    strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Some(u) = upgrade {
-        parts.headers.insert(header::UPGRADE, u);
-    }
-    parts.version = Version::HTTP_11;
-    Response::from_parts(parts, ProxyBody::empty(ctx.exchange.clone()))
-}
-
 /// A short plain-text error response.
 fn error_response(status: StatusCode, ctx: &RequestCtx) -> Response<ProxyBody> {
     let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
@@ -390,19 +355,6 @@ fn error_response(status: StatusCode, ctx: &RequestCtx) -> Response<ProxyBody> {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
-}
-
-/// The same, as raw bytes, for refusals made before hyper sees the request.
-pub fn raw_error_response(status: u16, http10: bool) -> Vec<u8> {
-    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-    let reason = code.canonical_reason().unwrap_or("");
-    let body = format!("{status} {reason}\n");
-    let version = if http10 { "HTTP/1.0" } else { "HTTP/1.1" };
-    format!(
-        "{version} {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 /// Applies the client policy to a response: keep-alive or close, and the
@@ -472,12 +424,6 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
-    fn empty(exchange: Arc<Exchange>) -> Self {
-        let mut b = ProxyBody::full(Bytes::new(), exchange);
-        b.inner = Inner::Full(None);
-        b
-    }
-
     fn full(b: Bytes, exchange: Arc<Exchange>) -> Self {
         ProxyBody {
             inner: Inner::Full(Some(b)),

@@ -65,7 +65,7 @@ impl Shared {
             .backends
             .iter()
             .cloned()
-            .map(|b| Upstream::new(b, metrics.clone()))
+            .map(|b| Upstream::new(b, metrics.clone(), config.workers.max(1)))
             .collect();
         let shared = Arc::new(Shared {
             access: crate::accesslog::Logger::new(config.access_log),
@@ -148,7 +148,7 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         let alive = tracker.token();
         std::thread::Builder::new()
             .name(format!("finguard-w{w}"))
-            .spawn(move || worker(socks, current, permits, stop, alive))
+            .spawn(move || worker(w, socks, current, permits, stop, alive))
             .map_err(|source| BindError { addr: addrs[0], source })?;
     }
     if let Some(listener) = admin {
@@ -169,6 +169,7 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
 /// One worker thread: accept loops for its sockets, then, once `stop` fires,
 /// waits for its own connections before its runtime goes away.
 fn worker(
+    w_index: usize,
     socks: Vec<std::net::TcpListener>,
     current: Current,
     permits: Arc<Semaphore>,
@@ -182,6 +183,7 @@ fn worker(
             return;
         }
     };
+    upstream::set_worker(w_index);
     rt.block_on(async move {
         let conns = TaskTracker::new();
         for (idx, s) in socks.into_iter().enumerate() {
@@ -425,7 +427,7 @@ async fn refuse_over_ip_limit(
     use tokio::io::AsyncWriteExt;
     info!(%peer, "over max_connections_per_ip; refusing");
     let settings = &shared.base_policy.settings;
-    let bytes = crate::proxy::raw_error_response(503, false);
+    let bytes = crate::exchange::error_response(503, false, false, false);
     if tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes))
         .await
         .is_ok()

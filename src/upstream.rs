@@ -20,7 +20,10 @@
 //!
 //! This module never sees a client socket.
 
+mod idle;
 mod proxy_protocol;
+
+pub use idle::{set_worker, RawConn};
 
 use crate::config::{BackendConfig, ProxyProtocol};
 use crate::metrics::{Metrics, ReapReason};
@@ -95,18 +98,24 @@ impl ReuseHint {
             close,
             ..Default::default()
         };
-        if let Some(ka) = h.get("keep-alive").and_then(|v| v.to_str().ok()) {
-            for part in ka.split(',') {
-                let Some((k, v)) = part.split_once('=') else { continue };
-                let v = v.trim().trim_matches('"');
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "timeout" => hint.timeout = v.parse().ok().map(Duration::from_secs),
-                    "max" => hint.max = v.parse().ok(),
-                    _ => {}
-                }
-            }
+        if let Some(ka) = h.get("keep-alive") {
+            hint.read_keep_alive(ka.as_bytes());
         }
         hint
+    }
+
+    /// Reads a `Keep-Alive: timeout=N, max=M` value.
+    pub fn read_keep_alive(&mut self, value: &[u8]) {
+        let Ok(ka) = std::str::from_utf8(value) else { return };
+        for part in ka.split(',') {
+            let Some((k, v)) = part.split_once('=') else { continue };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "timeout" => self.timeout = v.parse().ok().map(Duration::from_secs),
+                "max" => self.max = v.parse().ok(),
+                _ => {}
+            }
+        }
     }
 }
 
@@ -129,6 +138,14 @@ pub struct Upstream {
     next_addr: AtomicUsize,
     health: Mutex<Vec<AddrHealth>>,
     metrics: Arc<Metrics>,
+    /// Raw connections for HTTP/1 exchanges, idle, one list per worker thread.
+    raw: Vec<idle::IdleList>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop_watchers();
+    }
 }
 
 /// Frees a slot and wakes a queued request when a connection's task ends.
@@ -148,8 +165,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Upstream {
-    pub fn new(cfg: BackendConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(cfg: BackendConfig, metrics: Arc<Metrics>, workers: usize) -> Arc<Self> {
         Arc::new(Upstream {
+            raw: Self::idle_lists(workers),
             slots: Arc::new(Semaphore::new(cfg.max_connections as usize)),
             idle: Mutex::new(Vec::new()),
             freed: Arc::new(Notify::new()),
@@ -167,7 +185,28 @@ impl Upstream {
 
     /// Idle connections whose backend has not closed them.
     pub fn idle_connections(&self) -> usize {
-        lock(&self.idle).iter().filter(|c| !c.sender.is_closed()).count()
+        lock(&self.idle).iter().filter(|c| !c.sender.is_closed()).count() + self.raw_idle()
+    }
+
+    /// Closes the oldest idle HTTP/2-path connection to free its slot.
+    fn evict_hyper_idle(&self) -> bool {
+        let victim = {
+            let mut idle = lock(&self.idle);
+            (!idle.is_empty()).then(|| idle.remove(0))
+        };
+        if let Some(v) = &victim {
+            v.idle.store(false, Ordering::Release);
+            self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
+        }
+        victim.is_some()
+    }
+
+    /// How long a connection may sit idle after a response with `hint`.
+    fn ttl(&self, hint: ReuseHint) -> Duration {
+        match hint.timeout {
+            Some(t) => self.cfg.pool_idle_timeout.min(t.saturating_sub(KEEPALIVE_MARGIN)),
+            None => self.cfg.pool_idle_timeout,
+        }
     }
 
     /// Lends a connection: an idle one (unless `fresh`), else a new one if a
@@ -193,16 +232,13 @@ impl Upstream {
             if let Ok(permit) = self.slots.clone().try_acquire_owned() {
                 return self.connect(permit, source, local).await;
             }
+            // Make room: an idle connection the HTTP/1 path holds, or (for a
+            // fresh one) the oldest idle one here, gives up its slot.
+            if self.evict_raw(None) {
+                continue; // its slot is free now
+            }
             if fresh || source.is_some() {
-                // Make room: the oldest idle connection gives up its slot.
-                let victim = {
-                    let mut idle = lock(&self.idle);
-                    (!idle.is_empty()).then(|| idle.remove(0))
-                };
-                if let Some(v) = &victim {
-                    v.idle.store(false, Ordering::Release);
-                    self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
-                }
+                self.evict_hyper_idle(); // its slot frees when its task ends
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(UpstreamError::QueueTimeout);
@@ -253,10 +289,7 @@ impl Upstream {
         if hint.close || used_up || c.sender.is_closed() {
             return; // dropped: its task closes the socket
         }
-        let ttl = match hint.timeout {
-            Some(t) => self.cfg.pool_idle_timeout.min(t.saturating_sub(KEEPALIVE_MARGIN)),
-            None => self.cfg.pool_idle_timeout,
-        };
+        let ttl = self.ttl(hint);
         if ttl.is_zero() {
             return;
         }
@@ -317,6 +350,16 @@ impl Upstream {
         source: Option<SocketAddr>,
         local: SocketAddr,
     ) -> Result<PooledConn, UpstreamError> {
+        let (stream, addr) = self.open_any(source, local).await?;
+        self.handshake(stream, addr, source, permit).await
+    }
+
+    /// Connects to the next usable address, trying each at most once.
+    async fn open_any(
+        &self,
+        source: Option<SocketAddr>,
+        local: SocketAddr,
+    ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
         let mut last_err = None;
         for _ in 0..self.cfg.addrs.len() {
             let i = self.pick_addr();
@@ -324,7 +367,7 @@ impl Upstream {
             match self.open(addr, source, local).await {
                 Ok(stream) => {
                     self.connect_ok(i);
-                    return self.handshake(stream, addr, source, permit).await;
+                    return Ok((stream, addr));
                 }
                 Err(e) => {
                     debug!(backend = %self.cfg.name, %addr, error = %e, "backend connect failed");
@@ -380,8 +423,7 @@ impl Upstream {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let _guard = guard;
-                // Any connection may carry an Upgrade (WebSocket); those are never pooled.
-                let result = conn.with_upgrades().await;
+                let result = conn.await;
                 let was_idle = idle_flag.load(Ordering::Acquire);
                 match result {
                     Ok(()) if was_idle => metrics.reaped(&backend, ReapReason::BackendClosed),
@@ -436,6 +478,8 @@ impl Upstream {
             }
         }
         drop(idle);
+        let (raw_expired, raw_excess) = self.reap_raw(now);
+        let (expired, excess) = (expired + raw_expired, excess + raw_excess);
         for _ in 0..expired {
             self.metrics.reaped(&self.cfg.name, ReapReason::IdleTimeout);
         }

@@ -24,7 +24,9 @@ enum Chunk {
     /// At the start of a chunk-size line.
     SizeStart,
     Size,
-    /// Chunk extensions, ignored up to CR.
+    /// Optional whitespace after the size: only `;` or CR may follow.
+    SizeWs,
+    /// Chunk extensions (after `;`), ignored up to CR.
     Ext,
     SizeLf,
     Data,
@@ -93,12 +95,29 @@ impl Framing {
 }
 
 impl ChunkScanner {
+    /// The last chunk and the trailers have been seen.
+    pub fn is_done(&self) -> bool {
+        self.state == Chunk::Done
+    }
+
     fn consume(&mut self, data: &[u8]) -> Result<usize, BodyFault> {
+        self.consume_spans(data, |_| {})
+    }
+
+    /// Like `consume`, and reports each run of chunk data (without the
+    /// chunked framing) as a range of `data`: what a client that cannot take
+    /// chunked encoding is sent.
+    pub fn consume_spans(
+        &mut self,
+        data: &[u8],
+        mut on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<usize, BodyFault> {
         let mut i = 0;
         while i < data.len() && self.state != Chunk::Done {
             if self.state == Chunk::Data {
                 let take = self.size.min((data.len() - i) as u64);
                 self.size -= take;
+                on_data(i..i + take as usize);
                 i += take as usize;
                 if self.size == 0 {
                     self.state = Chunk::DataCr;
@@ -122,8 +141,12 @@ impl ChunkScanner {
                 self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
                 Size
             }
-            (Size, b';') | (Size, b' ') | (Size, b'\t') | (Ext, b';') => Ext,
-            (Size | Ext, b'\r') => SizeLf,
+            // RFC 9112 §7.1.1: `chunk-size [ BWS ";" ext ]`: whitespace after
+            // the size may only lead to `;` or the line end. Anything else
+            // (`b /smuggled HTTP/1.1`) is a malformed body, not an extension.
+            (Size | SizeWs, b' ' | b'\t') => SizeWs,
+            (Size | SizeWs | Ext, b';') => Ext,
+            (Size | SizeWs | Ext, b'\r') => SizeLf,
             (Ext, b) if b != b'\n' && (b == b'\t' || !b.is_ascii_control()) => Ext,
             (SizeLf, b'\n') => self.end_of_size_line()?,
             (DataCr, b'\r') => DataLf,
@@ -188,6 +211,9 @@ mod tests {
             b"5\r\nhelloX\r\n",
             b"-1\r\n",
             b"1234567890abcdef0\r\n",
+            b"b /smuggled HTTP/1.1\r\n",
+            b"5 x\r\n",
+            b"5 \t x;a\r\n",
         ] {
             assert_eq!(
                 Framing::chunked(1 << 40).consume(bad),
@@ -196,6 +222,27 @@ mod tests {
             );
         }
         assert_eq!(Framing::chunked(4).consume(b"5\r\nhello\r\n"), Err(BodyFault::TooLarge));
+    }
+
+    #[test]
+    fn whitespace_before_an_extension_is_allowed() {
+        let body = b"1 ;a=b\r\nx\r\n1\t\r\ny\r\n0\r\n\r\n";
+        let mut f = Framing::chunked(100);
+        assert_eq!(f.consume(body), Ok(body.len()));
+        assert!(f.is_done());
+    }
+
+    #[test]
+    fn reports_the_data_of_a_chunked_body() {
+        let body = b"5\r\nhello\r\n3;x=1\r\nabc\r\n0\r\nT: 1\r\n\r\n";
+        let mut whole = Vec::new();
+        let Framing::Chunked(mut c) = Framing::chunked(100) else {
+            unreachable!()
+        };
+        for piece in body.chunks(3) {
+            c.consume_spans(piece, |r| whole.extend_from_slice(&piece[r])).unwrap();
+        }
+        assert_eq!(whole, b"helloabc");
     }
 
     #[test]

@@ -141,7 +141,6 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<pro
         remaining: u32::MAX,
         has_body,
         idempotent,
-        upgrade: false,
         h2: true,
     });
     let resp = match proxy::handle(req, ctx).await {

@@ -1,10 +1,11 @@
-//! The request head, read and judged before hyper sees it.
+//! The request head: parsed once, judged, and kept as a compact view.
 //!
 //! finguard reads each request head itself so that it can answer 408/431/400
 //! with its own bytes and then close the way the policy says, and so that
-//! ambiguous framing (the stuff of request smuggling) never reaches hyper, let
-//! alone the backend. hyper then parses the same bytes again; a head is a few
-//! hundred bytes and `httparse` takes well under a microsecond for it.
+//! ambiguous framing (the stuff of request smuggling) never reaches the
+//! backend. The parse yields a [`Head`]: the verdict plus byte ranges of the
+//! method, target and every header line, from which `exchange::forward`
+//! writes the backend's request head without parsing again.
 //!
 //! This module is pure: bytes in, verdict out.
 
@@ -13,9 +14,51 @@ use super::framing::{BodyFault, Framing};
 /// More headers than this is a 431 (hyper's own limit is 100).
 pub const MAX_HEADERS: usize = 100;
 
+/// A range of the head's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    fn of(base: &[u8], part: &[u8]) -> Span {
+        // Both are slices of `base`: the offset is plain address arithmetic.
+        let start = (part.as_ptr() as usize).saturating_sub(base.as_ptr() as usize);
+        Span {
+            start: start as u32,
+            end: (start + part.len()) as u32,
+        }
+    }
+
+    pub fn get(self, head: &[u8]) -> &[u8] {
+        head.get(self.start as usize..self.end as usize).unwrap_or_default()
+    }
+}
+
+/// One header line: name and (untrimmed of nothing: httparse trims) value.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderSpan {
+    pub name: Span,
+    pub value: Span,
+}
+
 /// What finguard needs to know about a request before forwarding it.
 #[derive(Debug)]
 pub struct Head {
+    pub method: Span,
+    pub target: Span,
+    /// Every header line, in order.
+    pub headers: Vec<HeaderSpan>,
+    /// The `Host` header's value, if sent.
+    pub host: Option<Span>,
+    /// A `Content-Length` header was sent (even `0`).
+    pub has_length: bool,
+    /// `Expect: 100-continue` on an HTTP/1.1 request.
+    pub expect_continue: bool,
+    /// `Connection` names headers other than close/keep-alive/upgrade: those
+    /// are hop-by-hop too and must be dropped when forwarding.
+    pub conn_names_headers: bool,
     /// Length of the head, final CRLF CRLF included.
     pub len: usize,
     pub framing: Framing,
@@ -45,6 +88,8 @@ pub enum Reject {
     HeadTooLarge,
     /// 413: the announced body is over the limit.
     BodyTooLarge,
+    /// 417: an `Expect` other than `100-continue`.
+    Expectation,
 }
 
 /// Finds the end of the head in `buf`. `Ok(None)`: not complete yet.
@@ -93,6 +138,13 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     }
     let http10 = req.version == Some(0);
     let method = req.method.unwrap_or("");
+    let base = &buf[..len];
+    let method_span = Span::of(base, method.as_bytes());
+    let target_span = Span::of(base, req.path.unwrap_or("").as_bytes());
+    let mut spans = Vec::with_capacity(req.headers.len());
+    let mut host = None;
+    let mut expect_continue = false;
+    let mut conn_names_headers = false;
     let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
@@ -103,6 +155,10 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     let mut referer = None;
     for h in req.headers.iter() {
         let name = h.name;
+        spans.push(HeaderSpan {
+            name: Span::of(base, name.as_bytes()),
+            value: Span::of(base, h.value),
+        });
         if name.eq_ignore_ascii_case("content-length") {
             let v = parse_content_length(h.value).ok_or(Reject::Bad("invalid Content-Length"))?;
             if content_length.is_some_and(|prev| prev != v) {
@@ -120,12 +176,22 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
             chunked = true;
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
+            host = Some(Span::of(base, trim(h.value)));
         } else if name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',').map(trim) {
-                wants_close |= token.eq_ignore_ascii_case(b"close");
-                wants_keepalive |= token.eq_ignore_ascii_case(b"keep-alive");
-                conn_upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+                let close = token.eq_ignore_ascii_case(b"close");
+                let keepalive = token.eq_ignore_ascii_case(b"keep-alive");
+                let upgrade = token.eq_ignore_ascii_case(b"upgrade");
+                wants_close |= close;
+                wants_keepalive |= keepalive;
+                conn_upgrade |= upgrade;
+                conn_names_headers |= !(close || keepalive || upgrade || token.is_empty());
             }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+                return Err(Reject::Expectation);
+            }
+            expect_continue = !http10;
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrade_header = true;
         } else if want_ua && name.eq_ignore_ascii_case("user-agent") {
@@ -150,6 +216,13 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
         (false, None) => Framing::Length(0),
     };
     Ok(Head {
+        method: method_span,
+        target: target_span,
+        headers: spans,
+        host,
+        expect_continue,
+        conn_names_headers,
+        has_length: content_length.is_some(),
         len,
         framing,
         http10,

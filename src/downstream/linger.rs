@@ -100,6 +100,38 @@ async fn drain(stream: &mut TcpStream, s: &CloseSettings) -> (CloseOutcome, u64)
     }
 }
 
+/// Longest pause between two looks at a send queue that is draining.
+const SENT_POLL_MAX: Duration = Duration::from_millis(100);
+
+/// Waits until everything written to `stream` has been acknowledged by the
+/// client (the kernel's send queue is empty), so that no close timer runs
+/// while a slow reader is still taking the response, and a reset on timeout
+/// never discards response bytes. The kernel offers no event for this, so the
+/// queue is looked at with a growing pause (2 ms up to 100 ms). Returns
+/// `false` when the queue made no progress for `stall`: a client that stopped
+/// reading.
+pub async fn wait_sent(stream: &TcpStream, stall: Duration) -> bool {
+    let mut last = match crate::sys::unsent_bytes(stream) {
+        None | Some(0) => return true,
+        Some(n) => n,
+    };
+    let mut since = Instant::now();
+    let mut pause = Duration::from_millis(2);
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(SENT_POLL_MAX);
+        match crate::sys::unsent_bytes(stream) {
+            None | Some(0) => return true,
+            Some(n) if n < last => {
+                last = n;
+                since = Instant::now();
+            }
+            Some(_) if since.elapsed() >= stall => return false,
+            Some(_) => {}
+        }
+    }
+}
+
 /// Closes with RST: `SO_LINGER {on, 0}` then close.
 pub fn abort(stream: TcpStream) {
     // Linger 0 never blocks: close() sends RST and returns at once.

@@ -3,36 +3,32 @@
 //!
 //! Each turn of the loop reads a request head itself (idle and head timeouts,
 //! size limit, strict framing checks), classifies the User-Agent on the first
-//! request, then lets hyper serve exactly that one request over a borrowed
-//! socket (`io::ClientIo`). When the response is out, the loop decides: next
-//! request, or close — and every close goes through `linger::close`, so no
-//! path can skip the lingering close or leave a socket behind.
+//! request, then hands the parsed head to [`crate::exchange`], which serves
+//! that one request over this task's own socket and a pooled backend socket.
+//! When the response is out, the loop decides: next request, or close — and
+//! every close goes through `linger::close` (or an abort), so no path can skip
+//! the lingering close or leave a socket behind.
 //!
-//! This module never talks to a backend: that is `proxy` and `upstream`.
+//! This module never talks to a backend itself: that is `exchange`.
 
 pub mod framing;
 pub mod h2;
 pub mod head;
-pub mod io;
 pub mod linger;
 pub mod stream;
 pub mod track;
 pub mod tunnel;
 
 use crate::accesslog;
+use crate::exchange;
 use crate::metrics::{OutcomeLabel, RuleLabel};
 use crate::policy::ClientPolicy;
-use crate::proxy::{self, RequestCtx};
 use crate::server::Shared;
-use bytes::{Bytes, BytesMut};
-use framing::{BodyFault, Framing};
+use bytes::BytesMut;
+use framing::BodyFault;
 use head::Reject;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use linger::CloseOutcome;
-use std::future::poll_fn;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -55,8 +51,6 @@ pub struct Exchange {
     status: AtomicU16,
     /// The backend address and the time to its response head.
     upstream: Mutex<Option<(SocketAddr, Duration)>>,
-    /// The backend side of an upgrade (101), once the backend switched.
-    upgrade: Mutex<Option<hyper::upgrade::OnUpgrade>>,
 }
 
 impl Exchange {
@@ -85,12 +79,6 @@ impl Exchange {
     pub fn set_upstream(&self, addr: SocketAddr, took: Duration) {
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((addr, took));
     }
-    pub fn set_upgrade(&self, on: hyper::upgrade::OnUpgrade) {
-        *self.upgrade.lock().unwrap_or_else(|p| p.into_inner()) = Some(on);
-    }
-    fn take_upgrade(&self) -> Option<hyper::upgrade::OnUpgrade> {
-        self.upgrade.lock().unwrap_or_else(|p| p.into_inner()).take()
-    }
     pub fn upstream(&self) -> Option<(SocketAddr, Duration)> {
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -111,16 +99,11 @@ pub(super) enum Ending {
     Close,
     /// Answer with this status before the configured close.
     Reply(u16, &'static str),
+    /// A response could not be completed: RST, so that it never looks whole.
+    Abort,
     /// The backend switched protocols: tunnel bytes both ways (the bytes
     /// the client sent past its request go first).
-    Tunnel(hyper::upgrade::OnUpgrade, BytesMut),
-}
-
-/// What the connection does after one exchange.
-enum Next {
-    KeepAlive(BytesMut),
-    Close,
-    Upgrade(hyper::upgrade::OnUpgrade, BytesMut),
+    Tunnel(crate::upstream::RawConn, BytesMut),
 }
 
 /// Serves one client connection to its end.
@@ -163,7 +146,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             Err(e) => break e,
         };
         let logging = shared.access.enabled();
-        let head = match head::parse(&buf, len, s.max_body_bytes, policy.is_none() || logging, logging) {
+        let mut head = match head::parse(&buf, len, s.max_body_bytes, policy.is_none() || logging, logging) {
             Ok(h) => h,
             Err(r) => break reject(r),
         };
@@ -172,64 +155,49 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         served += 1;
         track.set(ClientState::Active);
         track.entry.requests.fetch_add(1, Ordering::Relaxed);
-        let mut framing = head.framing;
-        let in_buf = match framing.consume(&buf[head.len..]) {
-            Ok(n) => n,
-            Err(f) => break reject(f.into()),
-        };
-        let prefix = buf.split_to(head.len + in_buf).freeze();
-        let request_line = prefix.slice(..head.line_end);
-        let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
         let keepalive = policy.allows_keepalive()
             && !head.upgrade
             && served < s.max_requests
             && !head.wants_close
             && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
             && !shared.draining.is_cancelled();
-        let ctx = Arc::new(RequestCtx {
-            shared: shared.clone(),
-            policy: policy.clone(),
+        let (user_agent, referer) = (head.user_agent.take(), head.referer.take());
+        let head_bytes = buf.split_to(head.len).freeze();
+        let request_line = head_bytes.slice(..head.line_end);
+        let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
+        let req = exchange::Request {
+            head_bytes,
+            head,
+            keepalive,
+            remaining: s.max_requests - served,
+        };
+        let cx = exchange::Conn {
+            shared: &shared,
+            policy,
             peer,
             local,
             scheme: S::SCHEME,
-            exchange: Arc::new(Exchange::default()),
-            keepalive,
-            remaining: s.max_requests - served,
-            has_body: framing.has_body(),
-            idempotent: head.idempotent,
-            upgrade: head.upgrade,
-            h2: false,
-        });
-        let exch = ctx.exchange.clone();
+            entry: &track.entry,
+        };
         // Boxed: its state lives on the heap only while a request is served.
-        let next = Box::pin(exchange(
-            &mut stream,
-            prefix,
-            framing,
-            ctx,
-            s.body_timeout,
-            &track.entry,
-        ))
-        .await;
+        let done = Box::pin(exchange::run(&mut stream, &mut buf, req, &cx)).await;
+        shared.metrics.response(done.status);
         if logging {
             shared.access.request(&accesslog::Record {
                 peer,
                 request_line: &String::from_utf8_lossy(&request_line),
-                status: exch.status(),
+                status: done.status,
                 bytes_out: track.entry.bytes_out.load(Ordering::Relaxed) - bytes_before,
-                referer: head.referer.as_deref(),
-                user_agent: head.user_agent.as_deref(),
+                referer: referer.as_deref(),
+                user_agent: user_agent.as_deref(),
                 rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
-                backend: exch.upstream(),
+                backend: done.backend,
             });
         }
-        match next {
-            Next::KeepAlive(rest) if keepalive => buf.extend_from_slice(&rest),
-            Next::Upgrade(on, rest) => {
-                let mut pending = rest;
-                pending.extend_from_slice(&buf);
-                break Ending::Tunnel(on, pending);
-            }
+        match done.next {
+            exchange::Next::KeepAlive if keepalive => {}
+            exchange::Next::Tunnel(conn) => break Ending::Tunnel(conn, std::mem::take(&mut buf)),
+            exchange::Next::Abort => break Ending::Abort,
             _ => break Ending::Close,
         }
     };
@@ -268,6 +236,7 @@ fn reject(r: Reject) -> Ending {
         Reject::Bad(why) => Ending::Reply(400, why),
         Reject::HeadTooLarge => Ending::Reply(431, "request head too large"),
         Reject::BodyTooLarge => Ending::Reply(413, "request body too large"),
+        Reject::Expectation => Ending::Reply(417, "unsupported Expect"),
     }
 }
 
@@ -337,63 +306,6 @@ pub fn alpn() -> Vec<Vec<u8>> {
     vec![b"h2".to_vec(), b"http/1.1".to_vec()]
 }
 
-fn http1_builder() -> http1::Builder {
-    let mut b = http1::Builder::new();
-    b.keep_alive(true)
-        .half_close(false)
-        .timer(TokioTimer::new())
-        .header_read_timeout(None::<Duration>)
-        .max_buf_size(64 * 1024);
-    b
-}
-
-/// Lets hyper serve one request whose head is in `prefix`. Returns the bytes
-/// read past the request when the connection may carry another one.
-async fn exchange<S: ClientStream>(
-    stream: &mut S,
-    prefix: Bytes,
-    framing: Framing,
-    ctx: Arc<RequestCtx>,
-    stall: Duration,
-    entry: &track::Entry,
-) -> Next {
-    let exch = ctx.exchange.clone();
-    let io = io::ClientIo::new(stream, prefix, framing, stall, exch.clone(), entry);
-    let svc = hyper::service::service_fn(move |req| Box::pin(proxy::handle(req, ctx.clone())));
-    let mut conn = http1_builder().serve_connection(TokioIo::new(io), svc);
-    let ended = tokio::select! {
-        r = poll_fn(|cx| conn.poll_without_shutdown(cx)) => Some(r),
-        () = exch.done.notified() => None,
-    };
-    let result = match ended {
-        Some(r) => r,
-        None => {
-            // The response body is produced: stop hyper from waiting for a next
-            // request (the loop reads it), and let it flush what it holds.
-            Pin::new(&mut conn).graceful_shutdown();
-            match tokio::time::timeout(stall, poll_fn(|cx| conn.poll_without_shutdown(cx))).await {
-                Ok(r) => r,
-                Err(_) => return Next::Close,
-            }
-        }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "client exchange ended with an error");
-        return Next::Close;
-    }
-    let parts = conn.into_parts();
-    let mut io = parts.io.into_inner();
-    if exch.status() == 101 {
-        if let Some(on) = exch.take_upgrade() {
-            return Next::Upgrade(on, io::take_leftover(parts.read_buf, &mut io));
-        }
-    }
-    if exch.close_after.load(Ordering::Acquire) || !io.request_complete() {
-        return Next::Close;
-    }
-    Next::KeepAlive(io::take_leftover(parts.read_buf, &mut io))
-}
-
 /// Writes a final error response, then closes the configured way.
 pub(super) async fn finish<S: ClientStream>(
     mut stream: S,
@@ -406,8 +318,8 @@ pub(super) async fn finish<S: ClientStream>(
     let peer = track.entry.peer;
     let metrics = &shared.metrics;
     let ending = match ending {
-        Ending::Tunnel(on, pending) => {
-            let outcome = tunnel::run(stream, on, pending, settings.upgrade_idle_timeout, &track.entry).await;
+        Ending::Tunnel(conn, pending) => {
+            let outcome = tunnel::run(stream, conn, pending, settings.upgrade_idle_timeout, &track.entry).await;
             metrics
                 .lingering_closes
                 .get_or_create(&OutcomeLabel {
@@ -419,6 +331,17 @@ pub(super) async fn finish<S: ClientStream>(
         }
         other => other,
     };
+    if let Ending::Abort = ending {
+        trace!(%peer, "aborting the client connection");
+        linger::abort(stream.into_tcp_abort());
+        metrics
+            .lingering_closes
+            .get_or_create(&OutcomeLabel {
+                outcome: CloseOutcome::Error.as_str(),
+            })
+            .inc();
+        return;
+    }
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");
         metrics
@@ -432,7 +355,7 @@ pub(super) async fn finish<S: ClientStream>(
     if let Ending::Reply(status, why) = ending {
         debug!(%peer, status, reason = why, "refusing request");
         metrics.response(status);
-        let bytes = proxy::raw_error_response(status, force10);
+        let bytes = crate::exchange::error_response(status, false, force10, false);
         shared.access.request(&accesslog::Record {
             peer,
             request_line: why,
@@ -458,6 +381,19 @@ pub(super) async fn finish<S: ClientStream>(
                 return;
             }
         }
+    }
+    // A slow reader is not idle: no close timer starts while the response
+    // is still in the send queue (on timeout, a reset would discard it).
+    if !linger::wait_sent(stream.tcp(), settings.body_timeout).await {
+        debug!(%peer, "client stopped reading; aborting");
+        linger::abort(stream.into_tcp_abort());
+        metrics
+            .lingering_closes
+            .get_or_create(&OutcomeLabel {
+                outcome: CloseOutcome::Error.as_str(),
+            })
+            .inc();
+        return;
     }
     track.set(ClientState::Lingering);
     let tcp = stream.into_tcp().await;

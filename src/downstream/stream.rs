@@ -26,6 +26,10 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// down the write half) and hands back the socket for the configured close.
     fn into_tcp(self) -> impl Future<Output = TcpStream> + Send;
 
+    /// The socket, without ending the stream's own protocol: for an abort,
+    /// where a TLS `close_notify` would tell the client all was well.
+    fn into_tcp_abort(self) -> TcpStream;
+
     /// The ALPN protocol the client chose, if any.
     fn alpn(&self) -> Option<&[u8]> {
         None
@@ -46,6 +50,10 @@ impl ClientStream for TcpStream {
     fn into_tcp(self) -> impl Future<Output = TcpStream> + Send {
         std::future::ready(self)
     }
+
+    fn into_tcp_abort(self) -> TcpStream {
+        self
+    }
 }
 
 impl ClientStream for TlsStream<TcpStream> {
@@ -61,6 +69,10 @@ impl ClientStream for TlsStream<TcpStream> {
 
     async fn into_tcp(mut self) -> TcpStream {
         let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, self.shutdown()).await;
+        self.into_inner().0
+    }
+
+    fn into_tcp_abort(self) -> TcpStream {
         self.into_inner().0
     }
 

@@ -7,33 +7,29 @@
 use super::linger::CloseOutcome;
 use super::stream::ClientStream;
 use super::track::Entry;
+use crate::upstream::RawConn;
 use bytes::BytesMut;
-use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Longest wait for the backend side of the upgrade after the 101.
-const UPGRADE_WAIT: Duration = Duration::from_secs(5);
 const CHUNK: usize = 8 * 1024;
 
+/// Tunnels until both sides closed, one failed, or both were silent for
+/// `idle`. `conn` keeps its backend pool slot until the tunnel ends.
 pub async fn run<S: ClientStream>(
     mut client: S,
-    on: hyper::upgrade::OnUpgrade,
+    mut conn: RawConn,
     pending: BytesMut,
     idle: Duration,
     entry: &Entry,
 ) -> CloseOutcome {
-    let Ok(Ok(upgraded)) = tokio::time::timeout(UPGRADE_WAIT, on).await else {
-        super::linger::abort(client.into_tcp().await);
-        return CloseOutcome::Error;
-    };
-    let mut backend = TokioIo::new(upgraded);
-    if !pending.is_empty() && backend.write_all(&pending).await.is_err() {
-        super::linger::abort(client.into_tcp().await);
+    let backend = &mut conn.stream;
+    if !pending.is_empty() && tokio::time::timeout(idle, backend.write_all(&pending)).await.is_err() {
+        super::linger::abort(client.into_tcp_abort());
         return CloseOutcome::Error;
     }
-    let outcome = pump(&mut client, &mut backend, idle, entry).await;
+    let outcome = pump(&mut client, backend, idle, entry).await;
     let tcp = client.into_tcp().await;
     if outcome != CloseOutcome::ClientFin {
         super::linger::abort(tcp); // idle or broken: no orphan left behind

@@ -1,0 +1,112 @@
+//! One error type for a proxied HTTP/1 exchange.
+//!
+//! Each failure says which side is at fault (the client, the backend, or
+//! finguard itself) and maps, here and nowhere else, to the status the client
+//! gets and the level of its log line. Whether a failed request may be sent
+//! again is decided by the exchange (it alone knows whether the connection was
+//! reused and whether the request can be replayed), from [`ProxyError::before_response`].
+
+use crate::downstream::framing::BodyFault;
+use crate::upstream::UpstreamError;
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("request body over max_body_bytes")]
+    BodyTooLarge,
+    #[error("request body stalled past body_timeout")]
+    BodyTimeout,
+    #[error("malformed chunked request body")]
+    BodyMalformed,
+    #[error("client closed inside the request body")]
+    ClientClosed,
+    #[error("client stopped reading the response")]
+    ClientWrite,
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("backend did not answer within response_timeout")]
+    ResponseTimeout,
+    #[error("backend stopped reading the request body for response_timeout")]
+    BackendWriteTimeout,
+    #[error("backend closed the connection before responding")]
+    BackendClosed,
+    #[error("backend connection failed: {0}")]
+    BackendIo(std::io::Error),
+    #[error("invalid backend response: {0}")]
+    BadResponse(&'static str),
+}
+
+impl From<BodyFault> for ProxyError {
+    fn from(f: BodyFault) -> Self {
+        match f {
+            BodyFault::TooLarge => ProxyError::BodyTooLarge,
+            BodyFault::Malformed => ProxyError::BodyMalformed,
+            BodyFault::Timeout => ProxyError::BodyTimeout,
+            BodyFault::Truncated => ProxyError::ClientClosed,
+        }
+    }
+}
+
+impl ProxyError {
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::BodyTooLarge
+            | ProxyError::BodyTimeout
+            | ProxyError::BodyMalformed
+            | ProxyError::ClientClosed
+            | ProxyError::ClientWrite => Side::Client,
+            ProxyError::NoRoute => Side::Internal,
+            ProxyError::Upstream(_)
+            | ProxyError::ResponseTimeout
+            | ProxyError::BackendWriteTimeout
+            | ProxyError::BackendClosed
+            | ProxyError::BackendIo(_)
+            | ProxyError::BadResponse(_) => Side::Backend,
+        }
+    }
+
+    /// The status the client is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ProxyError::BadRequest(_) | ProxyError::BodyMalformed | ProxyError::ClientClosed => 400,
+            ProxyError::ClientWrite => 400,
+            ProxyError::BodyTooLarge => 413,
+            ProxyError::BodyTimeout => 408,
+            ProxyError::NoRoute => 404,
+            ProxyError::Upstream(UpstreamError::QueueTimeout) => 503,
+            ProxyError::Upstream(_) => 502,
+            ProxyError::ResponseTimeout | ProxyError::BackendWriteTimeout => 504,
+            ProxyError::BackendClosed | ProxyError::BackendIo(_) | ProxyError::BadResponse(_) => 502,
+        }
+    }
+
+    /// The backend connection broke before any byte of a response came back:
+    /// on a reused connection, the stale-connection race.
+    pub fn before_response(&self) -> bool {
+        matches!(self, ProxyError::BackendClosed | ProxyError::BackendIo(_))
+    }
+
+    /// The one log line for a failure: warn for finguard's and the backend's,
+    /// info for the client's own.
+    pub fn log(&self, peer: std::net::SocketAddr, request_line: &[u8]) {
+        let line = String::from_utf8_lossy(request_line);
+        let status = self.status();
+        match self.side() {
+            Side::Client => tracing::info!(%peer, request = %line, status, reason = %self, "request refused"),
+            Side::Backend => tracing::warn!(%peer, request = %line, status, reason = %self, "request failed"),
+            Side::Internal => tracing::info!(%peer, request = %line, status, reason = %self, "request not routed"),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The request head a backend receives, written from the client's parsed
+//! head ([`Head`]) in one pass, changing only what must change:
+//!
+//! - the target in origin-form, and one `Host`: the absolute-form target's
+//!   authority, else the client's `Host`, else the backend's address (the
+//!   host routing used is the host the backend sees);
+//! - hop-by-hop headers dropped: the fixed set and whatever `Connection`
+//!   names, except `Host`, `Content-Length` and `Transfer-Encoding`, whose
+//!   meaning was already acted on (RFC 9110 §7.6.1 lets a proxy ignore them);
+//! - the body's framing written by finguard (`Content-Length` or chunked);
+//! - `X-Forwarded-*` or RFC 7239 `Forwarded`, per backend;
+//! - `Expect` dropped: finguard answers `100-continue` itself.
+
+use crate::config::Forwarded;
+use crate::downstream::framing::Framing;
+use crate::downstream::head::{Head, Span};
+use std::io::Write;
+use std::net::SocketAddr;
+
+/// What the forwarded head depends on besides the client's head.
+pub struct ForwardCtx<'a> {
+    pub peer: SocketAddr,
+    pub scheme: &'static str,
+    pub forwarded: Forwarded,
+    /// Used as `Host` when the client sent none (HTTP/1.0).
+    pub default_host: &'a str,
+    /// Keep `Connection: upgrade` + `Upgrade` (a WebSocket handshake).
+    pub upgrade: bool,
+}
+
+/// The target and host of a request, as finguard routes it.
+pub struct Target<'a> {
+    /// Origin-form: `/path?query` (or `*`).
+    pub path: &'a [u8],
+    pub host: Option<&'a [u8]>,
+}
+
+/// Splits an absolute-form target (`http://host/path`); origin-form and `*`
+/// pass unchanged with the `Host` header as the host.
+pub fn target<'a>(head_bytes: &'a [u8], head: &Head) -> Target<'a> {
+    let t = head.target.get(head_bytes);
+    let host_header = head.host.map(|s| s.get(head_bytes));
+    let rest = strip_prefix_ci(t, b"http://").or_else(|| strip_prefix_ci(t, b"https://"));
+    let Some(rest) = rest else {
+        return Target {
+            path: t,
+            host: host_header,
+        };
+    };
+    let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
+    let authority = &rest[..end];
+    // userinfo is not forwarded
+    let authority = authority
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(authority, |i| &authority[i + 1..]);
+    let path = &rest[end..];
+    Target {
+        path: if path.is_empty() { b"/" } else { path },
+        host: Some(authority).filter(|a| !a.is_empty()).or(host_header),
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    (s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)).then(|| &s[prefix.len()..])
+}
+
+/// Headers never forwarded as they came: hop-by-hop, or rewritten here.
+fn dropped(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 10] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"content-length",
+        b"upgrade",
+        b"host",
+        b"expect",
+        b"trailer",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Tokens of `Connection` that name headers to drop. Framing and routing
+/// headers are never dropped for being named.
+fn named_by_connection<'a>(head_bytes: &'a [u8], head: &Head) -> Vec<&'a [u8]> {
+    let mut names = Vec::new();
+    for h in &head.headers {
+        if !h.name.get(head_bytes).eq_ignore_ascii_case(b"connection") {
+            continue;
+        }
+        for t in h.value.get(head_bytes).split(|&b| b == b',') {
+            let t = t.trim_ascii();
+            let keep = [
+                &b"close"[..],
+                b"keep-alive",
+                b"upgrade",
+                b"host",
+                b"content-length",
+                b"transfer-encoding",
+            ]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(t));
+            if !t.is_empty() && !keep {
+                names.push(t);
+            }
+        }
+    }
+    names
+}
+
+/// Writes the backend's request head into `out`.
+pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, framing: &Framing, cx: &ForwardCtx<'_>) {
+    let t = target(head_bytes, head);
+    out.extend_from_slice(head.method.get(head_bytes));
+    out.push(b' ');
+    out.extend_from_slice(t.path);
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+    let host = t.host.unwrap_or(cx.default_host.as_bytes());
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\n");
+    let named = if head.conn_names_headers {
+        named_by_connection(head_bytes, head)
+    } else {
+        Vec::new()
+    };
+    let mut xff: Option<Span> = None;
+    let mut xff_extra: Vec<Span> = Vec::new();
+    let mut fwd: Vec<Span> = Vec::new();
+    let mut upgrade: Option<Span> = None;
+    let chunked = matches!(framing, Framing::Chunked(_));
+    for h in &head.headers {
+        let name = h.name.get(head_bytes);
+        if dropped(name) {
+            if cx.upgrade && name.eq_ignore_ascii_case(b"upgrade") {
+                upgrade = Some(h.value);
+            } else if chunked && name.eq_ignore_ascii_case(b"trailer") {
+                // The trailers travel with the chunked body: announce them.
+                put(out, name, h.value.get(head_bytes));
+            }
+            continue;
+        }
+        if named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        match cx.forwarded {
+            Forwarded::XForwarded if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
+                if xff.is_none() {
+                    xff = Some(h.value);
+                } else {
+                    xff_extra.push(h.value);
+                }
+                continue;
+            }
+            Forwarded::XForwarded
+                if name.eq_ignore_ascii_case(b"x-forwarded-proto")
+                    || name.eq_ignore_ascii_case(b"x-forwarded-host") =>
+            {
+                continue; // replaced by finguard's own
+            }
+            Forwarded::Forwarded if name.eq_ignore_ascii_case(b"forwarded") => {
+                fwd.push(h.value);
+                continue;
+            }
+            _ => {}
+        }
+        put(out, name, h.value.get(head_bytes));
+    }
+    match framing {
+        Framing::Chunked(_) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(0) if !head.has_length => {}
+        Framing::Length(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+    }
+    if let Some(u) = upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        put(out, b"Upgrade", u.get(head_bytes));
+    }
+    let ip = cx.peer.ip();
+    match cx.forwarded {
+        Forwarded::Off => {}
+        Forwarded::XForwarded => {
+            out.extend_from_slice(b"X-Forwarded-For: ");
+            for v in xff.iter().chain(&xff_extra) {
+                out.extend_from_slice(v.get(head_bytes));
+                out.extend_from_slice(b", ");
+            }
+            let _ = write!(out, "{ip}\r\nX-Forwarded-Proto: {}\r\n", cx.scheme);
+            if let Some(h) = t.host {
+                put(out, b"X-Forwarded-Host", h);
+            }
+        }
+        Forwarded::Forwarded => {
+            out.extend_from_slice(b"Forwarded: ");
+            for v in &fwd {
+                out.extend_from_slice(v.get(head_bytes));
+                out.extend_from_slice(b", ");
+            }
+            if ip.is_ipv6() {
+                let _ = write!(out, "for=\"[{ip}]\";proto={}", cx.scheme);
+            } else {
+                let _ = write!(out, "for={ip};proto={}", cx.scheme);
+            }
+            // RFC 7239 §4: a host that is not plainly a host name, address
+            // and port is left out, so no client can forge another element.
+            if let Some(h) = t.host.filter(|h| is_plain_host(h)) {
+                out.extend_from_slice(b";host=\"");
+                out.extend_from_slice(h);
+                out.push(b'"');
+            }
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Letters, digits, `.-_:` and brackets: a reg-name, IPv4 or `[IPv6]`, with a port.
+fn is_plain_host(h: &[u8]) -> bool {
+    !h.is_empty()
+        && h.iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::downstream::head;
+
+    fn forward(raw: &str, forwarded: Forwarded) -> String {
+        let b = raw.as_bytes();
+        let len = head::find_end(b).unwrap().unwrap();
+        let h = head::parse(b, len, 1 << 20, false, false).unwrap();
+        let mut out = Vec::new();
+        let cx = ForwardCtx {
+            peer: "10.1.2.3:5555".parse().unwrap(),
+            scheme: "http",
+            forwarded,
+            default_host: "backend:80",
+            upgrade: h.upgrade,
+        };
+        write_head(&mut out, b, &h, &h.framing, &cx);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_framing() {
+        let out = forward(
+            "POST /a HTTP/1.1\r\nHost: public.example\r\nConnection: host, content-length, x-secret\r\nX-Secret: 1\r\nContent-Length: 3\r\n\r\n",
+            Forwarded::Off,
+        );
+        assert_eq!(
+            out,
+            "POST /a HTTP/1.1\r\nHost: public.example\r\nContent-Length: 3\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_becomes_origin_form_with_its_host() {
+        let out = forward(
+            "GET http://secret.internal/admin?x=1 HTTP/1.1\r\nHost: public.example\r\n\r\n",
+            Forwarded::Off,
+        );
+        assert_eq!(out, "GET /admin?x=1 HTTP/1.1\r\nHost: secret.internal\r\n\r\n");
+    }
+
+    #[test]
+    fn forwarded_never_carries_a_forged_element() {
+        let out = forward(
+            "GET / HTTP/1.1\r\nHost: a\", for=6.6.6.6;x=\"\r\n\r\n",
+            Forwarded::Forwarded,
+        );
+        assert!(out.contains("Forwarded: for=10.1.2.3;proto=http\r\n"), "{out}");
+        let out = forward("GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n", Forwarded::Forwarded);
+        assert!(
+            out.contains("Forwarded: for=10.1.2.3;proto=http;host=\"a.example:8080\"\r\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn x_forwarded_appends_to_the_chain_and_replaces_the_rest() {
+        let out = forward(
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1\r\nX-Forwarded-Proto: https\r\nTE: trailers\r\nExpect: 100-continue\r\n\r\n",
+            Forwarded::XForwarded,
+        );
+        assert_eq!(
+            out,
+            "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1, 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn http10_without_host_gets_the_backend_address() {
+        let out = forward("GET / HTTP/1.0\r\n\r\n", Forwarded::Off);
+        assert_eq!(out, "GET / HTTP/1.1\r\nHost: backend:80\r\n\r\n");
+    }
+}

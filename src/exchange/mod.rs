@@ -1,0 +1,733 @@
+//! One HTTP/1 exchange, owned from start to end by the client connection's
+//! task: it drives the client socket and a pooled backend socket itself, with
+//! no connection object per request and no hop to another task.
+//!
+//! 1. The request head was parsed once (`downstream::head`); here it is
+//!    routed and the backend's head written from that parse (`forward`).
+//! 2. A request body is relayed by its framing, with backpressure both ways,
+//!    while the backend socket is read too: a backend that answers early
+//!    (401/413 before reading the body) is heard, the upload stops, and the
+//!    answer reaches the client with `Connection: close`.
+//! 3. The response head is parsed and shaped for the client (`response`),
+//!    the body relayed by its framing through one reused buffer.
+//! 4. The backend connection goes back to its pool only after a complete
+//!    exchange; a response cut short ends the client connection with an
+//!    abort (RST), never with a clean close that would pass it off as whole.
+//!
+//! Every await has a deadline from [`Timeouts`]; every failure is a
+//! [`ProxyError`], answered, logged and counted in one place ([`refuse`]).
+//! Bytes of a request body finguard did not read are never parsed as a next
+//! request: after an error the connection closes.
+
+pub mod forward;
+pub mod response;
+
+use crate::downstream::framing::{BodyFault, ChunkScanner, Framing};
+use crate::downstream::head::Head;
+use crate::downstream::stream::ClientStream;
+use crate::downstream::track::Entry;
+use crate::error::ProxyError;
+use crate::metrics::Metrics;
+use crate::policy::ClientPolicy;
+use crate::server::Shared;
+use crate::timeouts::Timeouts;
+use crate::upstream::{RawConn, Upstream};
+use bytes::{Buf, Bytes, BytesMut};
+use response::{ClientBody, ClientView, Parsed, Shaped};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+/// The response buffer: one per exchange, reused for every read of it. A
+/// 16 KiB body and its head arrive in one read.
+const RESP_BUF: usize = 32 * 1024;
+/// A request body read from the client at a time.
+const BODY_BUF: usize = 16 * 1024;
+
+/// What the client connection contributes to an exchange.
+pub struct Conn<'a> {
+    pub shared: &'a Arc<Shared>,
+    pub policy: &'a ClientPolicy,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub scheme: &'static str,
+    pub entry: &'a Entry,
+}
+
+/// A parsed request head and what the connection allows after it.
+pub struct Request {
+    pub head_bytes: Bytes,
+    pub head: Head,
+    /// Policy and request allow another request on this connection.
+    pub keepalive: bool,
+    /// Requests still allowed after this one.
+    pub remaining: u32,
+}
+
+/// What the client connection does next.
+pub enum Next {
+    KeepAlive,
+    /// The configured (lingering) close.
+    Close,
+    /// RST: a response could not be completed and must not look whole.
+    Abort,
+    /// The backend switched protocols: tunnel bytes both ways.
+    Tunnel(RawConn),
+}
+
+/// How an exchange ended.
+pub struct Done {
+    pub status: u16,
+    /// The backend address and the time to its response head.
+    pub backend: Option<(SocketAddr, Duration)>,
+    pub next: Next,
+}
+
+/// Serves one request. On return `buf` holds the bytes the client sent past
+/// this request (a pipelined next one), when the connection may go on.
+pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Request, conn: &Conn<'_>) -> Done {
+    let head = &req.head;
+    let hb = &req.head_bytes[..];
+    let mut framing = head.framing.clone();
+    // Whether a body was announced, before any of it is counted as read.
+    let has_body = framing.has_body();
+    let in_buf = match framing.consume(buf) {
+        Ok(n) => n,
+        Err(f) => return refuse(client, &req, conn, f.into(), false).await,
+    };
+    let mut body0 = buf.split_to(in_buf);
+    let target = forward::target(hb, head);
+    let Some(idx) = route(conn.shared, target.host.unwrap_or_default(), target.path) else {
+        return refuse(client, &req, conn, ProxyError::NoRoute, framing.is_done()).await;
+    };
+    let upstream = &conn.shared.upstreams[idx];
+    let t = Timeouts::new(&conn.policy.settings, &upstream.cfg);
+    if has_body && body0.is_empty() {
+        // A client that announces a body and never sends it never costs the
+        // backend a connection. `Expect: 100-continue` is answered here.
+        if let Err(e) = first_body_bytes(client, buf, &mut framing, &mut body0, head, &t, conn.entry).await {
+            return refuse(client, &req, conn, e, false).await;
+        }
+    }
+    let mut out = Vec::with_capacity(hb.len() + 160 + body0.len());
+    let fcx = forward::ForwardCtx {
+        peer: conn.peer,
+        scheme: conn.scheme,
+        forwarded: upstream.cfg.forwarded,
+        default_host: upstream.cfg.addr_specs.first().map_or("localhost", String::as_str),
+        upgrade: head.upgrade,
+    };
+    forward::write_head(&mut out, hb, head, &head.framing, &fcx);
+    out.extend_from_slice(&body0);
+    let out = Bytes::from(out);
+    drop(body0);
+    // The whole request is in `out`: it can be sent again on a fresh connection.
+    let replayable = framing.is_done();
+    let mut retried = false;
+    loop {
+        let fresh = head.upgrade || retried;
+        let bc = match upstream.checkout_raw(fresh, conn.peer, conn.local).await {
+            Ok(c) => c,
+            Err(e) => return refuse(client, &req, conn, e.into(), framing.is_done()).await,
+        };
+        let reused = bc.reused();
+        let attempt = attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t).await;
+        match attempt {
+            Attempt::Done(done) => return done,
+            Attempt::Failed { err, retry_safe } => {
+                let method_ok = upstream.cfg.retry_idempotent && head.idempotent;
+                if reused && !retried && replayable && retry_safe.allows(method_ok) {
+                    debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
+                    Metrics::backend_counter(&conn.shared.metrics.backend_retries, &upstream.cfg.name).inc();
+                    retried = true;
+                    continue;
+                }
+                return refuse(client, &req, conn, err, framing.is_done()).await;
+            }
+        }
+    }
+}
+
+/// Whether a failed attempt may be made again on a fresh connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RetrySafe {
+    No,
+    /// The request was refused while being written: never processed.
+    Always,
+    /// The backend went away before any response byte: only idempotent ones.
+    IfIdempotent,
+}
+
+impl RetrySafe {
+    fn allows(self, idempotent: bool) -> bool {
+        match self {
+            RetrySafe::No => false,
+            RetrySafe::Always => true,
+            RetrySafe::IfIdempotent => idempotent,
+        }
+    }
+}
+
+enum Attempt {
+    Done(Done),
+    /// Nothing reached the client yet.
+    Failed {
+        err: ProxyError,
+        retry_safe: RetrySafe,
+    },
+}
+
+/// One try on one backend connection: send, read the head, relay.
+#[allow(clippy::too_many_arguments)]
+async fn attempt<S: ClientStream>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    mut bc: RawConn,
+    out: &Bytes,
+    framing: &mut Framing,
+    req: &Request,
+    conn: &Conn<'_>,
+    upstream: &Arc<Upstream>,
+    t: &Timeouts,
+) -> Attempt {
+    let started = Instant::now();
+    let mut resp = BytesMut::with_capacity(RESP_BUF);
+    let sent = upload(
+        client,
+        buf,
+        &mut bc.stream,
+        out.clone(),
+        framing,
+        &mut resp,
+        t,
+        conn.entry,
+    )
+    .await;
+    let request_complete = match sent {
+        Ok(Sent::Complete) => true,
+        Ok(Sent::Early) => false,
+        Err(Upload::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
+        Err(Upload::Backend { err, wrote }) => {
+            let retry_safe = if wrote {
+                RetrySafe::IfIdempotent
+            } else {
+                RetrySafe::Always
+            };
+            let retry_safe = if err.before_response() {
+                retry_safe
+            } else {
+                RetrySafe::No
+            };
+            return Attempt::Failed { err, retry_safe };
+        }
+    };
+    let mut view = client_view(req, conn, request_complete);
+    let mut chead = Vec::with_capacity(512);
+    let deadline = Instant::now() + t.response;
+    let parsed = read_response(
+        client,
+        &mut bc.stream,
+        &mut resp,
+        &mut view,
+        conn,
+        &mut chead,
+        deadline,
+        t,
+    )
+    .await;
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(HeadError::Failed(err)) => {
+            let retry_safe = if err.before_response() && resp.is_empty() {
+                RetrySafe::IfIdempotent
+            } else {
+                RetrySafe::No
+            };
+            return Attempt::Failed { err, retry_safe };
+        }
+        Err(HeadError::ClientGone) => return Attempt::Done(aborted(0, None)),
+    };
+    let backend = Some((bc.addr, started.elapsed()));
+    let shaped = match parsed {
+        Final::Response(s) => s,
+        Final::Switch(len) => {
+            resp.advance(len);
+            chead.extend_from_slice(&resp);
+            if write_client(client, &chead, t, conn.entry).await.is_err() {
+                return Attempt::Done(aborted(101, backend));
+            }
+            // The tunnel owns the connection now (it keeps its pool slot).
+            return Attempt::Done(Done {
+                status: 101,
+                backend,
+                next: Next::Tunnel(bc),
+            });
+        }
+    };
+    resp.advance(shaped.len);
+    let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
+    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry).await;
+    let status = shaped.status;
+    let next = match relayed {
+        Ok(()) => {
+            if shaped.keepalive {
+                Next::KeepAlive
+            } else {
+                Next::Close
+            }
+        }
+        Err(Relay::Backend(why)) => {
+            warn!(peer = %conn.peer, status, reason = why, "backend response cut short; aborting the client connection");
+            Next::Abort
+        }
+        Err(Relay::Client) => {
+            debug!(peer = %conn.peer, "client stopped reading the response");
+            Next::Abort
+        }
+    };
+    Attempt::Done(Done { status, backend, next })
+}
+
+fn aborted(status: u16, backend: Option<(SocketAddr, Duration)>) -> Done {
+    Done {
+        status,
+        backend,
+        next: Next::Abort,
+    }
+}
+
+fn client_view(req: &Request, conn: &Conn<'_>, request_complete: bool) -> ClientView {
+    let p = conn.policy;
+    ClientView {
+        http10: req.head.http10,
+        force_response_1_0: p.force_response_1_0,
+        downgrade_1_0: p.downgrade_1_0,
+        keepalive: req.keepalive && !conn.shared.draining.is_cancelled(),
+        request_complete,
+        head_request: req.head.method.get(&req.head_bytes) == b"HEAD",
+        upgrade_requested: req.head.upgrade,
+        keepalive_timeout_secs: p.settings.keepalive_timeout.as_secs(),
+        remaining: req.remaining,
+    }
+}
+
+/// Waits for the first bytes of an announced body (answering
+/// `Expect: 100-continue` first) and takes what belongs to the body.
+async fn first_body_bytes<S: ClientStream>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    framing: &mut Framing,
+    body0: &mut BytesMut,
+    head: &Head,
+    t: &Timeouts,
+    entry: &Entry,
+) -> Result<(), ProxyError> {
+    if head.expect_continue {
+        write_client(client, b"HTTP/1.1 100 Continue\r\n\r\n", t, entry)
+            .await
+            .map_err(|()| ProxyError::ClientWrite)?;
+    }
+    buf.reserve(BODY_BUF);
+    match tokio::time::timeout(t.client_gap, client.read_buf(buf)).await {
+        Err(_) => return Err(ProxyError::BodyTimeout),
+        Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientClosed),
+        Ok(Ok(n)) => {
+            entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+    let used = framing.consume(buf)?;
+    *body0 = buf.split_to(used);
+    Ok(())
+}
+
+enum Sent {
+    /// The whole request reached the backend.
+    Complete,
+    /// A final response head arrived before the body's end.
+    Early,
+}
+
+enum Upload {
+    /// The client's fault: answered by finguard, the backend connection dropped.
+    Client(ProxyError),
+    /// The backend's; `wrote` says whether any byte of the request was written.
+    Backend { err: ProxyError, wrote: bool },
+}
+
+/// Sends `out` (head and buffered body) and the rest of the body, reading the
+/// backend meanwhile so that an early answer is heard.
+#[allow(clippy::too_many_arguments)]
+async fn upload<S: ClientStream>(
+    client: &mut S,
+    buf: &mut BytesMut,
+    backend: &mut TcpStream,
+    mut pending: Bytes,
+    framing: &mut Framing,
+    resp: &mut BytesMut,
+    t: &Timeouts,
+    entry: &Entry,
+) -> Result<Sent, Upload> {
+    // The common case: a request that fits one write, sent whole.
+    if framing.is_done() {
+        match backend.try_write(&pending) {
+            Ok(n) if n == pending.len() => return Ok(Sent::Complete),
+            Ok(n) => pending.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                return Err(Upload::Backend {
+                    err: ProxyError::BackendIo(e),
+                    wrote: false,
+                })
+            }
+        }
+    }
+    let mut wrote = false;
+    let (mut rd, mut wr) = backend.split();
+    loop {
+        if pending.is_empty() && framing.is_done() {
+            return Ok(Sent::Complete);
+        }
+        resp.reserve(RESP_BUF);
+        if pending.is_empty() {
+            buf.reserve(BODY_BUF);
+            tokio::select! {
+                biased;
+                r = rd.read_buf(resp) => {
+                    if let Some(end) = heard_backend(r, resp, wrote) {
+                        return end;
+                    }
+                }
+                r = tokio::time::timeout(t.client_gap, client.read_buf(buf)) => {
+                    let n = match r {
+                        Err(_) => return Err(Upload::Client(ProxyError::BodyTimeout)),
+                        Ok(Ok(0)) | Ok(Err(_)) => return Err(Upload::Client(ProxyError::ClientClosed)),
+                        Ok(Ok(n)) => n,
+                    };
+                    entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    let used = framing.consume(buf).map_err(|f| Upload::Client(f.into()))?;
+                    pending = buf.split_to(used).freeze();
+                }
+            }
+        } else {
+            tokio::select! {
+                biased;
+                r = rd.read_buf(resp) => {
+                    if let Some(end) = heard_backend(r, resp, wrote) {
+                        return end;
+                    }
+                }
+                r = tokio::time::timeout(t.backend_gap, wr.write(&pending)) => match r {
+                    Ok(Ok(n)) => {
+                        pending.advance(n);
+                        wrote = true;
+                    }
+                    Ok(Err(e)) => {
+                        // Refused mid-upload: the backend may have answered
+                        // and closed; its answer is still in our queue.
+                        collect(&mut rd, resp).await;
+                        if final_head_ready(resp) {
+                            return Ok(Sent::Early);
+                        }
+                        return Err(Upload::Backend { err: ProxyError::BackendIo(e), wrote });
+                    }
+                    Err(_) => {
+                        return Err(Upload::Backend { err: ProxyError::BackendWriteTimeout, wrote: true });
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// What a backend read during the upload means: `None` to go on.
+fn heard_backend(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Option<Result<Sent, Upload>> {
+    match r {
+        Ok(0) | Err(_) if !resp.is_empty() => Some(Ok(Sent::Early)),
+        Ok(0) => Some(Err(Upload::Backend {
+            err: ProxyError::BackendClosed,
+            wrote,
+        })),
+        Err(e) => Some(Err(Upload::Backend {
+            err: ProxyError::BackendIo(e),
+            wrote,
+        })),
+        Ok(_) if final_head_ready(resp) => Some(Ok(Sent::Early)),
+        Ok(_) => None,
+    }
+}
+
+/// Reads what the backend left in the socket before it went away.
+async fn collect(rd: &mut tokio::net::tcp::ReadHalf<'_>, resp: &mut BytesMut) {
+    for _ in 0..64 {
+        resp.reserve(RESP_BUF);
+        match tokio::time::timeout(Duration::from_millis(100), rd.read_buf(resp)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// A final (not 1xx) response head is complete in `resp`.
+fn final_head_ready(resp: &[u8]) -> bool {
+    let mut off = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(&resp[off..]) {
+            Ok(httparse::Status::Complete(n)) => match r.code {
+                Some(c) if (100..200).contains(&c) && c != 101 => off += n,
+                _ => return true,
+            },
+            Ok(httparse::Status::Partial) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+enum HeadError {
+    Failed(ProxyError),
+    /// The client went away while an interim response was written to it.
+    ClientGone,
+}
+
+/// A final response head, shaped for the client.
+enum Final {
+    Response(Shaped),
+    /// A 101 of this length: the client's head is written, a tunnel follows.
+    Switch(usize),
+}
+
+/// Reads the response head; 1xx interim responses are relayed on the way.
+#[allow(clippy::too_many_arguments)]
+async fn read_response<S: ClientStream>(
+    client: &mut S,
+    backend: &mut TcpStream,
+    resp: &mut BytesMut,
+    view: &mut ClientView,
+    conn: &Conn<'_>,
+    out: &mut Vec<u8>,
+    deadline: Instant,
+    t: &Timeouts,
+) -> Result<Final, HeadError> {
+    let entry = conn.entry;
+    loop {
+        if !resp.is_empty() {
+            out.clear();
+            // A drain that began while the backend worked closes this connection.
+            view.keepalive &= !conn.shared.draining.is_cancelled();
+            match response::parse(resp, view, out).map_err(HeadError::Failed)? {
+                Parsed::Partial => {}
+                Parsed::Interim(len) => {
+                    if !out.is_empty() && write_client(client, out, t, entry).await.is_err() {
+                        return Err(HeadError::ClientGone);
+                    }
+                    resp.advance(len);
+                    continue;
+                }
+                Parsed::Switch(len) => return Ok(Final::Switch(len)),
+                Parsed::Final(s) => return Ok(Final::Response(s)),
+            }
+        }
+        resp.reserve(RESP_BUF);
+        match tokio::time::timeout_at(deadline, backend.read_buf(resp)).await {
+            Err(_) => return Err(HeadError::Failed(ProxyError::ResponseTimeout)),
+            Ok(Ok(0)) if resp.is_empty() => return Err(HeadError::Failed(ProxyError::BackendClosed)),
+            Ok(Ok(0)) => return Err(HeadError::Failed(ProxyError::BadResponse("closed inside the head"))),
+            Ok(Err(e)) => return Err(HeadError::Failed(ProxyError::BackendIo(e))),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+enum Relay {
+    /// The backend broke the body off (a reason for the log).
+    Backend(&'static str),
+    Client,
+}
+
+/// How much of the response body is still to come.
+enum Rest {
+    Empty,
+    Length(u64),
+    Chunked(ChunkScanner, bool),
+    ToClose,
+}
+
+/// Writes the client head and relays the body by its framing. When the body
+/// ended where its framing said, with nothing after it, the connection goes
+/// back to `pool` (if given) before the last bytes are written to the client,
+/// so that the client's next request finds it there.
+#[allow(clippy::too_many_arguments)]
+async fn relay<S: ClientStream>(
+    client: &mut S,
+    bc: RawConn,
+    pool: Option<&Arc<Upstream>>,
+    resp: &mut BytesMut,
+    shaped: &Shaped,
+    mut first: Vec<u8>,
+    t: &Timeouts,
+    entry: &Entry,
+) -> Result<(), Relay> {
+    let mut rest = match shaped.client_body {
+        ClientBody::Empty => Rest::Empty,
+        ClientBody::Length(n) => Rest::Length(n),
+        ClientBody::ChunkedPass | ClientBody::ChunkedDecode => {
+            let Framing::Chunked(c) = Framing::chunked(u64::MAX) else {
+                return Err(Relay::Backend("internal framing"));
+            };
+            Rest::Chunked(c, shaped.client_body == ClientBody::ChunkedDecode)
+        }
+        ClientBody::Close => Rest::ToClose,
+    };
+    let mut scratch = Vec::new();
+    let mut head_pending = true;
+    let mut bc = Some(bc);
+    loop {
+        let (take, done) = match &mut rest {
+            Rest::Empty => (0, true),
+            Rest::Length(n) => {
+                let k = (*n).min(resp.len() as u64);
+                *n -= k;
+                (k as usize, *n == 0)
+            }
+            Rest::Chunked(c, decode) => {
+                scratch.clear();
+                let data: &[u8] = resp;
+                let used = if *decode {
+                    c.consume_spans(data, |r| scratch.extend_from_slice(&data[r]))
+                } else {
+                    c.consume_spans(data, |_| {})
+                };
+                let used = used.map_err(|f| {
+                    Relay::Backend(match f {
+                        BodyFault::Malformed => "malformed chunked body",
+                        _ => "chunked body over its limit",
+                    })
+                })?;
+                (used, c.is_done())
+            }
+            Rest::ToClose => (resp.len(), false),
+        };
+        let decoded = matches!(rest, Rest::Chunked(_, true));
+        if done {
+            let conn = bc.take();
+            if let (Some(pool), Some(conn), true) = (pool, conn, resp.len() == take) {
+                pool.checkin_raw(conn, shaped.reuse);
+            }
+        }
+        let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
+        if head_pending {
+            first.extend_from_slice(part);
+            write_client(client, &first, t, entry)
+                .await
+                .map_err(|()| Relay::Client)?;
+            head_pending = false;
+            first = Vec::new();
+        } else if !part.is_empty() {
+            write_client(client, part, t, entry).await.map_err(|()| Relay::Client)?;
+        }
+        let Some(backend) = bc.as_mut().filter(|_| !done) else {
+            return Ok(());
+        };
+        resp.clear();
+        resp.reserve(RESP_BUF);
+        match tokio::time::timeout(t.backend_gap, backend.stream.read_buf(resp)).await {
+            Err(_) => return Err(Relay::Backend("stalled inside the response body")),
+            Ok(Ok(0)) if matches!(rest, Rest::ToClose) => return Ok(()),
+            Ok(Ok(0)) => return Err(Relay::Backend("closed inside the response body")),
+            Ok(Err(_)) => return Err(Relay::Backend("connection failed inside the response body")),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Writes to the client; a client that takes nothing for `client_gap` fails.
+async fn write_client<S: ClientStream>(client: &mut S, bytes: &[u8], t: &Timeouts, entry: &Entry) -> Result<(), ()> {
+    let w = async {
+        client.write_all(bytes).await?;
+        client.flush().await
+    };
+    match tokio::time::timeout(t.client_gap, w).await {
+        Ok(Ok(())) => {
+            entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        _ => Err(()),
+    }
+}
+
+/// Answers a request finguard could not serve: one status, one log line, one
+/// metric (`ProxyError` says which). When the request's body was not read to
+/// its end, the connection closes (its bytes are never parsed as a request).
+async fn refuse<S: ClientStream>(
+    client: &mut S,
+    req: &Request,
+    conn: &Conn<'_>,
+    err: ProxyError,
+    request_complete: bool,
+) -> Done {
+    let status = err.status();
+    let line = req.head_bytes.get(..req.head.line_end).unwrap_or_default();
+    err.log(conn.peer, line);
+    let keepalive = request_complete && req.keepalive && !conn.shared.draining.is_cancelled();
+    let force10 = conn.policy.force_response_1_0;
+    let bytes = error_response(status, keepalive, force10, req.head.http10);
+    let t = Timeouts::client(&conn.policy.settings);
+    let next = match write_client(client, &bytes, &t, conn.entry).await {
+        Err(()) => Next::Abort,
+        Ok(()) if keepalive => Next::KeepAlive,
+        Ok(()) => Next::Close,
+    };
+    Done {
+        status,
+        backend: None,
+        next,
+    }
+}
+
+/// A short plain-text error response.
+pub fn error_response(status: u16, keepalive: bool, force10: bool, http10: bool) -> Vec<u8> {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let body = format!("{status} {reason}\n");
+    let version = if force10 { "HTTP/1.0" } else { "HTTP/1.1" };
+    let connection = match (keepalive, http10 || force10) {
+        (false, _) => "Connection: close\r\n",
+        (true, true) => "Connection: keep-alive\r\n",
+        (true, false) => "",
+    };
+    let retry = if status == 503 { "Retry-After: 1\r\n" } else { "" };
+    format!(
+        "{version} {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{retry}{connection}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Picks the backend: routes whose host matches (exact before `*`), longest
+/// path prefix first. The host's port, if any, is ignored.
+pub fn route(shared: &Shared, host: &[u8], path: &[u8]) -> Option<usize> {
+    let host = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host.ends_with(b"]") => &host[..i],
+        _ => host,
+    };
+    shared
+        .config
+        .routes
+        .iter()
+        .filter(|r| {
+            r.host
+                .as_deref()
+                .is_none_or(|h| h.as_bytes().eq_ignore_ascii_case(host))
+        })
+        .filter(|r| path.starts_with(r.path_prefix.as_bytes()))
+        .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
+        .map(|r| r.backend)
+}

@@ -1,0 +1,361 @@
+//! The backend's response head: parsed once, judged, and written out for the
+//! client in the same pass.
+//!
+//! The judgement: how the body is framed (RFC 9112 §6.3: no body for HEAD,
+//! 1xx, 204 and 304; a response with both `Content-Length` and chunked is
+//! refused as a bad response, never relayed with a stale length), whether the
+//! backend connection may carry another request, and what the client is told:
+//! one connection decision, `close` or `keep-alive`, never both.
+
+use crate::error::ProxyError;
+use crate::upstream::ReuseHint;
+use std::io::Write;
+
+/// More header lines than this in a backend response is a 502.
+const MAX_HEADERS: usize = 100;
+/// A response head larger than this is a 502.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// How the backend frames its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Ends when the backend closes.
+    Close,
+}
+
+/// How the client is sent the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBody {
+    Empty,
+    Length(u64),
+    /// Chunked as the backend sent it, trailers and all.
+    ChunkedPass,
+    /// Chunks decoded, the body ending at close (HTTP/1.0 clients).
+    ChunkedDecode,
+    /// Relayed to the backend's close, then closed.
+    Close,
+}
+
+/// What the client connection is, for shaping a response.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientView {
+    pub http10: bool,
+    pub force_response_1_0: bool,
+    pub downgrade_1_0: bool,
+    /// The policy and the request allow another request after this one.
+    pub keepalive: bool,
+    /// The request body was read to its end (no early response).
+    pub request_complete: bool,
+    pub head_request: bool,
+    pub upgrade_requested: bool,
+    pub keepalive_timeout_secs: u64,
+    /// Requests still allowed after this one.
+    pub remaining: u32,
+}
+
+/// A final response head, shaped.
+#[derive(Debug)]
+pub struct Shaped {
+    /// Length of the backend's head in its buffer.
+    pub len: usize,
+    pub status: u16,
+    pub backend_body: BodyMode,
+    pub client_body: ClientBody,
+    /// The client connection stays open after this response.
+    pub keepalive: bool,
+    pub reuse: ReuseHint,
+}
+
+#[derive(Debug)]
+pub enum Parsed {
+    /// More bytes needed.
+    Partial,
+    /// A 1xx other than 101 of this length; `out` holds it for an HTTP/1.1 client.
+    Interim(usize),
+    /// A 101 to an upgrade request: `out` holds the client's head.
+    Switch(usize),
+    /// The final response: `out` holds the client's head.
+    Final(Shaped),
+}
+
+/// Response headers never relayed as they came.
+fn hop_by_hop(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 7] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"upgrade",
+        b"trailer",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Parses the response head at the start of `buf`; on a complete head,
+/// writes what the client is to receive into `out`.
+pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed, ProxyError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+            return Err(ProxyError::BadResponse("head too large"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::BadResponse("too many headers")),
+        Err(_) => return Err(ProxyError::BadResponse("malformed head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let backend10 = resp.version == Some(0);
+    let mut length: Option<u64> = None;
+    let mut te: Option<&[u8]> = None;
+    let mut reuse = ReuseHint::default();
+    let mut backend_keepalive = false;
+    let mut named: Vec<&[u8]> = Vec::new();
+    let mut upgrade: Option<&[u8]> = None;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = parse_length(h.value).ok_or(ProxyError::BadResponse("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != v) {
+                return Err(ProxyError::BadResponse("conflicting Content-Length headers"));
+            }
+            length = Some(v);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if te.is_some() {
+                return Err(ProxyError::BadResponse("repeated Transfer-Encoding"));
+            }
+            te = Some(h.value.trim_ascii());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    reuse.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    backend_keepalive = true;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade") {
+                    named.push(t);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            reuse.read_keep_alive(h.value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = Some(h.value);
+        }
+    }
+    if backend10 && !backend_keepalive {
+        reuse.close = true;
+    }
+    if (100..200).contains(&status) && status != 101 {
+        if !view.http10 {
+            out.extend_from_slice(&buf[..len]);
+        }
+        return Ok(Parsed::Interim(len));
+    }
+    if status == 101 {
+        if !view.upgrade_requested {
+            return Err(ProxyError::BadResponse("switched protocols without being asked"));
+        }
+        status_line(out, "HTTP/1.1", status, resp.reason);
+        copy_headers(out, resp.headers, &named, false);
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        if let Some(u) = upgrade {
+            put(out, b"Upgrade", u);
+        }
+        out.extend_from_slice(b"\r\n");
+        return Ok(Parsed::Switch(len));
+    }
+    let bodyless = view.head_request || status == 204 || status == 304 || status < 200;
+    let backend_body = match (te, length) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadResponse("both Content-Length and Transfer-Encoding")),
+        _ if bodyless => BodyMode::Empty,
+        (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => BodyMode::Chunked,
+        (Some(t), None) if ends_with_chunked(t) => {
+            return Err(ProxyError::BadResponse("unsupported Transfer-Encoding"))
+        }
+        // RFC 9112 §6.3: a transfer coding other than chunked: read to close.
+        (Some(_), None) => BodyMode::Close,
+        (None, Some(n)) => BodyMode::Length(n),
+        (None, None) => BodyMode::Close,
+    };
+    if backend_body == BodyMode::Close {
+        reuse.close = true;
+    }
+    let has_length = matches!(backend_body, BodyMode::Empty | BodyMode::Length(_));
+    let v10 = view.force_response_1_0 || (view.downgrade_1_0 && !has_length);
+    let client_body = match backend_body {
+        BodyMode::Empty => ClientBody::Empty,
+        BodyMode::Length(n) => ClientBody::Length(n),
+        BodyMode::Chunked if !view.http10 && !v10 => ClientBody::ChunkedPass,
+        BodyMode::Chunked => ClientBody::ChunkedDecode,
+        BodyMode::Close => ClientBody::Close,
+    };
+    let keepalive = view.keepalive
+        && view.request_complete
+        && !matches!(client_body, ClientBody::ChunkedDecode | ClientBody::Close);
+    status_line(out, if v10 { "HTTP/1.0" } else { "HTTP/1.1" }, status, resp.reason);
+    copy_headers(out, resp.headers, &named, client_body == ClientBody::ChunkedPass);
+    if client_body == ClientBody::ChunkedPass {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    if keepalive {
+        if view.http10 || v10 {
+            out.extend_from_slice(b"Connection: keep-alive\r\n");
+        }
+        let _ = write!(
+            out,
+            "Keep-Alive: timeout={}, max={}\r\n",
+            view.keepalive_timeout_secs.max(1),
+            view.remaining
+        );
+    } else {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(Parsed::Final(Shaped {
+        len,
+        status,
+        backend_body,
+        client_body,
+        keepalive,
+        reuse,
+    }))
+}
+
+fn ends_with_chunked(t: &[u8]) -> bool {
+    t.rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+fn status_line(out: &mut Vec<u8>, version: &str, status: u16, reason: Option<&str>) {
+    let _ = write!(out, "{version} {status} {}\r\n", reason.unwrap_or(""));
+}
+
+fn copy_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: &[&[u8]], keep_trailer: bool) {
+    for h in headers {
+        let name = h.name.as_bytes();
+        if hop_by_hop(name) && !(keep_trailer && name.eq_ignore_ascii_case(b"trailer")) {
+            continue;
+        }
+        if named.iter().any(|n| n.eq_ignore_ascii_case(name)) && !is_framing(name) {
+            continue;
+        }
+        put(out, name, h.value);
+    }
+}
+
+fn is_framing(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"content-length")
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view() -> ClientView {
+        ClientView {
+            http10: false,
+            force_response_1_0: false,
+            downgrade_1_0: false,
+            keepalive: true,
+            request_complete: true,
+            head_request: false,
+            upgrade_requested: false,
+            keepalive_timeout_secs: 5,
+            remaining: 9,
+        }
+    }
+
+    fn shape(raw: &str, v: ClientView) -> (Result<Parsed, ProxyError>, String) {
+        let mut out = Vec::new();
+        let r = parse(raw.as_bytes(), &v, &mut out);
+        (r, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn length_and_chunked_together_is_a_bad_response() {
+        let (r, _) = shape(
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            view(),
+        );
+        assert!(matches!(r, Err(ProxyError::BadResponse(_))));
+    }
+
+    #[test]
+    fn an_http10_keepalive_client_gets_one_connection_decision() {
+        let v = ClientView {
+            http10: true,
+            keepalive: false,
+            ..view()
+        };
+        let (r, out) = shape(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n",
+            v,
+        );
+        assert!(matches!(r, Ok(Parsed::Final(Shaped { keepalive: false, .. }))));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n");
+        let v = ClientView { http10: true, ..view() };
+        let (_, out) = shape("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", v);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5, max=9\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn chunked_is_decoded_for_http10_and_passed_to_http11() {
+        let raw = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n";
+        let (r, out) = shape(raw, view());
+        let Ok(Parsed::Final(s)) = r else { panic!() };
+        assert_eq!(s.client_body, ClientBody::ChunkedPass);
+        assert!(
+            out.contains("Trailer: X-Sum\r\nTransfer-Encoding: chunked\r\n"),
+            "{out}"
+        );
+        let (r, out) = shape(raw, ClientView { http10: true, ..view() });
+        let Ok(Parsed::Final(s)) = r else { panic!() };
+        assert_eq!(s.client_body, ClientBody::ChunkedDecode);
+        assert!(!s.keepalive && out.ends_with("Connection: close\r\n\r\n"), "{out}");
+        assert!(!out.contains("Trailer"));
+    }
+
+    #[test]
+    fn bodyless_responses_and_reuse_hints() {
+        let (r, _) = shape(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\nKeep-Alive: timeout=3, max=7\r\n\r\n",
+            view(),
+        );
+        let Ok(Parsed::Final(s)) = r else { panic!() };
+        assert_eq!(s.backend_body, BodyMode::Empty);
+        assert_eq!(s.reuse.max, Some(7));
+        let (r, _) = shape("HTTP/1.0 200 OK\r\n\r\nbody", view());
+        let Ok(Parsed::Final(s)) = r else { panic!() };
+        assert_eq!(s.backend_body, BodyMode::Close);
+        assert!(s.reuse.close && !s.keepalive);
+    }
+
+    #[test]
+    fn an_unrequested_101_is_refused() {
+        let (r, _) = shape("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", view());
+        assert!(matches!(r, Err(ProxyError::BadResponse(_))));
+    }
+}

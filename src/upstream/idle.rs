@@ -1,0 +1,392 @@
+//! Backend connections that HTTP/1 exchanges drive directly: lent out whole
+//! (the socket itself, no task, no channel), kept idle per worker thread.
+//!
+//! A connection stays on the worker thread that opened it: its socket is
+//! registered with that thread's reactor, so it is lent only to exchanges
+//! running there and sits idle in that thread's list.
+//!
+//! While idle, a connection's read readiness is armed with a waker of its own
+//! ([`IdleWake`]). Nothing should arrive on an idle connection: a FIN, a reset
+//! or stray bytes from the backend fire that waker, which marks the connection
+//! and wakes its thread's watcher task; the watcher closes it at once (no
+//! CLOSE_WAIT left on finguard's side) and counts why. This costs one task per
+//! thread and backend, not one per connection, and nothing per request.
+
+use super::{lock, SlotGuard, Upstream, UpstreamError};
+use crate::config::ProxyProtocol;
+use crate::metrics::{Metrics, ReapReason};
+use std::cell::Cell;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, Wake, Waker};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::time::Instant;
+use tracing::debug;
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Names the calling thread as worker `i` (its idle lists are `i`'s).
+pub fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+fn worker() -> usize {
+    WORKER.with(Cell::get)
+}
+
+/// One worker thread's idle connections to one backend.
+#[derive(Default)]
+pub(super) struct IdleList {
+    conns: Mutex<Vec<RawConn>>,
+    /// Woken by an idle connection's socket.
+    signal: Arc<Notify>,
+    /// The watcher task runs (it is spawned on the first check-in).
+    watching: AtomicBool,
+}
+
+/// Fired by an idle connection's socket: marks it and wakes the watcher.
+struct IdleWake {
+    flagged: AtomicBool,
+    signal: Arc<Notify>,
+}
+
+impl Wake for IdleWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flagged.store(true, Ordering::Release);
+        self.signal.notify_one();
+    }
+}
+
+/// A backend connection lent to one exchange at a time.
+pub struct RawConn {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    /// The client it speaks for (PROXY protocol), if any.
+    source: Option<SocketAddr>,
+    uses: u32,
+    max_uses: Option<u32>,
+    expires: Instant,
+    /// The worker whose list it belongs to.
+    home: usize,
+    wake: Arc<IdleWake>,
+    _slot: SlotGuard,
+}
+
+impl std::fmt::Debug for RawConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawConn")
+            .field("addr", &self.addr)
+            .field("uses", &self.uses)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawConn {
+    /// It carried a request before: a failure may be a stale-connection race.
+    pub fn reused(&self) -> bool {
+        self.uses > 0
+    }
+}
+
+/// Arms an idle connection's readiness with its own waker; says whether the
+/// backend already closed it or sent bytes nobody asked for.
+fn arm(c: &RawConn) -> Result<(), ReapReason> {
+    let waker = Waker::from(c.wake.clone());
+    let mut cx = Context::from_waker(&waker);
+    // Readiness may be stale from the last response: a read that would block
+    // clears it, and the next poll registers the waker.
+    for _ in 0..4 {
+        match c.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => return Ok(()),
+            Poll::Ready(Err(_)) => return Err(ReapReason::Error),
+            Poll::Ready(Ok(())) => match c.stream.try_read(&mut [0u8; 1]) {
+                Ok(0) => return Err(ReapReason::BackendClosed),
+                Ok(_) => return Err(ReapReason::Error),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(_) => return Err(ReapReason::BackendClosed),
+            },
+        }
+    }
+    Err(ReapReason::Error)
+}
+
+/// Closes the flagged connections of one worker's list as their backend
+/// closed them; ends when the pool is gone.
+async fn watch(pool: Weak<Upstream>, w: usize, signal: Arc<Notify>) {
+    loop {
+        signal.notified().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep_flagged(w);
+    }
+}
+
+impl Upstream {
+    pub(super) fn idle_lists(workers: usize) -> Vec<IdleList> {
+        (0..workers.max(1)).map(|_| IdleList::default()).collect()
+    }
+
+    /// Raw idle connections (all workers).
+    pub(super) fn raw_idle(&self) -> usize {
+        self.raw.iter().map(|l| lock(&l.conns).len()).sum()
+    }
+
+    /// Lends a connection for one exchange: this worker's most recent idle
+    /// one (unless `fresh`), else a new one while under `max_connections`,
+    /// else waits for either until `queue_timeout`.
+    pub async fn checkout_raw(
+        &self,
+        fresh: bool,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<RawConn, UpstreamError> {
+        let source = (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client);
+        let w = worker() % self.raw.len();
+        let mut deadline = None;
+        loop {
+            let notified = self.freed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !fresh {
+                if let Some(c) = self.pop_raw(w, source) {
+                    return Ok(c);
+                }
+                // Few warm connections beat a new one: another worker's idle
+                // connection moves over to this one.
+                if let Some(c) = self.steal(w, source) {
+                    return Ok(c);
+                }
+            }
+            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
+                return self.connect_raw(permit, source, local, w).await;
+            }
+            // Every slot is taken: only a fresh connection makes an idle one
+            // give up its slot (the backend never sees more than `max_connections`).
+            if (fresh || source.is_some()) && self.evict_raw(None) {
+                continue; // its slot is free now
+            }
+            // An HTTP/2-path connection's slot frees when its task ends.
+            self.evict_hyper_idle();
+            let until = *deadline.get_or_insert_with(|| Instant::now() + self.cfg.queue_timeout);
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return Err(UpstreamError::QueueTimeout);
+            }
+        }
+    }
+
+    /// This worker's most recently used idle connection that is still good.
+    fn pop_raw(&self, w: usize, source: Option<SocketAddr>) -> Option<RawConn> {
+        loop {
+            let c = {
+                let mut idle = lock(&self.raw[w].conns);
+                let i = match source {
+                    None => idle.len().checked_sub(1)?,
+                    Some(s) => idle.iter().rposition(|c| c.source.map(|a| a.ip()) == Some(s.ip()))?,
+                };
+                idle.remove(i)
+            };
+            if c.wake.flagged.load(Ordering::Acquire) {
+                if let Err(reason) = arm(&c) {
+                    self.metrics.reaped(&self.cfg.name, reason);
+                    continue;
+                }
+            }
+            if Instant::now() >= c.expires {
+                self.metrics.reaped(&self.cfg.name, ReapReason::IdleTimeout);
+                continue;
+            }
+            return Some(c);
+        }
+    }
+
+    /// Another worker's idle connection, moved to worker `w`: its socket
+    /// leaves that worker's reactor for this one's (two `epoll_ctl` calls, only
+    /// when this worker has none idle).
+    fn steal(&self, w: usize, source: Option<SocketAddr>) -> Option<RawConn> {
+        let n = self.raw.len();
+        for k in 1..n {
+            while let Some(c) = self.pop_raw((w + k) % n, source) {
+                let RawConn {
+                    stream,
+                    addr,
+                    source,
+                    uses,
+                    max_uses,
+                    expires,
+                    home: _,
+                    wake: _,
+                    _slot,
+                } = c;
+                let moved = stream.into_std().and_then(TcpStream::from_std);
+                match moved {
+                    Ok(stream) => {
+                        return Some(RawConn {
+                            stream,
+                            addr,
+                            source,
+                            uses,
+                            max_uses,
+                            expires,
+                            home: w,
+                            wake: Arc::new(IdleWake {
+                                flagged: AtomicBool::new(false),
+                                signal: self.raw[w].signal.clone(),
+                            }),
+                            _slot,
+                        })
+                    }
+                    Err(e) => {
+                        debug!(backend = %self.cfg.name, error = %e, "could not move an idle connection");
+                        self.metrics.reaped(&self.cfg.name, ReapReason::Error);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Closes one idle raw connection to free its slot, from any worker's
+    /// list but `skip`'s. Returns whether one was closed.
+    pub(super) fn evict_raw(&self, skip: Option<usize>) -> bool {
+        for (i, list) in self.raw.iter().enumerate() {
+            if Some(i) == skip {
+                continue;
+            }
+            let victim = {
+                let mut idle = lock(&list.conns);
+                (!idle.is_empty()).then(|| idle.remove(0))
+            };
+            if victim.is_some() {
+                self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
+                return true;
+            }
+        }
+        false
+    }
+
+    async fn connect_raw(
+        &self,
+        permit: OwnedSemaphorePermit,
+        source: Option<SocketAddr>,
+        local: SocketAddr,
+        w: usize,
+    ) -> Result<RawConn, UpstreamError> {
+        let (stream, addr) = self.open_any(source, local).await?;
+        Metrics::backend_counter(&self.metrics.backend_connects, &self.cfg.name).inc();
+        debug!(backend = %self.cfg.name, %addr, "opened backend connection");
+        Ok(RawConn {
+            stream,
+            addr,
+            source,
+            uses: 0,
+            max_uses: None,
+            expires: Instant::now() + self.cfg.pool_idle_timeout,
+            home: w,
+            wake: Arc::new(IdleWake {
+                flagged: AtomicBool::new(false),
+                signal: self.raw[w].signal.clone(),
+            }),
+            _slot: SlotGuard {
+                _permit: permit,
+                freed: self.freed.clone(),
+            },
+        })
+    }
+
+    /// Returns a connection after a complete exchange, unless the backend
+    /// said it will not take another request on it.
+    pub fn checkin_raw(self: &Arc<Self>, mut c: RawConn, hint: super::ReuseHint) {
+        c.uses += 1;
+        if let Some(m) = hint.max {
+            // The backend's count already includes this request.
+            c.max_uses = Some(c.uses + m.saturating_sub(1));
+        }
+        if hint.close || c.max_uses.is_some_and(|m| c.uses >= m) {
+            return; // dropped: closed
+        }
+        let ttl = self.ttl(hint);
+        if ttl.is_zero() {
+            return;
+        }
+        c.expires = Instant::now() + ttl;
+        c.wake.flagged.store(false, Ordering::Release);
+        if let Err(reason) = arm(&c) {
+            self.metrics.reaped(&self.cfg.name, reason);
+            return;
+        }
+        let w = c.home % self.raw.len();
+        let list = &self.raw[w];
+        {
+            let mut idle = lock(&list.conns);
+            if idle.len() >= self.idle_share() {
+                drop(idle);
+                drop(c);
+                self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
+                return;
+            }
+            idle.push(c);
+        }
+        if !list.watching.swap(true, Ordering::AcqRel) {
+            tokio::spawn(watch(Arc::downgrade(self), w, list.signal.clone()));
+        }
+        self.freed.notify_one();
+    }
+
+    fn sweep_flagged(&self, w: usize) {
+        let mut closed = Vec::new();
+        lock(&self.raw[w].conns).retain(|c| {
+            if !c.wake.flagged.swap(false, Ordering::AcqRel) {
+                return true;
+            }
+            match arm(c) {
+                Ok(()) => true,
+                Err(reason) => {
+                    closed.push(reason);
+                    false
+                }
+            }
+        });
+        for reason in closed {
+            debug!(backend = %self.cfg.name, reason = reason.as_str(), "closed an idle backend connection");
+            self.metrics.reaped(&self.cfg.name, reason);
+        }
+    }
+
+    /// The reaper's sweep of raw idle connections: past their expiry, or over
+    /// this worker's share of `pool_max_idle`. Returns (expired, excess).
+    pub(super) fn reap_raw(&self, now: Instant) -> (usize, usize) {
+        let share = self.idle_share();
+        let (mut expired, mut excess) = (0, 0);
+        for list in &self.raw {
+            let mut idle = lock(&list.conns);
+            let before = idle.len();
+            idle.retain(|c| now < c.expires);
+            expired += before - idle.len();
+            if idle.len() > share {
+                let n = idle.len() - share;
+                idle.drain(..n); // oldest first
+                excess += n;
+            }
+        }
+        (expired, excess)
+    }
+
+    /// Each worker keeps up to its share of `pool_max_idle` idle connections.
+    fn idle_share(&self) -> usize {
+        (self.cfg.pool_max_idle as usize).div_ceil(self.raw.len())
+    }
+
+    /// Wakes the watchers so they see the pool is gone and end.
+    pub(super) fn stop_watchers(&self) {
+        for l in &self.raw {
+            l.signal.notify_one();
+        }
+    }
+}
