@@ -8,6 +8,8 @@
 //!   cargo bench --bench load               # full: 3 rounds x 5 s per cell
 //!   cargo bench --bench load -- --smoke    # CI: 1 round x 1 s per cell
 //!   FINGUARD_LOAD_OUT=dir                  # where report.md / report.svg go (default target/load)
+//!   FINGUARD_LOAD_ONLY="12 B,16 KiB"       # only workloads whose name contains one of these
+//!   FINGUARD_LOAD_ROUNDS=1 FINGUARD_LOAD_SECS=3   # override rounds and seconds per cell
 //!
 //! TLS workloads terminate TLS at the proxy (a certificate made at run time);
 //! the backend stays plain HTTP, so they have no direct ceiling. `h2` runs
@@ -94,6 +96,39 @@ struct Sample {
     p99_ms: f64,
     /// Connections the backend accepted per 1,000 requests it served.
     backend_conns_per_1k: f64,
+    /// The proxy's own CPU time (user + system, all its processes) per
+    /// request: what it costs, even when the load generator is the limit.
+    cpu_us_per_req: f64,
+}
+
+/// CPU time (user + system, in clock ticks) of a process and its children.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
+    let own: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .unwrap_or(0);
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    own + children
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .map(cpu_ticks)
+        .sum::<u64>()
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// The backend's own counters (nginx stub_status): (accepted connections, requests).
@@ -117,8 +152,17 @@ fn backend_counters(port: u16) -> (u64, u64) {
 struct Procs(Vec<Child>);
 
 impl Drop for Procs {
+    /// SIGTERM first: a SIGKILLed nginx master leaves its workers running
+    /// (orphans that kept serving, and spinning, after a run).
     fn drop(&mut self) {
         for c in &mut self.0 {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        }
+        for c in &mut self.0 {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -432,6 +476,14 @@ fn main() {
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let (rounds, secs) = if smoke { (1, 1) } else { (3, 5) };
+    let env_num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let rounds = env_num("FINGUARD_LOAD_ROUNDS").map_or(rounds, |r| r.max(1) as usize);
+    let secs = env_num("FINGUARD_LOAD_SECS").unwrap_or(secs).max(1);
+    let only = std::env::var("FINGUARD_LOAD_ONLY").ok();
+    let selected = |w: &Workload| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|k| w.name().contains(k.trim())))
+    };
     let out_dir = PathBuf::from(std::env::var("FINGUARD_LOAD_OUT").unwrap_or_else(|_| "target/load".into()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let dir = std::env::temp_dir().join(format!("finguard-load-{}", std::process::id()));
@@ -464,26 +516,41 @@ fn main() {
     }
     eprintln!("load: {rounds} round(s) x {secs} s per cell, proxies on core {PROXY_CORE}, backend and wrk on core {LOAD_CORE}");
     let mut samples: BTreeMap<(Workload, Proxy), Vec<Sample>> = BTreeMap::new();
+    let tick_hz = ticks_per_sec();
     for round in 0..rounds {
-        for w in Workload::ALL {
+        for w in Workload::ALL.into_iter().filter(selected) {
             for p in Proxy::ALL {
                 if w.tls() && p == Proxy::Direct {
                     continue; // the backend speaks plain HTTP
                 }
                 let port = if w.tls() { tls_ports[&p] } else { ports[&p] };
                 let (a0, r0) = backend_counters(backend_port);
+                let pid = if p == Proxy::Direct {
+                    None
+                } else {
+                    pids.get(&p).copied()
+                };
+                let cpu0 = pid.map_or(0, cpu_ticks);
                 let mut s = run_cell(w, port, secs);
+                let cpu1 = pid.map_or(0, cpu_ticks);
                 let (a1, r1) = backend_counters(backend_port);
+                let served = s.rps * secs as f64;
+                s.cpu_us_per_req = if pid.is_some() && served > 0.0 {
+                    (cpu1.saturating_sub(cpu0)) as f64 / tick_hz * 1e6 / served
+                } else {
+                    f64::NAN
+                };
                 // Each reading is itself one connection and one request.
                 let (conns, reqs) = (a1.saturating_sub(a0 + 1), r1.saturating_sub(r0 + 1));
                 s.backend_conns_per_1k = conns as f64 * 1000.0 / reqs.max(1) as f64;
                 eprintln!(
-                    "round {} {:<34} {:<16} {:>10.0} req/s  p99 {:.2} ms",
+                    "round {} {:<34} {:<16} {:>10.0} req/s  p99 {:.2} ms  cpu {:.1} us/req",
                     round + 1,
                     w.name(),
                     p.name(),
                     s.rps,
-                    s.p99_ms
+                    s.p99_ms,
+                    s.cpu_us_per_req
                 );
                 samples.entry((w, p)).or_default().push(s);
             }
@@ -505,6 +572,7 @@ fn med(samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>, w: Workload, p: Proxy
         p50_ms: median(v.iter().map(|s| s.p50_ms).collect()),
         p99_ms: median(v.iter().map(|s| s.p99_ms).collect()),
         backend_conns_per_1k: median(v.iter().map(|s| s.backend_conns_per_1k).collect()),
+        cpu_us_per_req: median(v.iter().map(|s| s.cpu_us_per_req).collect()),
     }
 }
 
@@ -522,9 +590,9 @@ fn render(
     );
     let _ = writeln!(
         o,
-        "| workload | proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx | backend conns / 1k req |"
+        "| workload | proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx | proxy CPU µs/req | CPU × nginx | backend conns / 1k req |"
     );
-    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for w in Workload::ALL {
         let n = med(samples, w, Proxy::Nginx);
         for p in Proxy::ALL {
@@ -534,7 +602,7 @@ fn render(
             let s = med(samples, w, p);
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
                 w.name(),
                 p.name(),
                 s.rps,
@@ -542,6 +610,8 @@ fn render(
                 s.p50_ms,
                 s.p99_ms,
                 s.p99_ms / n.p99_ms.max(1e-9),
+                s.cpu_us_per_req,
+                s.cpu_us_per_req / n.cpu_us_per_req,
                 s.backend_conns_per_1k
             );
         }

@@ -77,6 +77,8 @@ pub struct Metrics {
     pub client_connections: Family<StateLabel, Gauge>,
     pub accepted: Counter,
     pub requests: Family<CodeLabel, Counter>,
+    /// `requests` by class (1xx..5xx), looked up once: counted per request.
+    by_class: [Counter; 5],
     pub lingering_closes: Family<OutcomeLabel, Counter>,
     pub drained_bytes: Counter,
     pub ua_rule_matches: Family<RuleLabel, Counter>,
@@ -113,6 +115,7 @@ impl Metrics {
             tcp_sockets: Family::default(),
             tls_handshakes: Family::default(),
             registry: Registry::default(),
+            by_class: Default::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         registry.register(
@@ -180,7 +183,13 @@ impl Metrics {
             "TLS handshakes on client connections, by outcome (ok, error, timeout)",
             m.tls_handshakes.clone(),
         );
-        Metrics { registry, ..m }
+        let by_class =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| m.requests.get_or_create(&CodeLabel { code }).clone());
+        Metrics {
+            registry,
+            by_class,
+            ..m
+        }
     }
 
     pub fn tls_handshake(&self, outcome: &'static str) {
@@ -192,14 +201,14 @@ impl Metrics {
     }
 
     pub fn response(&self, status: u16) {
-        let code = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.requests.get_or_create(&CodeLabel { code }).inc();
+        self.by_class[class].inc();
     }
 
     pub fn reaped(&self, backend: &str, reason: ReapReason) {

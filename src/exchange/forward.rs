@@ -171,7 +171,9 @@ pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, framing: &F
         Framing::Chunked(_) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::Length(0) if !head.has_length => {}
         Framing::Length(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
+            out.extend_from_slice(b"Content-Length: ");
+            super::response::push_num(out, *n);
+            out.extend_from_slice(b"\r\n");
         }
     }
     if let Some(u) = upgrade {

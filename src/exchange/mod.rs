@@ -35,8 +35,10 @@ use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use response::{ClientBody, ClientView, Parsed, Shaped};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -195,7 +197,6 @@ async fn attempt<S: ClientStream>(
     upstream: &Arc<Upstream>,
     t: &Timeouts,
 ) -> Attempt {
-    let started = Instant::now();
     let mut resp = BytesMut::with_capacity(RESP_BUF);
     let sent = upload(
         client,
@@ -228,7 +229,8 @@ async fn attempt<S: ClientStream>(
     };
     let mut view = client_view(req, conn, request_complete);
     let mut chead = Vec::with_capacity(512);
-    let deadline = Instant::now() + t.response;
+    let started = Instant::now();
+    let deadline = started + t.response;
     let parsed = read_response(
         client,
         &mut bc.stream,
@@ -647,18 +649,36 @@ async fn relay<S: ClientStream>(
 }
 
 /// Writes to the client; a client that takes nothing for `client_gap` fails.
+/// The usual case, a socket that takes the bytes at once, arms no timer.
 async fn write_client<S: ClientStream>(client: &mut S, bytes: &[u8], t: &Timeouts, entry: &Entry) -> Result<(), ()> {
-    let w = async {
-        client.write_all(bytes).await?;
-        client.flush().await
-    };
-    match tokio::time::timeout(t.client_gap, w).await {
-        Ok(Ok(())) => {
-            entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            Ok(())
+    let mut off = 0;
+    let at_once = std::future::poll_fn(|cx| {
+        while off < bytes.len() {
+            match Pin::new(&mut *client).poll_write(cx, &bytes[off..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(())),
+                Poll::Ready(Ok(n)) => off += n,
+                Poll::Pending => return Poll::Ready(Ok(false)),
+            }
         }
-        _ => Err(()),
+        match Pin::new(&mut *client).poll_flush(cx) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(true)),
+            Poll::Ready(Err(_)) => Poll::Ready(Err(())),
+            Poll::Pending => Poll::Ready(Ok(false)),
+        }
+    })
+    .await?;
+    if !at_once {
+        let rest = async {
+            client.write_all(&bytes[off..]).await?;
+            client.flush().await
+        };
+        match tokio::time::timeout(t.client_gap, rest).await {
+            Ok(Ok(())) => {}
+            _ => return Err(()),
+        }
     }
+    entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Answers a request finguard could not serve: one status, one log line, one

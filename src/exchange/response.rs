@@ -9,7 +9,6 @@
 
 use crate::error::ProxyError;
 use crate::upstream::ReuseHint;
-use std::io::Write;
 
 /// More header lines than this in a backend response is a 502.
 const MAX_HEADERS: usize = 100;
@@ -205,12 +204,11 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         if view.http10 || v10 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
         }
-        let _ = write!(
-            out,
-            "Keep-Alive: timeout={}, max={}\r\n",
-            view.keepalive_timeout_secs.max(1),
-            view.remaining
-        );
+        out.extend_from_slice(b"Keep-Alive: timeout=");
+        push_num(out, view.keepalive_timeout_secs.max(1));
+        out.extend_from_slice(b", max=");
+        push_num(out, u64::from(view.remaining));
+        out.extend_from_slice(b"\r\n");
     } else {
         out.extend_from_slice(b"Connection: close\r\n");
     }
@@ -232,7 +230,28 @@ fn ends_with_chunked(t: &[u8]) -> bool {
 }
 
 fn status_line(out: &mut Vec<u8>, version: &str, status: u16, reason: Option<&str>) {
-    let _ = write!(out, "{version} {status} {}\r\n", reason.unwrap_or(""));
+    out.extend_from_slice(version.as_bytes());
+    out.push(b' ');
+    push_num(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Decimal digits of `n`, without the formatting machinery (this runs for
+/// every response).
+pub fn push_num(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 fn copy_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: &[&[u8]], keep_trailer: bool) {
@@ -351,6 +370,15 @@ mod tests {
         let Ok(Parsed::Final(s)) = r else { panic!() };
         assert_eq!(s.backend_body, BodyMode::Close);
         assert!(s.reuse.close && !s.keepalive);
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0u64, 7, 10, 404, 65535, u64::MAX] {
+            let mut out = Vec::new();
+            push_num(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
     }
 
     #[test]

@@ -645,3 +645,37 @@ pub fn tcp_sockets(local: u16, remote: u16) -> Vec<(&'static str, u64)> {
     }
     out
 }
+
+/// A backend whose every connection is handled by `f` on its own thread:
+/// for peers that misbehave in ways `Reply` does not cover. Returns its
+/// address and the count of connections it accepted.
+pub fn raw_backend(f: fn(TcpStream)) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { continue };
+            count.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || f(s));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads from `s` until EOF or an error: the bytes, and whether it ended in a
+/// reset (an abort) rather than a clean FIN.
+pub fn read_to_end_or_reset(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut out = Vec::new();
+    let mut b = [0u8; 65536];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return (out, false),
+            Ok(n) => out.extend_from_slice(&b[..n]),
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (out, true),
+            Err(e) => panic!("read: {e} after {} bytes", out.len()),
+        }
+    }
+}
