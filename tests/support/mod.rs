@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod apache;
+
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
