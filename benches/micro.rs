@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use finguard::config::{self, Overrides};
-use finguard::downstream::head;
+use finguard::http1::head;
 use std::sync::Arc;
 
 const CONF: &str = include_str!("../conf/finguard.toml");

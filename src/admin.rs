@@ -7,7 +7,7 @@
 
 use crate::census;
 use crate::metrics::{BackendStateLabel, SocketLabel};
-use crate::server::{Current, Shared};
+use crate::shared::{Current, Shared};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;

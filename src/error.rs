@@ -6,7 +6,7 @@
 //! again is decided by the exchange (it alone knows whether the connection was
 //! reused and whether the request can be replayed), from [`ProxyError::before_response`].
 
-use crate::downstream::framing::BodyFault;
+use crate::http1::framing::BodyFault;
 use crate::upstream::UpstreamError;
 
 /// Who caused a failure.
@@ -55,6 +55,12 @@ impl From<BodyFault> for ProxyError {
             BodyFault::Timeout => ProxyError::BodyTimeout,
             BodyFault::Truncated => ProxyError::ClientClosed,
         }
+    }
+}
+
+impl From<crate::http1::response::BadResponse> for ProxyError {
+    fn from(b: crate::http1::response::BadResponse) -> Self {
+        ProxyError::BadResponse(b.0)
     }
 }
 

@@ -6,11 +6,10 @@
 //! queue full (503 + `Retry-After`), backend too slow (504).
 
 use crate::config::{BackendConfig, Forwarded};
-use crate::downstream::framing::BodyFault;
-use crate::downstream::Exchange;
+use crate::http1::framing::BodyFault;
 use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::upstream::{PooledConn, ReuseHint, Upstream, UpstreamError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -23,15 +22,66 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tracing::{info, warn};
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Request bodies sent to a backend.
-pub type UpBody = UnsyncBoxBody<Bytes, BoxError>;
+pub use crate::upstream::{BoxError, UpBody};
+
+/// State shared, for one HTTP/2 stream, by the proxy service, its response
+/// body and the connection.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    fault: Mutex<Option<BodyFault>>,
+    request_complete: AtomicBool,
+    close_after: AtomicBool,
+    finished: AtomicBool,
+    done: Notify,
+    status: AtomicU16,
+    /// The backend address and the time to its response head.
+    upstream: Mutex<Option<(SocketAddr, Duration)>>,
+}
+
+impl Exchange {
+    pub fn fault(&self) -> Option<BodyFault> {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    pub fn set_fault(&self, f: BodyFault) {
+        self.fault.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(f);
+    }
+    pub fn request_complete(&self) -> bool {
+        self.request_complete.load(Ordering::Acquire)
+    }
+    pub fn set_request_complete(&self, v: bool) {
+        self.request_complete.store(v, Ordering::Release);
+    }
+    /// The response announced `Connection: close`.
+    pub fn set_close_after(&self) {
+        self.close_after.store(true, Ordering::Release);
+    }
+    pub fn set_status(&self, s: u16) {
+        self.status.store(s, Ordering::Relaxed);
+    }
+    pub fn status(&self) -> u16 {
+        self.status.load(Ordering::Relaxed)
+    }
+    pub fn set_upstream(&self, addr: SocketAddr, took: Duration) {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((addr, took));
+    }
+    pub fn upstream(&self) -> Option<(SocketAddr, Duration)> {
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// The response body has been produced to its end (or dropped).
+    pub fn finish(&self) {
+        if !self.finished.swap(true, Ordering::AcqRel) {
+            self.done.notify_one();
+        }
+    }
+}
 
 /// What the proxy knows about one request besides the request itself.
 pub struct RequestCtx {

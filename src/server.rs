@@ -12,86 +12,16 @@
 
 use crate::config::Config;
 use crate::downstream;
-use crate::downstream::track::Registry;
-use crate::metrics::Metrics;
-use crate::policy::ClientPolicy;
-use crate::upstream::{self, Upstream};
-use std::collections::HashMap;
+use crate::shared::{Current, Shared};
+use crate::upstream;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
-
-/// Everything a connection task needs, shared read-only.
-pub struct Shared {
-    pub config: Config,
-    pub base_policy: Arc<ClientPolicy>,
-    pub upstreams: Vec<Arc<Upstream>>,
-    /// Cancelled when the process starts draining.
-    pub draining: CancellationToken,
-    pub metrics: Arc<Metrics>,
-    pub clients: Arc<Registry>,
-    pub access: crate::accesslog::Logger,
-    per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
-}
-
-/// The generation new connections get.
-pub type Current = Arc<RwLock<Arc<Shared>>>;
-
-impl Shared {
-    fn first(config: Config) -> Arc<Shared> {
-        let metrics = Arc::new(Metrics::new());
-        Shared::build(
-            config,
-            metrics.clone(),
-            Arc::new(Registry::new(&metrics)),
-            CancellationToken::new(),
-            Arc::default(),
-        )
-    }
-
-    fn build(
-        config: Config,
-        metrics: Arc<Metrics>,
-        clients: Arc<Registry>,
-        draining: CancellationToken,
-        per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
-    ) -> Arc<Shared> {
-        let upstreams = config
-            .backends
-            .iter()
-            .cloned()
-            .map(|b| Upstream::new(b, metrics.clone(), config.workers.max(1)))
-            .collect();
-        let shared = Arc::new(Shared {
-            access: crate::accesslog::Logger::new(config.access_log),
-            base_policy: Arc::new(ClientPolicy::base(config.client)),
-            upstreams,
-            metrics,
-            clients,
-            draining,
-            per_ip,
-            config,
-        });
-        tokio::spawn(upstream::reaper(Arc::downgrade(&shared)));
-        shared
-    }
-
-    /// The next generation, from a new config; what outlives reloads is kept.
-    fn next(&self, config: Config) -> Arc<Shared> {
-        Shared::build(
-            config,
-            self.metrics.clone(),
-            self.clients.clone(),
-            self.draining.clone(),
-            self.per_ip.clone(),
-        )
-    }
-}
 
 /// How long the accept loop pauses when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -352,7 +282,7 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
     let outcome = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             shared.metrics.tls_handshake("ok");
-            if downstream::stream::ClientStream::alpn(&s) == Some(b"h2") {
+            if crate::stream::ClientStream::alpn(&s) == Some(b"h2") {
                 return Box::pin(downstream::h2::serve(s, peer, shared)).await;
             }
             return downstream::serve(s, peer, shared).await;

@@ -121,3 +121,8 @@ pub fn build(
         alpn,
     })
 }
+
+/// ALPN protocols offered on TLS listeners, in preference order.
+pub fn alpn() -> Vec<Vec<u8>> {
+    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+}

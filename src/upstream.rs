@@ -27,7 +27,6 @@ pub use idle::{set_worker, RawConn};
 
 use crate::config::{BackendConfig, ProxyProtocol};
 use crate::metrics::{Metrics, ReapReason};
-use crate::proxy::UpBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -39,6 +38,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Request bodies sent to a backend on the HTTP/2 path (hyper's client).
+pub type UpBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
@@ -77,47 +80,7 @@ impl PooledConn {
     }
 }
 
-/// What the backend said about reuse in a response.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReuseHint {
-    pub close: bool,
-    pub timeout: Option<Duration>,
-    pub max: Option<u32>,
-}
-
-impl ReuseHint {
-    /// Reads `Connection` and `Keep-Alive` of a backend response.
-    pub fn from_headers(h: &http::HeaderMap) -> Self {
-        let close = h
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"));
-        let mut hint = ReuseHint {
-            close,
-            ..Default::default()
-        };
-        if let Some(ka) = h.get("keep-alive") {
-            hint.read_keep_alive(ka.as_bytes());
-        }
-        hint
-    }
-
-    /// Reads a `Keep-Alive: timeout=N, max=M` value.
-    pub fn read_keep_alive(&mut self, value: &[u8]) {
-        let Ok(ka) = std::str::from_utf8(value) else { return };
-        for part in ka.split(',') {
-            let Some((k, v)) = part.split_once('=') else { continue };
-            let v = v.trim().trim_matches('"');
-            match k.trim().to_ascii_lowercase().as_str() {
-                "timeout" => self.timeout = v.parse().ok().map(Duration::from_secs),
-                "max" => self.max = v.parse().ok(),
-                _ => {}
-            }
-        }
-    }
-}
+pub use crate::http1::response::ReuseHint;
 
 /// Taken off an announced keep-alive timeout, so finguard lets go first.
 const KEEPALIVE_MARGIN: Duration = Duration::from_millis(500);
@@ -487,46 +450,6 @@ impl Upstream {
             self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
         }
         expired + excess
-    }
-}
-
-/// The reaper: every `[reaper] interval`, sweeps every pool (idle timeout,
-/// `pool_max_idle`) and ends client connections stuck lingering past
-/// `linger_time` (a safety net: the lingering loop has its own deadline).
-/// It only takes short locks, never waits on a socket.
-///
-/// One reaper per config generation; it ends when its generation is gone
-/// (reloaded away and its last connection closed).
-pub async fn reaper(weak: std::sync::Weak<crate::server::Shared>) {
-    let Some(shared) = weak.upgrade() else { return };
-    let mut tick = tokio::time::interval(shared.config.reaper_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The longest any rule lets a connection linger, plus a grace period.
-    let max_linger = shared
-        .config
-        .rules
-        .rules()
-        .iter()
-        .filter_map(|r| r.overrides.linger_time)
-        .chain([shared.config.client.close.linger_time])
-        .max()
-        .unwrap_or_default()
-        + shared.config.reaper_interval;
-    drop(shared);
-    loop {
-        tick.tick().await;
-        let Some(shared) = weak.upgrade() else { return };
-        for p in &shared.upstreams {
-            let n = p.reap();
-            if n > 0 {
-                debug!(backend = %p.cfg.name, reaped = n, "reaped idle backend connections");
-            }
-        }
-        let stuck = shared.clients.reap_lingering(max_linger);
-        if stuck > 0 {
-            warn!(stuck, "ended client connections lingering past linger_time");
-            shared.metrics.reaped("client", ReapReason::LingerExpired);
-        }
     }
 }
 

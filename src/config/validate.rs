@@ -136,7 +136,7 @@ impl Validator<'_> {
         if timeout.is_zero() {
             return Err(self.err(format!("listener[{i}].tls.handshake_timeout"), "must be greater than 0"));
         }
-        crate::tls::build(files, timeout, crate::downstream::alpn()).map_err(|(j, key, why)| {
+        crate::tls::build(files, timeout, crate::tls::alpn()).map_err(|(j, key, why)| {
             let at = if j == 0 {
                 format!("listener[{i}].tls.{key}")
             } else {

@@ -8,12 +8,13 @@
 //! (CVE-2023-44487: streams reset before they were accepted are capped, then
 //! GOAWAY) and CONTINUATION floods (bounded by the header list size).
 
-use super::stream::ClientStream;
-use super::track::{ClientState, Tracked};
-use super::{Ending, Exchange};
+use super::Ending;
 use crate::policy::ClientPolicy;
+use crate::proxy::Exchange;
 use crate::proxy::{self, RequestCtx};
-use crate::server::Shared;
+use crate::registry::{ClientState, Tracked};
+use crate::shared::Shared;
+use crate::stream::ClientStream;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};

@@ -11,84 +11,27 @@
 //!
 //! This module never talks to a backend itself: that is `exchange`.
 
-pub mod framing;
 pub mod h2;
-pub mod head;
 pub mod linger;
-pub mod stream;
-pub mod track;
 pub mod tunnel;
 
 use crate::accesslog;
 use crate::exchange;
+use crate::http1::head::{self, Reject};
 use crate::metrics::{OutcomeLabel, RuleLabel};
 use crate::policy::ClientPolicy;
-use crate::server::Shared;
+use crate::registry::{self, ClientState};
+use crate::shared::Shared;
+use crate::stream::ClientStream;
 use bytes::BytesMut;
-use framing::BodyFault;
-use head::Reject;
 use linger::CloseOutcome;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
-use stream::ClientStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, trace};
-use track::ClientState;
-
-/// State shared, for one request, by the socket wrapper, the proxy service and
-/// the connection loop.
-#[derive(Debug, Default)]
-pub struct Exchange {
-    fault: Mutex<Option<BodyFault>>,
-    request_complete: AtomicBool,
-    close_after: AtomicBool,
-    finished: AtomicBool,
-    done: Notify,
-    status: AtomicU16,
-    /// The backend address and the time to its response head.
-    upstream: Mutex<Option<(SocketAddr, Duration)>>,
-}
-
-impl Exchange {
-    pub fn fault(&self) -> Option<BodyFault> {
-        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    pub fn set_fault(&self, f: BodyFault) {
-        self.fault.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(f);
-    }
-    pub fn request_complete(&self) -> bool {
-        self.request_complete.load(Ordering::Acquire)
-    }
-    pub fn set_request_complete(&self, v: bool) {
-        self.request_complete.store(v, Ordering::Release);
-    }
-    /// The response announced `Connection: close`.
-    pub fn set_close_after(&self) {
-        self.close_after.store(true, Ordering::Release);
-    }
-    pub fn set_status(&self, s: u16) {
-        self.status.store(s, Ordering::Relaxed);
-    }
-    pub fn status(&self) -> u16 {
-        self.status.load(Ordering::Relaxed)
-    }
-    pub fn set_upstream(&self, addr: SocketAddr, took: Duration) {
-        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((addr, took));
-    }
-    pub fn upstream(&self) -> Option<(SocketAddr, Duration)> {
-        *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// The response body has been produced to its end (or dropped).
-    pub fn finish(&self) {
-        if !self.finished.swap(true, Ordering::AcqRel) {
-            self.done.notify_one();
-        }
-    }
-}
 
 /// Why the keep-alive loop stopped.
 #[derive(Debug)]
@@ -209,7 +152,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
 
 /// The connection's policy from its first request's User-Agent: recorded on
 /// the connection (for `/connections`) and counted per matched rule.
-pub(super) fn classify(shared: &Shared, track: &track::Tracked, ua: &str) -> Arc<ClientPolicy> {
+pub(super) fn classify(shared: &Shared, track: &registry::Tracked, ua: &str) -> Arc<ClientPolicy> {
     let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
     let _ = track.entry.user_agent.set(ua.to_string());
     if !p.matched.is_empty() {
@@ -248,7 +191,7 @@ async fn wait_head<S: ClientStream>(
     header_timeout: Duration,
     max: usize,
     shared: &Shared,
-    track: &track::Tracked,
+    track: &registry::Tracked,
 ) -> Result<usize, Ending> {
     let mut head_until = None;
     loop {
@@ -301,11 +244,6 @@ async fn wait_head<S: ClientStream>(
     }
 }
 
-/// ALPN protocols offered on TLS listeners, in preference order.
-pub fn alpn() -> Vec<Vec<u8>> {
-    vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-}
-
 /// Writes a final error response, then closes the configured way.
 pub(super) async fn finish<S: ClientStream>(
     mut stream: S,
@@ -313,7 +251,7 @@ pub(super) async fn finish<S: ClientStream>(
     settings: &crate::config::ClientSettings,
     force10: bool,
     shared: &Shared,
-    track: &track::Tracked,
+    track: &registry::Tracked,
 ) {
     let peer = track.entry.peer;
     let metrics = &shared.metrics;

@@ -5,8 +5,8 @@
 //! `upgrade_idle_timeout` ends the tunnel.
 
 use super::linger::CloseOutcome;
-use super::stream::ClientStream;
-use super::track::Entry;
+use crate::registry::Entry;
+use crate::stream::ClientStream;
 use crate::upstream::RawConn;
 use bytes::BytesMut;
 use std::sync::atomic::{AtomicU64, Ordering};

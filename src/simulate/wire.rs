@@ -1,7 +1,7 @@
 //! The simulator's client side of HTTP/1.1: just enough to send requests and
 //! read responses off a raw socket, and to tell a FIN from a reset.
 
-use crate::downstream::framing::Framing;
+use crate::http1::framing::Framing;
 use std::io;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;

@@ -7,13 +7,58 @@
 //! backend connection may carry another request, and what the client is told:
 //! one connection decision, `close` or `keep-alive`, never both.
 
-use crate::error::ProxyError;
-use crate::upstream::ReuseHint;
+use std::time::Duration;
 
 /// More header lines than this in a backend response is a 502.
 const MAX_HEADERS: usize = 100;
 /// A response head larger than this is a 502.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What the backend said about reuse in a response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReuseHint {
+    pub close: bool,
+    pub timeout: Option<Duration>,
+    pub max: Option<u32>,
+}
+
+impl ReuseHint {
+    /// Reads `Connection` and `Keep-Alive` of a backend response.
+    pub fn from_headers(h: &http::HeaderMap) -> Self {
+        let close = h
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"));
+        let mut hint = ReuseHint {
+            close,
+            ..Default::default()
+        };
+        if let Some(ka) = h.get("keep-alive") {
+            hint.read_keep_alive(ka.as_bytes());
+        }
+        hint
+    }
+
+    /// Reads a `Keep-Alive: timeout=N, max=M` value.
+    pub fn read_keep_alive(&mut self, value: &[u8]) {
+        let Ok(ka) = std::str::from_utf8(value) else { return };
+        for part in ka.split(',') {
+            let Some((k, v)) = part.split_once('=') else { continue };
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "timeout" => self.timeout = v.parse().ok().map(Duration::from_secs),
+                "max" => self.max = v.parse().ok(),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A backend response finguard will not relay (a 502), and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadResponse(pub &'static str);
 
 /// How the backend frames its body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,17 +141,15 @@ fn hop_by_hop(name: &[u8]) -> bool {
 
 /// Parses the response head at the start of `buf`; on a complete head,
 /// writes what the client is to receive into `out`.
-pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed, ProxyError> {
+pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
-            return Err(ProxyError::BadResponse("head too large"))
-        }
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(BadResponse("head too large")),
         Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(ProxyError::BadResponse("too many headers")),
-        Err(_) => return Err(ProxyError::BadResponse("malformed head")),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse("too many headers")),
+        Err(_) => return Err(BadResponse("malformed head")),
     };
     let status = resp.code.unwrap_or(0);
     let backend10 = resp.version == Some(0);
@@ -119,14 +162,14 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let v = parse_length(h.value).ok_or(ProxyError::BadResponse("invalid Content-Length"))?;
+            let v = parse_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
             if length.is_some_and(|l| l != v) {
-                return Err(ProxyError::BadResponse("conflicting Content-Length headers"));
+                return Err(BadResponse("conflicting Content-Length headers"));
             }
             length = Some(v);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if te.is_some() {
-                return Err(ProxyError::BadResponse("repeated Transfer-Encoding"));
+                return Err(BadResponse("repeated Transfer-Encoding"));
             }
             te = Some(h.value.trim_ascii());
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -156,7 +199,7 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     }
     if status == 101 {
         if !view.upgrade_requested {
-            return Err(ProxyError::BadResponse("switched protocols without being asked"));
+            return Err(BadResponse("switched protocols without being asked"));
         }
         status_line(out, "HTTP/1.1", status, resp.reason);
         copy_headers(out, resp.headers, &named, false);
@@ -169,12 +212,10 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     }
     let bodyless = view.head_request || status == 204 || status == 304 || status < 200;
     let backend_body = match (te, length) {
-        (Some(_), Some(_)) => return Err(ProxyError::BadResponse("both Content-Length and Transfer-Encoding")),
+        (Some(_), Some(_)) => return Err(BadResponse("both Content-Length and Transfer-Encoding")),
         _ if bodyless => BodyMode::Empty,
         (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => BodyMode::Chunked,
-        (Some(t), None) if ends_with_chunked(t) => {
-            return Err(ProxyError::BadResponse("unsupported Transfer-Encoding"))
-        }
+        (Some(t), None) if ends_with_chunked(t) => return Err(BadResponse("unsupported Transfer-Encoding")),
         // RFC 9112 §6.3: a transfer coding other than chunked: read to close.
         (Some(_), None) => BodyMode::Close,
         (None, Some(n)) => BodyMode::Length(n),
@@ -304,7 +345,7 @@ mod tests {
         }
     }
 
-    fn shape(raw: &str, v: ClientView) -> (Result<Parsed, ProxyError>, String) {
+    fn shape(raw: &str, v: ClientView) -> (Result<Parsed, BadResponse>, String) {
         let mut out = Vec::new();
         let r = parse(raw.as_bytes(), &v, &mut out);
         (r, String::from_utf8(out).unwrap())
@@ -316,7 +357,7 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             view(),
         );
-        assert!(matches!(r, Err(ProxyError::BadResponse(_))));
+        assert!(matches!(r, Err(BadResponse(_))));
     }
 
     #[test]
@@ -384,6 +425,6 @@ mod tests {
     #[test]
     fn an_unrequested_101_is_refused() {
         let (r, _) = shape("HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n", view());
-        assert!(matches!(r, Err(ProxyError::BadResponse(_))));
+        assert!(matches!(r, Err(BadResponse(_))));
     }
 }

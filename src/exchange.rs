@@ -2,13 +2,13 @@
 //! task: it drives the client socket and a pooled backend socket itself, with
 //! no connection object per request and no hop to another task.
 //!
-//! 1. The request head was parsed once (`downstream::head`); here it is
-//!    routed and the backend's head written from that parse (`forward`).
+//! 1. The request head was parsed once (`http1::head`); here it is
+//!    routed and the backend's head written from that parse (`http1::forward`).
 //! 2. A request body is relayed by its framing, with backpressure both ways,
 //!    while the backend socket is read too: a backend that answers early
 //!    (401/413 before reading the body) is heard, the upload stops, and the
 //!    answer reaches the client with `Connection: close`.
-//! 3. The response head is parsed and shaped for the client (`response`),
+//! 3. The response head is parsed and shaped for the client (`http1::response`),
 //!    the body relayed by its framing through one reused buffer.
 //! 4. The backend connection goes back to its pool only after a complete
 //!    exchange; a response cut short ends the client connection with an
@@ -19,21 +19,19 @@
 //! Bytes of a request body finguard did not read are never parsed as a next
 //! request: after an error the connection closes.
 
-pub mod forward;
-pub mod response;
-
-use crate::downstream::framing::{BodyFault, ChunkScanner, Framing};
-use crate::downstream::head::Head;
-use crate::downstream::stream::ClientStream;
-use crate::downstream::track::Entry;
 use crate::error::ProxyError;
+use crate::http1::forward;
+use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
+use crate::http1::head::Head;
+use crate::http1::response::{self, ClientBody, ClientView, Parsed, Shaped};
 use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
-use crate::server::Shared;
+use crate::registry::Entry;
+use crate::shared::Shared;
+use crate::stream::ClientStream;
 use crate::timeouts::Timeouts;
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
-use response::{ClientBody, ClientView, Parsed, Shaped};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -522,7 +520,7 @@ async fn read_response<S: ClientStream>(
             out.clear();
             // A drain that began while the backend worked closes this connection.
             view.keepalive &= !conn.shared.draining.is_cancelled();
-            match response::parse(resp, view, out).map_err(HeadError::Failed)? {
+            match response::parse(resp, view, out).map_err(|b| HeadError::Failed(b.into()))? {
                 Parsed::Partial => {}
                 Parsed::Interim(len) => {
                     if !out.is_empty() && write_client(client, out, t, entry).await.is_err() {

@@ -12,8 +12,8 @@
 //! - `Expect` dropped: finguard answers `100-continue` itself.
 
 use crate::config::Forwarded;
-use crate::downstream::framing::Framing;
-use crate::downstream::head::{Head, Span};
+use crate::http1::framing::Framing;
+use crate::http1::head::{Head, Span};
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -235,7 +235,7 @@ fn is_plain_host(h: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::downstream::head;
+    use crate::http1::head;
 
     fn forward(raw: &str, forwarded: Forwarded) -> String {
         let b = raw.as_bytes();

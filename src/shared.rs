@@ -1,0 +1,110 @@
+//! A configuration generation: what every connection task shares, read-only
+//! — the checked config, the base policy, the backend pools — plus what
+//! outlives reloads (metrics, the client registry, the drain signal, per-IP
+//! counts). A reload (SIGHUP) builds the next generation; existing
+//! connections keep the one they started with.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::policy::ClientPolicy;
+use crate::registry::Registry;
+use crate::upstream::Upstream;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+
+/// Everything a connection task needs, shared read-only.
+pub struct Shared {
+    pub config: Config,
+    pub base_policy: Arc<ClientPolicy>,
+    pub upstreams: Vec<Arc<Upstream>>,
+    /// Cancelled when the process starts draining.
+    pub draining: CancellationToken,
+    pub metrics: Arc<Metrics>,
+    pub clients: Arc<Registry>,
+    pub access: crate::accesslog::Logger,
+    /// Open connections per client IP (`max_connections_per_ip`).
+    pub(crate) per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    /// Held while the generation lives: its reaper ends when it is gone.
+    alive: Arc<()>,
+}
+
+/// The generation new connections get.
+pub type Current = Arc<RwLock<Arc<Shared>>>;
+
+impl Shared {
+    pub(crate) fn first(config: Config) -> Arc<Shared> {
+        let metrics = Arc::new(Metrics::new());
+        Shared::build(
+            config,
+            metrics.clone(),
+            Arc::new(Registry::new(&metrics)),
+            CancellationToken::new(),
+            Arc::default(),
+        )
+    }
+
+    fn build(
+        config: Config,
+        metrics: Arc<Metrics>,
+        clients: Arc<Registry>,
+        draining: CancellationToken,
+        per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    ) -> Arc<Shared> {
+        let upstreams = config
+            .backends
+            .iter()
+            .cloned()
+            .map(|b| Upstream::new(b, metrics.clone(), config.workers.max(1)))
+            .collect();
+        let shared = Arc::new(Shared {
+            access: crate::accesslog::Logger::new(config.access_log),
+            base_policy: Arc::new(ClientPolicy::base(config.client)),
+            upstreams,
+            metrics,
+            clients,
+            draining,
+            per_ip,
+            alive: Arc::new(()),
+            config,
+        });
+        tokio::spawn(crate::reaper::run(shared.reaper_handles()));
+        shared
+    }
+
+    /// The next generation, from a new config; what outlives reloads is kept.
+    pub(crate) fn next(&self, config: Config) -> Arc<Shared> {
+        Shared::build(
+            config,
+            self.metrics.clone(),
+            self.clients.clone(),
+            self.draining.clone(),
+            self.per_ip.clone(),
+        )
+    }
+}
+
+impl Shared {
+    /// What this generation's reaper sweeps.
+    fn reaper_handles(&self) -> crate::reaper::Handles {
+        let max_linger = self
+            .config
+            .rules
+            .rules()
+            .iter()
+            .filter_map(|r| r.overrides.linger_time)
+            .chain([self.config.client.close.linger_time])
+            .max()
+            .unwrap_or_default()
+            + self.config.reaper_interval;
+        crate::reaper::Handles {
+            alive: Arc::downgrade(&self.alive),
+            pools: self.upstreams.iter().map(Arc::downgrade).collect(),
+            clients: self.clients.clone(),
+            metrics: self.metrics.clone(),
+            interval: self.config.reaper_interval,
+            max_linger,
+        }
+    }
+}
