@@ -54,7 +54,6 @@ pub struct Conn<'a> {
     pub shared: &'a Arc<Shared>,
     pub policy: &'a ClientPolicy,
     pub peer: SocketAddr,
-    pub local: SocketAddr,
     pub scheme: &'static str,
     pub entry: &'a Entry,
 }
@@ -129,9 +128,15 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
     // The whole request is in `out`: it can be sent again on a fresh connection.
     let replayable = framing.is_done();
     let mut retried = false;
+    // The address the client reached, for a PROXY protocol header only (a
+    // system call, so not for every request).
+    let local = match upstream.cfg.proxy_protocol {
+        crate::config::ProxyProtocol::Off => conn.peer,
+        _ => client.tcp().local_addr().unwrap_or(conn.peer),
+    };
     loop {
         let fresh = head.upgrade || retried;
-        let bc = match upstream.checkout_raw(fresh, conn.peer, conn.local).await {
+        let bc = match upstream.checkout_raw(fresh, conn.peer, local).await {
             Ok(c) => c,
             Err(e) => return refuse(client, &req, conn, e.into(), framing.is_done()).await,
         };

@@ -389,7 +389,6 @@ mod tests {
         let ip = IpGuard::take(&shared, peer.ip()).unwrap();
         let fut = serve_accepted(stream, peer, shared, None, permit, ip);
         let size = std::mem::size_of_val(&fut);
-        eprintln!("connection task future: {size} bytes");
-        assert!(size <= 2048, "the connection task's future is {size} bytes");
+        assert!(size <= 1024, "the connection task's future is {size} bytes");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::io;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -18,9 +19,10 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     fn tcp(&self) -> &TcpStream;
 
-    /// Waits until a read may make progress, without holding a buffer. TLS
-    /// may hold decrypted bytes already, so it never waits here.
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Ready when a read may make progress, without holding a buffer (or a
+    /// future's state: an idle connection waits here). TLS may hold
+    /// decrypted bytes already, so it is always ready.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
     /// Ends the stream's own protocol (TLS: `close_notify`, which also shuts
     /// down the write half) and hands back the socket for the configured close.
@@ -43,8 +45,8 @@ impl ClientStream for TcpStream {
         self
     }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
     }
 
     fn into_tcp(self) -> impl Future<Output = TcpStream> + Send {
@@ -63,8 +65,8 @@ impl ClientStream for TlsStream<TcpStream> {
         self.get_ref().0
     }
 
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
     async fn into_tcp(mut self) -> TcpStream {

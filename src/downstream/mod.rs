@@ -52,7 +52,6 @@ pub(super) enum Ending {
 /// Serves one client connection to its end.
 pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.tcp().set_nodelay(true);
-    let local = stream.tcp().local_addr().unwrap_or(peer);
     let track = shared.clients.open(peer);
     let accepted = Instant::now();
     // Allocated when bytes arrive, released while idle: an idle keep-alive
@@ -61,13 +60,23 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     let mut policy: Option<Arc<ClientPolicy>> = None;
     let mut served: u32 = 0;
     let ending = loop {
-        let s = policy.as_deref().unwrap_or(&shared.base_policy).settings;
-        // The first head must be complete `header_timeout` after accept; later
-        // ones may idle `keepalive_timeout`, then have `header_timeout`.
+        // Only what the wait needs: everything held across it is in every
+        // idle connection's task.
+        let (header_timeout, max_header_bytes, max_body_bytes) = {
+            let s = &policy.as_deref().unwrap_or(&shared.base_policy).settings;
+            // The first head must be complete `header_timeout` after accept; later
+            // ones may idle `keepalive_timeout`, then have `header_timeout`.
+            (s.header_timeout, s.max_header_bytes, s.max_body_bytes)
+        };
         let idle_until = if served == 0 {
-            accepted + s.header_timeout
+            accepted + header_timeout
         } else {
-            Instant::now() + s.keepalive_timeout
+            Instant::now()
+                + policy
+                    .as_deref()
+                    .unwrap_or(&shared.base_policy)
+                    .settings
+                    .keepalive_timeout
         };
         track.set(if buf.is_empty() && served > 0 {
             ClientState::Idle
@@ -78,8 +87,8 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             &mut stream,
             &mut buf,
             idle_until,
-            s.header_timeout,
-            s.max_header_bytes,
+            header_timeout,
+            max_header_bytes,
             &shared,
             &track,
         )
@@ -89,18 +98,18 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             Err(e) => break e,
         };
         let logging = shared.access.enabled();
-        let mut head = match head::parse(&buf, len, s.max_body_bytes, policy.is_none() || logging, logging) {
+        let mut head = match head::parse(&buf, len, max_body_bytes, policy.is_none() || logging, logging) {
             Ok(h) => h,
             Err(r) => break reject(r),
         };
         let policy = policy.get_or_insert_with(|| classify(&shared, &track, head.user_agent.as_deref().unwrap_or("")));
-        let s = policy.settings;
+        let max_requests = policy.settings.max_requests;
         served += 1;
         track.set(ClientState::Active);
         track.entry.requests.fetch_add(1, Ordering::Relaxed);
         let keepalive = policy.allows_keepalive()
             && !head.upgrade
-            && served < s.max_requests
+            && served < max_requests
             && !head.wants_close
             && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
             && !shared.draining.is_cancelled();
@@ -112,13 +121,12 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             head_bytes,
             head,
             keepalive,
-            remaining: s.max_requests - served,
+            remaining: max_requests - served,
         };
         let cx = exchange::Conn {
             shared: &shared,
             policy,
             peer,
-            local,
             scheme: S::SCHEME,
             entry: &track.entry,
         };
@@ -216,7 +224,7 @@ async fn wait_head<S: ClientStream>(
         if buf.is_empty() {
             *buf = BytesMut::new();
             let ready = tokio::select! {
-                r = tokio::time::timeout_at(deadline, stream.readable()) => r,
+                r = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => r,
                 () = shared.draining.cancelled() => return Err(Ending::Close),
             };
             match ready {
