@@ -7,6 +7,7 @@
 //! reused and whether the request can be replayed), from [`ProxyError::before_response`].
 
 use crate::http1::framing::BodyFault;
+use crate::http1::head::Reject;
 use crate::upstream::UpstreamError;
 
 /// Who caused a failure.
@@ -21,6 +22,10 @@ pub enum Side {
 pub enum ProxyError {
     #[error("{0}")]
     BadRequest(&'static str),
+    #[error("request head too large")]
+    HeadTooLarge,
+    #[error("unsupported Expect")]
+    Expectation,
     #[error("request body over max_body_bytes")]
     BodyTooLarge,
     #[error("request body stalled past body_timeout")]
@@ -58,6 +63,17 @@ impl From<BodyFault> for ProxyError {
     }
 }
 
+impl From<Reject> for ProxyError {
+    fn from(r: Reject) -> Self {
+        match r {
+            Reject::Bad(why) => ProxyError::BadRequest(why),
+            Reject::HeadTooLarge => ProxyError::HeadTooLarge,
+            Reject::BodyTooLarge => ProxyError::BodyTooLarge,
+            Reject::Expectation => ProxyError::Expectation,
+        }
+    }
+}
+
 impl From<crate::http1::response::BadResponse> for ProxyError {
     fn from(b: crate::http1::response::BadResponse) -> Self {
         ProxyError::BadResponse(b.0)
@@ -68,6 +84,8 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge
+            | ProxyError::Expectation
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BodyMalformed
@@ -89,12 +107,30 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::BodyMalformed | ProxyError::ClientClosed => 400,
             ProxyError::ClientWrite => 400,
             ProxyError::BodyTooLarge => 413,
+            ProxyError::HeadTooLarge => 431,
+            ProxyError::Expectation => 417,
             ProxyError::BodyTimeout => 408,
             ProxyError::NoRoute => 404,
             ProxyError::Upstream(UpstreamError::QueueTimeout) => 503,
             ProxyError::Upstream(_) => 502,
             ProxyError::ResponseTimeout | ProxyError::BackendWriteTimeout => 504,
             ProxyError::BackendClosed | ProxyError::BackendIo(_) | ProxyError::BadResponse(_) => 502,
+        }
+    }
+
+    /// A short fixed reason for a refusal made before any backend is involved.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(why) => why,
+            ProxyError::HeadTooLarge => "request head too large",
+            ProxyError::BodyTooLarge => "request body over max_body_bytes",
+            ProxyError::Expectation => "unsupported Expect",
+            ProxyError::BodyTimeout => "request body stalled past body_timeout",
+            ProxyError::BodyMalformed => "malformed chunked request body",
+            ProxyError::ClientClosed => "client closed inside the request body",
+            ProxyError::ClientWrite => "client stopped reading the response",
+            ProxyError::NoRoute => "no route for this host and path",
+            _ => "backend failure",
         }
     }
 

@@ -627,8 +627,7 @@ async fn relay<S: ClientStream>(
         }
         let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
         if head_pending {
-            first.extend_from_slice(part);
-            write_client(client, &first, t, entry)
+            write_head_and(client, &mut first, part, t, entry)
                 .await
                 .map_err(|()| Relay::Client)?;
             head_pending = false;
@@ -648,6 +647,49 @@ async fn relay<S: ClientStream>(
             Ok(Err(_)) => return Err(Relay::Backend("connection failed inside the response body")),
             Ok(Ok(_)) => {}
         }
+    }
+}
+
+/// Below this, a body part is copied behind the head: one plain write.
+const COPY_MAX: usize = 4096;
+
+/// Writes the response head and the first body part: a small part is copied
+/// behind the head, a large one goes in the same vectored write (a copy of
+/// 16 KiB into a fresh buffer was 15% of the CPU under 16 KiB responses).
+async fn write_head_and<S: ClientStream>(
+    client: &mut S,
+    head: &mut Vec<u8>,
+    part: &[u8],
+    t: &Timeouts,
+    entry: &Entry,
+) -> Result<(), ()> {
+    if part.len() <= COPY_MAX || !client.is_write_vectored() {
+        head.extend_from_slice(part);
+        return write_client(client, head, t, entry).await;
+    }
+    let total = head.len() + part.len();
+    let mut done = 0;
+    let w = async {
+        while done < total {
+            let n = if done < head.len() {
+                let bufs = [std::io::IoSlice::new(&head[done..]), std::io::IoSlice::new(part)];
+                client.write_vectored(&bufs).await?
+            } else {
+                client.write(&part[done - head.len()..]).await?
+            };
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            done += n;
+        }
+        client.flush().await
+    };
+    match tokio::time::timeout(t.client_gap, w).await {
+        Ok(Ok(())) => {
+            entry.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        _ => Err(()),
     }
 }
 

@@ -4,17 +4,27 @@
 //! FIN_WAIT_2 nor CLOSE_WAIT builds up on either side.
 //!
 //! # Layout
+//! Layers call down only: listener → client connection → exchange → backend pool.
 //! - [`config`]: TOML file + CLI overrides → checked `Config` (errors name file, key, reason)
 //! - [`policy`]: User-Agent rules (Apache `BrowserMatch` semantics) → `ClientPolicy`
-//! - [`server`]: listeners, accept loop, connection permits, drain
-//! - [`downstream`]: the client connection: keep-alive loop, head checks, lingering close
-//! - [`proxy`]: routing, forwarding, hop-by-hop headers, response shaping, error statuses
-//! - [`upstream`]: the bounded backend pool and its reaper
+//! - [`server`]: listeners, worker threads, accept loop, connection permits, drain
+//! - [`shared`]: a configuration generation, shared read-only by connection tasks
+//! - [`downstream`]: the client connection: keep-alive loop, lingering close, tunnel, HTTP/2
+//! - [`exchange`]: one HTTP/1 exchange driving the client and a pooled backend socket
+//! - [`http1`]: HTTP/1 on the wire: head parse, body framing, forwarded head, response shaping
+//! - [`error`]: the exchange's one error type: side at fault, status, log line
+//! - [`timeouts`]: every deadline of an exchange, from config
+//! - [`upstream`]: the bounded backend pools (raw for HTTP/1, hyper's for HTTP/2)
+//! - [`reaper`]: the timer that sweeps idle pools and stuck lingering clients
+//! - [`registry`]: open client connections (`/connections`, state gauges)
+//! - [`stream`]: a client byte stream, plain TCP or TLS
+//! - [`proxy`]: the HTTP/2 request path (hyper service) onto the pool
 //! - [`metrics`]: every exported metric, declared once
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
 //! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
+//! - [`sys`]: the one `unsafe` call (the socket send queue, `SIOCOUTQ`)
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
 //! - [`cli`]: the `finguard` command line
 

@@ -6,6 +6,7 @@
 //! queue full (503 + `Retry-After`), backend too slow (504).
 
 use crate::config::{BackendConfig, Forwarded};
+use crate::error::ProxyError;
 use crate::http1::framing::BodyFault;
 use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
@@ -152,7 +153,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         let mut conn = upstream
             .checkout(fresh, ctx.peer, ctx.local)
             .await
-            .map_err(|e| upstream_failure(&e))?;
+            .map_err(upstream_failure)?;
         let reused = conn.reused();
         let req = unsent
             .take()
@@ -200,24 +201,18 @@ fn empty_body() -> UpBody {
     UnsyncBoxBody::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}))
 }
 
-fn upstream_failure(e: &UpstreamError) -> Failure {
-    let status = match e {
-        UpstreamError::QueueTimeout => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::BAD_GATEWAY,
-    };
+/// Statuses and reasons come from the one table in [`ProxyError`].
+fn failure(e: ProxyError) -> Failure {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
     (status, e.to_string())
 }
 
+fn upstream_failure(e: UpstreamError) -> Failure {
+    failure(e.into())
+}
+
 fn fault_failure(f: BodyFault) -> Failure {
-    match f {
-        BodyFault::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body over max_body_bytes".into()),
-        BodyFault::Timeout => (
-            StatusCode::REQUEST_TIMEOUT,
-            "request body stalled past body_timeout".into(),
-        ),
-        BodyFault::Malformed => (StatusCode::BAD_REQUEST, "malformed chunked body".into()),
-        BodyFault::Truncated => (StatusCode::BAD_REQUEST, "client closed inside the request body".into()),
-    }
+    failure(f.into())
 }
 
 /// Picks the backend: routes whose host matches (exact before `*`), longest

@@ -388,3 +388,43 @@ fn early_401_from_the_backend_and_ua_policy_over_tls() {
     let end = s.read_to_end(&mut rest);
     assert!(end.is_ok(), "no clean close_notify: {end:?}");
 }
+
+/// Sends a 10,000-byte body's head and first 5,000 bytes, then resets.
+fn cut_mid_body(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    if read_head(&mut s, &mut buf).is_none() {
+        return;
+    }
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n");
+    let _ = s.write_all(&[b'x'; 5000]);
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+}
+
+#[test]
+fn a_backend_cut_mid_body_is_an_abort_over_tls_without_close_notify() {
+    let pki = pki();
+    let f = files(&pki);
+    let (backend, _) = raw_backend(cut_mid_body);
+    let cfg = tls_config(
+        &f,
+        "[[user_agent]]\nmatch = \"old-client\"\nforce_response_1_0 = true\n",
+    );
+    let p = Proxy::start_raw(&cfg, &["--backend", &backend.to_string()]);
+    for req in [
+        "GET / HTTP/1.0\r\nHost: a.test\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a.test\r\nUser-Agent: old-client\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    ] {
+        let mut s = connect(&client(&pki), p.addr, "a.test");
+        s.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let end = s.read_to_end(&mut got);
+        // A clean end would be Ok: close_notify, then EOF.
+        assert!(
+            end.is_err(),
+            "{req:?}: a truncated body ended cleanly ({} bytes)",
+            got.len()
+        );
+        assert!(got.len() < 10_000 + 100, "{req:?}");
+    }
+}

@@ -182,13 +182,10 @@ pub(super) fn classify(shared: &Shared, track: &registry::Tracked, ua: &str) -> 
     p
 }
 
+/// A refused head: its status from the one table in [`crate::error::ProxyError`].
 fn reject(r: Reject) -> Ending {
-    match r {
-        Reject::Bad(why) => Ending::Reply(400, why),
-        Reject::HeadTooLarge => Ending::Reply(431, "request head too large"),
-        Reject::BodyTooLarge => Ending::Reply(413, "request body too large"),
-        Reject::Expectation => Ending::Reply(417, "unsupported Expect"),
-    }
+    let e = crate::error::ProxyError::from(r);
+    Ending::Reply(e.status(), e.reason())
 }
 
 /// Waits for a complete request head in `buf`; returns its length.
