@@ -16,6 +16,8 @@ const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// `https` or `http`, for `X-Forwarded-Proto` / `Forwarded: proto=`.
     const SCHEME: &'static str;
+    /// Has a protocol of its own to end before the TCP close (TLS).
+    const ENCRYPTED: bool;
 
     fn tcp(&self) -> &TcpStream;
 
@@ -40,6 +42,7 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
 impl ClientStream for TcpStream {
     const SCHEME: &'static str = "http";
+    const ENCRYPTED: bool = false;
 
     fn tcp(&self) -> &TcpStream {
         self
@@ -60,6 +63,7 @@ impl ClientStream for TcpStream {
 
 impl ClientStream for TlsStream<TcpStream> {
     const SCHEME: &'static str = "https";
+    const ENCRYPTED: bool = true;
 
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0

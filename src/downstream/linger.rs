@@ -71,6 +71,23 @@ pub async fn close(mut stream: TcpStream, settings: &CloseSettings, kill: &Cance
             };
             let timed_out = matches!(outcome, CloseOutcome::LingerTimeout | CloseOutcome::LingerTime);
             if timed_out && settings.on_timeout == OnTimeout::Reset {
+                // A reset throws away what the client has not received yet. A
+                // slow reader still taking the response is waited for while
+                // its send queue drains (no progress for `linger_time`: it
+                // stopped reading), then given one more `linger_timeout` to
+                // read what its own receive buffer holds. Looked at only
+                // here: the common close, ended by the client's FIN, makes
+                // no system call for it.
+                let queued = crate::sys::unsent_bytes(&stream).is_some_and(|q| q > 0);
+                if queued && wait_sent(&stream, settings.linger_time).await {
+                    let grace = CloseSettings {
+                        linger_time: settings.linger_timeout,
+                        ..*settings
+                    };
+                    if let (CloseOutcome::ClientFin, more) = drain(&mut stream, &grace).await {
+                        return (CloseOutcome::ClientFin, drained + more);
+                    }
+                }
                 abort(stream);
             }
             (outcome, drained)

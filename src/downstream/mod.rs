@@ -325,9 +325,10 @@ pub(super) async fn finish<S: ClientStream>(
             }
         }
     }
-    // A slow reader is not idle: no close timer starts while the response
-    // is still in the send queue (on timeout, a reset would discard it).
-    if !linger::wait_sent(stream.tcp(), settings.body_timeout).await {
+    // TLS: `close_notify` must not wait behind a response a slow reader is
+    // still taking. (Plain TCP: the lingering close looks at the send queue
+    // itself before a reset.)
+    if S::ENCRYPTED && !linger::wait_sent(stream.tcp(), settings.body_timeout).await {
         debug!(%peer, "client stopped reading; aborting");
         linger::abort(stream.into_tcp_abort());
         metrics
