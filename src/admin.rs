@@ -104,6 +104,10 @@ fn backend_addrs(shared: &Shared) -> Vec<SocketAddr> {
 /// Sets the gauges that are read at scrape time.
 fn refresh_gauges(shared: &Shared, listeners: &[SocketAddr]) {
     let m = &shared.metrics;
+    let by_state = shared.clients.count_by_state();
+    for s in crate::registry::ClientState::ALL {
+        m.client_state(s.as_str()).set(by_state[s as usize] as i64);
+    }
     for u in &shared.upstreams {
         let idle = u.idle_connections();
         let busy = u.open_connections().saturating_sub(idle);

@@ -3,8 +3,6 @@
 //! checks. Each connection holds a [`Tracked`] guard whose `Drop` removes it,
 //! so no path can leak an entry or a gauge count.
 
-use crate::metrics::Metrics;
-use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -67,20 +65,35 @@ pub struct Entry {
     pub kill: CancellationToken,
 }
 
-/// Every open client connection.
+/// Every open client connection. The state gauges are counted from it at
+/// scrape time ([`Registry::count_by_state`]): a state change costs no shared
+/// counter, which every request would otherwise bounce between cores.
 pub struct Registry {
     next: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<Entry>>>,
-    gauges: [Gauge; 4],
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Registry {
-    pub fn new(metrics: &Metrics) -> Self {
+    pub fn new() -> Self {
         Registry {
             next: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
-            gauges: ClientState::ALL.map(|s| metrics.client_state(s.as_str())),
         }
+    }
+
+    /// Open connections in each state, indexed like [`ClientState::ALL`].
+    pub fn count_by_state(&self) -> [usize; 4] {
+        let mut n = [0; 4];
+        for e in self.lock().values() {
+            n[e.state() as usize] += 1;
+        }
+        n
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Entry>>> {
@@ -103,7 +116,6 @@ impl Registry {
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, entry.clone());
-        self.gauges[ClientState::Reading as usize].inc();
         Tracked {
             registry: self.clone(),
             id,
@@ -188,8 +200,6 @@ impl Tracked {
     pub fn set(&self, state: ClientState) {
         let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
         if old != state as u8 {
-            self.registry.gauges[old as usize].dec();
-            self.registry.gauges[state as usize].inc();
             let ms = self.entry.started.elapsed().as_millis() as u64;
             self.entry.state_since_ms.store(ms, Ordering::Relaxed);
             tracing::trace!(peer = %self.entry.peer, from = ClientState::from_u8(old).as_str(), to = state.as_str(), "client state");
@@ -199,7 +209,6 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.registry.gauges[self.entry.state() as usize].dec();
         self.registry.lock().remove(&self.id);
     }
 }

@@ -39,7 +39,7 @@ impl Shared {
         Shared::build(
             config,
             metrics.clone(),
-            Arc::new(Registry::new(&metrics)),
+            Arc::new(Registry::new()),
             CancellationToken::new(),
             Arc::default(),
         )

@@ -323,16 +323,14 @@ impl Upstream {
         }
         let w = c.home % self.raw.len();
         let list = &self.raw[w];
-        {
-            let mut idle = lock(&list.conns);
-            if idle.len() >= self.idle_share() {
-                drop(idle);
-                drop(c);
-                self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
-                return;
-            }
-            idle.push(c);
+        // `pool_max_idle` counts every worker's idle connections. Two
+        // check-ins racing may pass it by one; the reaper trims that.
+        if self.raw_idle() >= self.cfg.pool_max_idle as usize {
+            drop(c);
+            self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
+            return;
         }
+        lock(&list.conns).push(c);
         if !list.watching.swap(true, Ordering::AcqRel) {
             tokio::spawn(watch(Arc::downgrade(self), w, list.signal.clone()));
         }
@@ -360,27 +358,28 @@ impl Upstream {
     }
 
     /// The reaper's sweep of raw idle connections: past their expiry, or over
-    /// this worker's share of `pool_max_idle`. Returns (expired, excess).
+    /// `pool_max_idle` (the oldest of the longest list first). Returns
+    /// (expired, excess).
     pub(super) fn reap_raw(&self, now: Instant) -> (usize, usize) {
-        let share = self.idle_share();
-        let (mut expired, mut excess) = (0, 0);
+        let mut expired = 0;
         for list in &self.raw {
             let mut idle = lock(&list.conns);
             let before = idle.len();
             idle.retain(|c| now < c.expires);
             expired += before - idle.len();
-            if idle.len() > share {
-                let n = idle.len() - share;
-                idle.drain(..n); // oldest first
-                excess += n;
+        }
+        let mut excess = 0;
+        while self.raw_idle() > self.cfg.pool_max_idle as usize {
+            let longest = self.raw.iter().max_by_key(|l| lock(&l.conns).len());
+            match longest.map(|l| lock(&l.conns)) {
+                Some(mut idle) if !idle.is_empty() => {
+                    idle.remove(0);
+                    excess += 1;
+                }
+                _ => break,
             }
         }
         (expired, excess)
-    }
-
-    /// Each worker keeps up to its share of `pool_max_idle` idle connections.
-    fn idle_share(&self) -> usize {
-        (self.cfg.pool_max_idle as usize).div_ceil(self.raw.len())
     }
 
     /// Wakes the watchers so they see the pool is gone and end.
