@@ -5,6 +5,7 @@
 
 use super::{tcp_sockets, wait_until};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -86,7 +87,9 @@ CustomLog {d}/access.log fg
 "#
         );
         std::fs::write(dir.join("httpd.conf"), conf).unwrap();
+        // Its own process group: mod_cgid forks a daemon that must go with it.
         let child = Command::new(APACHE)
+            .process_group(0)
             .args(["-X", "-f"])
             .arg(dir.join("httpd.conf"))
             .stdout(Stdio::null())
@@ -132,7 +135,10 @@ CustomLog {d}/access.log fg
 }
 
 impl Drop for Apache {
+    /// Kills the whole process group (Apache and its CGI daemon).
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
