@@ -96,17 +96,6 @@ fn a_chunk_size_followed_by_anything_but_an_extension_is_refused() {
     assert!(live.heads().is_empty(), "{:?}", live.heads());
 }
 
-/// Sends a 10,000-byte body's head and first 5,000 bytes, then resets.
-fn cut_mid_body(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    if read_head(&mut s, &mut buf).is_none() {
-        return;
-    }
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n");
-    let _ = s.write_all(&[b'x'; 5000]);
-    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-}
-
 /// The same, chunked.
 fn cut_mid_chunked_body(mut s: TcpStream) {
     let mut buf = Vec::new();

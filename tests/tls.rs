@@ -389,17 +389,6 @@ fn early_401_from_the_backend_and_ua_policy_over_tls() {
     assert!(end.is_ok(), "no clean close_notify: {end:?}");
 }
 
-/// Sends a 10,000-byte body's head and first 5,000 bytes, then resets.
-fn cut_mid_body(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    if read_head(&mut s, &mut buf).is_none() {
-        return;
-    }
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n");
-    let _ = s.write_all(&[b'x'; 5000]);
-    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
-}
-
 #[test]
 fn a_backend_cut_mid_body_is_an_abort_over_tls_without_close_notify() {
     let pki = pki();

@@ -249,6 +249,18 @@ async fn wait_head<S: ClientStream>(
     }
 }
 
+/// Ends a connection with RST (no TLS `close_notify`: nothing may look
+/// complete), counted as an `error` close.
+fn abort<S: ClientStream>(stream: S, metrics: &crate::metrics::Metrics) {
+    linger::abort(stream.into_tcp_abort());
+    metrics
+        .lingering_closes
+        .get_or_create(&OutcomeLabel {
+            outcome: CloseOutcome::Error.as_str(),
+        })
+        .inc();
+}
+
 /// Writes a final error response, then closes the configured way.
 pub(super) async fn finish<S: ClientStream>(
     mut stream: S,
@@ -276,14 +288,7 @@ pub(super) async fn finish<S: ClientStream>(
     };
     if let Ending::Abort = ending {
         trace!(%peer, "aborting the client connection");
-        linger::abort(stream.into_tcp_abort());
-        metrics
-            .lingering_closes
-            .get_or_create(&OutcomeLabel {
-                outcome: CloseOutcome::Error.as_str(),
-            })
-            .inc();
-        return;
+        return abort(stream, metrics);
     }
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");
@@ -313,16 +318,7 @@ pub(super) async fn finish<S: ClientStream>(
             Ok(Ok(())) => {
                 track.entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
-            _ => {
-                linger::abort(stream.into_tcp().await);
-                metrics
-                    .lingering_closes
-                    .get_or_create(&OutcomeLabel {
-                        outcome: CloseOutcome::Error.as_str(),
-                    })
-                    .inc();
-                return;
-            }
+            _ => return abort(stream, metrics),
         }
     }
     // TLS: `close_notify` must not wait behind a response a slow reader is
@@ -330,14 +326,7 @@ pub(super) async fn finish<S: ClientStream>(
     // itself before a reset.)
     if S::ENCRYPTED && !linger::wait_sent(stream.tcp(), settings.body_timeout).await {
         debug!(%peer, "client stopped reading; aborting");
-        linger::abort(stream.into_tcp_abort());
-        metrics
-            .lingering_closes
-            .get_or_create(&OutcomeLabel {
-                outcome: CloseOutcome::Error.as_str(),
-            })
-            .inc();
-        return;
+        return abort(stream, metrics);
     }
     track.set(ClientState::Lingering);
     let tcp = stream.into_tcp().await;

@@ -212,35 +212,20 @@ impl Upstream {
     fn steal(&self, w: usize, source: Option<SocketAddr>) -> Option<RawConn> {
         let n = self.raw.len();
         for k in 1..n {
-            while let Some(c) = self.pop_raw((w + k) % n, source) {
-                let RawConn {
-                    stream,
-                    addr,
-                    source,
-                    uses,
-                    max_uses,
-                    expires,
-                    home: _,
-                    wake: _,
-                    _slot,
-                } = c;
-                let moved = stream.into_std().and_then(TcpStream::from_std);
+            while let Some(mut c) = self.pop_raw((w + k) % n, source) {
+                let moved = c.stream.into_std().and_then(TcpStream::from_std);
                 match moved {
                     Ok(stream) => {
-                        return Some(RawConn {
+                        c = RawConn {
                             stream,
-                            addr,
-                            source,
-                            uses,
-                            max_uses,
-                            expires,
                             home: w,
                             wake: Arc::new(IdleWake {
                                 flagged: AtomicBool::new(false),
                                 signal: self.raw[w].signal.clone(),
                             }),
-                            _slot,
-                        })
+                            ..c
+                        };
+                        return Some(c);
                     }
                     Err(e) => {
                         debug!(backend = %self.cfg.name, error = %e, "could not move an idle connection");
