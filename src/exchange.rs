@@ -121,7 +121,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
         default_host: upstream.cfg.addr_specs.first().map_or("localhost", String::as_str),
         upgrade: head.upgrade,
     };
-    forward::write_head(&mut out, hb, head, &head.framing, &fcx);
+    forward::write_head(&mut out, hb, head, &target, &fcx);
     out.extend_from_slice(&body0);
     let out = Bytes::from(out);
     drop(body0);
@@ -217,15 +217,10 @@ async fn attempt<S: ClientStream>(
         Ok(Sent::Early) => false,
         Err(Upload::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
         Err(Upload::Backend { err, wrote }) => {
-            let retry_safe = if wrote {
-                RetrySafe::IfIdempotent
-            } else {
-                RetrySafe::Always
-            };
-            let retry_safe = if err.before_response() {
-                retry_safe
-            } else {
-                RetrySafe::No
+            let retry_safe = match (err.before_response(), wrote) {
+                (false, _) => RetrySafe::No,
+                (true, true) => RetrySafe::IfIdempotent,
+                (true, false) => RetrySafe::Always,
             };
             return Attempt::Failed { err, retry_safe };
         }
@@ -312,7 +307,8 @@ fn client_view(req: &Request, conn: &Conn<'_>, request_complete: bool) -> Client
         http10: req.head.http10,
         force_response_1_0: p.force_response_1_0,
         downgrade_1_0: p.downgrade_1_0,
-        keepalive: req.keepalive && !conn.shared.draining.is_cancelled(),
+        // Draining is looked at when the response head arrives (read_response).
+        keepalive: req.keepalive,
         request_complete,
         head_request: req.head.method.get(&req.head_bytes) == b"HEAD",
         upgrade_requested: req.head.upgrade,
@@ -426,7 +422,7 @@ async fn upload<S: ClientStream>(
                         return end;
                     }
                 }
-                r = tokio::time::timeout(t.backend_gap, wr.write(&pending)) => match r {
+                r = tokio::time::timeout(t.response, wr.write(&pending)) => match r {
                     Ok(Ok(n)) => {
                         pending.advance(n);
                         wrote = true;
@@ -640,7 +636,7 @@ async fn relay<S: ClientStream>(
         };
         resp.clear();
         resp.reserve(RESP_BUF);
-        match tokio::time::timeout(t.backend_gap, backend.stream.read_buf(resp)).await {
+        match tokio::time::timeout(t.response, backend.stream.read_buf(resp)).await {
             Err(_) => return Err(Relay::Backend("stalled inside the response body")),
             Ok(Ok(0)) if matches!(rest, Rest::ToClose) => return Ok(()),
             Ok(Ok(0)) => return Err(Relay::Backend("closed inside the response body")),

@@ -1,9 +1,10 @@
-//! The request path: route, forward to the backend pool, relay the response,
-//! and shape it by the client's policy (keep-alive, HTTP/1.0 rules).
+//! The HTTP/2 request path (a hyper service per stream): route, forward to
+//! the backend over hyper's pooled HTTP/1.1 client, relay the response. HTTP/2
+//! has no connection headers and no HTTP/1.0 rules to shape; HTTP/1 requests
+//! go through [`crate::exchange`] instead.
 //!
-//! Every failure maps to one status here, with one log line: a client fault
-//! (400/408/413), no route (404), backend refused or broken (502), backend
-//! queue full (503 + `Retry-After`), backend too slow (504).
+//! Statuses come from the one table in [`ProxyError`]; each failure is one log
+//! line here.
 
 use crate::config::{BackendConfig, Forwarded};
 use crate::error::ProxyError;
@@ -23,66 +24,13 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Sleep;
 use tracing::{info, warn};
 
 pub use crate::upstream::{BoxError, UpBody};
-
-/// State shared, for one HTTP/2 stream, by the proxy service, its response
-/// body and the connection.
-#[derive(Debug, Default)]
-pub struct Exchange {
-    fault: Mutex<Option<BodyFault>>,
-    request_complete: AtomicBool,
-    close_after: AtomicBool,
-    finished: AtomicBool,
-    done: Notify,
-    status: AtomicU16,
-    /// The backend address and the time to its response head.
-    upstream: Mutex<Option<(SocketAddr, Duration)>>,
-}
-
-impl Exchange {
-    pub fn fault(&self) -> Option<BodyFault> {
-        *self.fault.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    pub fn set_fault(&self, f: BodyFault) {
-        self.fault.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(f);
-    }
-    pub fn request_complete(&self) -> bool {
-        self.request_complete.load(Ordering::Acquire)
-    }
-    pub fn set_request_complete(&self, v: bool) {
-        self.request_complete.store(v, Ordering::Release);
-    }
-    /// The response announced `Connection: close`.
-    pub fn set_close_after(&self) {
-        self.close_after.store(true, Ordering::Release);
-    }
-    pub fn set_status(&self, s: u16) {
-        self.status.store(s, Ordering::Relaxed);
-    }
-    pub fn status(&self) -> u16 {
-        self.status.load(Ordering::Relaxed)
-    }
-    pub fn set_upstream(&self, addr: SocketAddr, took: Duration) {
-        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some((addr, took));
-    }
-    pub fn upstream(&self) -> Option<(SocketAddr, Duration)> {
-        *self.upstream.lock().unwrap_or_else(|p| p.into_inner())
-    }
-    /// The response body has been produced to its end (or dropped).
-    pub fn finish(&self) {
-        if !self.finished.swap(true, Ordering::AcqRel) {
-            self.done.notify_one();
-        }
-    }
-}
 
 /// What the proxy knows about one request besides the request itself.
 pub struct RequestCtx {
@@ -93,21 +41,13 @@ pub struct RequestCtx {
     pub local: SocketAddr,
     /// `http` or `https`.
     pub scheme: &'static str,
-    pub exchange: Arc<Exchange>,
-    /// The connection may carry another request after this one.
-    pub keepalive: bool,
-    /// Requests still allowed on this connection after this one.
-    pub remaining: u32,
     pub has_body: bool,
     pub idempotent: bool,
-    /// The client speaks HTTP/2: no connection-level headers in responses.
-    pub h2: bool,
 }
 
 /// The hyper service: one call per request.
 pub async fn handle(req: Request<Incoming>, ctx: Arc<RequestCtx>) -> Result<Response<ProxyBody>, Infallible> {
     let started = tokio::time::Instant::now();
-    let http10 = req.version() == Version::HTTP_10;
     let (mut parts, body) = req.into_parts();
     let resp = match forward(&mut parts, body, &ctx).await {
         Ok(r) => r,
@@ -118,11 +58,9 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<RequestCtx>) -> Result<Resp
             } else {
                 info!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %why, "request refused");
             }
-            error_response(status, &ctx)
+            error_response(status)
         }
     };
-    let resp = shape_response(resp, &ctx, http10, parts.method == http::Method::HEAD);
-    ctx.exchange.set_status(resp.status().as_u16());
     ctx.shared.metrics.response(resp.status().as_u16());
     tracing::trace!(elapsed = ?started.elapsed(), status = resp.status().as_u16(), "response ready");
     Ok(resp)
@@ -141,7 +79,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     // client that announces a body and never sends it (or sends garbage)
     // never costs the backend anything.
     let mut body = if ctx.has_body {
-        Some(peek_body(body, ctx.policy.settings.body_timeout, &ctx.exchange).await?)
+        Some(peek_body(body, ctx.policy.settings.body_timeout).await?)
     } else {
         None
     };
@@ -158,7 +96,6 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         let req = unsent
             .take()
             .unwrap_or_else(|| upstream_request(parts, body.take().unwrap_or_else(empty_body), cfg));
-        let sent_at = tokio::time::Instant::now();
         let sent = tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(req)).await;
         let mut err = match sent {
             Err(_) => {
@@ -166,18 +103,14 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
                 return Err((StatusCode::GATEWAY_TIMEOUT, why));
             }
             Ok(Ok(resp)) => {
-                ctx.exchange.set_upstream(conn.addr, sent_at.elapsed());
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let why = format!("backend {} switched protocols without being asked", cfg.name);
                     return Err((StatusCode::BAD_GATEWAY, why));
                 }
-                return Ok(relay(resp, conn, upstream.clone(), ctx));
+                return Ok(relay(resp, conn, upstream.clone()));
             }
             Ok(Err(e)) => e,
         };
-        if let Some(f) = ctx.exchange.fault() {
-            return Err(fault_failure(f));
-        }
         // Only a reused connection can have gone stale under us, and only once.
         if reused && !fresh {
             // Never written: any request may go again, body and all.
@@ -215,8 +148,8 @@ fn fault_failure(f: BodyFault) -> Failure {
     failure(f.into())
 }
 
-/// Picks the backend: routes whose host matches (exact before `*`), longest
-/// path prefix first.
+/// Picks the backend by the host (`Host`, else `:authority`) and path, with
+/// the HTTP/1 path's one routing rule.
 fn route(shared: &Shared, parts: &request::Parts) -> Option<usize> {
     let host = parts
         .headers
@@ -224,27 +157,15 @@ fn route(shared: &Shared, parts: &request::Parts) -> Option<usize> {
         .and_then(|h| h.to_str().ok())
         .or_else(|| parts.uri.host())
         .unwrap_or("");
-    let host = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h);
-    let path = parts.uri.path();
-    shared
-        .config
-        .routes
-        .iter()
-        .filter(|r| r.host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(host)))
-        .filter(|r| path.starts_with(&r.path_prefix))
-        .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
-        .map(|r| r.backend)
+    crate::exchange::route(shared, host.as_bytes(), parts.uri.path().as_bytes())
 }
 
-async fn peek_body(mut body: Incoming, timeout: Duration, exch: &Exchange) -> Result<UpBody, Failure> {
+async fn peek_body(mut body: Incoming, timeout: Duration) -> Result<UpBody, Failure> {
     let first = match tokio::time::timeout(timeout, body.frame()).await {
         Err(_) => return Err(fault_failure(BodyFault::Timeout)),
         Ok(None) => None,
         Ok(Some(Ok(f))) => Some(f),
-        Ok(Some(Err(_))) => return Err(fault_failure(exch.fault().unwrap_or(BodyFault::Truncated))),
+        Ok(Some(Err(_))) => return Err(fault_failure(BodyFault::Truncated)),
     };
     Ok(UnsyncBoxBody::new(Prefixed { first, rest: body }))
 }
@@ -367,7 +288,7 @@ fn upstream_request(parts: &request::Parts, body: UpBody, cfg: &BackendConfig) -
     req
 }
 
-fn relay(resp: Response<Incoming>, conn: PooledConn, upstream: Arc<Upstream>, ctx: &RequestCtx) -> Response<ProxyBody> {
+fn relay(resp: Response<Incoming>, conn: PooledConn, upstream: Arc<Upstream>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     let hint = ReuseHint::from_headers(&parts.headers);
     // finguard speaks HTTP/1.1 to the client whatever the backend spoke.
@@ -376,7 +297,6 @@ fn relay(resp: Response<Incoming>, conn: PooledConn, upstream: Arc<Upstream>, ct
     let gap = upstream.cfg.response_timeout;
     let body = ProxyBody {
         inner: Inner::Upstream(body),
-        exchange: ctx.exchange.clone(),
         pooled: Some((conn, upstream, hint)),
         gap,
         gap_timer: None,
@@ -386,67 +306,14 @@ fn relay(resp: Response<Incoming>, conn: PooledConn, upstream: Arc<Upstream>, ct
 }
 
 /// A short plain-text error response.
-fn error_response(status: StatusCode, ctx: &RequestCtx) -> Response<ProxyBody> {
+fn error_response(status: StatusCode) -> Response<ProxyBody> {
     let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut resp = Response::new(ProxyBody::full(Bytes::from(text), ctx.exchange.clone()));
+    let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
         h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
-    if status.is_client_error() {
-        // The request could not be read to its end: this connection is done.
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
-}
-
-/// Applies the client policy to a response: keep-alive or close, and the
-/// HTTP/1.0 rules (`downgrade_1_0`, `force_response_1_0`).
-fn shape_response(mut resp: Response<ProxyBody>, ctx: &RequestCtx, http10: bool, head: bool) -> Response<ProxyBody> {
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS || ctx.h2 {
-        // After a 101 it is no longer HTTP; HTTP/2 has no connection headers.
-        return resp;
-    }
-    let p = &ctx.policy;
-    let bodyless = head || resp.status().is_informational() || matches!(resp.status().as_u16(), 204 | 304);
-    let has_length =
-        bodyless || resp.headers().contains_key(header::CONTENT_LENGTH) || resp.body().size_hint().exact().is_some();
-    let mut v10 = p.force_response_1_0;
-    let mut close = !ctx.keepalive
-        || !ctx.exchange.request_complete()
-        || ctx.shared.draining.is_cancelled()
-        || resp
-            .headers()
-            .get(header::CONNECTION)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-    if p.downgrade_1_0 && !has_length {
-        // No chunked encoding for this client: the body ends at close.
-        v10 = true;
-    }
-    if (v10 || http10) && !has_length {
-        close = true;
-    }
-    let h = resp.headers_mut();
-    if close {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        ctx.exchange.set_close_after();
-    } else {
-        if v10 || http10 {
-            h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
-        }
-        let ka = format!(
-            "timeout={}, max={}",
-            p.settings.keepalive_timeout.as_secs().max(1),
-            ctx.remaining
-        );
-        if let Ok(v) = HeaderValue::from_str(&ka) {
-            h.insert(HeaderName::from_static("keep-alive"), v);
-        }
-    }
-    if v10 {
-        *resp.version_mut() = Version::HTTP_10;
     }
     resp
 }
@@ -460,7 +327,6 @@ enum Inner {
 /// connection loop and returns the backend connection to its pool.
 pub struct ProxyBody {
     inner: Inner,
-    exchange: Arc<Exchange>,
     pooled: Option<(PooledConn, Arc<Upstream>, ReuseHint)>,
     /// Longest wait for the next chunk from the backend.
     gap: Duration,
@@ -469,10 +335,9 @@ pub struct ProxyBody {
 }
 
 impl ProxyBody {
-    fn full(b: Bytes, exchange: Arc<Exchange>) -> Self {
+    fn full(b: Bytes) -> Self {
         ProxyBody {
             inner: Inner::Full(Some(b)),
-            exchange,
             pooled: None,
             gap: Duration::ZERO,
             gap_timer: None,
@@ -485,7 +350,6 @@ impl ProxyBody {
         if let Some((conn, upstream, hint)) = self.pooled.take() {
             upstream.checkin(conn, hint);
         }
-        self.exchange.finish();
     }
 }
 
@@ -497,7 +361,6 @@ impl Drop for ProxyBody {
         } else {
             // Not relayed to its end: the backend connection is not reusable.
             self.pooled = None;
-            self.exchange.finish();
         }
     }
 }
@@ -540,14 +403,10 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = match &self.inner {
+        match &self.inner {
             Inner::Full(b) => b.is_none(),
             Inner::Upstream(b) => b.is_end_stream(),
-        };
-        if end {
-            self.exchange.finish();
         }
-        end
     }
 
     fn size_hint(&self) -> SizeHint {

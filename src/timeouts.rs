@@ -10,13 +10,10 @@ pub struct Timeouts {
     /// Longest gap between two reads of a request body, and longest a write
     /// to the client may make no progress (a client that stopped reading).
     pub client_gap: Duration,
-    /// From the end of the request to the backend's response head (504).
+    /// `response_timeout`: from the end of the request to the backend's
+    /// response head (504), and the longest gap between two reads of the
+    /// response body or a write to the backend that makes no progress.
     pub response: Duration,
-    /// Longest gap between two reads of a response body, and longest a write
-    /// to the backend may make no progress.
-    pub backend_gap: Duration,
-    /// Silence in both directions that ends an upgraded tunnel.
-    pub upgrade_idle: Duration,
 }
 
 impl Timeouts {
@@ -24,8 +21,6 @@ impl Timeouts {
         Timeouts {
             client_gap: client.body_timeout,
             response: backend.response_timeout,
-            backend_gap: backend.response_timeout,
-            upgrade_idle: client.upgrade_idle_timeout,
         }
     }
 
@@ -34,8 +29,6 @@ impl Timeouts {
         Timeouts {
             client_gap: client.body_timeout,
             response: Duration::ZERO,
-            backend_gap: Duration::ZERO,
-            upgrade_idle: client.upgrade_idle_timeout,
         }
     }
 }

@@ -10,7 +10,6 @@
 
 use super::Ending;
 use crate::policy::ClientPolicy;
-use crate::proxy::Exchange;
 use crate::proxy::{self, RequestCtx};
 use crate::registry::{ClientState, Tracked};
 use crate::shared::Shared;
@@ -129,20 +128,14 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<pro
     );
     let has_body = !http_body::Body::is_end_stream(req.body());
     let nokeepalive = !policy.allows_keepalive();
-    let exchange = Arc::new(Exchange::default());
-    exchange.set_request_complete(true);
     let ctx = Arc::new(RequestCtx {
         shared: shared.clone(),
         policy,
         peer: conn.peer,
         local: conn.local,
         scheme: "https",
-        exchange,
-        keepalive: true,
-        remaining: u32::MAX,
         has_body,
         idempotent,
-        h2: true,
     });
     let resp = match proxy::handle(req, ctx).await {
         Ok(r) => r,

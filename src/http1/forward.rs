@@ -11,6 +11,7 @@
 //! - `X-Forwarded-*` or RFC 7239 `Forwarded`, per backend;
 //! - `Expect` dropped: finguard answers `100-continue` itself.
 
+use super::put;
 use crate::config::Forwarded;
 use crate::http1::framing::Framing;
 use crate::http1::head::{Head, Span};
@@ -111,8 +112,9 @@ fn named_by_connection<'a>(head_bytes: &'a [u8], head: &Head) -> Vec<&'a [u8]> {
 }
 
 /// Writes the backend's request head into `out`.
-pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, framing: &Framing, cx: &ForwardCtx<'_>) {
-    let t = target(head_bytes, head);
+/// `t` is the request's [`target`], as it was routed.
+pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, t: &Target<'_>, cx: &ForwardCtx<'_>) {
+    let framing = &head.framing;
     out.extend_from_slice(head.method.get(head_bytes));
     out.push(b' ');
     out.extend_from_slice(t.path);
@@ -218,13 +220,6 @@ pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, framing: &F
     out.extend_from_slice(b"\r\n");
 }
 
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Letters, digits, `.-_:` and brackets: a reg-name, IPv4 or `[IPv6]`, with a port.
 fn is_plain_host(h: &[u8]) -> bool {
     !h.is_empty()
@@ -249,7 +244,7 @@ mod tests {
             default_host: "backend:80",
             upgrade: h.upgrade,
         };
-        write_head(&mut out, b, &h, &h.framing, &cx);
+        write_head(&mut out, b, &h, &target(b, &h), &cx);
         String::from_utf8(out).unwrap()
     }
 

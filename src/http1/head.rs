@@ -170,15 +170,15 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
                 return Err(Reject::Bad("repeated Transfer-Encoding"));
             }
             te_seen = true;
-            if !trim(h.value).eq_ignore_ascii_case(b"chunked") {
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Err(Reject::Bad("unsupported Transfer-Encoding"));
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case("host") {
             hosts += 1;
-            host = Some(Span::of(base, trim(h.value)));
+            host = Some(Span::of(base, h.value.trim_ascii()));
         } else if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(trim) {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 let close = token.eq_ignore_ascii_case(b"close");
                 let keepalive = token.eq_ignore_ascii_case(b"keep-alive");
                 let upgrade = token.eq_ignore_ascii_case(b"upgrade");
@@ -188,7 +188,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
                 conn_names_headers |= !(close || keepalive || upgrade || token.is_empty());
             }
         } else if name.eq_ignore_ascii_case("expect") {
-            if !trim(h.value).eq_ignore_ascii_case(b"100-continue") {
+            if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 return Err(Reject::Expectation);
             }
             expect_continue = !http10;
@@ -236,18 +236,9 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     })
 }
 
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &v[start..end]
-}
-
 /// Digits only (no sign, no list): `Content-Length: 5, 5` is refused too.
-fn parse_content_length(v: &[u8]) -> Option<u64> {
-    let v = trim(v);
+pub(crate) fn parse_content_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }

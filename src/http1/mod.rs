@@ -8,3 +8,11 @@ pub mod forward;
 pub mod framing;
 pub mod head;
 pub mod response;
+
+/// Writes one header line.
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

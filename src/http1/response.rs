@@ -7,6 +7,7 @@
 //! backend connection may carry another request, and what the client is told:
 //! one connection decision, `close` or `keep-alive`, never both.
 
+use super::put;
 use std::time::Duration;
 
 /// More header lines than this in a backend response is a 502.
@@ -162,7 +163,7 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            let v = parse_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
+            let v = super::head::parse_content_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
             if length.is_some_and(|l| l != v) {
                 return Err(BadResponse("conflicting Content-Length headers"));
             }
@@ -310,21 +311,6 @@ fn copy_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: &[&[
 
 fn is_framing(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"content-length")
-}
-
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn parse_length(v: &[u8]) -> Option<u64> {
-    let v = v.trim_ascii();
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
 }
 
 #[cfg(test)]
