@@ -111,7 +111,9 @@ impl Drop for Upstream {
     }
 }
 
-/// Frees a slot and wakes a queued request when a connection's task ends.
+/// A connection slot under `max_connections`, held from before the connect
+/// until the connection closes. Whenever it is given back (the connection
+/// closed, or the connect failed) a queued request is woken to use it.
 struct SlotGuard {
     _permit: OwnedSemaphorePermit,
     freed: Arc<Notify>,
@@ -138,6 +140,15 @@ impl Upstream {
             health: Mutex::new(vec![AddrHealth::default(); cfg.addrs.len()]),
             metrics,
             cfg,
+        })
+    }
+
+    /// A free slot, if any; it wakes a queued request when dropped.
+    fn take_slot(&self) -> Option<SlotGuard> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        Some(SlotGuard {
+            _permit: permit,
+            freed: self.freed.clone(),
         })
     }
 
@@ -192,8 +203,8 @@ impl Upstream {
                     return Ok(c);
                 }
             }
-            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                return self.connect(permit, source, local).await;
+            if let Some(slot) = self.take_slot() {
+                return self.connect(slot, source, local).await;
             }
             // Make room: an idle connection the HTTP/1 path holds, or (for a
             // fresh one) the oldest idle one here, gives up its slot.
@@ -309,12 +320,12 @@ impl Upstream {
     /// Opens a connection, trying each address at most once.
     async fn connect(
         &self,
-        permit: OwnedSemaphorePermit,
+        slot: SlotGuard,
         source: Option<SocketAddr>,
         local: SocketAddr,
     ) -> Result<PooledConn, UpstreamError> {
         let (stream, addr) = self.open_any(source, local).await?;
-        self.handshake(stream, addr, source, permit).await
+        self.handshake(stream, addr, source, slot).await
     }
 
     /// Connects to the next usable address, trying each at most once.
@@ -369,23 +380,19 @@ impl Upstream {
         stream: TcpStream,
         addr: SocketAddr,
         source: Option<SocketAddr>,
-        permit: OwnedSemaphorePermit,
+        slot: SlotGuard,
     ) -> Result<PooledConn, UpstreamError> {
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Handshake(addr, e))?;
         Metrics::backend_counter(&self.metrics.backend_connects, &self.cfg.name).inc();
-        let guard = SlotGuard {
-            _permit: permit,
-            freed: self.freed.clone(),
-        };
         let idle = Arc::new(AtomicBool::new(false));
         let (backend, metrics, idle_flag) = (self.cfg.name.clone(), self.metrics.clone(), idle.clone());
         let span = tracing::debug_span!("backend", %backend, %addr);
         tokio::spawn(tracing::Instrument::instrument(
             async move {
-                let _guard = guard;
+                let _slot = slot;
                 let result = conn.await;
                 let was_idle = idle_flag.load(Ordering::Acquire);
                 match result {

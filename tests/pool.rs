@@ -228,3 +228,48 @@ fn an_idle_connection_finguard_expires_is_counted_once_and_never_as_backend_clos
     assert_eq!(reaped("backend_closed"), 0.0);
     assert_eq!(reaped("over_max_idle"), 0.0);
 }
+
+/// A listener whose accept queue is full: the kernel drops new SYNs, so a
+/// connect to it hangs until the connector gives up.
+fn unanswering_listener() -> (socket2::Socket, Vec<std::net::TcpStream>) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    // Fill the queue (never accepted); later connects get no SYN-ACK.
+    let fillers = (0..4)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok())
+        .collect();
+    (sock, fillers)
+}
+
+#[test]
+fn a_failed_connect_hands_its_slot_to_a_queued_request() {
+    let (black_hole, _fillers) = unanswering_listener();
+    let addr = black_hole.local_addr().unwrap().as_socket().unwrap();
+    let cfg = format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{addr}\"]\n\
+         max_connections = 1\npool_max_idle = 1\nconnect_timeout = \"400ms\"\nqueue_timeout = \"4s\"\n"
+    );
+    let p = Proxy::start_args(&cfg, &[]);
+    // Two requests at once: one takes the only slot and its connect times
+    // out; the other waits in the queue for that slot, then tries itself.
+    let statuses: Vec<u16> = (0..2)
+        .map(|_| {
+            let a = p.addr;
+            thread::spawn(move || request(a, "GET / HTTP/1.1\r\nHost: a\r\n\r\n").status)
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    // A 503 here is the queue timing out while the slot sat free.
+    assert_eq!(statuses, vec![502, 502], "{}", p.log());
+    assert_eq!(
+        p.metric("finguard_requests_total{code=\"5xx\"}"),
+        2.0,
+        "{}",
+        p.admin_get("/metrics").1
+    );
+}

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -164,8 +164,8 @@ impl Upstream {
                     return Ok(c);
                 }
             }
-            if let Ok(permit) = self.slots.clone().try_acquire_owned() {
-                return self.connect_raw(permit, source, local, w).await;
+            if let Some(slot) = self.take_slot() {
+                return self.connect_raw(slot, source, local, w).await;
             }
             // Every slot is taken: only a fresh connection makes an idle one
             // give up its slot (the backend never sees more than `max_connections`).
@@ -258,7 +258,7 @@ impl Upstream {
 
     async fn connect_raw(
         &self,
-        permit: OwnedSemaphorePermit,
+        slot: SlotGuard,
         source: Option<SocketAddr>,
         local: SocketAddr,
         w: usize,
@@ -278,10 +278,7 @@ impl Upstream {
                 flagged: AtomicBool::new(false),
                 signal: self.raw[w].signal.clone(),
             }),
-            _slot: SlotGuard {
-                _permit: permit,
-                freed: self.freed.clone(),
-            },
+            _slot: slot,
         })
     }
 
