@@ -56,7 +56,6 @@ pub enum ReapReason {
     IdleTimeout,
     BackendClosed,
     OverMaxIdle,
-    LingerExpired,
     Error,
 }
 
@@ -66,10 +65,41 @@ impl ReapReason {
             ReapReason::IdleTimeout => "idle_timeout",
             ReapReason::BackendClosed => "backend_closed",
             ReapReason::OverMaxIdle => "over_max_idle",
-            ReapReason::LingerExpired => "linger_expired",
             ReapReason::Error => "error",
         }
     }
+}
+
+/// How an upgraded tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// Both sides closed (each FIN passed on to the other).
+    Closed,
+    /// Silent both ways for `upgrade_idle_timeout`.
+    IdleTimeout,
+    /// A side stopped reading: a write made no progress for `upgrade_idle_timeout`.
+    Stalled,
+    /// The client reset the connection.
+    ClientReset,
+    /// Any other socket error, on either side.
+    Error,
+}
+
+impl TunnelEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelEnd::Closed => "closed",
+            TunnelEnd::IdleTimeout => "idle_timeout",
+            TunnelEnd::Stalled => "stalled",
+            TunnelEnd::ClientReset => "client_reset",
+            TunnelEnd::Error => "error",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 pub struct Metrics {
@@ -88,6 +118,9 @@ pub struct Metrics {
     pub backend_retries: Family<BackendLabel, Counter>,
     pub backend_ejections: Family<BackendLabel, Counter>,
     pub tcp_sockets: Family<SocketLabel, Gauge>,
+    /// Client connections the reaper ended (per connection).
+    client_reaped: Family<ReasonLabel, Counter>,
+    tunnels_closed: Family<OutcomeLabel, Counter>,
     pub tls_handshakes: Family<OutcomeLabel, Counter>,
 }
 
@@ -113,6 +146,8 @@ impl Metrics {
             backend_retries: Family::default(),
             backend_ejections: Family::default(),
             tcp_sockets: Family::default(),
+            client_reaped: Family::default(),
+            tunnels_closed: Family::default(),
             tls_handshakes: Family::default(),
             registry: Registry::default(),
             by_class: Default::default(),
@@ -179,6 +214,16 @@ impl Metrics {
             m.tcp_sockets.clone(),
         );
         registry.register(
+            "finguard_client_reaped",
+            "Client connections the reaper ended, by reason (linger_expired: lingering past linger_time)",
+            m.client_reaped.clone(),
+        );
+        registry.register(
+            "finguard_tunnels_closed",
+            "Upgraded tunnels (WebSocket) ended, by outcome",
+            m.tunnels_closed.clone(),
+        );
+        registry.register(
             "finguard_tls_handshakes",
             "TLS handshakes on client connections, by outcome (ok, error, timeout)",
             m.tls_handshakes.clone(),
@@ -217,6 +262,20 @@ impl Metrics {
             reason: reason.as_str(),
         };
         self.backend_reaped.get_or_create(&l).inc();
+    }
+
+    /// A client connection the reaper ended.
+    pub fn client_reaped(&self) {
+        let l = ReasonLabel {
+            reason: "linger_expired",
+        };
+        self.client_reaped.get_or_create(&l).inc();
+    }
+
+    pub fn tunnel_closed(&self, end: TunnelEnd) {
+        self.tunnels_closed
+            .get_or_create(&OutcomeLabel { outcome: end.as_str() })
+            .inc();
     }
 
     pub fn backend_state(&self, backend: &str, state: &'static str) -> Gauge {

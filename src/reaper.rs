@@ -3,11 +3,10 @@
 //! `linger_time` (a safety net: the lingering loop has its own deadline). It
 //! only takes short locks, never waits on a socket.
 //!
-//! It holds narrow handles — the pools, the client registry, the metrics —
+//! It holds narrow handles — the pools and the client registry —
 //! never the whole generation; one reaper per generation, ending when its
 //! generation is gone (reloaded away and its last connection closed).
 
-use crate::metrics::{Metrics, ReapReason};
 use crate::registry::Registry;
 use crate::upstream::Upstream;
 use std::sync::{Arc, Weak};
@@ -20,7 +19,6 @@ pub struct Handles {
     pub alive: Weak<()>,
     pub pools: Vec<Weak<Upstream>>,
     pub clients: Arc<Registry>,
-    pub metrics: Arc<Metrics>,
     pub interval: Duration,
     /// The longest any rule lets a connection linger, plus one interval.
     pub max_linger: Duration,
@@ -40,10 +38,10 @@ pub async fn run(h: Handles) {
                 debug!(backend = %p.cfg.name, reaped = n, "reaped idle backend connections");
             }
         }
+        // Each connection counts itself when it ends (`finguard_client_reaped_total`).
         let stuck = h.clients.reap_lingering(h.max_linger);
         if stuck > 0 {
-            warn!(stuck, "ended client connections lingering past linger_time");
-            h.metrics.reaped("client", ReapReason::LingerExpired);
+            warn!(stuck, "ending client connections lingering past linger_time");
         }
     }
 }

@@ -212,3 +212,28 @@ impl Drop for Tracked {
         self.registry.lock().remove(&self.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_lingering_past_the_limit_is_ended_once() {
+        let r = Arc::new(Registry::new());
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let lingering = r.open(peer);
+        lingering.set(ClientState::Lingering);
+        let idle = r.open(peer);
+        idle.set(ClientState::Idle);
+        let limit = Duration::from_secs(10);
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(r.reap_lingering(limit), 0, "not past the limit yet");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(r.reap_lingering(limit), 1);
+        assert!(lingering.entry.kill.is_cancelled());
+        assert!(!idle.entry.kill.is_cancelled(), "only lingering connections are ended");
+        // The next sweeps do not count it again while it winds down.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(r.reap_lingering(limit), 0);
+    }
+}

@@ -102,7 +102,6 @@ impl Shared {
             alive: Arc::downgrade(&self.alive),
             pools: self.upstreams.iter().map(Arc::downgrade).collect(),
             clients: self.clients.clone(),
-            metrics: self.metrics.clone(),
             interval: self.config.reaper_interval,
             max_linger,
         }

@@ -65,16 +65,74 @@ fn a_websocket_round_trip_works_and_a_client_close_leaves_no_close_wait() {
 #[test]
 fn an_idle_tunnel_is_ended_after_upgrade_idle_timeout() {
     let backend = Backend::start(Reply::UpgradeEcho);
-    let p = Proxy::start("[client]\nupgrade_idle_timeout = \"300ms\"\n", backend.addr);
+    let p = Proxy::start(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[client]\nupgrade_idle_timeout = \"400ms\"\n",
+        backend.addr,
+    );
     let mut s = p.connect();
     let port = s.local_addr().unwrap().port();
     s.write_all(UPGRADE).unwrap();
     let head = read_head(&mut s, &mut Vec::new()).unwrap();
     assert!(head.starts_with("HTTP/1.1 101 "));
+    let upgraded = std::time::Instant::now();
     assert_ne!(
         peer_end(&mut s, Duration::from_secs(3)),
         PeerEnd::Open,
         "the idle tunnel was kept"
     );
+    // Ended by the idle timer, not by a failure at once.
+    assert!(
+        upgraded.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        upgraded.elapsed()
+    );
+    assert_eq!(p.metric("finguard_tunnels_closed_total{outcome=\"idle_timeout\"}"), 1.0);
     assert!(wait_until(Duration::from_secs(2), || tcp_states(p.port(), port).is_empty()));
+    assert!(wait_until(Duration::from_secs(2), || no_close_wait(&p, &backend, port)));
+}
+
+/// After its 101, writes to the client as fast as it can until the
+/// connection fails.
+fn flooding_upgrade_backend(mut s: std::net::TcpStream) {
+    if read_head(&mut s, &mut Vec::new()).is_none() {
+        return;
+    }
+    let _ = s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    let chunk = [b'f'; 65536];
+    while s.write_all(&chunk).is_ok() {}
+}
+
+#[test]
+fn a_tunnel_whose_client_stops_reading_is_ended_and_both_sockets_closed() {
+    let (backend, accepted) = raw_backend(flooding_upgrade_backend);
+    let p = Proxy::start(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[client]\nupgrade_idle_timeout = \"1s\"\n",
+        backend,
+    );
+    let mut s = p.connect();
+    let port = s.local_addr().unwrap().port();
+    s.write_all(UPGRADE).unwrap();
+    assert!(read_head(&mut s, &mut Vec::new()).unwrap().starts_with("HTTP/1.1 101 "));
+    // The client reads nothing more; the backend keeps sending.
+    let sample = "finguard_tunnels_closed_total{outcome=\"stalled\"}";
+    assert!(
+        wait_until(Duration::from_secs(10), || p.metric(sample) == 1.0),
+        "the stuck tunnel was never ended: {}",
+        p.admin_get("/metrics").1
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Neither of finguard's sockets is left: not the client's, not the backend's.
+    assert!(
+        wait_until(Duration::from_secs(2), || tcp_states(p.port(), port).is_empty()
+            && tcp_states(0, backend.port()).is_empty()),
+        "client side {:?}, backend side {:?}",
+        tcp_states(p.port(), port),
+        tcp_states(0, backend.port())
+    );
+    // Counted as a tunnel, not as a lingering close.
+    assert!(!p
+        .admin_get("/metrics")
+        .1
+        .contains("finguard_lingering_closes_total{outcome=\"error\"} 1"));
+    drop(s);
 }

@@ -163,3 +163,70 @@ async fn close_so_linger(stream: TcpStream, t: Duration) {
     let _ = socket2::SockRef::from(&std).set_linger(Some(t));
     let _ = tokio::task::spawn_blocking(move || drop(std)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    const SETTINGS: CloseSettings = CloseSettings {
+        mode: CloseMode::Lingering,
+        linger_time: Duration::from_secs(30),
+        linger_timeout: Duration::from_secs(2),
+        on_timeout: OnTimeout::Close,
+    };
+
+    /// A connected pair on loopback: (finguard's side, the client's side).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (server, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_client_is_let_go_after_linger_timeout() {
+        let (server, _client) = pair().await;
+        let started = Instant::now();
+        let (outcome, drained) = close(server, &SETTINGS, &CancellationToken::new()).await;
+        assert_eq!((outcome, drained), (CloseOutcome::LingerTimeout, 0));
+        assert_eq!(started.elapsed(), SETTINGS.linger_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_keeps_sending_is_let_go_at_linger_time() {
+        let (server, mut client) = pair().await;
+        let sender = tokio::spawn(async move {
+            // One write a second: never silent for linger_timeout.
+            while client.write_all(&[b'x'; 100]).await.is_ok() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        let started = Instant::now();
+        let (outcome, drained) = close(server, &SETTINGS, &CancellationToken::new()).await;
+        assert_eq!(outcome, CloseOutcome::LingerTime);
+        assert_eq!(started.elapsed(), SETTINGS.linger_time);
+        assert!(drained >= 2900, "{drained}");
+        sender.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_reapers_kill_ends_lingering_at_once() {
+        let (server, _client) = pair().await;
+        let kill = CancellationToken::new();
+        kill.cancel();
+        let started = Instant::now();
+        let (outcome, _) = close(server, &SETTINGS, &kill).await;
+        assert_eq!(outcome, CloseOutcome::LingerTime);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_fin_ends_lingering_with_what_it_sent_counted() {
+        let (server, mut client) = pair().await;
+        client.write_all(b"pipelined rest").await.unwrap();
+        client.shutdown().await.unwrap();
+        let (outcome, drained) = close(server, &SETTINGS, &CancellationToken::new()).await;
+        assert_eq!((outcome, drained), (CloseOutcome::ClientFin, 14));
+    }
+}

@@ -274,14 +274,9 @@ pub(super) async fn finish<S: ClientStream>(
     let metrics = &shared.metrics;
     let ending = match ending {
         Ending::Tunnel(conn, pending) => {
-            let outcome = tunnel::run(stream, conn, pending, settings.upgrade_idle_timeout, &track.entry).await;
-            metrics
-                .lingering_closes
-                .get_or_create(&OutcomeLabel {
-                    outcome: outcome.as_str(),
-                })
-                .inc();
-            trace!(%peer, outcome = outcome.as_str(), "tunnel closed");
+            let end = tunnel::run(stream, conn, pending, settings.upgrade_idle_timeout, &track.entry).await;
+            metrics.tunnel_closed(end);
+            trace!(%peer, outcome = end.as_str(), "tunnel closed");
             return;
         }
         other => other,
@@ -331,6 +326,9 @@ pub(super) async fn finish<S: ClientStream>(
     track.set(ClientState::Lingering);
     let tcp = stream.into_tcp().await;
     let (outcome, drained) = linger::close(tcp, &settings.close, &track.entry.kill).await;
+    if track.entry.kill.is_cancelled() {
+        metrics.client_reaped();
+    }
     metrics
         .lingering_closes
         .get_or_create(&OutcomeLabel {

@@ -622,7 +622,7 @@ pub fn tcp_sockets(local: u16, remote: u16) -> Vec<(&'static str, u64)> {
                 continue;
             }
             let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0);
-            if port(f[1]) != local || (remote != 0 && port(f[2]) != remote) {
+            if (local != 0 && port(f[1]) != local) || (remote != 0 && port(f[2]) != remote) {
                 continue;
             }
             let inode = f[9].parse().unwrap_or(0);
