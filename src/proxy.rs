@@ -45,6 +45,10 @@ pub struct RequestCtx {
     pub idempotent: bool,
 }
 
+/// Why a request body stopped, seen by the request path when the backend
+/// request fails because of it.
+type FaultSlot = Arc<std::sync::Mutex<Option<BodyFault>>>;
+
 /// The hyper service: one call per request.
 pub async fn handle(req: Request<Incoming>, ctx: Arc<RequestCtx>) -> Result<Response<ProxyBody>, Infallible> {
     let started = tokio::time::Instant::now();
@@ -75,11 +79,20 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     };
     let upstream = &shared.upstreams[idx];
     let cfg = &upstream.cfg;
+    let settings = &ctx.policy.settings;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| crate::http1::head::parse_content_length(v.as_bytes()));
+    if declared.is_some_and(|n| n > settings.max_body_bytes) {
+        return Err(fault_failure(BodyFault::TooLarge));
+    }
     // Wait for the first body bytes before taking a backend connection: a
     // client that announces a body and never sends it (or sends garbage)
     // never costs the backend anything.
+    let fault = FaultSlot::default();
     let mut body = if ctx.has_body {
-        Some(peek_body(body, ctx.policy.settings.body_timeout).await?)
+        Some(peek_body(body, settings.max_body_bytes, settings.body_timeout, &fault).await?)
     } else {
         None
     };
@@ -123,6 +136,11 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
                 continue;
             }
         }
+        // The client's body failing (too large, too slow) fails the backend
+        // request too: the client's fault is the answer.
+        if let Some(f) = fault.lock().ok().and_then(|f| *f) {
+            return Err(fault_failure(f));
+        }
         return Err((
             StatusCode::BAD_GATEWAY,
             format!("backend {}: {}", cfg.name, err.into_error()),
@@ -160,30 +178,80 @@ fn route(shared: &Shared, parts: &request::Parts) -> Option<usize> {
     crate::exchange::route(shared, host.as_bytes(), parts.uri.path().as_bytes())
 }
 
-async fn peek_body(mut body: Incoming, timeout: Duration) -> Result<UpBody, Failure> {
-    let first = match tokio::time::timeout(timeout, body.frame()).await {
+async fn peek_body(mut body: Incoming, max: u64, gap: Duration, fault: &FaultSlot) -> Result<UpBody, Failure> {
+    let first = match tokio::time::timeout(gap, body.frame()).await {
         Err(_) => return Err(fault_failure(BodyFault::Timeout)),
         Ok(None) => None,
         Ok(Some(Ok(f))) => Some(f),
         Ok(Some(Err(_))) => return Err(fault_failure(BodyFault::Truncated)),
     };
-    Ok(UnsyncBoxBody::new(Prefixed { first, rest: body }))
+    let seen = first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
+    if seen > max {
+        return Err(fault_failure(BodyFault::TooLarge));
+    }
+    Ok(UnsyncBoxBody::new(Limited {
+        first,
+        rest: body,
+        seen,
+        max,
+        gap,
+        timer: None,
+        fault: fault.clone(),
+    }))
 }
 
-/// A request body whose first frame was already read.
-struct Prefixed {
+/// A request body on its way to the backend, held to the client's limits:
+/// at most `max_body_bytes` (413), and no gap between frames longer than
+/// `body_timeout` (408), as on HTTP/1. Its first frame was already read.
+struct Limited {
     first: Option<Frame<Bytes>>,
     rest: Incoming,
+    seen: u64,
+    max: u64,
+    gap: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    fault: FaultSlot,
 }
 
-impl Body for Prefixed {
+impl Limited {
+    fn fail(&mut self, f: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Ok(mut slot) = self.fault.lock() {
+            *slot = Some(f);
+        }
+        Poll::Ready(Some(Err(ProxyError::from(f).to_string().into())))
+    }
+}
+
+impl Body for Limited {
     type Data = Bytes;
     type Error = BoxError;
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(f) = self.first.take() {
+        let this = &mut *self;
+        if let Some(f) = this.first.take() {
             return Poll::Ready(Some(Ok(f)));
         }
-        Pin::new(&mut self.rest).poll_frame(cx).map_err(Into::into)
+        match Pin::new(&mut this.rest).poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                this.seen += f.data_ref().map_or(0, |d| d.len() as u64);
+                if this.seen > this.max {
+                    return this.fail(BodyFault::TooLarge);
+                }
+                if let Some(t) = this.timer.as_mut() {
+                    t.as_mut().reset(tokio::time::Instant::now() + this.gap);
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(_))) => this.fail(BodyFault::Truncated),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let gap = this.gap;
+                let t = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                if t.as_mut().poll(cx).is_ready() {
+                    return this.fail(BodyFault::Timeout);
+                }
+                Poll::Pending
+            }
+        }
     }
     fn is_end_stream(&self) -> bool {
         self.first.is_none() && self.rest.is_end_stream()
@@ -205,6 +273,9 @@ impl Body for Prefixed {
 }
 
 /// Removes hop-by-hop headers: those named by `Connection`, and the fixed set.
+/// `Trailer` stays (it is end to end): it announces trailers that travel
+/// with the body, which is how the HTTP/1 backend's chunked encoder learns
+/// which trailer fields to send.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -221,7 +292,6 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
         header::TE,
-        header::TRAILER,
         header::TRANSFER_ENCODING,
         header::UPGRADE,
     ] {

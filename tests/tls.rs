@@ -2,87 +2,13 @@
 
 mod support;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
+use support::tls::*;
 use support::*;
-
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-/// A leaf certificate for `names`, as (cert PEM, key PEM, cert DER).
-fn leaf(pki: &Pki, names: &[&str]) -> (String, String, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params.distinguished_name.push(rcgen::DnType::CommonName, names[0]);
-    let cert = params.signed_by(&key, &pki.ca, &pki.ca_key).unwrap();
-    (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-}
-
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name = rcgen::DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "finguard test CA");
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
-    let ca = params.self_signed(&ca_key).unwrap();
-    Pki { ca, ca_key }
-}
-
-/// Files for a listener: default cert for a.test, SNI cert for b.test.
-struct Files {
-    a_cert: TempFile,
-    a_key: TempFile,
-    b_cert: TempFile,
-    b_key: TempFile,
-    a_der: Vec<u8>,
-    b_der: Vec<u8>,
-}
-
-fn files(pki: &Pki) -> Files {
-    let (ac, ak, a_der) = leaf(pki, &["a.test"]);
-    let (bc, bk, b_der) = leaf(pki, &["b.test"]);
-    Files {
-        a_cert: TempFile::new("a.crt", &ac),
-        a_key: TempFile::new("a.key", &ak),
-        b_cert: TempFile::new("b.crt", &bc),
-        b_key: TempFile::new("b.key", &bk),
-        a_der,
-        b_der,
-    }
-}
-
-fn tls_config(f: &Files, extra: &str) -> String {
-    format!(
-        "[[listener]]\naddr = \"127.0.0.1:0\"\n[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nhandshake_timeout = \"300ms\"\n\
-         [[listener.tls.sni]]\nnames = [\"b.test\"]\ncert = \"{}\"\nkey = \"{}\"\n\
-         [admin]\naddr = \"127.0.0.1:0\"\n{extra}",
-        f.a_cert.0.display(),
-        f.a_key.0.display(),
-        f.b_cert.0.display(),
-        f.b_key.0.display()
-    )
-}
-
-fn client(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from(pki.ca.der().to_vec())).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Arc::new(cfg)
-}
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -265,31 +191,6 @@ fn tls_config_errors_name_the_file_and_the_problem() {
     );
     let (code, err) = check(&tls_config(&f, ""));
     assert_eq!(code, Some(0), "{err}");
-}
-
-fn ca_file(pki: &Pki) -> TempFile {
-    TempFile::new("ca.pem", &pki.ca.pem())
-}
-
-/// `curl --http2` through finguard: (curl's stdout, exit ok).
-fn curl_h2(p: &Proxy, ca: &TempFile, urls: usize, extra: &[&str]) -> (String, bool) {
-    let port = p.addr.port();
-    let url = format!("https://a.test:{port}/");
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["--http2", "-sS", "--cacert"]).arg(&ca.0);
-    cmd.args([
-        "--resolve",
-        &format!("a.test:{port}:127.0.0.1"),
-        "-w",
-        "%{http_version} %{http_code}\\n",
-    ]);
-    cmd.args(extra);
-    for _ in 0..urls {
-        cmd.args(["-o", "/dev/null", &url]);
-    }
-    let out = cmd.output().expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (text, out.status.success())
 }
 
 #[test]

@@ -3,7 +3,15 @@
 //!
 //! The User-Agent policy maps as far as HTTP/2 allows: `nokeepalive` sends
 //! GOAWAY after the first response; the HTTP/1.0 options do not apply;
-//! timeouts and the close mode do. Abuse limits: concurrent streams, header
+//! timeouts and the close mode do.
+//!
+//! A stream is open from its request until its response body is done (the
+//! body's drop), so a connection is idle — and subject to
+//! `keepalive_timeout` — only when no stream is open; a download is never cut
+//! by the idle watch or by a GOAWAY. What bounds a stream instead is
+//! progress: a response frame handed to h2 and not taken for `body_timeout`
+//! (the client stopped reading, or keeps its flow-control window shut) ends
+//! the connection with a reset, as a stuck HTTP/1 write does. Abuse limits: concurrent streams, header
 //! list size (`max_header_bytes`), and h2's own guard against rapid reset
 //! (CVE-2023-44487: streams reset before they were accepted are capped, then
 //! GOAWAY) and CONTINUATION floods (bounded by the header list size).
@@ -18,10 +26,13 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::Notify;
+use tracing::debug;
 
 /// Concurrent streams per connection (nginx `http2_max_concurrent_streams`).
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
@@ -34,8 +45,13 @@ struct H2Conn {
     local: SocketAddr,
     policy: OnceLock<Arc<ClientPolicy>>,
     track: Tracked,
-    /// Streams being served now.
+    /// Streams open now: from the request until the response body is done.
     active: AtomicU32,
+    /// Response frames handed to h2 so far (progress towards the client).
+    sent: AtomicU64,
+    /// Streams whose last frame h2 has not come back for: it waits for
+    /// the client (TCP or flow-control window).
+    waiting_client: AtomicU32,
     /// Asks the connection to send GOAWAY (policy `nokeepalive`).
     goaway: Notify,
 }
@@ -54,6 +70,8 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         policy: OnceLock::new(),
         track,
         active: AtomicU32::new(0),
+        sent: AtomicU64::new(0),
+        waiting_client: AtomicU32::new(0),
         goaway: Notify::new(),
     });
     let svc = {
@@ -70,19 +88,30 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         .max_header_list_size(u32::try_from(base.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .keep_alive_interval(None);
-    {
+    let stalled = {
         let h2 = builder.serve_connection(TokioIo::new(&mut stream), svc);
         tokio::pin!(h2);
-        let done = tokio::select! {
-            r = h2.as_mut() => Some(r),
-            () = conn.goaway.notified() => None,
-            () = shared.draining.cancelled() => None,
-            () = idle_watch(&conn, base.keepalive_timeout) => None,
+        let stall = || stall_watch(&conn, conn.policy.get().map_or(base, |p| p.settings).body_timeout);
+        let mut stalled = tokio::select! {
+            _ = h2.as_mut() => None,
+            () = conn.goaway.notified() => Some(false),
+            () = shared.draining.cancelled() => Some(false),
+            () = idle_watch(&conn, base.keepalive_timeout) => Some(false),
+            () = stall() => Some(true),
         };
-        if done.is_none() {
+        if stalled == Some(false) {
+            // GOAWAY, then the open streams run to their end (or stall).
             h2.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(base.body_timeout, h2.as_mut()).await;
+            stalled = tokio::select! {
+                _ = h2.as_mut() => None,
+                () = stall() => Some(true),
+            };
         }
+        stalled == Some(true)
+    };
+    if stalled {
+        debug!(%peer, "HTTP/2 client stopped taking responses; aborting");
+        return super::abort(stream, &shared.metrics);
     }
     let settings = conn.policy.get().map_or(base, |p| p.settings);
     Box::pin(super::finish(
@@ -96,6 +125,20 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     .await;
 }
 
+/// Resolves when a response frame has waited for the client for `limit`
+/// with no frame taken on any stream meanwhile.
+async fn stall_watch(conn: &H2Conn, limit: Duration) {
+    let mut last = conn.sent.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(limit).await;
+        let now = conn.sent.load(Ordering::Relaxed);
+        if now == last && conn.waiting_client.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Resolves when the connection has had no stream for `keepalive_timeout`.
 async fn idle_watch(conn: &H2Conn, keepalive: Duration) {
     loop {
@@ -106,7 +149,7 @@ async fn idle_watch(conn: &H2Conn, keepalive: Duration) {
     }
 }
 
-async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<proxy::ProxyBody> {
+async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<StreamBody> {
     let shared = &conn.shared;
     let policy = conn
         .policy
@@ -137,15 +180,86 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<pro
         has_body,
         idempotent,
     });
+    // Counted open from here: the stream closes when its body is dropped.
+    let open = OpenStream(conn.clone());
     let resp = match proxy::handle(req, ctx).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
-    if conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-        conn.track.set(ClientState::Idle);
-    }
     if nokeepalive {
         conn.goaway.notify_one();
     }
-    resp
+    resp.map(|inner| StreamBody {
+        inner,
+        handed: false,
+        open,
+    })
+}
+
+/// One open stream; closing it may leave the connection idle.
+struct OpenStream(Arc<H2Conn>);
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.track.set(ClientState::Idle);
+        }
+    }
+}
+
+/// A response body as h2 sends it: counts progress towards the client and
+/// keeps its stream open until h2 is done with it.
+pub struct StreamBody {
+    inner: proxy::ProxyBody,
+    /// The last frame went to h2 and h2 has not asked for more yet.
+    handed: bool,
+    open: OpenStream,
+}
+
+impl StreamBody {
+    fn taken(&mut self) {
+        if std::mem::take(&mut self.handed) {
+            self.open.0.waiting_client.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for StreamBody {
+    fn drop(&mut self) {
+        self.taken();
+    }
+}
+
+impl http_body::Body for StreamBody {
+    type Data = bytes::Bytes;
+    type Error = proxy::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        this.taken();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            let conn = &this.open.0;
+            conn.sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(d) = f.data_ref() {
+                conn.track.entry.bytes_out.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+            if !this.inner.is_end_stream() {
+                this.handed = true;
+                conn.waiting_client.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -251,7 +251,7 @@ async fn wait_head<S: ClientStream>(
 
 /// Ends a connection with RST (no TLS `close_notify`: nothing may look
 /// complete), counted as an `error` close.
-fn abort<S: ClientStream>(stream: S, metrics: &crate::metrics::Metrics) {
+pub(super) fn abort<S: ClientStream>(stream: S, metrics: &crate::metrics::Metrics) {
     linger::abort(stream.into_tcp_abort());
     metrics
         .lingering_closes

@@ -1,0 +1,349 @@
+//! HTTP/2 to clients under ordinary use: request bodies held to the same
+//! limits as HTTP/1, downloads that outlast the keep-alive timeout, a client
+//! that stops taking a response, and trailers both ways (HTTP/1.1 too).
+//! Real clients where they show it best: `curl --http2`, and the `h2` crate
+//! for frames curl does not send.
+
+mod support;
+
+use bytes::Bytes;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::tls::*;
+use support::*;
+
+const DOWNLOAD: usize = 4 * 1024 * 1024;
+
+/// Serves `DOWNLOAD` bytes with a Content-Length for every request.
+fn download_backend(mut s: TcpStream) {
+    let body = vec![b'd'; DOWNLOAD];
+    let mut buf = Vec::new();
+    while read_head(&mut s, &mut buf).is_some() {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {DOWNLOAD}\r\n\r\n");
+        if s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body)).is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads a request with a chunked body, trailers and all, then answers with
+/// a chunked body (the request body as it arrived on the wire) and a
+/// trailer of its own.
+fn trailer_backend(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    let Some(head) = read_head(&mut s, &mut buf) else {
+        return;
+    };
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        // Until the last chunk and the empty line after its trailers.
+        while !(buf.ends_with(b"\r\n\r\n") && (buf.starts_with(b"0\r\n") || find(&buf, b"\r\n0\r\n").is_some())) {
+            let mut b = [0u8; 4096];
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&b[..n]),
+            }
+        }
+    }
+    let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n".to_vec();
+    let echo = [head.as_bytes(), &buf].concat();
+    out.extend_from_slice(format!("{:x}\r\n", echo.len()).as_bytes());
+    out.extend_from_slice(&echo);
+    out.extend_from_slice(b"\r\n0\r\nX-Checksum: abc\r\n\r\n");
+    let _ = s.write_all(&out);
+    let _ = peer_end(&mut s, Duration::from_secs(5));
+}
+
+struct H2Setup {
+    _files: Files,
+    ca: TempFile,
+    client: Arc<rustls::ClientConfig>,
+    proxy: Proxy,
+}
+
+fn h2_proxy(extra: &str, backend: SocketAddr) -> H2Setup {
+    let pki = pki();
+    let files = files(&pki);
+    let ca = ca_file(&pki);
+    let proxy = Proxy::start_raw(&tls_config(&files, extra), &["--backend", &backend.to_string()]);
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    H2Setup {
+        _files: files,
+        ca,
+        client: Arc::new(cfg),
+        proxy,
+    }
+}
+
+/// An `h2` client connection to finguard (TLS, ALPN h2), driven on `rt`.
+async fn h2_client(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    builder: h2::client::Builder,
+) -> (
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    let (client, conn) = builder.handshake(tls).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `curl --http2` for one URL with a body from stdin or a file: (http code, stdout+stderr).
+fn curl_status(s: &H2Setup, args: &[&str], stdin: Option<Vec<u8>>) -> (String, String) {
+    let port = s.proxy.addr.port();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["--http2", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&s.ca.0)
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .args(args)
+        .arg(format!("https://a.test:{port}/up"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("curl");
+    let mut input = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        if let Some(b) = stdin {
+            let _ = input.write_all(&b);
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = feeder.join();
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn http2_request_bodies_are_held_to_max_body_bytes() {
+    let backend = Backend::start(Reply::Ok);
+    let s = h2_proxy("[client]\nmax_body_bytes = \"1KiB\"\n", backend.addr);
+    let body = TempFile::new("body", &"x".repeat(100_000));
+    // Announced too large: refused before any backend sees it.
+    let (code, err) = curl_status(&s, &["--data-binary", &format!("@{}", body.0.display())], None);
+    assert_eq!(code, "413", "{err}\n{}", s.proxy.log());
+    assert!(backend.heads().is_empty(), "{:?}", backend.heads());
+    // No length announced (curl -T - streams it): refused when it passes the limit.
+    let (code, err) = curl_status(&s, &["-T", "-"], Some(vec![b'y'; 100_000]));
+    assert_eq!(code, "413", "{err}\n{}", s.proxy.log());
+    // Within the limit, a body goes through.
+    let (code, err) = curl_status(&s, &["--data-binary", "small"], None);
+    assert_eq!(code, "200", "{err}");
+}
+
+#[test]
+fn an_http2_request_body_that_stalls_gets_408_after_body_timeout() {
+    let backend = Backend::start(Reply::Ok);
+    let s = h2_proxy("[client]\nbody_timeout = \"500ms\"\n", backend.addr);
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let status = rt().block_on(async move {
+        let (mut client, _conn) = h2_client(cfg, addr, h2::client::Builder::new()).await;
+        let req = http::Request::post("https://a.test/up")
+            .header("content-length", "10")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        body.send_data(Bytes::from_static(b"12345"), false).unwrap();
+        // The other five bytes never come.
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("no answer to a stalled body");
+        resp.unwrap().status()
+    });
+    assert_eq!(status, 408, "{}", s.proxy.log());
+}
+
+/// `curl --http2 --limit-rate` of the download: (exit ok, bytes received, curl's report).
+fn slow_download(s: &H2Setup, user_agent: &str) -> (bool, usize, String) {
+    let port = s.proxy.addr.port();
+    let out = std::process::Command::new("curl")
+        .args([
+            "--http2",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            "--cacert",
+        ])
+        .arg(&s.ca.0)
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .args(["--limit-rate", "1M", "-A", user_agent])
+        .arg(format!("https://a.test:{port}/big"))
+        .output()
+        .expect("curl");
+    let size = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    (
+        out.status.success(),
+        size,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Downloads with flow control paced by the client: 64 KiB of window
+/// given back every 50 ms (about 1.3 MB/s), so the stream stays open for
+/// seconds whatever the socket buffers hold. Returns the bytes received.
+async fn paced_download(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, user_agent: &str) -> Result<usize, String> {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(65_535)
+        .initial_connection_window_size(65_535);
+    let (mut client, _conn) = h2_client(cfg, addr, builder).await;
+    let req = http::Request::get("https://a.test/big")
+        .header("user-agent", user_agent)
+        .body(())
+        .unwrap();
+    let (resp, _) = client.send_request(req, true).map_err(|e| e.to_string())?;
+    let mut body = resp.await.map_err(|e| e.to_string())?.into_body();
+    let mut got = 0;
+    let mut pending = 0;
+    while let Some(d) = body.data().await {
+        let d = d.map_err(|e| format!("after {got} bytes: {e}"))?;
+        got += d.len();
+        pending += d.len();
+        if pending >= 65_535 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            pending -= 65_535;
+        }
+        let _ = body.flow_control().release_capacity(d.len());
+    }
+    Ok(got)
+}
+
+#[test]
+fn an_http2_download_outlasts_keepalive_timeout_and_a_goaway() {
+    let (backend, _) = raw_backend(download_backend);
+    // About three seconds per download: past keepalive_timeout, and past
+    // keepalive_timeout + body_timeout (the old cap after a GOAWAY).
+    let s = h2_proxy(
+        "[client]\nkeepalive_timeout = \"500ms\"\nbody_timeout = \"1s\"\n\
+         [[user_agent]]\nmatch = \"one-shot\"\nnokeepalive = true\n",
+        backend,
+    );
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let (plain, one_shot) = rt().block_on(async move {
+        tokio::join!(
+            paced_download(cfg.clone(), addr, "plain-client"),
+            paced_download(cfg, addr, "one-shot-client")
+        )
+    });
+    assert_eq!(plain, Ok(DOWNLOAD), "{}", s.proxy.log());
+    assert_eq!(one_shot, Ok(DOWNLOAD), "{}", s.proxy.log());
+    assert_eq!(s.proxy.metric("finguard_ua_rule_matches_total{rule=\"one-shot\"}"), 1.0);
+}
+
+#[test]
+fn curl_downloads_over_http2_at_a_limited_rate() {
+    let (backend, _) = raw_backend(download_backend);
+    let s = h2_proxy("[client]\nkeepalive_timeout = \"1s\"\nbody_timeout = \"2s\"\n", backend);
+    let (ok, size, err) = slow_download(&s, "curl");
+    assert!(ok && size == DOWNLOAD, "{size} of {DOWNLOAD} bytes, {err}");
+}
+
+#[test]
+fn an_http2_client_that_keeps_its_window_shut_is_cut_off_after_body_timeout() {
+    let (backend, _) = raw_backend(download_backend);
+    let s = h2_proxy(
+        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
+        backend,
+    );
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let (ended, took) = rt().block_on(async move {
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(0);
+        let (mut client, conn) = h2_client(cfg, addr, builder).await;
+        let req = http::Request::get("https://a.test/big").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // Never opens the window: finguard cannot send a byte of the body.
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(15), conn).await.is_ok();
+        (ended, started.elapsed())
+    });
+    assert!(ended, "the stuck connection was kept");
+    assert!(took >= Duration::from_secs(1), "cut before body_timeout: {took:?}");
+    let open = || {
+        tcp_states(s.proxy.port(), 0)
+            .into_iter()
+            .filter(|st| *st != "LISTEN")
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(3), || open().is_empty()), "{:?}", open());
+}
+
+#[test]
+fn trailers_travel_both_ways_over_http2() {
+    let (backend, _) = raw_backend(trailer_backend);
+    let s = h2_proxy("", backend);
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let (body, trailers) = rt().block_on(async move {
+        let (mut client, _conn) = h2_client(cfg, addr, h2::client::Builder::new()).await;
+        let req = http::Request::post("https://a.test/up")
+            .header("trailer", "x-sum")
+            .body(())
+            .unwrap();
+        let (resp, mut up) = client.send_request(req, false).unwrap();
+        up.send_data(Bytes::from_static(b"hello"), false).unwrap();
+        let mut t = http::HeaderMap::new();
+        t.insert("x-sum", "42".parse().unwrap());
+        up.send_trailers(t).unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        let mut got = Vec::new();
+        while let Some(d) = body.data().await {
+            let d = d.unwrap();
+            let _ = body.flow_control().release_capacity(d.len());
+            got.extend_from_slice(&d);
+        }
+        let trailers = body.trailers().await.unwrap();
+        (String::from_utf8_lossy(&got).into_owned(), trailers)
+    });
+    let lower = body.to_ascii_lowercase();
+    assert!(lower.contains("trailer: x-sum"), "{body}");
+    assert!(
+        lower.contains("\r\n0\r\nx-sum: 42\r\n\r\n"),
+        "the backend did not get the trailer: {body:?}"
+    );
+    let t = trailers.expect("no response trailers");
+    assert_eq!(t.get("x-checksum").map(|v| v.to_str().unwrap()), Some("abc"), "{t:?}");
+}
+
+#[test]
+fn trailers_travel_both_ways_over_http1() {
+    let (backend, _) = raw_backend(trailer_backend);
+    let p = Proxy::start("", backend);
+    let mut c = p.connect();
+    c.write_all(
+        b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Sum: 42\r\n\r\n",
+    )
+    .unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    while !(got.ends_with(b"\r\n\r\n") && find(&got, b"\r\n0\r\n").is_some()) {
+        let n = c.read(&mut b).expect("response");
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("Trailer: X-Checksum\r\n"), "{text}");
+    assert!(
+        text.contains("X-Sum: 42"),
+        "the backend did not get the trailer: {text}"
+    );
+    assert!(text.ends_with("\r\n0\r\nX-Checksum: abc\r\n\r\n"), "{text}");
+}
