@@ -18,7 +18,7 @@ fn have(tool: &str) -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        eprintln!("SKIPPED: {tool} not found");
+        require_peer(tool);
     }
     found
 }
@@ -123,7 +123,7 @@ fn a_requests_session_posts_300_random_bodies_on_one_connection() {
         .status()
         .is_ok_and(|s| s.success())
     {
-        eprintln!("SKIPPED: Python requests not installed");
+        require_peer("python3-requests");
         return;
     }
     let Some((_apache, p)) = setup() else { return };

@@ -136,3 +136,57 @@ fn a_tunnel_whose_client_stops_reading_is_ended_and_both_sockets_closed() {
         .contains("finguard_lingering_closes_total{outcome=\"error\"} 1"));
     drop(s);
 }
+
+#[test]
+fn a_python_websockets_client_round_trips_1000_echoes_and_closes_from_each_side() {
+    use std::io::BufRead;
+    let Some(python) = ["/usr/bin/python3", "python3"].into_iter().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", "import websockets"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        require_peer("python3-websockets");
+        return;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/ws_roundtrip.py");
+    let mut server = std::process::Command::new(python)
+        .args([script, "server"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python");
+    let mut line = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let backend: std::net::SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().expect("server port");
+    let p = Proxy::start("[admin]\naddr = \"127.0.0.1:0\"\n", backend);
+    let out = std::process::Command::new(python)
+        .args([script, "client", &format!("ws://127.0.0.1:{}/echo", p.port()), "1000"])
+        .output()
+        .expect("python");
+    let _ = server.kill();
+    let _ = server.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.trim(),
+        r#"{"echoes": 1000, "client_close": 1000, "server_close": 1000}"#,
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log()
+    );
+    // Both tunnels ended as closed (each side's FIN passed on), none left behind.
+    let closed = "finguard_tunnels_closed_total{outcome=\"closed\"}";
+    assert!(
+        wait_until(Duration::from_secs(3), || p.metric(closed) == 2.0),
+        "{}",
+        p.admin_get("/metrics").1
+    );
+    let left = || {
+        let mut s = tcp_states(p.port(), 0);
+        s.extend(tcp_states(0, backend.port()));
+        s.retain(|st| *st != "LISTEN" && *st != "TIME_WAIT");
+        s
+    };
+    assert!(wait_until(Duration::from_secs(3), || left().is_empty()), "{:?}", left());
+}

@@ -35,7 +35,7 @@ impl Apache {
 
     fn start_with(extra: &str, cgi: bool) -> Option<Apache> {
         if !std::path::Path::new(APACHE).exists() {
-            eprintln!("SKIPPED: {APACHE} not found (install Debian's apache2 to run this test)");
+            super::require_peer(&format!("{APACHE} (Debian's apache2)"));
             return None;
         }
         for _ in 0..5 {

@@ -693,3 +693,13 @@ pub fn cut_mid_body(mut s: TcpStream) {
     let _ = s.write_all(&[b'x'; 5000]);
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
 }
+
+/// A test whose external peer (Apache, a Python package, ...) is missing
+/// skips with a line saying so, unless `FINGUARD_REQUIRE_PEERS` is set (CI
+/// sets it): then a missing peer fails the test.
+pub fn require_peer(what: &str) {
+    if std::env::var_os("FINGUARD_REQUIRE_PEERS").is_some() {
+        panic!("{what} is required (FINGUARD_REQUIRE_PEERS is set) but missing");
+    }
+    eprintln!("SKIPPED: {what} not installed");
+}
