@@ -13,7 +13,8 @@
 //!
 //! TLS workloads terminate TLS at the proxy (a certificate made at run time);
 //! the backend stays plain HTTP, so they have no direct ceiling. `h2` runs
-//! h2load (10 streams per connection) and reports mean latency only.
+//! h2load (10 streams per connection); its percentiles come from h2load's
+//! per-request log.
 //!
 //! Needs nginx, haproxy, wrk, h2load and taskset (Debian packages); says
 //! SKIPPED and exits 0 when one is missing.
@@ -326,6 +327,9 @@ fn parse_wrk(text: &str) -> Sample {
 }
 
 fn h2load(port: u16, secs: u64) -> Sample {
+    // Per-request latencies from h2load's log (start µs, status, µs to the
+    // end of the response): its own summary has no percentiles.
+    let log = std::env::temp_dir().join(format!("finguard-h2load-{}-{port}.tsv", std::process::id()));
     let out = Command::new("taskset")
         .args([
             "-c",
@@ -340,14 +344,12 @@ fn h2load(port: u16, secs: u64) -> Sample {
             "-D",
             &secs.to_string(),
         ])
+        .arg(format!("--log-file={}", log.display()))
         .arg(format!("https://127.0.0.1:{port}/small"))
         .output()
         .expect("h2load");
     let text = String::from_utf8_lossy(&out.stdout);
-    let mut s = Sample {
-        p99_ms: f64::NAN,
-        ..Sample::default()
-    };
+    let mut s = Sample::default();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("finished in ") {
             // "finished in 5.00s, 12345.67 req/s, 1.23MB/s"
@@ -357,12 +359,23 @@ fn h2load(port: u16, secs: u64) -> Sample {
                 .and_then(|v| v.trim_end_matches(" req/s").parse().ok())
                 .unwrap_or(0.0);
         }
-        if let Some(rest) = line.strip_prefix("time for request:") {
-            // min max mean sd +/- sd
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            s.p50_ms = f.get(2).map_or(f64::NAN, |v| parse_ms(v));
-        }
     }
+    let mut micros: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .collect();
+    let _ = std::fs::remove_file(&log);
+    micros.sort_unstable();
+    let pct = |p: f64| {
+        if micros.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((micros.len() as f64 * p).ceil() as usize).clamp(1, micros.len()) - 1;
+        micros[i] as f64 / 1000.0
+    };
+    s.p50_ms = pct(0.50);
+    s.p99_ms = pct(0.99);
     s
 }
 

@@ -42,3 +42,33 @@ mod tests {
         assert!(unsent_bytes(&c).is_some_and(|n| n > 0));
     }
 }
+
+/// `TCP_CLOSE` in the kernel's `enum tcp_state` (`include/net/tcp_states.h`);
+/// the libc crate does not name it.
+const TCP_CLOSE: u8 = 7;
+
+/// Whether the connection is over at the TCP level (`TCP_CLOSE`: reset by the
+/// peer, or closed both ways). Its send queue then never drains: what was
+/// unacknowledged when the reset came stays counted in `SIOCOUTQ`.
+pub fn tcp_closed(sock: &impl AsRawFd) -> bool {
+    // SAFETY: `tcp_info` is a plain struct of integers, for which all zero
+    // bytes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `getsockopt(fd, IPPROTO_TCP, TCP_INFO, buf, &len)` writes at
+    // most `len` bytes into `buf`, which points at `info`, a live, aligned
+    // `tcp_info` of exactly `len` bytes on this stack frame, and updates
+    // `len`, a live `socklen_t`. The fd is borrowed from a live socket for
+    // the duration of the call. A kernel with a shorter `tcp_info` writes
+    // fewer bytes; the rest stays zero.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && info.tcpi_state == TCP_CLOSE
+}

@@ -125,11 +125,13 @@ const SENT_POLL_MAX: Duration = Duration::from_millis(100);
 /// while a slow reader is still taking the response, and a reset on timeout
 /// never discards response bytes. The kernel offers no event for this, so the
 /// queue is looked at with a growing pause (2 ms up to 100 ms). Returns
-/// `false` when the queue made no progress for `stall`: a client that stopped
-/// reading.
+/// `false` when the queue made no progress for `stall` (a client that stopped
+/// reading) or never will: the client reset the connection, and what it had
+/// not acknowledged stays counted.
 pub async fn wait_sent(stream: &TcpStream, stall: Duration) -> bool {
     let mut last = match crate::sys::unsent_bytes(stream) {
         None | Some(0) => return true,
+        Some(_) if crate::sys::tcp_closed(stream) => return false,
         Some(n) => n,
     };
     let mut since = Instant::now();
@@ -139,6 +141,7 @@ pub async fn wait_sent(stream: &TcpStream, stall: Duration) -> bool {
         pause = (pause * 2).min(SENT_POLL_MAX);
         match crate::sys::unsent_bytes(stream) {
             None | Some(0) => return true,
+            Some(_) if crate::sys::tcp_closed(stream) => return false,
             Some(n) if n < last => {
                 last = n;
                 since = Instant::now();
@@ -219,6 +222,68 @@ mod tests {
         let (outcome, _) = close(server, &SETTINGS, &kill).await;
         assert_eq!(outcome, CloseOutcome::LingerTime);
         assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    /// A pair whose server side has a full send queue: the client reads nothing.
+    async fn stuck_queue() -> (TcpStream, TcpStream) {
+        let (server, client) = pair().await;
+        let chunk = [b'q'; 65536];
+        loop {
+            server.writable().await.unwrap();
+            match server.try_write(&chunk) {
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(crate::sys::unsent_bytes(&server).is_some_and(|n| n > 0));
+        (server, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stopped_reading_is_given_up_after_the_stall_time() {
+        let (server, _client) = stuck_queue().await;
+        let started = Instant::now();
+        assert!(!wait_sent(&server, Duration::from_secs(5)).await);
+        assert!(started.elapsed() >= Duration::from_secs(5), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reset_is_given_up_at_once() {
+        let (server, client) = stuck_queue().await;
+        abort(client);
+        // The reset arrives over loopback: seen as the socket's read error.
+        let mut b = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                server.readable().await?;
+                match server.try_read(&mut b) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    r => return r,
+                }
+            }
+        })
+        .await;
+        assert!(matches!(read, Ok(Err(_))), "no reset seen: {read:?}");
+        let started = Instant::now();
+        assert!(!wait_sent(&server, Duration::from_secs(30)).await);
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "waited on a queue that can never drain"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_everything_is_waited_for() {
+        let (server, mut client) = stuck_queue().await;
+        let reader = tokio::spawn(async move {
+            let mut b = vec![0u8; 65536];
+            while client.read(&mut b).await.is_ok_and(|n| n > 0) {}
+        });
+        assert!(wait_sent(&server, Duration::from_secs(5)).await);
+        drop(server);
+        reader.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]
