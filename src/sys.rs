@@ -18,31 +18,6 @@ pub fn unsent_bytes(sock: &impl AsRawFd) -> Option<u32> {
     (rc == 0).then(|| u32::try_from(n).unwrap_or(0))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn the_send_queue_of_a_socket_whose_peer_does_not_read_fills() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (_peer, _) = l.accept().unwrap();
-        assert_eq!(unsent_bytes(&c), Some(0));
-        c.set_nonblocking(true).unwrap();
-        let chunk = vec![0u8; 1 << 16];
-        // Fill until the kernel refuses: the peer never reads.
-        for _ in 0..10_000 {
-            if c.write(&chunk).is_err() {
-                break;
-            }
-        }
-        // On loopback ACKs come at once, so the queue may be acknowledged but
-        // unread by the peer; what stays unsent is what its window refused.
-        assert!(unsent_bytes(&c).is_some_and(|n| n > 0));
-    }
-}
-
 /// `TCP_CLOSE` in the kernel's `enum tcp_state` (`include/net/tcp_states.h`);
 /// the libc crate does not name it.
 const TCP_CLOSE: u8 = 7;
@@ -71,4 +46,29 @@ pub fn tcp_closed(sock: &impl AsRawFd) -> bool {
         )
     };
     rc == 0 && info.tcpi_state == TCP_CLOSE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_send_queue_of_a_socket_whose_peer_does_not_read_fills() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_peer, _) = l.accept().unwrap();
+        assert_eq!(unsent_bytes(&c), Some(0));
+        c.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        // Fill until the kernel refuses: the peer never reads.
+        for _ in 0..10_000 {
+            if c.write(&chunk).is_err() {
+                break;
+            }
+        }
+        // On loopback ACKs come at once, so the queue may be acknowledged but
+        // unread by the peer; what stays unsent is what its window refused.
+        assert!(unsent_bytes(&c).is_some_and(|n| n > 0));
+    }
 }
