@@ -1,23 +1,34 @@
-//! The HTTP/2 request path (a hyper service per stream): route, forward to
-//! the backend over hyper's pooled HTTP/1.1 client, relay the response. HTTP/2
-//! has no connection headers and no HTTP/1.0 rules to shape; HTTP/1 requests
-//! go through [`crate::exchange`] instead.
+//! The HTTP/2 request path: each stream (a hyper service call) is forwarded
+//! as an HTTP/1.1 request on a pooled raw backend connection — the same pool
+//! and the same codec as the HTTP/1 path ([`crate::exchange`]), written and
+//! read by the stream's own task, with no client connection task or channel
+//! in between.
+//!
+//! The request head is written from the stream's headers (hop-by-hop ones
+//! dropped, `X-Forwarded-*` or `Forwarded` added); the body follows with its
+//! declared length, or chunked (trailers and all) when it has none. The
+//! backend is read while the body goes up, so an early answer stops the
+//! upload. The response head is judged by [`crate::http1::response`]; its
+//! body is decoded from the backend connection as h2 asks for it
+//! ([`ProxyBody`]), and the connection goes back to the pool when it ends
+//! where its framing said.
 //!
 //! Statuses come from the one table in [`ProxyError`]; each failure is one log
 //! line here.
 
-use crate::config::{BackendConfig, Forwarded};
+use crate::config::{BackendConfig, Forwarded, ProxyProtocol};
 use crate::error::ProxyError;
-use crate::http1::framing::BodyFault;
+use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
+use crate::http1::response::{self, BodyMode, Parsed2, ReuseHint};
 use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
-use crate::upstream::{PooledConn, ReuseHint, Upstream, UpstreamError};
-use bytes::Bytes;
+use crate::timeouts::Timeouts;
+use crate::upstream::{RawConn, Upstream};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, Request, Response, StatusCode, Version};
+use http::{request, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -27,10 +38,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Sleep;
-use tracing::{info, warn};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, info, warn};
 
-pub use crate::upstream::{BoxError, UpBody};
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The backend's response is read in steps of this much.
+const RESP_BUF: usize = 16 * 1024;
 
 /// What the proxy knows about one request besides the request itself.
 pub struct RequestCtx {
@@ -45,37 +60,82 @@ pub struct RequestCtx {
     pub idempotent: bool,
 }
 
-/// Why a request body stopped, seen by the request path when the backend
-/// request fails because of it.
-type FaultSlot = Arc<std::sync::Mutex<Option<BodyFault>>>;
-
 /// The hyper service: one call per request.
 pub async fn handle(req: Request<Incoming>, ctx: Arc<RequestCtx>) -> Result<Response<ProxyBody>, Infallible> {
-    let started = tokio::time::Instant::now();
     let (mut parts, body) = req.into_parts();
     let resp = match forward(&mut parts, body, &ctx).await {
         Ok(r) => r,
-        Err((status, why)) => {
-            let level_warn = status.is_server_error();
-            if level_warn {
-                warn!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %why, "request failed");
+        Err((e, unread)) => {
+            let unread = Unread::new(unread, ctx.policy.settings.close.linger_time);
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            if status.is_server_error() {
+                warn!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %e, "request failed");
             } else {
-                info!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %why, "request refused");
+                info!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %e, "request refused");
             }
-            error_response(status)
+            error_response(status, unread)
         }
     };
     ctx.shared.metrics.response(resp.status().as_u16());
-    tracing::trace!(elapsed = ?started.elapsed(), status = resp.status().as_u16(), "response ready");
     Ok(resp)
 }
 
-type Failure = (StatusCode, String);
+/// The request body, as the backend is sent it.
+struct Upload {
+    /// The rest of the body after `first`, unless it all came in `first`.
+    rest: Option<Limited>,
+    /// Chunked on the wire (no length was declared).
+    chunked: bool,
+    /// The last chunk (with trailers) is written already.
+    last_chunk: bool,
+    /// How long the rest may linger after an early answer.
+    linger: Duration,
+}
 
-async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -> Result<Response<ProxyBody>, Failure> {
+/// A failure, and the request body if it is still being received.
+type Refused = (ProxyError, Option<Incoming>);
+
+/// The rest of a request body that is answered before its end (413, an
+/// early 401 from the backend): a lingering close for one stream. When the
+/// answer has been handed to h2, what the client still sends is read and
+/// thrown away until it stops (as it does once it reads the answer), for at
+/// most `linger_time`. Dropping it at once would make h2 reset the stream
+/// (RST_STREAM NO_ERROR) while the answer may still be queued: the h2 crate
+/// then discards the queued DATA, and the client sees a reset instead of
+/// the answer.
+pub struct Unread {
+    body: Option<Incoming>,
+    linger: Duration,
+}
+
+impl Unread {
+    fn new(body: Option<Incoming>, linger: Duration) -> Option<Unread> {
+        body.map(|b| Unread { body: Some(b), linger })
+    }
+}
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        let (Some(mut body), Ok(rt)) = (self.body.take(), tokio::runtime::Handle::try_current()) else {
+            return;
+        };
+        let linger = self.linger;
+        rt.spawn(async move {
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(linger, drain).await;
+        });
+    }
+}
+
+async fn forward(
+    parts: &mut request::Parts,
+    mut body: Incoming,
+    ctx: &RequestCtx,
+) -> Result<Response<ProxyBody>, Refused> {
     let shared = &ctx.shared;
-    let Some(idx) = route(shared, parts) else {
-        return Err((StatusCode::NOT_FOUND, "no route for this host and path".into()));
+    let host = request_host(parts);
+    let Some(idx) = crate::exchange::route(shared, host.as_bytes(), parts.uri.path().as_bytes()) else {
+        return Err((ProxyError::NoRoute, Some(body)));
     };
     let upstream = &shared.upstreams[idx];
     let cfg = &upstream.cfg;
@@ -85,197 +145,407 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         .get(header::CONTENT_LENGTH)
         .and_then(|v| crate::http1::head::parse_content_length(v.as_bytes()));
     if declared.is_some_and(|n| n > settings.max_body_bytes) {
-        return Err(fault_failure(BodyFault::TooLarge));
+        return Err((BodyFault::TooLarge.into(), Some(body)));
     }
     // Wait for the first body bytes before taking a backend connection: a
-    // client that announces a body and never sends it (or sends garbage)
-    // never costs the backend anything.
-    let fault = FaultSlot::default();
-    let mut body = if ctx.has_body {
-        Some(peek_body(body, settings.max_body_bytes, settings.body_timeout, &fault).await?)
+    // client that announces a body and never sends it never costs the
+    // backend anything.
+    let (first, rest) = if ctx.has_body {
+        match first_frame(&mut body, settings.max_body_bytes, settings.body_timeout).await {
+            Ok(first) => {
+                let seen = first_len(&first);
+                (
+                    first,
+                    (!body.is_end_stream()).then(|| Limited::new(body, seen, settings)),
+                )
+            }
+            Err(e) => return Err((e, Some(body))),
+        }
     } else {
-        None
+        (None, None)
     };
+    let chunked = ctx.has_body && declared.is_none();
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded(&mut parts.headers, ctx.peer, ctx.scheme, cfg);
-    let mut fresh = false;
-    let mut unsent: Option<Request<UpBody>> = None;
+    let mut out = Vec::with_capacity(512);
+    write_head(&mut out, parts, &host, chunked, cfg);
+    let mut last_chunk = false;
+    if let Some(f) = first {
+        last_chunk = encode_frame(&mut out, f, chunked);
+    }
+    let upload_done = rest.is_none();
+    if upload_done && chunked && !last_chunk {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    // The whole request is in `out`: it can be sent again on a fresh connection.
+    let out = Bytes::from(out);
+    let mut up = Upload {
+        rest,
+        chunked,
+        last_chunk,
+        linger: settings.close.linger_time,
+    };
+    let t = Timeouts::new(settings, cfg);
+    let local = match cfg.proxy_protocol {
+        ProxyProtocol::Off => ctx.peer,
+        _ => ctx.local,
+    };
+    let head_request = parts.method == http::Method::HEAD;
+    let mut retried = false;
     loop {
-        let mut conn = upstream
-            .checkout(fresh, ctx.peer, ctx.local)
-            .await
-            .map_err(upstream_failure)?;
-        let reused = conn.reused();
-        let req = unsent
-            .take()
-            .unwrap_or_else(|| upstream_request(parts, body.take().unwrap_or_else(empty_body), cfg));
-        let sent = tokio::time::timeout(cfg.response_timeout, conn.sender.try_send_request(req)).await;
-        let mut err = match sent {
-            Err(_) => {
-                let why = format!("backend {} did not answer within response_timeout", cfg.name);
-                return Err((StatusCode::GATEWAY_TIMEOUT, why));
-            }
-            Ok(Ok(resp)) => {
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let why = format!("backend {} switched protocols without being asked", cfg.name);
-                    return Err((StatusCode::BAD_GATEWAY, why));
-                }
-                return Ok(relay(resp, conn, upstream.clone()));
-            }
-            Ok(Err(e)) => e,
+        let bc = match upstream.checkout_raw(retried, ctx.peer, local).await {
+            Ok(bc) => bc,
+            Err(e) => return Err((e.into(), up.rest.map(|l| l.rest))),
         };
-        // Only a reused connection can have gone stale under us, and only once.
-        if reused && !fresh {
-            // Never written: any request may go again, body and all.
-            unsent = err.take_message();
-            let replayable = cfg.retry_idempotent && ctx.idempotent && !ctx.has_body;
-            if unsent.is_some() || replayable {
-                tracing::debug!(error = %err.error(), "reused backend connection failed; retrying on a fresh one");
-                Metrics::backend_counter(&shared.metrics.backend_retries, &cfg.name).inc();
-                fresh = true;
-                continue;
+        let reused = bc.reused();
+        match attempt(bc, out.clone(), &mut up, head_request, upstream, &t).await {
+            Ok(resp) => return Ok(resp),
+            Err((err, retry_safe)) => {
+                let method_ok = cfg.retry_idempotent && ctx.idempotent;
+                let safe = match retry_safe {
+                    RetrySafe::No => false,
+                    RetrySafe::Always => true,
+                    RetrySafe::IfIdempotent => method_ok,
+                };
+                if reused && !retried && upload_done && safe {
+                    debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
+                    Metrics::backend_counter(&shared.metrics.backend_retries, &cfg.name).inc();
+                    retried = true;
+                    continue;
+                }
+                return Err((err, up.rest.map(|l| l.rest)));
             }
         }
-        // The client's body failing (too large, too slow) fails the backend
-        // request too: the client's fault is the answer.
-        if let Some(f) = fault.lock().ok().and_then(|f| *f) {
-            return Err(fault_failure(f));
-        }
-        return Err((
-            StatusCode::BAD_GATEWAY,
-            format!("backend {}: {}", cfg.name, err.into_error()),
-        ));
     }
 }
 
-fn empty_body() -> UpBody {
-    UnsyncBoxBody::new(http_body_util::Empty::new().map_err(|e: Infallible| match e {}))
+/// Whether a failed attempt may be made again on a fresh connection.
+#[derive(Debug, Clone, Copy)]
+enum RetrySafe {
+    No,
+    /// Refused while being written: never processed.
+    Always,
+    /// The backend went away before any response byte: idempotent requests only.
+    IfIdempotent,
 }
 
-/// Statuses and reasons come from the one table in [`ProxyError`].
-fn failure(e: ProxyError) -> Failure {
-    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-    (status, e.to_string())
+type Failed = (ProxyError, RetrySafe);
+
+/// One try on one backend connection: send, then read the response head.
+async fn attempt(
+    mut bc: RawConn,
+    out: Bytes,
+    up: &mut Upload,
+    head_request: bool,
+    upstream: &Arc<Upstream>,
+    t: &Timeouts,
+) -> Result<Response<ProxyBody>, Failed> {
+    let mut resp = BytesMut::with_capacity(RESP_BUF);
+    let complete = send(&mut bc, out, up, &mut resp, t).await?;
+    let deadline = Instant::now() + t.response;
+    let head = loop {
+        if !resp.is_empty() {
+            match response::parse_h2(&resp, head_request).map_err(|b| (b.into(), RetrySafe::No))? {
+                Parsed2::Partial => {}
+                Parsed2::Interim(len) => {
+                    resp.advance(len);
+                    continue;
+                }
+                Parsed2::Final(h) => break h,
+            }
+        }
+        resp.reserve(RESP_BUF);
+        let read = tokio::time::timeout_at(deadline, bc.stream.read_buf(&mut resp)).await;
+        let err = match read {
+            Ok(Ok(n)) if n > 0 => continue,
+            Err(_) => ProxyError::ResponseTimeout,
+            Ok(Ok(_)) if resp.is_empty() => ProxyError::BackendClosed,
+            Ok(Ok(_)) => ProxyError::BadResponse("closed inside the head"),
+            Ok(Err(e)) => ProxyError::BackendIo(e),
+        };
+        let safe = if err.before_response() && resp.is_empty() {
+            RetrySafe::IfIdempotent
+        } else {
+            RetrySafe::No
+        };
+        return Err((err, safe));
+    };
+    resp.advance(head.len);
+    let rest = match head.body {
+        BodyMode::Empty => Rest::Empty,
+        BodyMode::Length(n) => Rest::Length(n),
+        BodyMode::Chunked => match Framing::chunked(u64::MAX) {
+            Framing::Chunked(c) => Rest::Chunked(c, Vec::new()),
+            Framing::Length(_) => Rest::Empty,
+        },
+        BodyMode::Close => Rest::ToClose,
+    };
+    let pool = (complete && !head.reuse.close).then(|| upstream.clone());
+    let mut body = BackendBody {
+        conn: Some(bc),
+        buf: resp,
+        rest,
+        pool,
+        reuse: head.reuse,
+        gap: t.response,
+        timer: None,
+        trailers: None,
+        // An early answer: the rest of the upload lingers.
+        _unread: if complete {
+            None
+        } else {
+            Unread::new(up.rest.take().map(|l| l.rest), up.linger)
+        },
+    };
+    if matches!(body.rest, Rest::Empty | Rest::Length(0)) {
+        // No body: h2 sends the head with END_STREAM and never polls it.
+        body.rest = Rest::Empty;
+        body.finish();
+    }
+    let mut out = Response::new(ProxyBody::Backend(body));
+    *out.status_mut() =
+        StatusCode::from_u16(head.status).map_err(|_| (ProxyError::BadResponse("bad status"), RetrySafe::No))?;
+    *out.headers_mut() = head.headers;
+    Ok(out)
 }
 
-fn upstream_failure(e: UpstreamError) -> Failure {
-    failure(e.into())
+/// Sends `out` (the head and what was held of the body), then the rest of
+/// the body, reading the backend meanwhile. Returns whether the whole request
+/// went out (`false`: the backend answered before its end).
+async fn send(
+    bc: &mut RawConn,
+    mut out: Bytes,
+    up: &mut Upload,
+    resp: &mut BytesMut,
+    t: &Timeouts,
+) -> Result<bool, Failed> {
+    let stream = &mut bc.stream;
+    // The common case: the whole request in one write.
+    if up.rest.is_none() {
+        match stream.try_write(&out) {
+            Ok(n) if n == out.len() => return Ok(true),
+            Ok(n) => out.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err((ProxyError::BackendIo(e), RetrySafe::Always)),
+        }
+    }
+    let mut wrote = false;
+    let (mut rd, mut wr) = stream.split();
+    loop {
+        if out.is_empty() {
+            let Some(rest) = up.rest.as_mut() else {
+                return Ok(true);
+            };
+            resp.reserve(RESP_BUF);
+            tokio::select! {
+                biased;
+                r = rd.read_buf(resp) => if heard(r, resp, wrote)? {
+                    return Ok(false); // an early answer: the upload stops here
+                },
+                f = rest.frame() => {
+                    let mut next = Vec::new();
+                    match f {
+                        Some(Ok(f)) => up.last_chunk |= encode_frame(&mut next, f, up.chunked),
+                        Some(Err(e)) => return Err((e, RetrySafe::No)),
+                        None => {
+                            up.rest = None;
+                            if up.chunked && !up.last_chunk {
+                                next.extend_from_slice(b"0\r\n\r\n");
+                            }
+                        }
+                    }
+                    out = Bytes::from(next);
+                }
+            }
+        } else {
+            resp.reserve(RESP_BUF);
+            tokio::select! {
+                biased;
+                r = rd.read_buf(resp) => if heard(r, resp, wrote)? {
+                    return Ok(false);
+                },
+                r = tokio::time::timeout(t.response, wr.write(&out)) => match r {
+                    Ok(Ok(n)) => {
+                        out.advance(n);
+                        wrote = true;
+                    }
+                    Ok(Err(e)) => {
+                        let safe = if wrote { RetrySafe::IfIdempotent } else { RetrySafe::Always };
+                        return Err((ProxyError::BackendIo(e), safe));
+                    }
+                    Err(_) => return Err((ProxyError::BackendWriteTimeout, RetrySafe::No)),
+                },
+            }
+        }
+    }
 }
 
-fn fault_failure(f: BodyFault) -> Failure {
-    failure(f.into())
+/// What a backend read during the upload means: `true` stops the upload
+/// (an answer is there, or the backend went away after saying something);
+/// an error ends the attempt.
+fn heard(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Result<bool, Failed> {
+    let safe = if wrote {
+        RetrySafe::IfIdempotent
+    } else {
+        RetrySafe::Always
+    };
+    match r {
+        Ok(0) | Err(_) if !resp.is_empty() => Ok(true),
+        Ok(0) => Err((ProxyError::BackendClosed, safe)),
+        Err(e) => Err((ProxyError::BackendIo(e), safe)),
+        Ok(_) => Ok(final_head_ready(resp)),
+    }
 }
 
-/// Picks the backend by the host (`Host`, else `:authority`) and path, with
-/// the HTTP/1 path's one routing rule.
-fn route(shared: &Shared, parts: &request::Parts) -> Option<usize> {
-    let host = parts
+/// A final (not 1xx) response head is complete in `resp`, or it cannot be one.
+fn final_head_ready(resp: &[u8]) -> bool {
+    !matches!(response::parse_h2(resp, false), Ok(Parsed2::Partial))
+}
+
+/// Appends one request body frame as the backend is to get it. Returns
+/// whether it wrote the last chunk (trailers end a chunked body).
+fn encode_frame(out: &mut Vec<u8>, f: Frame<Bytes>, chunked: bool) -> bool {
+    match f.into_data() {
+        Ok(d) if !chunked => out.extend_from_slice(&d),
+        Ok(d) if d.is_empty() => {}
+        Ok(d) => {
+            out.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
+            out.extend_from_slice(&d);
+            out.extend_from_slice(b"\r\n");
+        }
+        Err(f) => {
+            // A body with a declared length cannot carry trailers in HTTP/1.1.
+            if let (true, Ok(trailers)) = (chunked, f.into_trailers()) {
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in &trailers {
+                    put(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The host the request names: `Host`, else `:authority`.
+fn request_host(parts: &request::Parts) -> String {
+    parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.host())
-        .unwrap_or("");
-    crate::exchange::route(shared, host.as_bytes(), parts.uri.path().as_bytes())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_string()
 }
 
-async fn peek_body(mut body: Incoming, max: u64, gap: Duration, fault: &FaultSlot) -> Result<UpBody, Failure> {
+/// The backend's request head: request line, `Host`, the stream's headers,
+/// and the body's framing.
+fn write_head(out: &mut Vec<u8>, parts: &request::Parts, host: &str, chunked: bool, cfg: &BackendConfig) {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(pq.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 clients send :authority; HTTP/1.1 backends require a Host.
+        let host = if host.is_empty() {
+            cfg.addr_specs.first().map_or("localhost", String::as_str)
+        } else {
+            host
+        };
+        put(out, b"Host", host.as_bytes());
+    }
+    for (name, value) in &parts.headers {
+        put(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Reads the first body frame within `body_timeout`.
+async fn first_frame(body: &mut Incoming, max: u64, gap: Duration) -> Result<Option<Frame<Bytes>>, ProxyError> {
     let first = match tokio::time::timeout(gap, body.frame()).await {
-        Err(_) => return Err(fault_failure(BodyFault::Timeout)),
+        Err(_) => return Err(BodyFault::Timeout.into()),
         Ok(None) => None,
         Ok(Some(Ok(f))) => Some(f),
-        Ok(Some(Err(_))) => return Err(fault_failure(BodyFault::Truncated)),
+        Ok(Some(Err(_))) => return Err(BodyFault::Truncated.into()),
     };
-    let seen = first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
-    if seen > max {
-        return Err(fault_failure(BodyFault::TooLarge));
+    if first_len(&first) > max {
+        return Err(BodyFault::TooLarge.into());
     }
-    Ok(UnsyncBoxBody::new(Limited {
-        first,
-        rest: body,
-        seen,
-        max,
-        gap,
-        timer: None,
-        fault: fault.clone(),
-    }))
+    Ok(first)
 }
 
-/// A request body on its way to the backend, held to the client's limits:
-/// at most `max_body_bytes` (413), and no gap between frames longer than
-/// `body_timeout` (408), as on HTTP/1. Its first frame was already read.
+fn first_len(first: &Option<Frame<Bytes>>) -> u64 {
+    first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64)
+}
+
+/// The rest of a request body, held to the client's limits: at most
+/// `max_body_bytes` (413), and no gap between frames longer than
+/// `body_timeout` (408), as on HTTP/1.
 struct Limited {
-    first: Option<Frame<Bytes>>,
     rest: Incoming,
     seen: u64,
     max: u64,
     gap: Duration,
     timer: Option<Pin<Box<Sleep>>>,
-    fault: FaultSlot,
 }
 
 impl Limited {
-    fn fail(&mut self, f: BodyFault) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Ok(mut slot) = self.fault.lock() {
-            *slot = Some(f);
+    fn new(rest: Incoming, seen: u64, s: &crate::config::ClientSettings) -> Limited {
+        Limited {
+            rest,
+            seen,
+            max: s.max_body_bytes,
+            gap: s.body_timeout,
+            timer: None,
         }
-        Poll::Ready(Some(Err(ProxyError::from(f).to_string().into())))
     }
-}
 
-impl Body for Limited {
-    type Data = Bytes;
-    type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Some(f) = this.first.take() {
-            return Poll::Ready(Some(Ok(f)));
-        }
-        match Pin::new(&mut this.rest).poll_frame(cx) {
+    /// The next frame, `None` at the end.
+    async fn frame(&mut self) -> Option<Result<Frame<Bytes>, ProxyError>> {
+        std::future::poll_fn(|cx| self.poll_frame(cx)).await
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        match Pin::new(&mut self.rest).poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
-                this.seen += f.data_ref().map_or(0, |d| d.len() as u64);
-                if this.seen > this.max {
-                    return this.fail(BodyFault::TooLarge);
+                self.seen += f.data_ref().map_or(0, |d| d.len() as u64);
+                if self.seen > self.max {
+                    return Poll::Ready(Some(Err(BodyFault::TooLarge.into())));
                 }
-                if let Some(t) = this.timer.as_mut() {
-                    t.as_mut().reset(tokio::time::Instant::now() + this.gap);
+                if let Some(t) = self.timer.as_mut() {
+                    t.as_mut().reset(Instant::now() + self.gap);
                 }
                 Poll::Ready(Some(Ok(f)))
             }
-            Poll::Ready(Some(Err(_))) => this.fail(BodyFault::Truncated),
+            Poll::Ready(Some(Err(_))) => Poll::Ready(Some(Err(BodyFault::Truncated.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let gap = this.gap;
-                let t = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                let gap = self.gap;
+                let t = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
                 if t.as_mut().poll(cx).is_ready() {
-                    return this.fail(BodyFault::Timeout);
+                    return Poll::Ready(Some(Err(BodyFault::Timeout.into())));
                 }
                 Poll::Pending
             }
         }
     }
-    fn is_end_stream(&self) -> bool {
-        self.first.is_none() && self.rest.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        let rest = self.rest.size_hint();
-        let n = self
-            .first
-            .as_ref()
-            .and_then(|f| f.data_ref())
-            .map_or(0, |d| d.len() as u64);
-        let mut h = SizeHint::new();
-        if let Some(u) = rest.upper() {
-            h.set_upper(u.saturating_add(n));
-        }
-        h.set_lower(rest.lower().saturating_add(n));
-        h
-    }
 }
 
 /// Removes hop-by-hop headers: those named by `Connection`, and the fixed set.
 /// `Trailer` stays (it is end to end): it announces trailers that travel
-/// with the body, which is how the HTTP/1 backend's chunked encoder learns
-/// which trailer fields to send.
+/// with the body.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -338,47 +608,11 @@ pub fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, scheme: &'static str, 
     }
 }
 
-fn upstream_request(parts: &request::Parts, body: UpBody, cfg: &BackendConfig) -> Request<UpBody> {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = pq.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-    *req.headers_mut() = parts.headers.clone();
-    if !req.headers().contains_key(header::HOST) {
-        // HTTP/2 clients send :authority; HTTP/1.0 ones may send nothing.
-        // HTTP/1.1 backends require a Host.
-        let host = parts
-            .uri
-            .authority()
-            .map_or_else(|| cfg.addr_specs[0].clone(), |a| a.to_string());
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-    }
-    req
-}
-
-fn relay(resp: Response<Incoming>, conn: PooledConn, upstream: Arc<Upstream>) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    let hint = ReuseHint::from_headers(&parts.headers);
-    // finguard speaks HTTP/1.1 to the client whatever the backend spoke.
-    parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    let gap = upstream.cfg.response_timeout;
-    let body = ProxyBody {
-        inner: Inner::Upstream(body),
-        pooled: Some((conn, upstream, hint)),
-        gap,
-        gap_timer: None,
-        complete: false,
-    };
-    Response::from_parts(parts, body)
-}
-
-/// A short plain-text error response.
-fn error_response(status: StatusCode) -> Response<ProxyBody> {
+/// A short plain-text error response; it keeps `unread` (the request body
+/// not read to its end) until it is sent.
+fn error_response(status: StatusCode, unread: Option<Unread>) -> Response<ProxyBody> {
     let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut resp = Response::new(ProxyBody::full(Bytes::from(text)));
+    let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(text)), unread));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -388,102 +622,183 @@ fn error_response(status: StatusCode) -> Response<ProxyBody> {
     resp
 }
 
-enum Inner {
-    Full(Option<Bytes>),
-    Upstream(Incoming),
+/// How much of the backend's response body is still to come.
+enum Rest {
+    Empty,
+    Length(u64),
+    /// The scanner, and the trailer section's bytes as they arrive.
+    Chunked(ChunkScanner, Vec<u8>),
+    ToClose,
 }
 
-/// A response body on its way to the client. When it ends it signals the
-/// connection loop and returns the backend connection to its pool.
-pub struct ProxyBody {
-    inner: Inner,
-    pooled: Option<(PooledConn, Arc<Upstream>, ReuseHint)>,
-    /// Longest wait for the next chunk from the backend.
+/// A response body on its way to an HTTP/2 client.
+// `Backend` is the common variant: boxing it would cost an allocation per
+// response to shrink the rare one.
+#[allow(clippy::large_enum_variant)]
+pub enum ProxyBody {
+    /// finguard's own answer, and the request body it did not read.
+    Full(Option<Bytes>, Option<Unread>),
+    Backend(BackendBody),
+}
+
+/// A response body read from its backend connection as h2 asks for it.
+pub struct BackendBody {
+    /// Until the body's end.
+    conn: Option<RawConn>,
+    /// Read from the backend, not yet handed on.
+    buf: BytesMut,
+    rest: Rest,
+    /// Where the connection goes back when the body ended cleanly.
+    pool: Option<Arc<Upstream>>,
+    reuse: ReuseHint,
+    /// Longest wait for the next bytes from the backend (`response_timeout`).
     gap: Duration,
-    gap_timer: Option<Pin<Box<Sleep>>>,
-    complete: bool,
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Trailers to hand on after the last data.
+    trailers: Option<HeaderMap>,
+    _unread: Option<Unread>,
 }
 
-impl ProxyBody {
-    fn full(b: Bytes) -> Self {
-        ProxyBody {
-            inner: Inner::Full(Some(b)),
-            pooled: None,
-            gap: Duration::ZERO,
-            gap_timer: None,
-            complete: false,
+type Polled = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
+impl BackendBody {
+    /// The body ended where its framing said: the connection goes back to
+    /// the pool if nothing followed the body.
+    fn finish(&mut self) {
+        if let (Some(conn), Some(pool)) = (self.conn.take(), self.pool.take()) {
+            if self.buf.is_empty() {
+                pool.checkin_raw(conn, self.reuse);
+            }
         }
     }
 
-    fn end(&mut self) {
-        self.complete = true;
-        if let Some((conn, upstream, hint)) = self.pooled.take() {
-            upstream.checkin(conn, hint);
+    /// The next frame from what is buffered, if any.
+    fn take_buffered(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        match &mut self.rest {
+            Rest::Empty => None,
+            Rest::Length(n) => {
+                let k = (*n).min(self.buf.len() as u64) as usize;
+                *n -= k as u64;
+                let data = self.buf.split_to(k).freeze();
+                if *n == 0 {
+                    self.rest = Rest::Empty;
+                    self.finish();
+                }
+                (!data.is_empty()).then(|| Ok(Frame::data(data)))
+            }
+            Rest::Chunked(scanner, trailer) => {
+                let mut data = BytesMut::new();
+                let wire: &[u8] = &self.buf;
+                let used = scanner.consume_parts(wire, |r| data.extend_from_slice(&wire[r]), |b| trailer.push(b));
+                let used = match used {
+                    Ok(n) => n,
+                    Err(_) => return Some(Err("malformed chunked body from the backend".into())),
+                };
+                self.buf.advance(used);
+                if scanner.is_done() {
+                    self.trailers = parse_trailers(trailer);
+                    self.rest = Rest::Empty;
+                    self.finish();
+                }
+                (!data.is_empty()).then(|| Ok(Frame::data(data.freeze())))
+            }
+            Rest::ToClose => (!self.buf.is_empty()).then(|| Ok(Frame::data(self.buf.split().freeze()))),
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Polled {
+        loop {
+            if let Some(f) = self.take_buffered() {
+                return Poll::Ready(Some(f));
+            }
+            if matches!(self.rest, Rest::Empty) {
+                return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+            }
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(Some(Err("backend connection gone".into())));
+            };
+            self.buf.reserve(RESP_BUF);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut self.buf) {
+                Poll::Ready(Ok(0)) if matches!(self.rest, Rest::ToClose) => {
+                    self.rest = Rest::Empty;
+                    self.conn = None;
+                }
+                Poll::Ready(Ok(0)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err("backend closed inside the response body".into())));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Poll::Ready(Ok(_)) => {
+                    if let Some(t) = self.timer.as_mut() {
+                        t.as_mut().reset(Instant::now() + self.gap);
+                    }
+                }
+                Poll::Pending => {
+                    let gap = self.gap;
+                    let t = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                    if t.as_mut().poll(cx).is_ready() {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err("backend stalled inside the response body".into())));
+                    }
+                    return Poll::Pending;
+                }
+            }
         }
     }
 }
 
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        let ended = self.complete || matches!(&self.inner, Inner::Upstream(b) if b.is_end_stream());
-        if ended {
-            self.end();
-        } else {
-            // Not relayed to its end: the backend connection is not reusable.
-            self.pooled = None;
+/// The fields of a chunked body's trailer section (its raw bytes, ending
+/// with the empty line); `None` when there are none or they do not parse.
+fn parse_trailers(raw: &[u8]) -> Option<HeaderMap> {
+    if raw.len() <= 2 {
+        return None;
+    }
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(raw, &mut fields) else {
+        return None;
+    };
+    let mut map = HeaderMap::new();
+    for f in fields {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(f.name.as_bytes()),
+            HeaderValue::from_bytes(f.value),
+        ) {
+            map.append(n, v);
         }
     }
+    (!map.is_empty()).then_some(map)
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = match &mut this.inner {
-            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Upstream(body) => Pin::new(body).poll_frame(cx).map_err(BoxError::from),
-        };
-        match polled {
-            Poll::Ready(None) => {
-                this.end();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.pooled = None;
-                Poll::Ready(Some(Err(e)))
-            }
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(t) = this.gap_timer.as_mut() {
-                    t.as_mut().reset(tokio::time::Instant::now() + this.gap);
-                }
-                Poll::Ready(Some(Ok(f)))
-            }
-            Poll::Pending => {
-                let gap = this.gap;
-                let t = this.gap_timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
-                if t.as_mut().poll(cx).is_ready() {
-                    this.pooled = None;
-                    return Poll::Ready(Some(Err("backend stalled inside the response body".into())));
-                }
-                Poll::Pending
-            }
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled {
+        match &mut *self {
+            ProxyBody::Full(b, _) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Backend(b) => b.poll_next(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::Full(b) => b.is_none(),
-            Inner::Upstream(b) => b.is_end_stream(),
+        match self {
+            ProxyBody::Full(b, _) => b.is_none(),
+            ProxyBody::Backend(b) => matches!(b.rest, Rest::Empty) && b.buf.is_empty() && b.trailers.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Inner::Full(None) => SizeHint::with_exact(0),
-            Inner::Upstream(b) => b.size_hint(),
+        match self {
+            ProxyBody::Full(Some(b), _) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Full(None, _) => SizeHint::with_exact(0),
+            ProxyBody::Backend(b) => match b.rest {
+                Rest::Empty => SizeHint::with_exact(0),
+                Rest::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
         }
     }
 }

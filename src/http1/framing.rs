@@ -110,7 +110,19 @@ impl ChunkScanner {
     pub fn consume_spans(
         &mut self,
         data: &[u8],
+        on_data: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<usize, BodyFault> {
+        self.consume_parts(data, on_data, |_| {})
+    }
+
+    /// Like `consume_spans`, and hands each byte of the trailer section
+    /// (after the last chunk's size line, up to and including the final
+    /// CRLF) to `on_trailer`.
+    pub fn consume_parts(
+        &mut self,
+        data: &[u8],
         mut on_data: impl FnMut(std::ops::Range<usize>),
+        mut on_trailer: impl FnMut(u8),
     ) -> Result<usize, BodyFault> {
         let mut i = 0;
         while i < data.len() && self.state != Chunk::Done {
@@ -123,6 +135,12 @@ impl ChunkScanner {
                     self.state = Chunk::DataCr;
                 }
                 continue;
+            }
+            if matches!(
+                self.state,
+                Chunk::TrailerStart | Chunk::Trailer | Chunk::TrailerLf | Chunk::EndLf
+            ) {
+                on_trailer(data[i]);
             }
             self.step(data[i])?;
             i += 1;

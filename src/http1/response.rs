@@ -153,45 +153,13 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         Err(_) => return Err(BadResponse("malformed head")),
     };
     let status = resp.code.unwrap_or(0);
-    let backend10 = resp.version == Some(0);
-    let mut length: Option<u64> = None;
-    let mut te: Option<&[u8]> = None;
-    let mut reuse = ReuseHint::default();
-    let mut backend_keepalive = false;
-    let mut named: Vec<&[u8]> = Vec::new();
-    let mut upgrade: Option<&[u8]> = None;
-    for h in resp.headers.iter() {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let v = super::head::parse_content_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != v) {
-                return Err(BadResponse("conflicting Content-Length headers"));
-            }
-            length = Some(v);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if te.is_some() {
-                return Err(BadResponse("repeated Transfer-Encoding"));
-            }
-            te = Some(h.value.trim_ascii());
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if t.eq_ignore_ascii_case(b"close") {
-                    reuse.close = true;
-                } else if t.eq_ignore_ascii_case(b"keep-alive") {
-                    backend_keepalive = true;
-                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade") {
-                    named.push(t);
-                }
-            }
-        } else if name.eq_ignore_ascii_case(b"keep-alive") {
-            reuse.read_keep_alive(h.value);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = Some(h.value);
-        }
-    }
-    if backend10 && !backend_keepalive {
-        reuse.close = true;
-    }
+    let Scan {
+        length,
+        te,
+        reuse,
+        named,
+        upgrade,
+    } = scan(resp.headers, resp.version == Some(0))?;
     if (100..200).contains(&status) && status != 101 {
         if !view.http10 {
             out.extend_from_slice(&buf[..len]);
@@ -212,16 +180,8 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         return Ok(Parsed::Switch(len));
     }
     let bodyless = view.head_request || status == 204 || status == 304 || status < 200;
-    let backend_body = match (te, length) {
-        (Some(_), Some(_)) => return Err(BadResponse("both Content-Length and Transfer-Encoding")),
-        _ if bodyless => BodyMode::Empty,
-        (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => BodyMode::Chunked,
-        (Some(t), None) if ends_with_chunked(t) => return Err(BadResponse("unsupported Transfer-Encoding")),
-        // RFC 9112 §6.3: a transfer coding other than chunked: read to close.
-        (Some(_), None) => BodyMode::Close,
-        (None, Some(n)) => BodyMode::Length(n),
-        (None, None) => BodyMode::Close,
-    };
+    let backend_body = body_mode(te, length, bodyless)?;
+    let mut reuse = reuse;
     if backend_body == BodyMode::Close {
         reuse.close = true;
     }
@@ -261,6 +221,142 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         backend_body,
         client_body,
         keepalive,
+        reuse,
+    }))
+}
+
+/// What a response's headers say about framing and reuse.
+struct Scan<'a> {
+    length: Option<u64>,
+    te: Option<&'a [u8]>,
+    reuse: ReuseHint,
+    /// Header names listed in `Connection` (hop by hop, not relayed).
+    named: Vec<&'a [u8]>,
+    upgrade: Option<&'a [u8]>,
+}
+
+fn scan<'a>(headers: &[httparse::Header<'a>], backend10: bool) -> Result<Scan<'a>, BadResponse> {
+    let mut s = Scan {
+        length: None,
+        te: None,
+        reuse: ReuseHint::default(),
+        named: Vec::new(),
+        upgrade: None,
+    };
+    let mut backend_keepalive = false;
+    for h in headers {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let v = super::head::parse_content_length(h.value).ok_or(BadResponse("invalid Content-Length"))?;
+            if s.length.is_some_and(|l| l != v) {
+                return Err(BadResponse("conflicting Content-Length headers"));
+            }
+            s.length = Some(v);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if s.te.is_some() {
+                return Err(BadResponse("repeated Transfer-Encoding"));
+            }
+            s.te = Some(h.value.trim_ascii());
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if t.eq_ignore_ascii_case(b"close") {
+                    s.reuse.close = true;
+                } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                    backend_keepalive = true;
+                } else if !t.is_empty() && !t.eq_ignore_ascii_case(b"upgrade") {
+                    s.named.push(t);
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
+            s.reuse.read_keep_alive(h.value);
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            s.upgrade = Some(h.value);
+        }
+    }
+    if backend10 && !backend_keepalive {
+        s.reuse.close = true;
+    }
+    Ok(s)
+}
+
+/// How the backend frames the body (RFC 9112 §6.3).
+fn body_mode(te: Option<&[u8]>, length: Option<u64>, bodyless: bool) -> Result<BodyMode, BadResponse> {
+    Ok(match (te, length) {
+        (Some(_), Some(_)) => return Err(BadResponse("both Content-Length and Transfer-Encoding")),
+        _ if bodyless => BodyMode::Empty,
+        (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => BodyMode::Chunked,
+        (Some(t), None) if ends_with_chunked(t) => return Err(BadResponse("unsupported Transfer-Encoding")),
+        // A transfer coding other than chunked: read to close.
+        (Some(_), None) => BodyMode::Close,
+        (None, Some(n)) => BodyMode::Length(n),
+        (None, None) => BodyMode::Close,
+    })
+}
+
+/// A final response head for an HTTP/2 client: the status, the headers an
+/// HTTP/2 response may carry, and how the backend frames the body.
+#[derive(Debug)]
+pub struct Head2 {
+    /// Length of the backend's head in its buffer.
+    pub len: usize,
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: BodyMode,
+    pub reuse: ReuseHint,
+}
+
+#[derive(Debug)]
+pub enum Parsed2 {
+    Partial,
+    /// A 1xx of this length, skipped (HTTP/2 clients get the final one only).
+    Interim(usize),
+    Final(Head2),
+}
+
+/// Parses the response head at the start of `buf` for an HTTP/2 client:
+/// framing judged as for HTTP/1 clients, hop-by-hop headers left out.
+pub fn parse_h2(buf: &[u8], head_request: bool) -> Result<Parsed2, BadResponse> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(BadResponse("head too large")),
+        Ok(httparse::Status::Partial) => return Ok(Parsed2::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse("too many headers")),
+        Err(_) => return Err(BadResponse("malformed head")),
+    };
+    let status = resp.code.unwrap_or(0);
+    let sc = scan(resp.headers, resp.version == Some(0))?;
+    if status == 101 {
+        return Err(BadResponse("switched protocols without being asked"));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Parsed2::Interim(len));
+    }
+    let bodyless = head_request || status == 204 || status == 304;
+    let body = body_mode(sc.te, sc.length, bodyless)?;
+    let mut reuse = sc.reuse;
+    reuse.close |= body == BodyMode::Close;
+    let mut out = http::HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        let trailer = body == BodyMode::Chunked && name.eq_ignore_ascii_case(b"trailer");
+        if (hop_by_hop(name) && !trailer) || sc.named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name),
+            http::HeaderValue::from_bytes(h.value),
+        ) else {
+            continue; // not expressible in HTTP/2 (an obsolete line fold, say)
+        };
+        out.append(n, v);
+    }
+    Ok(Parsed2::Final(Head2 {
+        len,
+        status,
+        headers: out,
+        body,
         reuse,
     }))
 }

@@ -172,8 +172,6 @@ impl Upstream {
             if (fresh || source.is_some()) && self.evict_raw(None) {
                 continue; // its slot is free now
             }
-            // An HTTP/2-path connection's slot frees when its task ends.
-            self.evict_hyper_idle();
             let until = *deadline.get_or_insert_with(|| Instant::now() + self.cfg.queue_timeout);
             if tokio::time::timeout_at(until, notified).await.is_err() {
                 return Err(UpstreamError::QueueTimeout);
