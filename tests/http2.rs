@@ -417,3 +417,70 @@ fn http2_conformance_cases_scripted_with_python_h2() {
     };
     assert!(wait_until(Duration::from_secs(5), || open().is_empty()), "{:?}", open());
 }
+
+/// `curl --http2` for `paths` on one connection: (stdout, stderr, exit ok).
+fn curl_paths(s: &H2Setup, args: &[&str], paths: &[&str]) -> (String, String, bool) {
+    let port = s.proxy.addr.port();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["--http2", "-sS", "--cacert"])
+        .arg(&s.ca.0)
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+        .args(args);
+    for p in paths {
+        cmd.arg(format!("https://a.test:{port}{p}"));
+    }
+    let out = cmd.output().expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        out.status.success(),
+    )
+}
+
+#[test]
+fn http2_streams_share_pooled_backend_connections_and_every_framing_is_relayed() {
+    for (reply, want) in [
+        (Reply::Ok, "hello\n"),
+        (Reply::Chunked, "chunk-ed!\n"),
+        (Reply::CloseDelimited, "until the end\n"),
+    ] {
+        let backend = Backend::start(reply);
+        let s = h2_proxy("", backend.addr);
+        let paths = ["/a"; 20];
+        let (out, err, ok) = curl_paths(&s, &[], &paths);
+        assert!(ok, "{reply:?}: {err}\n{}", s.proxy.log());
+        assert_eq!(out, want.repeat(20), "{reply:?}");
+        assert_eq!(backend.heads().len(), 20, "{reply:?}");
+        let accepted = backend.accepted();
+        match reply {
+            // Sequential streams, one backend connection for all of them.
+            Reply::Ok | Reply::Chunked => assert_eq!(accepted, 1, "{reply:?}"),
+            // A body that ends at close cannot leave its connection reusable.
+            _ => assert_eq!(accepted, 20, "{reply:?}"),
+        }
+        // HEAD: the head alone, and the connection stays usable.
+        let (out, err, ok) = curl_paths(&s, &["-I"], &["/h"]);
+        assert!(ok && out.starts_with("HTTP/2 200"), "{reply:?}: {out}{err}");
+    }
+}
+
+#[test]
+fn an_early_401_to_an_http2_upload_reaches_curl() {
+    let backend = Backend::start(Reply::Unauthorized);
+    let s = h2_proxy("[client]\nbody_timeout = \"5s\"\n", backend.addr);
+    let body = TempFile::new("upload", "");
+    std::fs::write(&body.0, vec![b'u'; 4 << 20]).unwrap();
+    for run in 0..5 {
+        let (code, err) = curl_status(&s, &["-T", &body.0.display().to_string()], None);
+        assert_eq!(code, "401", "run {run}: {err}\n{}", s.proxy.log());
+    }
+}
+
+#[test]
+fn a_backend_cut_mid_body_fails_the_http2_stream() {
+    let (backend, _) = raw_backend(cut_mid_body);
+    let s = h2_proxy("", backend);
+    let (out, err, ok) = curl_paths(&s, &["-o", "/dev/null", "-w", "%{size_download}"], &["/cut"]);
+    assert!(!ok, "a truncated body passed for complete: {out} {err}");
+    assert!(out.trim().parse::<usize>().unwrap_or(0) < 10_000, "{out}");
+}
