@@ -14,11 +14,11 @@
 //! - [`http1`]: HTTP/1 on the wire: head parse, body framing, forwarded head, response shaping
 //! - [`error`]: the exchange's one error type: side at fault, status, log line
 //! - [`timeouts`]: every deadline of an exchange, from config
-//! - [`upstream`]: the bounded backend pools (raw for HTTP/1, hyper's for HTTP/2)
+//! - [`upstream`]: the bounded backend pool (raw connections, lent whole)
 //! - [`reaper`]: the timer that sweeps idle pools and stuck lingering clients
 //! - [`registry`]: open client connections (`/connections`, state gauges)
 //! - [`stream`]: a client byte stream, plain TCP or TLS
-//! - [`proxy`]: the HTTP/2 request path (hyper service) onto the pool
+//! - [`proxy`]: the HTTP/2 request path: each stream onto the same pool and codec
 //! - [`metrics`]: every exported metric, declared once
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
