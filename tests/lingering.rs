@@ -191,13 +191,26 @@ fn a_request_followed_by_fin_is_answered() {
 #[test]
 fn so_linger_mode_closes_without_user_space_lingering() {
     let backend = Backend::start(Reply::Ok);
-    let p = Proxy::start(
-        &config(
-            r#"mode = "so_linger"
+    let cfg = config(
+        r#"mode = "so_linger"
 linger_time = "1s""#,
-        ),
-        backend.addr,
-    );
-    let (mut client, _port) = never_closing_client(&p);
+    ) + "[admin]\naddr = \"127.0.0.1:0\"\n";
+    let p = Proxy::start(&cfg, backend.addr);
+    let (mut client, port) = never_closing_client(&p);
     assert_eq!(peer_end(&mut client, Duration::from_secs(3)), PeerEnd::Eof);
+    // Closed by the kernel's SO_LINGER, not lingered in user space: counted
+    // `immediate`, and no finguard-held socket waits for the client (a
+    // lingering close would hold it, FIN_WAIT2 with an inode, for linger_time).
+    assert!(
+        wait_until(Duration::from_millis(500), || p
+            .metric("finguard_lingering_closes_total{outcome=\"immediate\"}")
+            == 1.0),
+        "{}",
+        p.admin_get("/metrics").1
+    );
+    let held: Vec<_> = tcp_sockets(p.port(), port)
+        .into_iter()
+        .filter(|&(_, inode)| inode != 0)
+        .collect();
+    assert!(held.is_empty(), "finguard still holds the socket: {held:?}");
 }

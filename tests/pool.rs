@@ -72,11 +72,16 @@ fn the_stale_connection_race_never_reaches_the_client() {
         // Client pacing: 20..40 ms, straddling the backend's 30 ms.
         thread::sleep(Duration::from_millis(20 + (i * 7) % 21));
     }
-    assert_eq!(
-        failures,
-        0,
-        "retries: {}",
-        p.metric("finguard_backend_retries_total{backend=\"app\"}")
+    let retries = p.metric("finguard_backend_retries_total{backend=\"app\"}");
+    let closed_idle = p.metric("finguard_backend_reaped_total{backend=\"app\",reason=\"backend_closed\"}");
+    assert_eq!(failures, 0, "retries: {retries}");
+    // The race happened: pooled connections were reused, and the backend's
+    // close met finguard (seen on an idle connection, or retried).
+    assert!(backend.accepted() < 200, "no connection was ever reused");
+    assert!(
+        retries + closed_idle.max(0.0) > 0.0,
+        "the backend's close never met a pooled connection: {}",
+        p.admin_get("/metrics").1
     );
 }
 
