@@ -6,7 +6,7 @@
 //! never on the request path.
 
 use crate::census;
-use crate::metrics::{BackendStateLabel, SocketLabel};
+use crate::metrics::SocketSide;
 use crate::shared::{Current, Shared};
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
@@ -104,25 +104,17 @@ fn backend_addrs(shared: &Shared) -> Vec<SocketAddr> {
 /// Sets the gauges that are read at scrape time.
 fn refresh_gauges(shared: &Shared, listeners: &[SocketAddr]) {
     let m = &shared.metrics;
-    let by_state = shared.clients.count_by_state();
-    for s in crate::registry::ClientState::ALL {
-        m.client_state(s.as_str()).set(by_state[s as usize] as i64);
-    }
+    m.set_client_states(&shared.clients.count_by_state());
     for u in &shared.upstreams {
         let idle = u.idle_connections();
         let busy = u.open_connections().saturating_sub(idle);
-        let label = |state| BackendStateLabel {
-            backend: u.cfg.name.clone(),
-            state,
-        };
-        m.backend_connections.get_or_create(&label("idle")).set(idle as i64);
-        m.backend_connections.get_or_create(&label("busy")).set(busy as i64);
+        m.set_backend_pool(&u.cfg.name, idle, busy);
     }
     let c = census::sides(&census::sockets(), listeners, &backend_addrs(shared));
-    m.tcp_sockets.clear();
-    for (side, counts) in [("client", &c.client), ("backend", &c.backend)] {
-        for (state, n) in counts {
-            m.tcp_sockets.get_or_create(&SocketLabel { side, state }).set(*n as i64);
-        }
-    }
+    let sides = [(SocketSide::Client, &c.client), (SocketSide::Backend, &c.backend)];
+    m.set_tcp_sockets(
+        sides
+            .into_iter()
+            .flat_map(|(side, counts)| counts.iter().map(move |(state, n)| (side, *state, *n))),
+    );
 }

@@ -24,7 +24,6 @@ use crate::http1::forward;
 use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
 use crate::http1::head::Head;
 use crate::http1::response::{self, ClientBody, ClientView, Parsed, Shaped};
-use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
 use crate::registry::Entry;
 use crate::shared::Shared;
@@ -148,7 +147,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
                 let method_ok = upstream.cfg.retry_idempotent && head.idempotent;
                 if reused && !retried && replayable && retry_safe.allows(method_ok) {
                     debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
-                    Metrics::backend_counter(&conn.shared.metrics.backend_retries, &upstream.cfg.name).inc();
+                    conn.shared.metrics.backend_retried(&upstream.cfg.name);
                     retried = true;
                     continue;
                 }

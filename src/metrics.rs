@@ -1,11 +1,14 @@
 //! Every metric finguard exports, declared in one place: nothing else spells a
-//! metric name. Rendered in the Prometheus text format by `prometheus-client`.
+//! metric name or a label value (the label values are the enums here, each
+//! with its `as_str`). Rendered in the Prometheus text format by
+//! `prometheus-client`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -48,6 +51,110 @@ pub struct BackendReasonLabel {
 pub struct SocketLabel {
     pub side: &'static str,
     pub state: &'static str,
+}
+
+/// Where a client connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[repr(u8)]
+pub enum ClientState {
+    /// Reading a request head.
+    Reading = 0,
+    /// A request is being served (body, backend, response).
+    Active = 1,
+    /// Between requests, keep-alive.
+    Idle = 2,
+    /// Closing: write half shut, draining what the client still sends.
+    Lingering = 3,
+}
+
+impl ClientState {
+    pub const ALL: [ClientState; 4] = [
+        ClientState::Reading,
+        ClientState::Active,
+        ClientState::Idle,
+        ClientState::Lingering,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientState::Reading => "reading",
+            ClientState::Active => "active",
+            ClientState::Idle => "idle",
+            ClientState::Lingering => "lingering",
+        }
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Self {
+        Self::ALL.get(v as usize).copied().unwrap_or(ClientState::Active)
+    }
+}
+
+/// How a client connection ended (`finguard_lingering_closes_total{outcome}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// The client sent its FIN: a clean close.
+    ClientFin,
+    /// The client stayed silent for `linger_timeout`.
+    LingerTimeout,
+    /// The client kept sending past `linger_time`.
+    LingerTime,
+    /// The client reset the connection.
+    Reset,
+    /// `immediate` or `so_linger`: no user-space lingering.
+    Immediate,
+    /// A socket error other than a reset.
+    Error,
+}
+
+impl CloseOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseOutcome::ClientFin => "client_fin",
+            CloseOutcome::LingerTimeout => "linger_timeout",
+            CloseOutcome::LingerTime => "linger_time",
+            CloseOutcome::Reset => "reset",
+            CloseOutcome::Immediate => "immediate",
+            CloseOutcome::Error => "error",
+        }
+    }
+}
+
+/// How a TLS handshake ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsHandshake {
+    Ok,
+    Error,
+    /// Not finished within `handshake_timeout`.
+    Timeout,
+}
+
+impl TlsHandshake {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsHandshake::Ok => "ok",
+            TlsHandshake::Error => "error",
+            TlsHandshake::Timeout => "timeout",
+        }
+    }
+}
+
+/// Which of finguard's sockets a census count is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketSide {
+    /// Accepted on a listener.
+    Client,
+    /// Opened to a backend.
+    Backend,
+}
+
+impl SocketSide {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketSide::Client => "client",
+            SocketSide::Backend => "backend",
+        }
+    }
 }
 
 /// Why a pooled backend connection was closed.
@@ -104,24 +211,24 @@ pub struct ReasonLabel {
 
 pub struct Metrics {
     registry: Registry,
-    pub client_connections: Family<StateLabel, Gauge>,
-    pub accepted: Counter,
-    pub requests: Family<CodeLabel, Counter>,
+    client_connections: Family<StateLabel, Gauge>,
+    accepted: Counter,
+    requests: Family<CodeLabel, Counter>,
     /// `requests` by class (1xx..5xx), looked up once: counted per request.
     by_class: [Counter; 5],
-    pub lingering_closes: Family<OutcomeLabel, Counter>,
-    pub drained_bytes: Counter,
-    pub ua_rule_matches: Family<RuleLabel, Counter>,
-    pub backend_connections: Family<BackendStateLabel, Gauge>,
-    pub backend_connects: Family<BackendLabel, Counter>,
-    pub backend_reaped: Family<BackendReasonLabel, Counter>,
-    pub backend_retries: Family<BackendLabel, Counter>,
-    pub backend_ejections: Family<BackendLabel, Counter>,
-    pub tcp_sockets: Family<SocketLabel, Gauge>,
+    lingering_closes: Family<OutcomeLabel, Counter>,
+    drained_bytes: Counter,
+    ua_rule_matches: Family<RuleLabel, Counter>,
+    backend_connections: Family<BackendStateLabel, Gauge>,
+    backend_connects: Family<BackendLabel, Counter>,
+    backend_reaped: Family<BackendReasonLabel, Counter>,
+    backend_retries: Family<BackendLabel, Counter>,
+    backend_ejections: Family<BackendLabel, Counter>,
+    tcp_sockets: Family<SocketLabel, Gauge>,
     /// Client connections the reaper ended (per connection).
     client_reaped: Family<ReasonLabel, Counter>,
     tunnels_closed: Family<OutcomeLabel, Counter>,
-    pub tls_handshakes: Family<OutcomeLabel, Counter>,
+    tls_handshakes: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -237,12 +344,77 @@ impl Metrics {
         }
     }
 
-    pub fn tls_handshake(&self, outcome: &'static str) {
-        self.tls_handshakes.get_or_create(&OutcomeLabel { outcome }).inc();
+    pub fn tls_handshake(&self, outcome: TlsHandshake) {
+        self.tls_handshakes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
     }
 
-    pub fn client_state(&self, state: &'static str) -> Gauge {
-        self.client_connections.get_or_create(&StateLabel { state }).clone()
+    pub fn accepted(&self) {
+        self.accepted.inc();
+    }
+
+    /// Client connections by state, counted at scrape time.
+    pub fn set_client_states(&self, counts: &[usize; 4]) {
+        for s in ClientState::ALL {
+            self.client_connections
+                .get_or_create(&StateLabel { state: s.as_str() })
+                .set(counts[s as usize] as i64);
+        }
+    }
+
+    /// How a client connection was closed, and what its lingering drained.
+    pub fn closed(&self, outcome: CloseOutcome, drained: u64) {
+        self.lingering_closes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        self.drained_bytes.inc_by(drained);
+    }
+
+    /// A connection matched a User-Agent rule.
+    pub fn ua_rule_matched(&self, rule: &str) {
+        self.ua_rule_matches
+            .get_or_create(&RuleLabel { rule: rule.to_string() })
+            .inc();
+    }
+
+    /// A backend's connections, idle and busy, counted at scrape time.
+    pub fn set_backend_pool(&self, backend: &str, idle: usize, busy: usize) {
+        for (state, n) in [("idle", idle), ("busy", busy)] {
+            let l = BackendStateLabel {
+                backend: backend.to_string(),
+                state,
+            };
+            self.backend_connections.get_or_create(&l).set(n as i64);
+        }
+    }
+
+    /// finguard's TCP sockets by side and state, read at scrape time.
+    pub fn set_tcp_sockets(&self, counts: impl IntoIterator<Item = (SocketSide, &'static str, u64)>) {
+        self.tcp_sockets.clear();
+        for (side, state, n) in counts {
+            let l = SocketLabel {
+                side: side.as_str(),
+                state,
+            };
+            self.tcp_sockets.get_or_create(&l).set(n as i64);
+        }
+    }
+
+    pub fn backend_connected(&self, backend: &str) {
+        Self::backend_counter(&self.backend_connects, backend).inc();
+    }
+
+    pub fn backend_retried(&self, backend: &str) {
+        Self::backend_counter(&self.backend_retries, backend).inc();
+    }
+
+    pub fn backend_ejected(&self, backend: &str) {
+        Self::backend_counter(&self.backend_ejections, backend).inc();
     }
 
     pub fn response(&self, status: u16) {
@@ -278,15 +450,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn backend_state(&self, backend: &str, state: &'static str) -> Gauge {
-        let l = BackendStateLabel {
-            backend: backend.to_string(),
-            state,
-        };
-        self.backend_connections.get_or_create(&l).clone()
-    }
-
-    pub fn backend_counter(family: &Family<BackendLabel, Counter>, backend: &str) -> Counter {
+    fn backend_counter(family: &Family<BackendLabel, Counter>, backend: &str) -> Counter {
         family
             .get_or_create(&BackendLabel {
                 backend: backend.to_string(),

@@ -20,7 +20,6 @@ use crate::config::{BackendConfig, Forwarded, ProxyProtocol};
 use crate::error::ProxyError;
 use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
 use crate::http1::response::{self, BodyMode, Parsed2, ReuseHint};
-use crate::metrics::Metrics;
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
 use crate::timeouts::Timeouts;
@@ -209,7 +208,7 @@ async fn forward(
                 };
                 if reused && !retried && upload_done && safe {
                     debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
-                    Metrics::backend_counter(&shared.metrics.backend_retries, &cfg.name).inc();
+                    shared.metrics.backend_retried(&cfg.name);
                     retried = true;
                     continue;
                 }

@@ -12,42 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Where a client connection is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-#[repr(u8)]
-pub enum ClientState {
-    /// Reading a request head.
-    Reading = 0,
-    /// A request is being served (body, backend, response).
-    Active = 1,
-    /// Between requests, keep-alive.
-    Idle = 2,
-    /// Closing: write half shut, draining what the client still sends.
-    Lingering = 3,
-}
-
-impl ClientState {
-    pub const ALL: [ClientState; 4] = [
-        ClientState::Reading,
-        ClientState::Active,
-        ClientState::Idle,
-        ClientState::Lingering,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientState::Reading => "reading",
-            ClientState::Active => "active",
-            ClientState::Idle => "idle",
-            ClientState::Lingering => "lingering",
-        }
-    }
-
-    fn from_u8(v: u8) -> Self {
-        Self::ALL.get(v as usize).copied().unwrap_or(ClientState::Active)
-    }
-}
+pub use crate::metrics::ClientState;
 
 /// One open client connection, as `/connections` shows it.
 pub struct Entry {

@@ -12,6 +12,7 @@
 
 use crate::config::Config;
 use crate::downstream;
+use crate::metrics::TlsHandshake;
 use crate::shared::{Current, Shared};
 use crate::upstream;
 use std::net::{IpAddr, SocketAddr};
@@ -237,7 +238,7 @@ async fn accept_loop(
             }
         };
         let shared = current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        shared.metrics.accepted.inc();
+        shared.metrics.accepted();
         let tls = shared.config.listeners.get(idx).and_then(|l| l.tls.clone());
         let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
             match tls {
@@ -281,7 +282,7 @@ async fn serve_accepted(
 async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: crate::tls::TlsSettings) {
     let outcome = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
-            shared.metrics.tls_handshake("ok");
+            shared.metrics.tls_handshake(TlsHandshake::Ok);
             if crate::stream::ClientStream::alpn(&s) == Some(b"h2") {
                 return Box::pin(downstream::h2::serve(s, peer, shared)).await;
             }
@@ -289,11 +290,11 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
         }
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
-            "error"
+            TlsHandshake::Error
         }
         Err(_) => {
             debug!(%peer, "TLS handshake not finished within handshake_timeout");
-            "timeout"
+            TlsHandshake::Timeout
         }
     };
     // The socket went with the handshake future: closed, with RST if the

@@ -159,7 +159,7 @@ impl Upstream {
         if h.failures >= self.cfg.eject_after && h.ejected_until.is_none_or(|t| Instant::now() >= t) {
             h.ejected_until = Some(Instant::now() + self.cfg.eject_cool_off);
             drop(health);
-            Metrics::backend_counter(&self.metrics.backend_ejections, &self.cfg.name).inc();
+            self.metrics.backend_ejected(&self.cfg.name);
             warn!(backend = %self.cfg.name, addr = %self.cfg.addrs[i], cool_off = ?self.cfg.eject_cool_off,
                 "backend address ejected after consecutive connect failures");
         }

@@ -18,35 +18,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// How a client connection ended (`finguard_lingering_closes_total{outcome}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseOutcome {
-    /// The client sent its FIN: a clean close.
-    ClientFin,
-    /// The client stayed silent for `linger_timeout`.
-    LingerTimeout,
-    /// The client kept sending past `linger_time`.
-    LingerTime,
-    /// The client reset the connection.
-    Reset,
-    /// `immediate` or `so_linger`: no user-space lingering.
-    Immediate,
-    /// A socket error other than a reset.
-    Error,
-}
-
-impl CloseOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseOutcome::ClientFin => "client_fin",
-            CloseOutcome::LingerTimeout => "linger_timeout",
-            CloseOutcome::LingerTime => "linger_time",
-            CloseOutcome::Reset => "reset",
-            CloseOutcome::Immediate => "immediate",
-            CloseOutcome::Error => "error",
-        }
-    }
-}
+pub use crate::metrics::CloseOutcome;
 
 /// Bytes drained per read; one small buffer per lingering connection.
 const DRAIN_CHUNK: usize = 2048;

@@ -18,7 +18,6 @@ pub mod tunnel;
 use crate::accesslog;
 use crate::exchange;
 use crate::http1::head::{self, Reject};
-use crate::metrics::{OutcomeLabel, RuleLabel};
 use crate::policy::ClientPolicy;
 use crate::registry::{self, ClientState};
 use crate::shared::Shared;
@@ -171,11 +170,7 @@ pub(super) fn classify(shared: &Shared, track: &registry::Tracked, ua: &str) -> 
             .collect();
         debug!(peer = %track.entry.peer, user_agent = ua, ?rules, "user-agent rules matched");
         for r in &rules {
-            shared
-                .metrics
-                .ua_rule_matches
-                .get_or_create(&RuleLabel { rule: r.clone() })
-                .inc();
+            shared.metrics.ua_rule_matched(r);
         }
         let _ = track.entry.rules.set(rules);
     }
@@ -253,12 +248,7 @@ async fn wait_head<S: ClientStream>(
 /// complete), counted as an `error` close.
 pub(super) fn abort<S: ClientStream>(stream: S, metrics: &crate::metrics::Metrics) {
     linger::abort(stream.into_tcp_abort());
-    metrics
-        .lingering_closes
-        .get_or_create(&OutcomeLabel {
-            outcome: CloseOutcome::Error.as_str(),
-        })
-        .inc();
+    metrics.closed(CloseOutcome::Error, 0);
 }
 
 /// Writes a final error response, then closes the configured way.
@@ -287,12 +277,7 @@ pub(super) async fn finish<S: ClientStream>(
     }
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");
-        metrics
-            .lingering_closes
-            .get_or_create(&OutcomeLabel {
-                outcome: CloseOutcome::ClientFin.as_str(),
-            })
-            .inc();
+        metrics.closed(CloseOutcome::ClientFin, 0);
         return;
     }
     if let Ending::Reply(status, why) = ending {
@@ -329,13 +314,7 @@ pub(super) async fn finish<S: ClientStream>(
     if track.entry.kill.is_cancelled() {
         metrics.client_reaped();
     }
-    metrics
-        .lingering_closes
-        .get_or_create(&OutcomeLabel {
-            outcome: outcome.as_str(),
-        })
-        .inc();
-    metrics.drained_bytes.inc_by(drained);
+    metrics.closed(outcome, drained);
     let requests = track.entry.requests.load(Ordering::Relaxed);
     shared.access.close(peer, outcome.as_str(), requests, drained);
     trace!(%peer, outcome = outcome.as_str(), drained, "client connection closed");

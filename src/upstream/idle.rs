@@ -14,7 +14,7 @@
 
 use super::{lock, SlotGuard, Upstream, UpstreamError};
 use crate::config::ProxyProtocol;
-use crate::metrics::{Metrics, ReapReason};
+use crate::metrics::ReapReason;
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
@@ -262,7 +262,7 @@ impl Upstream {
         w: usize,
     ) -> Result<RawConn, UpstreamError> {
         let (stream, addr) = self.open_any(source, local).await?;
-        Metrics::backend_counter(&self.metrics.backend_connects, &self.cfg.name).inc();
+        self.metrics.backend_connected(&self.cfg.name);
         debug!(backend = %self.cfg.name, %addr, "opened backend connection");
         Ok(RawConn {
             stream,
