@@ -24,9 +24,10 @@
 //! - [`admin`]: /healthz, /metrics, /census, /connections
 //! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
-//! - [`sys`]: the one `unsafe` call (the socket send queue, `SIOCOUTQ`)
+//! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state)
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
-//! - [`cli`]: the `finguard` command line
+//! - [`cli`]: the `finguard` command line (arguments, subcommands, exit codes)
+//! - [`lifecycle`]: a running process: runtime, signals (SIGHUP reload, SIGTERM drain)
 
 #![deny(unsafe_code)]
 
@@ -39,6 +40,7 @@ pub mod downstream;
 pub mod error;
 pub mod exchange;
 pub mod http1;
+pub mod lifecycle;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

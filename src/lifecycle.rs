@@ -1,0 +1,74 @@
+//! The life of a `finguard run` process once its config is loaded: the
+//! open-files limit raised, the runtime built, the listeners started, then
+//! signals — SIGHUP reloads the config for new connections (a bad file is
+//! refused and the running one kept), SIGTERM and SIGINT drain within
+//! `shutdown_timeout` and exit.
+
+use crate::config::{Config, ConfigError};
+use std::process::ExitCode;
+
+/// Runs the server until a drain signal. `reload` reads the config again.
+pub fn run(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) -> ExitCode {
+    // Every client and backend connection is a descriptor: take all the
+    // kernel allows, as nginx and HAProxy do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("finguard: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(serve(cfg, reload))
+}
+
+async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let shutdown_timeout = cfg.shutdown_timeout;
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("finguard: cannot install signal handlers");
+        return ExitCode::from(2);
+    };
+    let running = match crate::server::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("finguard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for addr in &running.addrs {
+        // A stable line that scripts and tests wait for.
+        eprintln!("finguard: listening on {addr}");
+    }
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match reload() {
+                Ok(cfg) => {
+                    let source = cfg.source.clone();
+                    let not_applied = running.reload(cfg);
+                    tracing::info!(config = %source, "SIGHUP: configuration reloaded for new connections");
+                    if !not_applied.is_empty() {
+                        tracing::warn!(?not_applied, "SIGHUP: these settings need a restart");
+                    }
+                }
+                Err(e) => tracing::error!("SIGHUP: new config rejected, keeping the running one: {e}"),
+            },
+        }
+    }
+    tracing::info!(timeout = ?shutdown_timeout, "draining");
+    if running.drain(shutdown_timeout).await {
+        tracing::info!("drained; exiting");
+    } else {
+        tracing::warn!("shutdown_timeout reached with connections still open; exiting");
+    }
+    ExitCode::SUCCESS
+}
