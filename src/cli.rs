@@ -317,11 +317,7 @@ fn explain(cfg: &Config, ua: &str) -> String {
         "downgrade_1_0 and force_response_1_0 do not apply; timeouts and the close mode do"
     };
     t.insert("over_http2".into(), Value::String(h2.into()));
-    let mut client = config::effective_settings_table(&p.settings);
-    client.insert(
-        "close".into(),
-        Value::Table(config::effective_close_table(&p.settings.close)),
-    );
+    let client = config::SettingsOverride::of(&p.settings).to_table(true);
     t.insert("client".into(), Value::Table(client));
     let mut root = Table::new();
     root.insert("policy".into(), Value::Array(vec![Value::Table(t)]));

@@ -6,51 +6,9 @@
 //! User-Agent is one scan whatever the number of rules. [`RuleSet::classify`] is
 //! pure; the connection calls it once, on its first request, and keeps the result.
 
-use crate::config::{ClientSettings, CloseMode, OnTimeout};
+use crate::config::{ClientSettings, SettingsOverride};
 use regex::RegexSet;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// The settings a rule (or `[client]`) sets; `None` leaves the value as it was.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SettingsOverride {
-    pub keepalive: Option<bool>,
-    pub keepalive_timeout: Option<Duration>,
-    pub max_requests: Option<u32>,
-    pub header_timeout: Option<Duration>,
-    pub body_timeout: Option<Duration>,
-    pub max_header_bytes: Option<u64>,
-    pub max_body_bytes: Option<u64>,
-    pub upgrade_idle_timeout: Option<Duration>,
-    pub close_mode: Option<CloseMode>,
-    pub linger_time: Option<Duration>,
-    pub linger_timeout: Option<Duration>,
-    pub on_timeout: Option<OnTimeout>,
-}
-
-impl SettingsOverride {
-    pub fn apply(&self, s: &mut ClientSettings) {
-        fn set<T: Copy>(dst: &mut T, v: Option<T>) {
-            if let Some(v) = v {
-                *dst = v;
-            }
-        }
-        set(&mut s.keepalive, self.keepalive);
-        set(&mut s.keepalive_timeout, self.keepalive_timeout);
-        set(&mut s.max_requests, self.max_requests);
-        set(&mut s.header_timeout, self.header_timeout);
-        set(&mut s.body_timeout, self.body_timeout);
-        set(&mut s.max_body_bytes, self.max_body_bytes);
-        set(&mut s.upgrade_idle_timeout, self.upgrade_idle_timeout);
-        if let Some(v) = self.max_header_bytes {
-            s.max_header_bytes = usize::try_from(v).unwrap_or(usize::MAX);
-        }
-        set(&mut s.close.mode, self.close_mode);
-        set(&mut s.close.linger_time, self.linger_time);
-        set(&mut s.close.linger_timeout, self.linger_timeout);
-        set(&mut s.close.on_timeout, self.on_timeout);
-    }
-}
 
 /// One `[[user_agent]]` rule as configured.
 #[derive(Debug, Clone)]
@@ -72,48 +30,12 @@ impl UaRule {
             ("nokeepalive", self.nokeepalive),
             ("downgrade_1_0", self.downgrade_1_0),
             ("force_response_1_0", self.force_response_1_0),
-            ("keepalive", self.overrides.keepalive),
         ] {
             if let Some(v) = v {
                 t.insert(k.into(), Value::Boolean(v));
             }
         }
-        let o = &self.overrides;
-        let d = |d: Duration| Value::String(crate::config::units::fmt_duration(d));
-        let durations = [
-            ("keepalive_timeout", o.keepalive_timeout),
-            ("header_timeout", o.header_timeout),
-            ("body_timeout", o.body_timeout),
-            ("upgrade_idle_timeout", o.upgrade_idle_timeout),
-            ("linger_time", o.linger_time),
-            ("linger_timeout", o.linger_timeout),
-        ];
-        for (k, v) in durations {
-            if let Some(v) = v {
-                t.insert(k.into(), d(v));
-            }
-        }
-        for (k, v) in [
-            ("max_requests_per_connection", o.max_requests.map(u64::from)),
-            ("max_header_bytes", o.max_header_bytes),
-            ("max_body_bytes", o.max_body_bytes),
-        ] {
-            if let Some(v) = v {
-                t.insert(k.into(), Value::Integer(i64::try_from(v).unwrap_or(i64::MAX)));
-            }
-        }
-        if let Some(m) = o.close_mode {
-            t.insert(
-                "mode".into(),
-                toml::Value::try_from(m).unwrap_or(Value::String(String::new())),
-            );
-        }
-        if let Some(m) = o.on_timeout {
-            t.insert(
-                "on_timeout".into(),
-                toml::Value::try_from(m).unwrap_or(Value::String(String::new())),
-            );
-        }
+        t.extend(self.overrides.to_table(false));
         t
     }
 }

@@ -318,13 +318,12 @@ struct IpGuard {
 impl IpGuard {
     /// `None` when the IP is at `max_connections_per_ip`.
     fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpGuard> {
-        let max = shared.config.max_connections_per_ip;
-        if max == 0 {
+        let Some(max) = shared.config.max_connections_per_ip.map(|m| m.get()) else {
             return Some(IpGuard {
                 shared: shared.clone(),
                 ip,
             });
-        }
+        };
         let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
         let n = map.entry(ip).or_insert(0);
         if *n >= max {
@@ -340,7 +339,7 @@ impl IpGuard {
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
-        if self.shared.config.max_connections_per_ip == 0 {
+        if self.shared.config.max_connections_per_ip.is_none() {
             return;
         }
         let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());

@@ -93,7 +93,7 @@ impl Shared {
             .rules
             .rules()
             .iter()
-            .filter_map(|r| r.overrides.linger_time)
+            .filter_map(|r| r.overrides.linger_time.map(|d| d.0))
             .chain([self.config.client.close.linger_time])
             .max()
             .unwrap_or_default()

@@ -87,7 +87,7 @@ fn config_errors_name_the_file_the_key_and_the_reason() {
         (
             "[client.close]\nmode = \"gentle\"\n",
             "client.close.mode",
-            "expected \"lingering\"",
+            "expected one of `lingering`",
         ),
         (
             "[[user_agent]]\nmatch = \"x\"\nmax_connections = 3\n",

@@ -12,32 +12,6 @@ fn enum_str<T: Serialize>(v: &T) -> Value {
     toml::Value::try_from(v).unwrap_or_else(|_| Value::String(String::new()))
 }
 
-pub fn close_table(c: &CloseSettings) -> Table {
-    let mut t = Table::new();
-    t.insert("mode".into(), enum_str(&c.mode));
-    t.insert("linger_time".into(), dur(c.linger_time));
-    t.insert("linger_timeout".into(), dur(c.linger_timeout));
-    t.insert("on_timeout".into(), enum_str(&c.on_timeout));
-    t
-}
-
-/// The `[client]` keys of a settings value (without the close table).
-pub fn settings_table(s: &ClientSettings) -> Table {
-    let mut t = Table::new();
-    t.insert("keepalive".into(), Value::Boolean(s.keepalive));
-    t.insert("keepalive_timeout".into(), dur(s.keepalive_timeout));
-    t.insert(
-        "max_requests_per_connection".into(),
-        Value::Integer(s.max_requests.into()),
-    );
-    t.insert("header_timeout".into(), dur(s.header_timeout));
-    t.insert("body_timeout".into(), dur(s.body_timeout));
-    t.insert("max_header_bytes".into(), Value::Integer(s.max_header_bytes as i64));
-    t.insert("max_body_bytes".into(), Value::Integer(s.max_body_bytes as i64));
-    t.insert("upgrade_idle_timeout".into(), dur(s.upgrade_idle_timeout));
-    t
-}
-
 /// Renders the config as TOML.
 pub fn to_toml(c: &Config) -> String {
     let mut root = Table::new();
@@ -79,13 +53,12 @@ pub fn to_toml(c: &Config) -> String {
         t.insert("addr".into(), Value::String(a.to_string()));
         root.insert("admin".into(), Value::Table(t));
     }
-    let mut client = settings_table(&c.client);
+    let mut client = SettingsOverride::of(&c.client).to_table(true);
     client.insert("max_connections".into(), Value::Integer(c.max_connections.into()));
     client.insert(
         "max_connections_per_ip".into(),
-        Value::Integer(c.max_connections_per_ip.into()),
+        Value::Integer(c.max_connections_per_ip.map_or(0, |n| n.get().into())),
     );
-    client.insert("close".into(), Value::Table(close_table(&c.client.close)));
     root.insert("client".into(), Value::Table(client));
     let rules: Vec<Value> = c.rules.rules().iter().map(|r| Value::Table(r.to_table())).collect();
     if !rules.is_empty() {

@@ -6,11 +6,12 @@
 //! socket.
 
 mod raw;
+pub mod settings;
 pub mod units;
 
 use crate::policy::RuleSet;
 use raw::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
@@ -65,7 +66,7 @@ pub struct ConfigError {
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CloseMode {
     /// Shut down the write half, drain what the client still sends, then close.
@@ -76,7 +77,7 @@ pub enum CloseMode {
     Immediate,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnTimeout {
     /// Abort with RST: no orphaned FIN_WAIT_2 is left in the kernel.
@@ -136,7 +137,7 @@ pub struct ListenerConfig {
     pub tls: Option<crate::tls::TlsSettings>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyProtocol {
     Off,
@@ -144,7 +145,7 @@ pub enum ProxyProtocol {
     V2,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Forwarded {
     XForwarded,
@@ -180,7 +181,7 @@ pub struct RouteConfig {
     pub backend: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLog {
     Combined,
@@ -201,8 +202,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub client: ClientSettings,
     pub max_connections: u32,
-    /// 0 = unlimited.
-    pub max_connections_per_ip: u32,
+    /// `None`: unlimited (0 in the file).
+    pub max_connections_per_ip: Option<std::num::NonZeroU32>,
     pub rules: RuleSet,
     pub backends: Vec<BackendConfig>,
     pub routes: Vec<RouteConfig>,
@@ -271,7 +272,8 @@ pub fn parse(source: &str, text: &str, ov: &Overrides) -> Result<Config, ConfigE
     Validator { file: source }.config(raw, ov)
 }
 
-pub use effective::{close_table as effective_close_table, settings_table as effective_settings_table, to_toml};
+pub use effective::to_toml;
+pub use settings::SettingsOverride;
 mod effective;
 mod validate;
 use validate::Validator;

@@ -1,7 +1,9 @@
 //! The config file exactly as written: every key optional, unknown keys rejected.
 //! `super::validate` turns this into a checked `Config`.
 
+use super::settings::{client_keys, SettingsOverride};
 use super::units::{ConfDuration, ConfSize};
+use super::{AccessLog, CloseMode, Forwarded, OnTimeout, ProxyProtocol};
 use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
@@ -58,59 +60,72 @@ pub struct RawAdmin {
     pub addr: String,
 }
 
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawClose {
-    pub mode: Option<String>,
-    pub linger_time: Option<ConfDuration>,
-    pub linger_timeout: Option<ConfDuration>,
-    pub on_timeout: Option<String>,
-}
+// `[client]`, `[client.close]` and `[[user_agent]]`: their setting keys come
+// from the one list in `super::settings` (see there why not `flatten`).
+macro_rules! define_client_structs {
+    ([$($key:ident : $ty:ty => $($path:ident).+),* $(,)?] [$($ckey:ident : $cty:ty => $($cpath:ident).+),* $(,)?]) => {
+        #[derive(Debug, Default, Clone, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawClose {
+            $(pub $ckey: Option<$cty>,)*
+        }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawClient {
-    pub keepalive: Option<bool>,
-    pub keepalive_timeout: Option<ConfDuration>,
-    pub max_requests_per_connection: Option<u32>,
-    pub header_timeout: Option<ConfDuration>,
-    pub body_timeout: Option<ConfDuration>,
-    pub max_header_bytes: Option<ConfSize>,
-    pub max_body_bytes: Option<ConfSize>,
-    pub upgrade_idle_timeout: Option<ConfDuration>,
-    pub max_connections: Option<u32>,
-    pub max_connections_per_ip: Option<u32>,
-    #[serde(default)]
-    pub close: RawClose,
-}
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawClient {
+            $(pub $key: Option<$ty>,)*
+            pub max_connections: Option<u32>,
+            pub max_connections_per_ip: Option<u32>,
+            #[serde(default)]
+            pub close: RawClose,
+        }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawUaRule {
-    #[serde(rename = "match")]
-    pub pattern: String,
-    pub nokeepalive: Option<bool>,
-    pub downgrade_1_0: Option<bool>,
-    pub force_response_1_0: Option<bool>,
-    pub keepalive: Option<bool>,
-    pub keepalive_timeout: Option<ConfDuration>,
-    pub max_requests_per_connection: Option<u32>,
-    pub header_timeout: Option<ConfDuration>,
-    pub body_timeout: Option<ConfDuration>,
-    pub max_header_bytes: Option<ConfSize>,
-    pub max_body_bytes: Option<ConfSize>,
-    pub upgrade_idle_timeout: Option<ConfDuration>,
-    /// `[client.close]` keys may be written flat in the rule or in a `close` table.
-    pub mode: Option<String>,
-    pub linger_time: Option<ConfDuration>,
-    pub linger_timeout: Option<ConfDuration>,
-    pub on_timeout: Option<String>,
-    pub close: Option<RawClose>,
-    /// Listed only to give a precise error: these are decided before any
-    /// User-Agent is known.
-    pub max_connections: Option<u32>,
-    pub max_connections_per_ip: Option<u32>,
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct RawUaRule {
+            #[serde(rename = "match")]
+            pub pattern: String,
+            pub nokeepalive: Option<bool>,
+            pub downgrade_1_0: Option<bool>,
+            pub force_response_1_0: Option<bool>,
+            $(pub $key: Option<$ty>,)*
+            /// `[client.close]` keys may be written flat in the rule or in a `close` table.
+            $(pub $ckey: Option<$cty>,)*
+            pub close: Option<RawClose>,
+            /// Listed only to give a precise error: these are decided before any
+            /// User-Agent is known.
+            pub max_connections: Option<u32>,
+            pub max_connections_per_ip: Option<u32>,
+        }
+
+        impl RawClient {
+            pub fn overrides(&self) -> SettingsOverride {
+                SettingsOverride {
+                    $($key: self.$key,)*
+                    $($ckey: self.close.$ckey,)*
+                }
+            }
+        }
+
+        impl RawUaRule {
+            /// The rule's settings, flat keys and the `close` table together;
+            /// the keys given both ways, if any.
+            pub fn overrides(&self) -> (SettingsOverride, Vec<&'static str>) {
+                let nested = self.close.clone().unwrap_or_default();
+                let mut both = Vec::new();
+                $(if self.$ckey.is_some() && nested.$ckey.is_some() {
+                    both.push(stringify!($ckey));
+                })*
+                let o = SettingsOverride {
+                    $($key: self.$key,)*
+                    $($ckey: self.$ckey.or(nested.$ckey),)*
+                };
+                (o, both)
+            }
+        }
+    };
 }
+client_keys!(define_client_structs! {});
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -124,8 +139,8 @@ pub struct RawBackend {
     pub connect_timeout: Option<ConfDuration>,
     pub response_timeout: Option<ConfDuration>,
     pub retry_idempotent: Option<bool>,
-    pub proxy_protocol: Option<String>,
-    pub forwarded: Option<String>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+    pub forwarded: Option<Forwarded>,
     pub eject_after: Option<u32>,
     pub eject_cool_off: Option<ConfDuration>,
 }
@@ -147,6 +162,6 @@ pub struct RawReaper {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
-    pub access: Option<String>,
+    pub access: Option<AccessLog>,
     pub level: Option<String>,
 }

@@ -12,6 +12,12 @@ use std::time::Duration;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfDuration(pub Duration);
 
+impl serde::Serialize for ConfDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&fmt_duration(self.0))
+    }
+}
+
 impl<'de> Deserialize<'de> for ConfDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
@@ -27,6 +33,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// A byte size: an integer, or a string with a unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConfSize(pub u64);
+
+impl serde::Serialize for ConfSize {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(i64::try_from(self.0).unwrap_or(i64::MAX))
+    }
+}
 
 impl<'de> Deserialize<'de> for ConfSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

@@ -2,7 +2,7 @@
 //! naming the file, the key and the reason, and cross-field rules checked.
 
 use super::*;
-use crate::policy::{RuleSet, SettingsOverride, UaRule};
+use crate::policy::{RuleSet, UaRule};
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a str,
@@ -66,17 +66,7 @@ impl Validator<'_> {
 
         let (backends, routes) = self.backends_and_routes(raw.backend, raw.route, ov)?;
 
-        let access_log = match raw.log.access.as_deref().unwrap_or("combined") {
-            "combined" => AccessLog::Combined,
-            "json" => AccessLog::Json,
-            "off" => AccessLog::Off,
-            o => {
-                return Err(self.err(
-                    "log.access",
-                    format!("{o:?}: expected \"combined\", \"json\" or \"off\""),
-                ))
-            }
-        };
+        let access_log = raw.log.access.unwrap_or(AccessLog::Combined);
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(self.err("log.level", format!("{log_level:?} is not a log level or filter")));
@@ -100,7 +90,7 @@ impl Validator<'_> {
             admin,
             client,
             max_connections,
-            max_connections_per_ip: raw.client.max_connections_per_ip.unwrap_or(0),
+            max_connections_per_ip: raw.client.max_connections_per_ip.and_then(std::num::NonZeroU32::new),
             rules,
             backends,
             routes,
@@ -147,46 +137,10 @@ impl Validator<'_> {
     }
 
     fn client(&self, c: &RawClient) -> Result<ClientSettings, ConfigError> {
-        let o = SettingsOverride {
-            keepalive: c.keepalive,
-            keepalive_timeout: c.keepalive_timeout.map(|d| d.0),
-            max_requests: c.max_requests_per_connection,
-            header_timeout: c.header_timeout.map(|d| d.0),
-            body_timeout: c.body_timeout.map(|d| d.0),
-            max_header_bytes: c.max_header_bytes.map(|s| s.0),
-            max_body_bytes: c.max_body_bytes.map(|s| s.0),
-            upgrade_idle_timeout: c.upgrade_idle_timeout.map(|d| d.0),
-            close_mode: self.close_mode("client.close.mode", c.close.mode.as_deref())?,
-            linger_time: c.close.linger_time.map(|d| d.0),
-            linger_timeout: c.close.linger_timeout.map(|d| d.0),
-            on_timeout: self.on_timeout("client.close.on_timeout", c.close.on_timeout.as_deref())?,
-        };
         let mut s = ClientSettings::default();
-        o.apply(&mut s);
+        c.overrides().apply(&mut s);
         self.check_settings("client", &s)?;
         Ok(s)
-    }
-
-    fn close_mode(&self, key: &str, v: Option<&str>) -> Result<Option<CloseMode>, ConfigError> {
-        v.map(|m| match m {
-            "lingering" => Ok(CloseMode::Lingering),
-            "so_linger" => Ok(CloseMode::SoLinger),
-            "immediate" => Ok(CloseMode::Immediate),
-            o => Err(self.err(
-                key,
-                format!("{o:?}: expected \"lingering\", \"so_linger\" or \"immediate\""),
-            )),
-        })
-        .transpose()
-    }
-
-    fn on_timeout(&self, key: &str, v: Option<&str>) -> Result<Option<OnTimeout>, ConfigError> {
-        v.map(|m| match m {
-            "reset" => Ok(OnTimeout::Reset),
-            "close" => Ok(OnTimeout::Close),
-            o => Err(self.err(key, format!("{o:?}: expected \"reset\" or \"close\""))),
-        })
-        .transpose()
     }
 
     /// Cross-field checks on a resolved settings value; `at` is `client` or a rule.
@@ -231,35 +185,13 @@ impl Validator<'_> {
                 ));
             }
         }
-        let nested = r.close.unwrap_or_default();
-        let flat_and_nested = [
-            r.mode.is_some() && nested.mode.is_some(),
-            r.linger_time.is_some() && nested.linger_time.is_some(),
-            r.linger_timeout.is_some() && nested.linger_timeout.is_some(),
-            r.on_timeout.is_some() && nested.on_timeout.is_some(),
-        ];
-        if flat_and_nested.iter().any(|b| *b) {
+        let (overrides, both) = r.overrides();
+        if !both.is_empty() {
             return Err(self.err(
                 format!("{at}.close"),
-                "a close setting is given both flat and in the close table",
+                format!("{} given both flat and in the close table", both.join(", ")),
             ));
         }
-        let mode = r.mode.or(nested.mode);
-        let on_timeout = r.on_timeout.or(nested.on_timeout);
-        let overrides = SettingsOverride {
-            keepalive: r.keepalive,
-            keepalive_timeout: r.keepalive_timeout.map(|d| d.0),
-            max_requests: r.max_requests_per_connection,
-            header_timeout: r.header_timeout.map(|d| d.0),
-            body_timeout: r.body_timeout.map(|d| d.0),
-            max_header_bytes: r.max_header_bytes.map(|s| s.0),
-            max_body_bytes: r.max_body_bytes.map(|s| s.0),
-            upgrade_idle_timeout: r.upgrade_idle_timeout.map(|d| d.0),
-            close_mode: self.close_mode(&format!("{at}.mode"), mode.as_deref())?,
-            linger_time: r.linger_time.or(nested.linger_time).map(|d| d.0),
-            linger_timeout: r.linger_timeout.or(nested.linger_timeout).map(|d| d.0),
-            on_timeout: self.on_timeout(&format!("{at}.on_timeout"), on_timeout.as_deref())?,
-        };
         let mut s = *base;
         overrides.apply(&mut s);
         self.check_settings(&at, &s)?;
@@ -370,28 +302,8 @@ impl Validator<'_> {
         if c.eject_after == 0 {
             return Err(self.err(format!("{at}.eject_after"), "must be at least 1"));
         }
-        c.proxy_protocol = match b.proxy_protocol.as_deref().unwrap_or("off") {
-            "off" => ProxyProtocol::Off,
-            "v1" => ProxyProtocol::V1,
-            "v2" => ProxyProtocol::V2,
-            o => {
-                return Err(self.err(
-                    format!("{at}.proxy_protocol"),
-                    format!("{o:?}: expected \"off\", \"v1\" or \"v2\""),
-                ))
-            }
-        };
-        c.forwarded = match b.forwarded.as_deref().unwrap_or("x-forwarded") {
-            "x-forwarded" => Forwarded::XForwarded,
-            "forwarded" => Forwarded::Forwarded,
-            "off" => Forwarded::Off,
-            o => {
-                return Err(self.err(
-                    format!("{at}.forwarded"),
-                    format!("{o:?}: expected \"x-forwarded\", \"forwarded\" or \"off\""),
-                ))
-            }
-        };
+        c.proxy_protocol = b.proxy_protocol.unwrap_or(c.proxy_protocol);
+        c.forwarded = b.forwarded.unwrap_or(c.forwarded);
         if c.max_connections == 0 {
             return Err(self.err(format!("{at}.max_connections"), "must be at least 1"));
         }
