@@ -56,33 +56,28 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     // Allocated when bytes arrive, released while idle: an idle keep-alive
     // connection costs its socket and a small task, not a buffer.
     let mut buf = BytesMut::new();
-    let mut policy: Option<Arc<ClientPolicy>> = None;
-    let mut served: u32 = 0;
+    let mut conn = ConnState {
+        policy: None,
+        served: 0,
+    };
     let ending = loop {
         // Only what the wait needs: everything held across it is in every
         // idle connection's task.
-        let (header_timeout, max_header_bytes, max_body_bytes) = {
-            let s = &policy.as_deref().unwrap_or(&shared.base_policy).settings;
-            // The first head must be complete `header_timeout` after accept; later
-            // ones may idle `keepalive_timeout`, then have `header_timeout`.
-            (s.header_timeout, s.max_header_bytes, s.max_body_bytes)
-        };
-        let idle_until = if served == 0 {
+        let settings = &conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+        let (header_timeout, max_header_bytes) = (settings.header_timeout, settings.max_header_bytes);
+        // The first head must be complete `header_timeout` after accept; later
+        // ones may idle `keepalive_timeout`, then have `header_timeout`.
+        let idle_until = if conn.served == 0 {
             accepted + header_timeout
         } else {
-            Instant::now()
-                + policy
-                    .as_deref()
-                    .unwrap_or(&shared.base_policy)
-                    .settings
-                    .keepalive_timeout
+            Instant::now() + settings.keepalive_timeout
         };
-        track.set(if buf.is_empty() && served > 0 {
+        track.set(if buf.is_empty() && conn.served > 0 {
             ClientState::Idle
         } else {
             ClientState::Reading
         });
-        let len = match wait_head(
+        let waited = wait_head(
             &mut stream,
             &mut buf,
             idle_until,
@@ -90,71 +85,102 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             max_header_bytes,
             &shared,
             &track,
-        )
-        .await
-        {
+        );
+        let len = match waited.await {
             Ok(len) => len,
             Err(e) => break e,
         };
-        let logging = shared.access.enabled();
-        let mut head = match head::parse(&buf, len, max_body_bytes, policy.is_none() || logging, logging) {
-            Ok(h) => h,
-            Err(r) => break reject(r),
-        };
-        let policy = policy.get_or_insert_with(|| classify(&shared, &track, head.user_agent.as_deref().unwrap_or("")));
-        let max_requests = policy.settings.max_requests;
-        served += 1;
-        track.set(ClientState::Active);
-        track.entry.requests.fetch_add(1, Ordering::Relaxed);
-        let keepalive = policy.allows_keepalive()
-            && !head.upgrade
-            && served < max_requests
-            && !head.wants_close
-            && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
-            && !shared.draining.is_cancelled();
-        let (user_agent, referer) = (head.user_agent.take(), head.referer.take());
-        let head_bytes = buf.split_to(head.len).freeze();
-        let request_line = head_bytes.slice(..head.line_end);
-        let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
-        let req = exchange::Request {
-            head_bytes,
-            head,
-            keepalive,
-            remaining: max_requests - served,
-        };
-        let cx = exchange::Conn {
-            shared: &shared,
-            policy,
-            peer,
-            scheme: S::SCHEME,
-            entry: &track.entry,
-        };
         // Boxed: its state lives on the heap only while a request is served.
-        let done = Box::pin(exchange::run(&mut stream, &mut buf, req, &cx)).await;
-        shared.metrics.response(done.status);
-        if logging {
-            shared.access.request(&accesslog::Record {
-                peer,
-                request_line: &String::from_utf8_lossy(&request_line),
-                status: done.status,
-                bytes_out: track.entry.bytes_out.load(Ordering::Relaxed) - bytes_before,
-                referer: referer.as_deref(),
-                user_agent: user_agent.as_deref(),
-                rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
-                backend: done.backend,
-            });
-        }
-        match done.next {
-            exchange::Next::KeepAlive if keepalive => {}
-            exchange::Next::Tunnel(conn) => break Ending::Tunnel(conn, std::mem::take(&mut buf)),
-            exchange::Next::Abort => break Ending::Abort,
-            _ => break Ending::Close,
+        if let Some(ending) = Box::pin(serve_request(&mut stream, &mut buf, len, &mut conn, &shared, &track)).await {
+            break ending;
         }
     };
-    let settings = policy.as_deref().unwrap_or(&shared.base_policy).settings;
-    let force10 = policy.as_deref().is_some_and(|p| p.force_response_1_0);
+    let settings = conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+    let force10 = conn.policy.as_deref().is_some_and(|p| p.force_response_1_0);
     // Boxed: the drain buffer exists only while lingering, not in every idle task.
     Box::pin(finish(stream, ending, &settings, force10, &shared, &track)).await;
+}
+
+/// What a connection keeps from one request to the next.
+struct ConnState {
+    /// Classified on the first request.
+    policy: Option<Arc<ClientPolicy>>,
+    served: u32,
+}
+
+/// Serves the request whose head is the first `len` bytes of `buf`: parse,
+/// classify (first request), the exchange, the access log. Returns how the
+/// connection ends, or `None` to wait for the next request.
+async fn serve_request<S: ClientStream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    len: usize,
+    conn: &mut ConnState,
+    shared: &Arc<Shared>,
+    track: &registry::Tracked,
+) -> Option<Ending> {
+    let logging = shared.access.enabled();
+    let max_body_bytes = conn
+        .policy
+        .as_deref()
+        .unwrap_or(&shared.base_policy)
+        .settings
+        .max_body_bytes;
+    let first = conn.policy.is_none();
+    let mut head = match head::parse(buf, len, max_body_bytes, first || logging, logging) {
+        Ok(h) => h,
+        Err(r) => return Some(reject(r)),
+    };
+    let policy = conn
+        .policy
+        .get_or_insert_with(|| classify(shared, track, head.user_agent.as_deref().unwrap_or("")));
+    let max_requests = policy.settings.max_requests;
+    conn.served += 1;
+    track.set(ClientState::Active);
+    track.entry.requests.fetch_add(1, Ordering::Relaxed);
+    let keepalive = policy.allows_keepalive()
+        && !head.upgrade
+        && conn.served < max_requests
+        && !head.wants_close
+        && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
+        && !shared.draining.is_cancelled();
+    let (user_agent, referer) = (head.user_agent.take(), head.referer.take());
+    let head_bytes = buf.split_to(head.len).freeze();
+    let request_line = head_bytes.slice(..head.line_end);
+    let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
+    let req = exchange::Request {
+        head_bytes,
+        head,
+        keepalive,
+        remaining: max_requests - conn.served,
+    };
+    let cx = exchange::Conn {
+        shared,
+        policy,
+        peer: track.entry.peer,
+        scheme: S::SCHEME,
+        entry: &track.entry,
+    };
+    let done = exchange::run(stream, buf, req, &cx).await;
+    shared.metrics.response(done.status);
+    if logging {
+        shared.access.request(&accesslog::Record {
+            peer: track.entry.peer,
+            request_line: &String::from_utf8_lossy(&request_line),
+            status: done.status,
+            bytes_out: track.entry.bytes_out.load(Ordering::Relaxed) - bytes_before,
+            referer: referer.as_deref(),
+            user_agent: user_agent.as_deref(),
+            rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
+            backend: done.backend,
+        });
+    }
+    match done.next {
+        exchange::Next::KeepAlive if keepalive => None,
+        exchange::Next::Tunnel(bc) => Some(Ending::Tunnel(bc, std::mem::take(buf))),
+        exchange::Next::Abort => Some(Ending::Abort),
+        _ => Some(Ending::Close),
+    }
 }
 
 /// The connection's policy from its first request's User-Agent: recorded on

@@ -129,111 +129,147 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     match req.parse(&buf[..len]) {
         Ok(httparse::Status::Complete(n)) if n == len => {}
         Ok(_) => return Err(Reject::Bad("malformed request head")),
-        Err(httparse::Error::TooManyHeaders) => return Err(Reject::HeadTooLarge),
-        Err(httparse::Error::Version) => return Err(Reject::Bad("not an HTTP/1.x request")),
-        Err(httparse::Error::HeaderName) | Err(httparse::Error::HeaderValue) => {
-            return Err(Reject::Bad("malformed header line"))
-        }
-        Err(_) => return Err(Reject::Bad("malformed request line")),
+        Err(e) => return Err(refusal(e)),
     }
     let http10 = req.version == Some(0);
     let method = req.method.unwrap_or("");
     let base = &buf[..len];
-    let method_span = Span::of(base, method.as_bytes());
-    let target_span = Span::of(base, req.path.unwrap_or("").as_bytes());
+    let mut seen = Seen {
+        http10,
+        want_ua,
+        want_referer,
+        ..Seen::default()
+    };
     let mut spans = Vec::with_capacity(req.headers.len());
-    let mut host = None;
-    let mut expect_continue = false;
-    let mut conn_names_headers = false;
-    let idempotent = matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE");
-    let mut content_length: Option<u64> = None;
-    let mut chunked = false;
-    let mut te_seen = false;
-    let mut hosts = 0;
-    let (mut wants_close, mut wants_keepalive, mut conn_upgrade, mut upgrade_header) = (false, false, false, false);
-    let mut user_agent = None;
-    let mut referer = None;
     for h in req.headers.iter() {
-        let name = h.name;
         spans.push(HeaderSpan {
-            name: Span::of(base, name.as_bytes()),
+            name: Span::of(base, h.name.as_bytes()),
             value: Span::of(base, h.value),
         });
-        if name.eq_ignore_ascii_case("content-length") {
-            let v = parse_content_length(h.value).ok_or(Reject::Bad("invalid Content-Length"))?;
-            if content_length.is_some_and(|prev| prev != v) {
-                return Err(Reject::Bad("conflicting Content-Length headers"));
-            }
-            content_length = Some(v);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            if te_seen {
-                return Err(Reject::Bad("repeated Transfer-Encoding"));
-            }
-            te_seen = true;
-            if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(Reject::Bad("unsupported Transfer-Encoding"));
-            }
-            chunked = true;
-        } else if name.eq_ignore_ascii_case("host") {
-            hosts += 1;
-            host = Some(Span::of(base, h.value.trim_ascii()));
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let close = token.eq_ignore_ascii_case(b"close");
-                let keepalive = token.eq_ignore_ascii_case(b"keep-alive");
-                let upgrade = token.eq_ignore_ascii_case(b"upgrade");
-                wants_close |= close;
-                wants_keepalive |= keepalive;
-                conn_upgrade |= upgrade;
-                conn_names_headers |= !(close || keepalive || upgrade || token.is_empty());
-            }
-        } else if name.eq_ignore_ascii_case("expect") {
-            if !h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
-                return Err(Reject::Expectation);
-            }
-            expect_continue = !http10;
-        } else if name.eq_ignore_ascii_case("upgrade") {
-            upgrade_header = true;
-        } else if want_ua && name.eq_ignore_ascii_case("user-agent") {
-            user_agent = Some(String::from_utf8_lossy(h.value).into_owned());
-        } else if want_referer && name.eq_ignore_ascii_case("referer") {
-            referer = Some(String::from_utf8_lossy(h.value).into_owned());
-        }
+        seen.header(base, h.name, h.value)?;
     }
-    if te_seen && content_length.is_some() {
-        return Err(Reject::Bad("both Content-Length and Transfer-Encoding"));
-    }
-    if te_seen && http10 {
-        return Err(Reject::Bad("Transfer-Encoding in an HTTP/1.0 request"));
-    }
-    if hosts > 1 || (hosts == 0 && !http10) {
-        return Err(Reject::Bad("an HTTP/1.1 request needs exactly one Host header"));
-    }
-    let framing = match (chunked, content_length) {
-        (true, _) => Framing::chunked(max_body),
-        (false, Some(n)) if n > max_body => return Err(Reject::BodyTooLarge),
-        (false, Some(n)) => Framing::Length(n),
-        (false, None) => Framing::Length(0),
-    };
+    let framing = seen.framing(max_body)?;
     Ok(Head {
-        method: method_span,
-        target: target_span,
+        method: Span::of(base, method.as_bytes()),
+        target: Span::of(base, req.path.unwrap_or("").as_bytes()),
         headers: spans,
-        host,
-        expect_continue,
-        conn_names_headers,
-        has_length: content_length.is_some(),
+        host: seen.host,
+        expect_continue: seen.expect_continue,
+        conn_names_headers: seen.conn_names_headers,
+        has_length: seen.content_length.is_some(),
         len,
         framing,
         http10,
-        wants_close,
-        wants_keepalive,
-        idempotent,
-        user_agent,
-        referer,
+        wants_close: seen.wants_close,
+        wants_keepalive: seen.wants_keepalive,
+        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        user_agent: seen.user_agent,
+        referer: seen.referer,
         line_end: buf.iter().position(|&b| b == b'\r').unwrap_or(0),
-        upgrade: conn_upgrade && upgrade_header && !http10,
+        upgrade: seen.conn_upgrade && seen.upgrade_header && !http10,
     })
+}
+
+/// httparse's error, as the answer a client gets.
+fn refusal(e: httparse::Error) -> Reject {
+    match e {
+        httparse::Error::TooManyHeaders => Reject::HeadTooLarge,
+        httparse::Error::Version => Reject::Bad("not an HTTP/1.x request"),
+        httparse::Error::HeaderName | httparse::Error::HeaderValue => Reject::Bad("malformed header line"),
+        _ => Reject::Bad("malformed request line"),
+    }
+}
+
+/// What the header lines of one request said, gathered in one pass.
+#[derive(Default)]
+struct Seen {
+    http10: bool,
+    want_ua: bool,
+    want_referer: bool,
+    host: Option<Span>,
+    hosts: u32,
+    expect_continue: bool,
+    conn_names_headers: bool,
+    content_length: Option<u64>,
+    chunked: bool,
+    te_seen: bool,
+    wants_close: bool,
+    wants_keepalive: bool,
+    conn_upgrade: bool,
+    upgrade_header: bool,
+    user_agent: Option<String>,
+    referer: Option<String>,
+}
+
+impl Seen {
+    /// One header line; a line that makes the request unacceptable refuses it.
+    #[inline]
+    fn header(&mut self, base: &[u8], name: &str, value: &[u8]) -> Result<(), Reject> {
+        if name.eq_ignore_ascii_case("content-length") {
+            let v = parse_content_length(value).ok_or(Reject::Bad("invalid Content-Length"))?;
+            if self.content_length.is_some_and(|prev| prev != v) {
+                return Err(Reject::Bad("conflicting Content-Length headers"));
+            }
+            self.content_length = Some(v);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if self.te_seen {
+                return Err(Reject::Bad("repeated Transfer-Encoding"));
+            }
+            self.te_seen = true;
+            if !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(Reject::Bad("unsupported Transfer-Encoding"));
+            }
+            self.chunked = true;
+        } else if name.eq_ignore_ascii_case("host") {
+            self.hosts += 1;
+            self.host = Some(Span::of(base, value.trim_ascii()));
+        } else if name.eq_ignore_ascii_case("connection") {
+            self.connection(value);
+        } else if name.eq_ignore_ascii_case("expect") {
+            if !value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                return Err(Reject::Expectation);
+            }
+            self.expect_continue = !self.http10;
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            self.upgrade_header = true;
+        } else if self.want_ua && name.eq_ignore_ascii_case("user-agent") {
+            self.user_agent = Some(String::from_utf8_lossy(value).into_owned());
+        } else if self.want_referer && name.eq_ignore_ascii_case("referer") {
+            self.referer = Some(String::from_utf8_lossy(value).into_owned());
+        }
+        Ok(())
+    }
+
+    fn connection(&mut self, value: &[u8]) {
+        for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            let close = token.eq_ignore_ascii_case(b"close");
+            let keepalive = token.eq_ignore_ascii_case(b"keep-alive");
+            let upgrade = token.eq_ignore_ascii_case(b"upgrade");
+            self.wants_close |= close;
+            self.wants_keepalive |= keepalive;
+            self.conn_upgrade |= upgrade;
+            self.conn_names_headers |= !(close || keepalive || upgrade || token.is_empty());
+        }
+    }
+
+    /// The body's framing, once every line was seen (RFC 9112 §6).
+    fn framing(&self, max_body: u64) -> Result<Framing, Reject> {
+        if self.te_seen && self.content_length.is_some() {
+            return Err(Reject::Bad("both Content-Length and Transfer-Encoding"));
+        }
+        if self.te_seen && self.http10 {
+            return Err(Reject::Bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if self.hosts > 1 || (self.hosts == 0 && !self.http10) {
+            return Err(Reject::Bad("an HTTP/1.1 request needs exactly one Host header"));
+        }
+        Ok(match (self.chunked, self.content_length) {
+            (true, _) => Framing::chunked(max_body),
+            (false, Some(n)) if n > max_body => return Err(Reject::BodyTooLarge),
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::Length(0),
+        })
+    }
 }
 
 /// Digits only (no sign, no list): `Content-Length: 5, 5` is refused too.
