@@ -260,81 +260,8 @@ impl Metrics {
             by_class: Default::default(),
         };
         // Counters get their `_total` suffix from the encoder.
-        registry.register(
-            "finguard_client_connections",
-            "Open client connections by state",
-            m.client_connections.clone(),
-        );
-        registry.register(
-            "finguard_client_connections_accepted",
-            "Client connections accepted",
-            m.accepted.clone(),
-        );
-        registry.register(
-            "finguard_requests",
-            "Responses sent to clients, by status class",
-            m.requests.clone(),
-        );
-        registry.register(
-            "finguard_lingering_closes",
-            "Client connections closed, by how the close ended",
-            m.lingering_closes.clone(),
-        );
-        registry.register(
-            "finguard_lingering_drained_bytes",
-            "Bytes read and discarded while lingering",
-            m.drained_bytes.clone(),
-        );
-        registry.register(
-            "finguard_ua_rule_matches",
-            "Client connections matched by each User-Agent rule",
-            m.ua_rule_matches.clone(),
-        );
-        registry.register(
-            "finguard_backend_connections",
-            "Open backend connections by state",
-            m.backend_connections.clone(),
-        );
-        registry.register(
-            "finguard_backend_connects",
-            "Backend connections opened",
-            m.backend_connects.clone(),
-        );
-        registry.register(
-            "finguard_backend_reaped",
-            "Pooled backend connections closed, by reason",
-            m.backend_reaped.clone(),
-        );
-        registry.register(
-            "finguard_backend_retries",
-            "Requests retried on a fresh backend connection",
-            m.backend_retries.clone(),
-        );
-        registry.register(
-            "finguard_backend_ejections",
-            "Backend addresses ejected after consecutive connect failures",
-            m.backend_ejections.clone(),
-        );
-        registry.register(
-            "finguard_tcp_sockets",
-            "TCP sockets of finguard's listener and backend ports by state (read at scrape)",
-            m.tcp_sockets.clone(),
-        );
-        registry.register(
-            "finguard_client_reaped",
-            "Client connections the reaper ended, by reason (linger_expired: lingering past linger_time)",
-            m.client_reaped.clone(),
-        );
-        registry.register(
-            "finguard_tunnels_closed",
-            "Upgraded tunnels (WebSocket) ended, by outcome",
-            m.tunnels_closed.clone(),
-        );
-        registry.register(
-            "finguard_tls_handshakes",
-            "TLS handshakes on client connections, by outcome (ok, error, timeout)",
-            m.tls_handshakes.clone(),
-        );
+        m.register_client(&mut registry);
+        m.register_backend(&mut registry);
         let by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| m.requests.get_or_create(&CodeLabel { code }).clone());
         Metrics {
@@ -342,6 +269,89 @@ impl Metrics {
             by_class,
             ..m
         }
+    }
+
+    /// The client side's metrics.
+    fn register_client(&self, registry: &mut Registry) {
+        registry.register(
+            "finguard_client_connections",
+            "Open client connections by state",
+            self.client_connections.clone(),
+        );
+        registry.register(
+            "finguard_client_connections_accepted",
+            "Client connections accepted",
+            self.accepted.clone(),
+        );
+        registry.register(
+            "finguard_requests",
+            "Responses sent to clients, by status class",
+            self.requests.clone(),
+        );
+        registry.register(
+            "finguard_lingering_closes",
+            "Client connections closed, by how the close ended",
+            self.lingering_closes.clone(),
+        );
+        registry.register(
+            "finguard_lingering_drained_bytes",
+            "Bytes read and discarded while lingering",
+            self.drained_bytes.clone(),
+        );
+        registry.register(
+            "finguard_ua_rule_matches",
+            "Client connections matched by each User-Agent rule",
+            self.ua_rule_matches.clone(),
+        );
+        registry.register(
+            "finguard_client_reaped",
+            "Client connections the reaper ended, by reason (linger_expired: lingering past linger_time)",
+            self.client_reaped.clone(),
+        );
+        registry.register(
+            "finguard_tunnels_closed",
+            "Upgraded tunnels (WebSocket) ended, by outcome",
+            self.tunnels_closed.clone(),
+        );
+        registry.register(
+            "finguard_tls_handshakes",
+            "TLS handshakes on client connections, by outcome (ok, error, timeout)",
+            self.tls_handshakes.clone(),
+        );
+    }
+
+    /// The backend side's metrics, and the socket census.
+    fn register_backend(&self, registry: &mut Registry) {
+        registry.register(
+            "finguard_backend_connections",
+            "Open backend connections by state",
+            self.backend_connections.clone(),
+        );
+        registry.register(
+            "finguard_backend_connects",
+            "Backend connections opened",
+            self.backend_connects.clone(),
+        );
+        registry.register(
+            "finguard_backend_reaped",
+            "Pooled backend connections closed, by reason",
+            self.backend_reaped.clone(),
+        );
+        registry.register(
+            "finguard_backend_retries",
+            "Requests retried on a fresh backend connection",
+            self.backend_retries.clone(),
+        );
+        registry.register(
+            "finguard_backend_ejections",
+            "Backend addresses ejected after consecutive connect failures",
+            self.backend_ejections.clone(),
+        );
+        registry.register(
+            "finguard_tcp_sockets",
+            "TCP sockets of finguard's listener and backend ports by state (read at scrape)",
+            self.tcp_sockets.clone(),
+        );
     }
 
     pub fn tls_handshake(&self, outcome: TlsHandshake) {

@@ -114,29 +114,55 @@ fn named_by_connection<'a>(head_bytes: &'a [u8], head: &Head) -> Vec<&'a [u8]> {
 /// Writes the backend's request head into `out`.
 /// `t` is the request's [`target`], as it was routed.
 pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, t: &Target<'_>, cx: &ForwardCtx<'_>) {
-    let framing = &head.framing;
     out.extend_from_slice(head.method.get(head_bytes));
     out.push(b' ');
     out.extend_from_slice(t.path);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-    let host = t.host.unwrap_or(cx.default_host.as_bytes());
-    out.extend_from_slice(host);
+    out.extend_from_slice(t.host.unwrap_or(cx.default_host.as_bytes()));
     out.extend_from_slice(b"\r\n");
+    let prior = copy_headers(out, head_bytes, head, cx);
+    match head.framing {
+        Framing::Chunked(_) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        Framing::Length(0) if !head.has_length => {}
+        Framing::Length(n) => {
+            out.extend_from_slice(b"Content-Length: ");
+            super::response::push_num(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if let Some(u) = prior.upgrade {
+        out.extend_from_slice(b"Connection: upgrade\r\n");
+        put(out, b"Upgrade", u.get(head_bytes));
+    }
+    write_forwarded(out, head_bytes, &prior, t, cx);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// What the client's headers held that finguard rewrites rather than copies.
+#[derive(Default)]
+struct Prior {
+    /// `X-Forwarded-For` values, in order.
+    xff: Vec<Span>,
+    /// `Forwarded` values, in order.
+    fwd: Vec<Span>,
+    /// The `Upgrade` value, when the request is an upgrade.
+    upgrade: Option<Span>,
+}
+
+/// Copies the end-to-end headers; keeps aside what is rewritten.
+fn copy_headers(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, cx: &ForwardCtx<'_>) -> Prior {
     let named = if head.conn_names_headers {
         named_by_connection(head_bytes, head)
     } else {
         Vec::new()
     };
-    let mut xff: Option<Span> = None;
-    let mut xff_extra: Vec<Span> = Vec::new();
-    let mut fwd: Vec<Span> = Vec::new();
-    let mut upgrade: Option<Span> = None;
-    let chunked = matches!(framing, Framing::Chunked(_));
+    let mut prior = Prior::default();
+    let chunked = matches!(head.framing, Framing::Chunked(_));
     for h in &head.headers {
         let name = h.name.get(head_bytes);
         if dropped(name) {
             if cx.upgrade && name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = Some(h.value);
+                prior.upgrade = Some(h.value);
             } else if chunked && name.eq_ignore_ascii_case(b"trailer") {
                 // The trailers travel with the chunked body: announce them.
                 put(out, name, h.value.get(head_bytes));
@@ -148,11 +174,7 @@ pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, t: &Target<
         }
         match cx.forwarded {
             Forwarded::XForwarded if name.eq_ignore_ascii_case(b"x-forwarded-for") => {
-                if xff.is_none() {
-                    xff = Some(h.value);
-                } else {
-                    xff_extra.push(h.value);
-                }
+                prior.xff.push(h.value);
                 continue;
             }
             Forwarded::XForwarded
@@ -162,32 +184,24 @@ pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, t: &Target<
                 continue; // replaced by finguard's own
             }
             Forwarded::Forwarded if name.eq_ignore_ascii_case(b"forwarded") => {
-                fwd.push(h.value);
+                prior.fwd.push(h.value);
                 continue;
             }
             _ => {}
         }
         put(out, name, h.value.get(head_bytes));
     }
-    match framing {
-        Framing::Chunked(_) => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        Framing::Length(0) if !head.has_length => {}
-        Framing::Length(n) => {
-            out.extend_from_slice(b"Content-Length: ");
-            super::response::push_num(out, *n);
-            out.extend_from_slice(b"\r\n");
-        }
-    }
-    if let Some(u) = upgrade {
-        out.extend_from_slice(b"Connection: upgrade\r\n");
-        put(out, b"Upgrade", u.get(head_bytes));
-    }
+    prior
+}
+
+/// `X-Forwarded-*` or RFC 7239 `Forwarded`, the client's values first.
+fn write_forwarded(out: &mut Vec<u8>, head_bytes: &[u8], prior: &Prior, t: &Target<'_>, cx: &ForwardCtx<'_>) {
     let ip = cx.peer.ip();
     match cx.forwarded {
         Forwarded::Off => {}
         Forwarded::XForwarded => {
             out.extend_from_slice(b"X-Forwarded-For: ");
-            for v in xff.iter().chain(&xff_extra) {
+            for v in &prior.xff {
                 out.extend_from_slice(v.get(head_bytes));
                 out.extend_from_slice(b", ");
             }
@@ -198,7 +212,7 @@ pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, t: &Target<
         }
         Forwarded::Forwarded => {
             out.extend_from_slice(b"Forwarded: ");
-            for v in &fwd {
+            for v in &prior.fwd {
                 out.extend_from_slice(v.get(head_bytes));
                 out.extend_from_slice(b", ");
             }
@@ -217,7 +231,6 @@ pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, t: &Target<
             out.extend_from_slice(b"\r\n");
         }
     }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Letters, digits, `.-_:` and brackets: a reg-name, IPv4 or `[IPv6]`, with a port.
