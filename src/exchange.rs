@@ -215,14 +215,7 @@ async fn attempt<S: ClientStream>(
         Ok(Sent::Complete) => true,
         Ok(Sent::Early) => false,
         Err(Upload::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
-        Err(Upload::Backend { err, wrote }) => {
-            let retry_safe = match (err.before_response(), wrote) {
-                (false, _) => RetrySafe::No,
-                (true, true) => RetrySafe::IfIdempotent,
-                (true, false) => RetrySafe::Always,
-            };
-            return Attempt::Failed { err, retry_safe };
-        }
+        Err(Upload::Backend { err, wrote }) => return upload_failed(err, wrote),
     };
     let mut view = client_view(req, conn, request_complete);
     let mut chead = Vec::with_capacity(512);
@@ -242,10 +235,10 @@ async fn attempt<S: ClientStream>(
     let parsed = match parsed {
         Ok(p) => p,
         Err(HeadError::Failed(err)) => {
-            let retry_safe = if err.before_response() && resp.is_empty() {
-                RetrySafe::IfIdempotent
-            } else {
-                RetrySafe::No
+            // Nothing came back at all: the stale-connection race, maybe.
+            let retry_safe = match err.before_response() && resp.is_empty() {
+                true => RetrySafe::IfIdempotent,
+                false => RetrySafe::No,
             };
             return Attempt::Failed { err, retry_safe };
         }
@@ -254,33 +247,25 @@ async fn attempt<S: ClientStream>(
     let backend = Some((bc.addr, started.elapsed()));
     let shaped = match parsed {
         Final::Response(s) => s,
-        Final::Switch(len) => {
-            resp.advance(len);
-            chead.extend_from_slice(&resp);
-            if write_client(client, &chead, t, conn.entry).await.is_err() {
-                return Attempt::Done(aborted(101, backend));
-            }
-            // The tunnel owns the connection now (it keeps its pool slot).
-            return Attempt::Done(Done {
-                status: 101,
-                backend,
-                next: Next::Tunnel(bc),
-            });
-        }
+        Final::Switch(len) => return Attempt::Done(switch(client, bc, &mut resp, len, chead, backend, t, conn).await),
     };
     resp.advance(shaped.len);
     let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
     let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry).await;
-    let status = shaped.status;
-    let next = match relayed {
-        Ok(()) => {
-            if shaped.keepalive {
-                Next::KeepAlive
-            } else {
-                Next::Close
-            }
-        }
+    Attempt::Done(Done {
+        status: shaped.status,
+        backend,
+        next: after_relay(relayed, &shaped, conn),
+    })
+}
+
+/// What the client connection does after a relayed response.
+fn after_relay(relayed: Result<(), Relay>, shaped: &Shaped, conn: &Conn<'_>) -> Next {
+    match relayed {
+        Ok(()) if shaped.keepalive => Next::KeepAlive,
+        Ok(()) => Next::Close,
         Err(Relay::Backend(why)) => {
+            let status = shaped.status;
             warn!(peer = %conn.peer, status, reason = why, "backend response cut short; aborting the client connection");
             Next::Abort
         }
@@ -288,8 +273,43 @@ async fn attempt<S: ClientStream>(
             debug!(peer = %conn.peer, "client stopped reading the response");
             Next::Abort
         }
+    }
+}
+
+/// The upload failed on the backend's side: whether it may be tried again.
+fn upload_failed(err: ProxyError, wrote: bool) -> Attempt {
+    let retry_safe = match (err.before_response(), wrote) {
+        (false, _) => RetrySafe::No,
+        (true, true) => RetrySafe::IfIdempotent,
+        (true, false) => RetrySafe::Always,
     };
-    Attempt::Done(Done { status, backend, next })
+    Attempt::Failed { err, retry_safe }
+}
+
+/// A 101: the client gets its head and what followed it, then the
+/// connection becomes a tunnel on this backend connection (which keeps its
+/// pool slot).
+#[allow(clippy::too_many_arguments)]
+async fn switch<S: ClientStream>(
+    client: &mut S,
+    bc: RawConn,
+    resp: &mut BytesMut,
+    len: usize,
+    mut chead: Vec<u8>,
+    backend: Option<(SocketAddr, Duration)>,
+    t: &Timeouts,
+    conn: &Conn<'_>,
+) -> Done {
+    resp.advance(len);
+    chead.extend_from_slice(resp);
+    if write_client(client, &chead, t, conn.entry).await.is_err() {
+        return aborted(101, backend);
+    }
+    Done {
+        status: 101,
+        backend,
+        next: Next::Tunnel(bc),
+    }
 }
 
 fn aborted(status: u16, backend: Option<(SocketAddr, Duration)>) -> Done {

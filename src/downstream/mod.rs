@@ -138,12 +138,7 @@ async fn serve_request<S: ClientStream>(
     conn.served += 1;
     track.set(ClientState::Active);
     track.entry.requests.fetch_add(1, Ordering::Relaxed);
-    let keepalive = policy.allows_keepalive()
-        && !head.upgrade
-        && conn.served < max_requests
-        && !head.wants_close
-        && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
-        && !shared.draining.is_cancelled();
+    let keepalive = keepalive_allowed(policy, &head, conn.served, shared);
     let (user_agent, referer) = (head.user_agent.take(), head.referer.take());
     let head_bytes = buf.split_to(head.len).freeze();
     let request_line = head_bytes.slice(..head.line_end);
@@ -164,16 +159,13 @@ async fn serve_request<S: ClientStream>(
     let done = exchange::run(stream, buf, req, &cx).await;
     shared.metrics.response(done.status);
     if logging {
-        shared.access.request(&accesslog::Record {
-            peer: track.entry.peer,
-            request_line: &String::from_utf8_lossy(&request_line),
-            status: done.status,
-            bytes_out: track.entry.bytes_out.load(Ordering::Relaxed) - bytes_before,
+        let seen = Seen {
+            request_line: &request_line,
             referer: referer.as_deref(),
             user_agent: user_agent.as_deref(),
-            rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
-            backend: done.backend,
-        });
+            bytes_before,
+        };
+        log_request(shared, track, &seen, &done);
     }
     match done.next {
         exchange::Next::KeepAlive if keepalive => None,
@@ -181,6 +173,39 @@ async fn serve_request<S: ClientStream>(
         exchange::Next::Abort => Some(Ending::Abort),
         _ => Some(Ending::Close),
     }
+}
+
+/// Whether the connection may carry another request after this one.
+fn keepalive_allowed(policy: &ClientPolicy, head: &head::Head, served: u32, shared: &Shared) -> bool {
+    policy.allows_keepalive()
+        && !head.upgrade
+        && served < policy.settings.max_requests
+        && !head.wants_close
+        && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
+        && !shared.draining.is_cancelled()
+}
+
+/// What the access log needs of a request's head.
+struct Seen<'a> {
+    request_line: &'a [u8],
+    referer: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    /// The connection's byte count before the response.
+    bytes_before: u64,
+}
+
+fn log_request(shared: &Shared, track: &registry::Tracked, seen: &Seen<'_>, done: &exchange::Done) {
+    let bytes_out = track.entry.bytes_out.load(Ordering::Relaxed) - seen.bytes_before;
+    shared.access.request(&accesslog::Record {
+        peer: track.entry.peer,
+        request_line: &String::from_utf8_lossy(seen.request_line),
+        status: done.status,
+        bytes_out,
+        referer: seen.referer,
+        user_agent: seen.user_agent,
+        rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
+        backend: done.backend,
+    });
 }
 
 /// The connection's policy from its first request's User-Agent: recorded on
