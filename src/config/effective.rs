@@ -64,7 +64,11 @@ pub fn to_toml(c: &Config) -> String {
     if !rules.is_empty() {
         root.insert("user_agent".into(), Value::Array(rules));
     }
-    let backends = c.backends.iter().map(|b| Value::Table(backend_table(b))).collect();
+    let backends = c
+        .backends
+        .iter()
+        .map(|b| Value::try_from(b).unwrap_or_else(|_| Value::Table(Table::new())))
+        .collect();
     root.insert("backend".into(), Value::Array(backends));
     let routes = c
         .routes
@@ -89,23 +93,4 @@ pub fn to_toml(c: &Config) -> String {
     log.insert("level".into(), Value::String(c.log_level.clone()));
     root.insert("log".into(), Value::Table(log));
     toml::to_string_pretty(&root).unwrap_or_default()
-}
-
-fn backend_table(b: &BackendConfig) -> Table {
-    let mut t = Table::new();
-    t.insert("name".into(), Value::String(b.name.clone()));
-    let addrs = b.addr_specs.iter().map(|a| Value::String(a.clone())).collect();
-    t.insert("addrs".into(), Value::Array(addrs));
-    t.insert("max_connections".into(), Value::Integer(b.max_connections.into()));
-    t.insert("queue_timeout".into(), dur(b.queue_timeout));
-    t.insert("pool_max_idle".into(), Value::Integer(b.pool_max_idle.into()));
-    t.insert("pool_idle_timeout".into(), dur(b.pool_idle_timeout));
-    t.insert("connect_timeout".into(), dur(b.connect_timeout));
-    t.insert("response_timeout".into(), dur(b.response_timeout));
-    t.insert("retry_idempotent".into(), Value::Boolean(b.retry_idempotent));
-    t.insert("proxy_protocol".into(), enum_str(&b.proxy_protocol));
-    t.insert("forwarded".into(), enum_str(&b.forwarded));
-    t.insert("eject_after".into(), Value::Integer(b.eject_after.into()));
-    t.insert("eject_cool_off".into(), dur(b.eject_cool_off));
-    t
 }

@@ -153,22 +153,31 @@ pub enum Forwarded {
     Off,
 }
 
-#[derive(Debug, Clone)]
+/// One backend. Serialised, it is the `[[backend]]` table as the file
+/// writes it (`finguard check`).
+#[derive(Debug, Clone, Serialize)]
 pub struct BackendConfig {
     pub name: String,
     /// As written, for display.
+    #[serde(rename = "addrs")]
     pub addr_specs: Vec<String>,
+    #[serde(skip)]
     pub addrs: Vec<SocketAddr>,
     pub max_connections: u32,
+    #[serde(serialize_with = "units::ser_duration")]
     pub queue_timeout: Duration,
     pub pool_max_idle: u32,
+    #[serde(serialize_with = "units::ser_duration")]
     pub pool_idle_timeout: Duration,
+    #[serde(serialize_with = "units::ser_duration")]
     pub connect_timeout: Duration,
+    #[serde(serialize_with = "units::ser_duration")]
     pub response_timeout: Duration,
     pub retry_idempotent: bool,
     pub proxy_protocol: ProxyProtocol,
     pub forwarded: Forwarded,
     pub eject_after: u32,
+    #[serde(serialize_with = "units::ser_duration")]
     pub eject_cool_off: Duration,
 }
 

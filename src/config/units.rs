@@ -14,8 +14,13 @@ pub struct ConfDuration(pub Duration);
 
 impl serde::Serialize for ConfDuration {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&fmt_duration(self.0))
+        ser_duration(&self.0, s)
     }
+}
+
+/// A duration as the config file writes it (`serialize_with`).
+pub fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&fmt_duration(*d))
 }
 
 impl<'de> Deserialize<'de> for ConfDuration {
