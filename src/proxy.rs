@@ -126,11 +126,7 @@ impl Drop for Unread {
     }
 }
 
-async fn forward(
-    parts: &mut request::Parts,
-    mut body: Incoming,
-    ctx: &RequestCtx,
-) -> Result<Response<ProxyBody>, Refused> {
+async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -> Result<Response<ProxyBody>, Refused> {
     let shared = &ctx.shared;
     let host = request_host(parts);
     let Some(idx) = crate::exchange::route(shared, host.as_bytes(), parts.uri.path().as_bytes()) else {
@@ -138,31 +134,11 @@ async fn forward(
     };
     let upstream = &shared.upstreams[idx];
     let cfg = &upstream.cfg;
-    let settings = &ctx.policy.settings;
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| crate::http1::head::parse_content_length(v.as_bytes()));
-    if declared.is_some_and(|n| n > settings.max_body_bytes) {
-        return Err((BodyFault::TooLarge.into(), Some(body)));
-    }
-    // Wait for the first body bytes before taking a backend connection: a
-    // client that announces a body and never sends it never costs the
-    // backend anything.
-    let (first, rest) = if ctx.has_body {
-        match first_frame(&mut body, settings.max_body_bytes, settings.body_timeout).await {
-            Ok(first) => {
-                let seen = first_len(&first);
-                (
-                    first,
-                    (!body.is_end_stream()).then(|| Limited::new(body, seen, settings)),
-                )
-            }
-            Err(e) => return Err((e, Some(body))),
-        }
-    } else {
-        (None, None)
-    };
+    let (first, rest) = take_body(body, declared, ctx).await?;
     let chunked = ctx.has_body && declared.is_none();
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded(&mut parts.headers, ctx.peer, ctx.scheme, cfg);
@@ -172,24 +148,62 @@ async fn forward(
     if let Some(f) = first {
         last_chunk = encode_frame(&mut out, f, chunked);
     }
-    let upload_done = rest.is_none();
-    if upload_done && chunked && !last_chunk {
+    if rest.is_none() && chunked && !last_chunk {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    // The whole request is in `out`: it can be sent again on a fresh connection.
-    let out = Bytes::from(out);
-    let mut up = Upload {
+    let up = Upload {
         rest,
         chunked,
         last_chunk,
-        linger: settings.close.linger_time,
+        linger: ctx.policy.settings.close.linger_time,
     };
-    let t = Timeouts::new(settings, cfg);
+    let head_request = parts.method == http::Method::HEAD;
+    // The whole request is in `out` when `up` has no rest: it can be sent
+    // again on a fresh connection.
+    send_with_retry(upstream, Bytes::from(out), up, head_request, ctx).await
+}
+
+/// The body's first frame, read within `body_timeout` before a backend
+/// connection is taken (a client that announces a body and never sends it
+/// never costs the backend anything), and the rest of it, held to the limits.
+async fn take_body(
+    mut body: Incoming,
+    declared: Option<u64>,
+    ctx: &RequestCtx,
+) -> Result<(Option<Frame<Bytes>>, Option<Limited>), Refused> {
+    let settings = &ctx.policy.settings;
+    if declared.is_some_and(|n| n > settings.max_body_bytes) {
+        return Err((BodyFault::TooLarge.into(), Some(body)));
+    }
+    if !ctx.has_body {
+        return Ok((None, None));
+    }
+    match first_frame(&mut body, settings.max_body_bytes, settings.body_timeout).await {
+        Ok(first) => {
+            let seen = first_len(&first);
+            let rest = (!body.is_end_stream()).then(|| Limited::new(body, seen, settings));
+            Ok((first, rest))
+        }
+        Err(e) => Err((e, Some(body))),
+    }
+}
+
+/// Attempts on a pooled connection; a reused one that failed as a stale
+/// connection does is retried once on a fresh one, when that is safe.
+async fn send_with_retry(
+    upstream: &Arc<Upstream>,
+    out: Bytes,
+    mut up: Upload,
+    head_request: bool,
+    ctx: &RequestCtx,
+) -> Result<Response<ProxyBody>, Refused> {
+    let cfg = &upstream.cfg;
+    let t = Timeouts::new(&ctx.policy.settings, cfg);
     let local = match cfg.proxy_protocol {
         ProxyProtocol::Off => ctx.peer,
         _ => ctx.local,
     };
-    let head_request = parts.method == http::Method::HEAD;
+    let replayable = up.rest.is_none();
     let mut retried = false;
     loop {
         let bc = match upstream.checkout_raw(retried, ctx.peer, local).await {
@@ -197,24 +211,21 @@ async fn forward(
             Err(e) => return Err((e.into(), up.rest.map(|l| l.rest))),
         };
         let reused = bc.reused();
-        match attempt(bc, out.clone(), &mut up, head_request, upstream, &t).await {
+        let (err, retry_safe) = match attempt(bc, out.clone(), &mut up, head_request, upstream, &t).await {
             Ok(resp) => return Ok(resp),
-            Err((err, retry_safe)) => {
-                let method_ok = cfg.retry_idempotent && ctx.idempotent;
-                let safe = match retry_safe {
-                    RetrySafe::No => false,
-                    RetrySafe::Always => true,
-                    RetrySafe::IfIdempotent => method_ok,
-                };
-                if reused && !retried && upload_done && safe {
-                    debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
-                    shared.metrics.backend_retried(&cfg.name);
-                    retried = true;
-                    continue;
-                }
-                return Err((err, up.rest.map(|l| l.rest)));
-            }
+            Err(failed) => failed,
+        };
+        let safe = match retry_safe {
+            RetrySafe::No => false,
+            RetrySafe::Always => true,
+            RetrySafe::IfIdempotent => cfg.retry_idempotent && ctx.idempotent,
+        };
+        if !(reused && !retried && replayable && safe) {
+            return Err((err, up.rest.map(|l| l.rest)));
         }
+        debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
+        ctx.shared.metrics.backend_retried(&cfg.name);
+        retried = true;
     }
 }
 
@@ -241,34 +252,7 @@ async fn attempt(
 ) -> Result<Response<ProxyBody>, Failed> {
     let mut resp = BytesMut::with_capacity(RESP_BUF);
     let complete = send(&mut bc, out, up, &mut resp, t).await?;
-    let deadline = Instant::now() + t.response;
-    let head = loop {
-        if !resp.is_empty() {
-            match response::parse_h2(&resp, head_request).map_err(|b| (b.into(), RetrySafe::No))? {
-                Parsed2::Partial => {}
-                Parsed2::Interim(len) => {
-                    resp.advance(len);
-                    continue;
-                }
-                Parsed2::Final(h) => break h,
-            }
-        }
-        resp.reserve(RESP_BUF);
-        let read = tokio::time::timeout_at(deadline, bc.stream.read_buf(&mut resp)).await;
-        let err = match read {
-            Ok(Ok(n)) if n > 0 => continue,
-            Err(_) => ProxyError::ResponseTimeout,
-            Ok(Ok(_)) if resp.is_empty() => ProxyError::BackendClosed,
-            Ok(Ok(_)) => ProxyError::BadResponse("closed inside the head"),
-            Ok(Err(e)) => ProxyError::BackendIo(e),
-        };
-        let safe = if err.before_response() && resp.is_empty() {
-            RetrySafe::IfIdempotent
-        } else {
-            RetrySafe::No
-        };
-        return Err((err, safe));
-    };
+    let head = read_head(&mut bc, &mut resp, head_request, t).await?;
     resp.advance(head.len);
     let rest = match head.body {
         BodyMode::Empty => Rest::Empty,
@@ -280,6 +264,12 @@ async fn attempt(
         BodyMode::Close => Rest::ToClose,
     };
     let pool = (complete && !head.reuse.close).then(|| upstream.clone());
+    // An early answer: the rest of the upload lingers.
+    let unread = if complete {
+        None
+    } else {
+        Unread::new(up.rest.take().map(|l| l.rest), up.linger)
+    };
     let mut body = BackendBody {
         conn: Some(bc),
         buf: resp,
@@ -289,23 +279,56 @@ async fn attempt(
         gap: t.response,
         timer: None,
         trailers: None,
-        // An early answer: the rest of the upload lingers.
-        _unread: if complete {
-            None
-        } else {
-            Unread::new(up.rest.take().map(|l| l.rest), up.linger)
-        },
+        _unread: unread,
     };
     if matches!(body.rest, Rest::Empty | Rest::Length(0)) {
         // No body: h2 sends the head with END_STREAM and never polls it.
         body.rest = Rest::Empty;
         body.finish();
     }
-    let mut out = Response::new(ProxyBody::Backend(body));
-    *out.status_mut() =
+    let status =
         StatusCode::from_u16(head.status).map_err(|_| (ProxyError::BadResponse("bad status"), RetrySafe::No))?;
+    let mut out = Response::new(ProxyBody::Backend(body));
+    *out.status_mut() = status;
     *out.headers_mut() = head.headers;
     Ok(out)
+}
+
+/// Reads the final response head within `response_timeout` (1xx skipped).
+async fn read_head(
+    bc: &mut RawConn,
+    resp: &mut BytesMut,
+    head_request: bool,
+    t: &Timeouts,
+) -> Result<response::Head2, Failed> {
+    let deadline = Instant::now() + t.response;
+    loop {
+        if !resp.is_empty() {
+            match response::parse_h2(resp, head_request).map_err(|b| (b.into(), RetrySafe::No))? {
+                Parsed2::Partial => {}
+                Parsed2::Interim(len) => {
+                    resp.advance(len);
+                    continue;
+                }
+                Parsed2::Final(h) => return Ok(h),
+            }
+        }
+        resp.reserve(RESP_BUF);
+        let read = tokio::time::timeout_at(deadline, bc.stream.read_buf(resp)).await;
+        let err = match read {
+            Ok(Ok(n)) if n > 0 => continue,
+            Err(_) => ProxyError::ResponseTimeout,
+            Ok(Ok(_)) if resp.is_empty() => ProxyError::BackendClosed,
+            Ok(Ok(_)) => ProxyError::BadResponse("closed inside the head"),
+            Ok(Err(e)) => ProxyError::BackendIo(e),
+        };
+        // Nothing came back at all: the stale-connection race, maybe.
+        let safe = match err.before_response() && resp.is_empty() {
+            true => RetrySafe::IfIdempotent,
+            false => RetrySafe::No,
+        };
+        return Err((err, safe));
+    }
 }
 
 /// Sends `out` (the head and what was held of the body), then the rest of
@@ -341,20 +364,7 @@ async fn send(
                 r = rd.read_buf(resp) => if heard(r, resp, wrote)? {
                     return Ok(false); // an early answer: the upload stops here
                 },
-                f = rest.frame() => {
-                    let mut next = Vec::new();
-                    match f {
-                        Some(Ok(f)) => up.last_chunk |= encode_frame(&mut next, f, up.chunked),
-                        Some(Err(e)) => return Err((e, RetrySafe::No)),
-                        None => {
-                            up.rest = None;
-                            if up.chunked && !up.last_chunk {
-                                next.extend_from_slice(b"0\r\n\r\n");
-                            }
-                        }
-                    }
-                    out = Bytes::from(next);
-                }
+                f = rest.frame() => out = up.next_bytes(f).map_err(|e| (e, RetrySafe::No))?,
             }
         } else {
             resp.reserve(RESP_BUF);
@@ -363,19 +373,49 @@ async fn send(
                 r = rd.read_buf(resp) => if heard(r, resp, wrote)? {
                     return Ok(false);
                 },
-                r = tokio::time::timeout(t.response, wr.write(&out)) => match r {
-                    Ok(Ok(n)) => {
-                        out.advance(n);
-                        wrote = true;
-                    }
-                    Ok(Err(e)) => {
-                        let safe = if wrote { RetrySafe::IfIdempotent } else { RetrySafe::Always };
-                        return Err((ProxyError::BackendIo(e), safe));
-                    }
-                    Err(_) => return Err((ProxyError::BackendWriteTimeout, RetrySafe::No)),
-                },
+                r = tokio::time::timeout(t.response, wr.write(&out)) => {
+                    out.advance(wrote_to_backend(r, wrote)?);
+                    wrote = true;
+                }
             }
         }
+    }
+}
+
+/// A write to the backend during the upload: how much went, or why it failed.
+fn wrote_to_backend(
+    r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+    wrote: bool,
+) -> Result<usize, Failed> {
+    match r {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) => {
+            let safe = if wrote {
+                RetrySafe::IfIdempotent
+            } else {
+                RetrySafe::Always
+            };
+            Err((ProxyError::BackendIo(e), safe))
+        }
+        Err(_) => Err((ProxyError::BackendWriteTimeout, RetrySafe::No)),
+    }
+}
+
+impl Upload {
+    /// The wire bytes for the body's next frame (or its end).
+    fn next_bytes(&mut self, f: Option<Result<Frame<Bytes>, ProxyError>>) -> Result<Bytes, ProxyError> {
+        let mut next = Vec::new();
+        match f {
+            Some(Ok(f)) => self.last_chunk |= encode_frame(&mut next, f, self.chunked),
+            Some(Err(e)) => return Err(e),
+            None => {
+                self.rest = None;
+                if self.chunked && !self.last_chunk {
+                    next.extend_from_slice(b"0\r\n\r\n");
+                }
+            }
+        }
+        Ok(Bytes::from(next))
     }
 }
 
