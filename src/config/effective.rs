@@ -17,36 +17,7 @@ pub fn to_toml(c: &Config) -> String {
     let mut root = Table::new();
     root.insert("shutdown_timeout".into(), dur(c.shutdown_timeout));
     root.insert("workers".into(), Value::Integer(c.workers as i64));
-    let listeners = c
-        .listeners
-        .iter()
-        .map(|l| {
-            let mut t = Table::new();
-            t.insert("addr".into(), Value::String(l.addr.to_string()));
-            if let Some(tls) = &l.tls {
-                let mut tt = Table::new();
-                tt.insert("cert".into(), Value::String(tls.files[0].cert.clone()));
-                tt.insert("key".into(), Value::String(tls.files[0].key.clone()));
-                tt.insert("handshake_timeout".into(), dur(tls.handshake_timeout));
-                let sni = tls.files[1..]
-                    .iter()
-                    .map(|f| {
-                        let mut s = Table::new();
-                        s.insert(
-                            "names".into(),
-                            Value::Array(f.names.iter().cloned().map(Value::String).collect()),
-                        );
-                        s.insert("cert".into(), Value::String(f.cert.clone()));
-                        s.insert("key".into(), Value::String(f.key.clone()));
-                        Value::Table(s)
-                    })
-                    .collect();
-                tt.insert("sni".into(), Value::Array(sni));
-                t.insert("tls".into(), Value::Table(tt));
-            }
-            Value::Table(t)
-        })
-        .collect();
+    let listeners = c.listeners.iter().map(listener_table).map(Value::Table).collect();
     root.insert("listener".into(), Value::Array(listeners));
     if let Some(a) = c.admin {
         let mut t = Table::new();
@@ -70,20 +41,7 @@ pub fn to_toml(c: &Config) -> String {
         .map(|b| Value::try_from(b).unwrap_or_else(|_| Value::Table(Table::new())))
         .collect();
     root.insert("backend".into(), Value::Array(backends));
-    let routes = c
-        .routes
-        .iter()
-        .map(|r| {
-            let mut t = Table::new();
-            t.insert(
-                "host".into(),
-                Value::String(r.host.clone().unwrap_or_else(|| "*".into())),
-            );
-            t.insert("path_prefix".into(), Value::String(r.path_prefix.clone()));
-            t.insert("backend".into(), Value::String(c.backends[r.backend].name.clone()));
-            Value::Table(t)
-        })
-        .collect();
+    let routes = c.routes.iter().map(|r| Value::Table(route_table(c, r))).collect();
     root.insert("route".into(), Value::Array(routes));
     let mut reaper = Table::new();
     reaper.insert("interval".into(), dur(c.reaper_interval));
@@ -93,4 +51,42 @@ pub fn to_toml(c: &Config) -> String {
     log.insert("level".into(), Value::String(c.log_level.clone()));
     root.insert("log".into(), Value::Table(log));
     toml::to_string_pretty(&root).unwrap_or_default()
+}
+
+fn listener_table(l: &ListenerConfig) -> Table {
+    let mut t = Table::new();
+    t.insert("addr".into(), Value::String(l.addr.to_string()));
+    if let Some(tls) = &l.tls {
+        let mut tt = Table::new();
+        tt.insert("cert".into(), Value::String(tls.files[0].cert.clone()));
+        tt.insert("key".into(), Value::String(tls.files[0].key.clone()));
+        tt.insert("handshake_timeout".into(), dur(tls.handshake_timeout));
+        let sni = tls.files[1..]
+            .iter()
+            .map(|f| {
+                let mut s = Table::new();
+                s.insert(
+                    "names".into(),
+                    Value::Array(f.names.iter().cloned().map(Value::String).collect()),
+                );
+                s.insert("cert".into(), Value::String(f.cert.clone()));
+                s.insert("key".into(), Value::String(f.key.clone()));
+                Value::Table(s)
+            })
+            .collect();
+        tt.insert("sni".into(), Value::Array(sni));
+        t.insert("tls".into(), Value::Table(tt));
+    }
+    t
+}
+
+fn route_table(c: &Config, r: &RouteConfig) -> Table {
+    let mut t = Table::new();
+    t.insert(
+        "host".into(),
+        Value::String(r.host.clone().unwrap_or_else(|| "*".into())),
+    );
+    t.insert("path_prefix".into(), Value::String(r.path_prefix.clone()));
+    t.insert("backend".into(), Value::String(c.backends[r.backend].name.clone()));
+    t
 }

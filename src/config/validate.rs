@@ -25,32 +25,7 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&self, raw: RawConfig, ov: &Overrides) -> Result<Config, ConfigError> {
-        let mut listeners = Vec::new();
-        if ov.listen.is_empty() {
-            for (i, l) in raw.listener.iter().enumerate() {
-                let tls = match &l.tls {
-                    Some(t) => Some(self.tls(i, t)?),
-                    None => None,
-                };
-                listeners.push(ListenerConfig {
-                    addr: self.addr(&format!("listener[{i}].addr"), &l.addr)?,
-                    tls,
-                });
-            }
-            if listeners.is_empty() {
-                listeners.push(ListenerConfig {
-                    addr: self.addr("listener.addr", DEFAULT_LISTEN)?,
-                    tls: None,
-                });
-            }
-        } else {
-            for a in &ov.listen {
-                listeners.push(ListenerConfig {
-                    addr: self.addr("--listen", a)?,
-                    tls: None,
-                });
-            }
-        }
+        let listeners = self.listeners(&raw.listener, ov)?;
         let admin = match (&ov.admin, &raw.admin) {
             (Some(a), _) => Some(self.addr("--admin", a)?),
             (None, Some(a)) => Some(self.addr("admin.addr", &a.addr)?),
@@ -98,6 +73,37 @@ impl Validator<'_> {
             access_log,
             log_level,
         })
+    }
+
+    /// The listeners: `--listen` replaces the file's, the default when none.
+    fn listeners(&self, raw: &[RawListener], ov: &Overrides) -> Result<Vec<ListenerConfig>, ConfigError> {
+        let mut listeners = Vec::new();
+        if ov.listen.is_empty() {
+            for (i, l) in raw.iter().enumerate() {
+                let tls = match &l.tls {
+                    Some(t) => Some(self.tls(i, t)?),
+                    None => None,
+                };
+                listeners.push(ListenerConfig {
+                    addr: self.addr(&format!("listener[{i}].addr"), &l.addr)?,
+                    tls,
+                });
+            }
+            if listeners.is_empty() {
+                listeners.push(ListenerConfig {
+                    addr: self.addr("listener.addr", DEFAULT_LISTEN)?,
+                    tls: None,
+                });
+            }
+        } else {
+            for a in &ov.listen {
+                listeners.push(ListenerConfig {
+                    addr: self.addr("--listen", a)?,
+                    tls: None,
+                });
+            }
+        }
+        Ok(listeners)
     }
 
     fn tls(&self, i: usize, t: &RawTls) -> Result<crate::tls::TlsSettings, ConfigError> {
@@ -210,33 +216,10 @@ impl Validator<'_> {
         raw_routes: Vec<RawRoute>,
         ov: &Overrides,
     ) -> Result<(Vec<BackendConfig>, Vec<RouteConfig>), ConfigError> {
-        let mut backends = Vec::new();
         if !ov.backend.is_empty() || raw_backends.is_empty() {
-            // A sidecar: one backend from the command line, one catch-all route.
-            let specs: Vec<String> = if ov.backend.is_empty() {
-                vec![DEFAULT_BACKEND.to_string()]
-            } else {
-                ov.backend.clone()
-            };
-            let mut addrs = Vec::new();
-            for s in &specs {
-                addrs.push(self.addr("--backend", s)?);
-            }
-            let mut b = default_backend("default", specs, addrs);
-            if let Some(first) = raw_backends.into_iter().next() {
-                // Keep the file's tuning of its first backend, only the address changes.
-                let (specs, addrs) = (b.addr_specs, b.addrs);
-                b = self.backend(0, first)?;
-                (b.addr_specs, b.addrs) = (specs, addrs);
-            }
-            let route = RouteConfig {
-                host: None,
-                path_prefix: "/".into(),
-                backend: 0,
-            };
-            backends.push(b);
-            return Ok((backends, vec![route]));
+            return self.sidecar(raw_backends, ov);
         }
+        let mut backends = Vec::new();
         for (i, b) in raw_backends.into_iter().enumerate() {
             let b = self.backend(i, b)?;
             if backends.iter().any(|o: &BackendConfig| o.name == b.name) {
@@ -244,6 +227,43 @@ impl Validator<'_> {
             }
             backends.push(b);
         }
+        let routes = self.routes(raw_routes, &backends)?;
+        Ok((backends, routes))
+    }
+
+    /// One backend from `--backend` (or the default address), keeping the
+    /// file's tuning of its first backend, and one catch-all route.
+    fn sidecar(
+        &self,
+        raw_backends: Vec<RawBackend>,
+        ov: &Overrides,
+    ) -> Result<(Vec<BackendConfig>, Vec<RouteConfig>), ConfigError> {
+        // A sidecar: one backend from the command line, one catch-all route.
+        let specs: Vec<String> = if ov.backend.is_empty() {
+            vec![DEFAULT_BACKEND.to_string()]
+        } else {
+            ov.backend.clone()
+        };
+        let mut addrs = Vec::new();
+        for s in &specs {
+            addrs.push(self.addr("--backend", s)?);
+        }
+        let mut b = default_backend("default", specs, addrs);
+        if let Some(first) = raw_backends.into_iter().next() {
+            // Keep the file's tuning of its first backend, only the address changes.
+            let (specs, addrs) = (b.addr_specs, b.addrs);
+            b = self.backend(0, first)?;
+            (b.addr_specs, b.addrs) = (specs, addrs);
+        }
+        let route = RouteConfig {
+            host: None,
+            path_prefix: "/".into(),
+            backend: 0,
+        };
+        Ok((vec![b], vec![route]))
+    }
+
+    fn routes(&self, raw_routes: Vec<RawRoute>, backends: &[BackendConfig]) -> Result<Vec<RouteConfig>, ConfigError> {
         let mut routes = Vec::new();
         for (i, r) in raw_routes.into_iter().enumerate() {
             let Some(idx) = backends.iter().position(|b| b.name == r.backend) else {
@@ -273,7 +293,7 @@ impl Validator<'_> {
                 backend: 0,
             });
         }
-        Ok((backends, routes))
+        Ok(routes)
     }
 
     fn backend(&self, i: usize, b: RawBackend) -> Result<BackendConfig, ConfigError> {
