@@ -179,12 +179,38 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         out.extend_from_slice(b"\r\n");
         return Ok(Parsed::Switch(len));
     }
+    let (backend_body, client_body, v10) = bodies(view, status, te, length)?;
+    let mut reuse = reuse;
+    reuse.close |= backend_body == BodyMode::Close;
+    let keepalive = view.keepalive
+        && view.request_complete
+        && !matches!(client_body, ClientBody::ChunkedDecode | ClientBody::Close);
+    status_line(out, if v10 { "HTTP/1.0" } else { "HTTP/1.1" }, status, resp.reason);
+    copy_headers(out, resp.headers, &named, client_body == ClientBody::ChunkedPass);
+    if client_body == ClientBody::ChunkedPass {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    connection_headers(out, view, keepalive, v10);
+    Ok(Parsed::Final(Shaped {
+        len,
+        status,
+        backend_body,
+        client_body,
+        keepalive,
+        reuse,
+    }))
+}
+
+/// How the backend frames the body, how the client is sent it, and whether
+/// the client gets an HTTP/1.0 response.
+fn bodies(
+    view: &ClientView,
+    status: u16,
+    te: Option<&[u8]>,
+    length: Option<u64>,
+) -> Result<(BodyMode, ClientBody, bool), BadResponse> {
     let bodyless = view.head_request || status == 204 || status == 304 || status < 200;
     let backend_body = body_mode(te, length, bodyless)?;
-    let mut reuse = reuse;
-    if backend_body == BodyMode::Close {
-        reuse.close = true;
-    }
     let has_length = matches!(backend_body, BodyMode::Empty | BodyMode::Length(_));
     let v10 = view.force_response_1_0 || (view.downgrade_1_0 && !has_length);
     let client_body = match backend_body {
@@ -194,14 +220,11 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         BodyMode::Chunked => ClientBody::ChunkedDecode,
         BodyMode::Close => ClientBody::Close,
     };
-    let keepalive = view.keepalive
-        && view.request_complete
-        && !matches!(client_body, ClientBody::ChunkedDecode | ClientBody::Close);
-    status_line(out, if v10 { "HTTP/1.0" } else { "HTTP/1.1" }, status, resp.reason);
-    copy_headers(out, resp.headers, &named, client_body == ClientBody::ChunkedPass);
-    if client_body == ClientBody::ChunkedPass {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
+    Ok((backend_body, client_body, v10))
+}
+
+/// The one connection decision, as the client is told it; then the head's end.
+fn connection_headers(out: &mut Vec<u8>, view: &ClientView, keepalive: bool, v10: bool) {
     if keepalive {
         if view.http10 || v10 {
             out.extend_from_slice(b"Connection: keep-alive\r\n");
@@ -215,14 +238,6 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    Ok(Parsed::Final(Shaped {
-        len,
-        status,
-        backend_body,
-        client_body,
-        keepalive,
-        reuse,
-    }))
 }
 
 /// What a response's headers say about framing and reuse.
