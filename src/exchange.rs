@@ -608,31 +608,7 @@ async fn relay<S: ClientStream>(
     let mut head_pending = true;
     let mut bc = Some(bc);
     loop {
-        let (take, done) = match &mut rest {
-            Rest::Empty => (0, true),
-            Rest::Length(n) => {
-                let k = (*n).min(resp.len() as u64);
-                *n -= k;
-                (k as usize, *n == 0)
-            }
-            Rest::Chunked(c, decode) => {
-                scratch.clear();
-                let data: &[u8] = resp;
-                let used = if *decode {
-                    c.consume_spans(data, |r| scratch.extend_from_slice(&data[r]))
-                } else {
-                    c.consume_spans(data, |_| {})
-                };
-                let used = used.map_err(|f| {
-                    Relay::Backend(match f {
-                        BodyFault::Malformed => "malformed chunked body",
-                        _ => "chunked body over its limit",
-                    })
-                })?;
-                (used, c.is_done())
-            }
-            Rest::ToClose => (resp.len(), false),
-        };
+        let (take, done) = rest.next_part(resp, &mut scratch)?;
         let decoded = matches!(rest, Rest::Chunked(_, true));
         if done {
             let conn = bc.take();
@@ -655,13 +631,52 @@ async fn relay<S: ClientStream>(
         };
         resp.clear();
         resp.reserve(RESP_BUF);
-        match tokio::time::timeout(t.response, backend.stream.read_buf(resp)).await {
-            Err(_) => return Err(Relay::Backend("stalled inside the response body")),
-            Ok(Ok(0)) if matches!(rest, Rest::ToClose) => return Ok(()),
-            Ok(Ok(0)) => return Err(Relay::Backend("closed inside the response body")),
-            Ok(Err(_)) => return Err(Relay::Backend("connection failed inside the response body")),
-            Ok(Ok(_)) => {}
+        if read_body_part(backend, resp, &rest, t).await? {
+            return Ok(());
         }
+    }
+}
+
+/// Reads the next part of the response body; `true` when the body ended
+/// at the backend's close (a close-delimited body).
+async fn read_body_part(backend: &mut RawConn, resp: &mut BytesMut, rest: &Rest, t: &Timeouts) -> Result<bool, Relay> {
+    match tokio::time::timeout(t.response, backend.stream.read_buf(resp)).await {
+        Err(_) => Err(Relay::Backend("stalled inside the response body")),
+        Ok(Ok(0)) if matches!(rest, Rest::ToClose) => Ok(true),
+        Ok(Ok(0)) => Err(Relay::Backend("closed inside the response body")),
+        Ok(Err(_)) => Err(Relay::Backend("connection failed inside the response body")),
+        Ok(Ok(_)) => Ok(false),
+    }
+}
+
+impl Rest {
+    /// How many bytes of `resp` belong to the body, and whether the body
+    /// ends with them; a decoded chunked body's data goes to `scratch`.
+    fn next_part(&mut self, resp: &[u8], scratch: &mut Vec<u8>) -> Result<(usize, bool), Relay> {
+        Ok(match self {
+            Rest::Empty => (0, true),
+            Rest::Length(n) => {
+                let k = (*n).min(resp.len() as u64);
+                *n -= k;
+                (k as usize, *n == 0)
+            }
+            Rest::Chunked(c, decode) => {
+                scratch.clear();
+                let used = if *decode {
+                    c.consume_spans(resp, |r| scratch.extend_from_slice(&resp[r]))
+                } else {
+                    c.consume_spans(resp, |_| {})
+                };
+                let used = used.map_err(|f| {
+                    Relay::Backend(match f {
+                        BodyFault::Malformed => "malformed chunked body",
+                        _ => "chunked body over its limit",
+                    })
+                })?;
+                (used, c.is_done())
+            }
+            Rest::ToClose => (resp.len(), false),
+        })
     }
 }
 
