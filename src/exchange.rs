@@ -112,18 +112,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             return refuse(client, &req, conn, e, false).await;
         }
     }
-    let mut out = Vec::with_capacity(hb.len() + 160 + body0.len());
-    let fcx = forward::ForwardCtx {
-        peer: conn.peer,
-        scheme: conn.scheme,
-        forwarded: upstream.cfg.forwarded,
-        default_host: upstream.cfg.addr_specs.first().map_or("localhost", String::as_str),
-        upgrade: head.upgrade,
-    };
-    forward::write_head(&mut out, hb, head, &target, &fcx);
-    out.extend_from_slice(&body0);
-    let out = Bytes::from(out);
-    drop(body0);
+    let out = backend_request(&req, &target, body0, upstream, conn);
     // The whole request is in `out`: it can be sent again on a fresh connection.
     let replayable = framing.is_done();
     let mut retried = false;
@@ -155,6 +144,29 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             }
         }
     }
+}
+
+/// The backend's request head, written from the parse, and the body bytes
+/// already read.
+fn backend_request(
+    req: &Request,
+    target: &forward::Target<'_>,
+    body0: BytesMut,
+    upstream: &Upstream,
+    conn: &Conn<'_>,
+) -> Bytes {
+    let hb = &req.head_bytes[..];
+    let mut out = Vec::with_capacity(hb.len() + 160 + body0.len());
+    let fcx = forward::ForwardCtx {
+        peer: conn.peer,
+        scheme: conn.scheme,
+        forwarded: upstream.cfg.forwarded,
+        default_host: upstream.cfg.addr_specs.first().map_or("localhost", String::as_str),
+        upgrade: req.head.upgrade,
+    };
+    forward::write_head(&mut out, hb, &req.head, target, &fcx);
+    out.extend_from_slice(&body0);
+    Bytes::from(out)
 }
 
 /// Whether a failed attempt may be made again on a fresh connection.
@@ -217,32 +229,11 @@ async fn attempt<S: ClientStream>(
         Err(Upload::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
         Err(Upload::Backend { err, wrote }) => return upload_failed(err, wrote),
     };
-    let mut view = client_view(req, conn, request_complete);
-    let mut chead = Vec::with_capacity(512);
     let started = Instant::now();
-    let deadline = started + t.response;
-    let parsed = read_response(
-        client,
-        &mut bc.stream,
-        &mut resp,
-        &mut view,
-        conn,
-        &mut chead,
-        deadline,
-        t,
-    )
-    .await;
-    let parsed = match parsed {
+    let mut chead = Vec::with_capacity(512);
+    let parsed = match response_head(client, &mut bc, &mut resp, &mut chead, req, conn, request_complete, t).await {
         Ok(p) => p,
-        Err(HeadError::Failed(err)) => {
-            // Nothing came back at all: the stale-connection race, maybe.
-            let retry_safe = match err.before_response() && resp.is_empty() {
-                true => RetrySafe::IfIdempotent,
-                false => RetrySafe::No,
-            };
-            return Attempt::Failed { err, retry_safe };
-        }
-        Err(HeadError::ClientGone) => return Attempt::Done(aborted(0, None)),
+        Err(a) => return a,
     };
     let backend = Some((bc.addr, started.elapsed()));
     let shaped = match parsed {
@@ -273,6 +264,36 @@ fn after_relay(relayed: Result<(), Relay>, shaped: &Shaped, conn: &Conn<'_>) -> 
             debug!(peer = %conn.peer, "client stopped reading the response");
             Next::Abort
         }
+    }
+}
+
+/// Reads the response head (1xx relayed on the way), shaped for the client
+/// into `chead`; a failure is the attempt's end.
+#[allow(clippy::too_many_arguments)]
+async fn response_head<S: ClientStream>(
+    client: &mut S,
+    bc: &mut RawConn,
+    resp: &mut BytesMut,
+    chead: &mut Vec<u8>,
+    req: &Request,
+    conn: &Conn<'_>,
+    request_complete: bool,
+    t: &Timeouts,
+) -> Result<Final, Attempt> {
+    let mut view = client_view(req, conn, request_complete);
+    let deadline = Instant::now() + t.response;
+    let parsed = read_response(client, &mut bc.stream, resp, &mut view, conn, chead, deadline, t).await;
+    match parsed {
+        Ok(p) => Ok(p),
+        Err(HeadError::Failed(err)) => {
+            // Nothing came back at all: the stale-connection race, maybe.
+            let retry_safe = match err.before_response() && resp.is_empty() {
+                true => RetrySafe::IfIdempotent,
+                false => RetrySafe::No,
+            };
+            Err(Attempt::Failed { err, retry_safe })
+        }
+        Err(HeadError::ClientGone) => Err(Attempt::Done(aborted(0, None))),
     }
 }
 
@@ -393,18 +414,8 @@ async fn upload<S: ClientStream>(
     entry: &Entry,
 ) -> Result<Sent, Upload> {
     // The common case: a request that fits one write, sent whole.
-    if framing.is_done() {
-        match backend.try_write(&pending) {
-            Ok(n) if n == pending.len() => return Ok(Sent::Complete),
-            Ok(n) => pending.advance(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => {
-                return Err(Upload::Backend {
-                    err: ProxyError::BackendIo(e),
-                    wrote: false,
-                })
-            }
-        }
+    if framing.is_done() && send_whole(backend, &mut pending)? {
+        return Ok(Sent::Complete);
     }
     let mut wrote = false;
     let (mut rd, mut wr) = backend.split();
@@ -423,14 +434,7 @@ async fn upload<S: ClientStream>(
                     }
                 }
                 r = tokio::time::timeout(t.client_gap, client.read_buf(buf)) => {
-                    let n = match r {
-                        Err(_) => return Err(Upload::Client(ProxyError::BodyTimeout)),
-                        Ok(Ok(0)) | Ok(Err(_)) => return Err(Upload::Client(ProxyError::ClientClosed)),
-                        Ok(Ok(n)) => n,
-                    };
-                    entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    let used = framing.consume(buf).map_err(|f| Upload::Client(f.into()))?;
-                    pending = buf.split_to(used).freeze();
+                    pending = body_bytes(r, buf, framing, entry)?;
                 }
             }
         } else {
@@ -446,15 +450,7 @@ async fn upload<S: ClientStream>(
                         pending.advance(n);
                         wrote = true;
                     }
-                    Ok(Err(e)) => {
-                        // Refused mid-upload: the backend may have answered
-                        // and closed; its answer is still in our queue.
-                        collect(&mut rd, resp).await;
-                        if final_head_ready(resp) {
-                            return Ok(Sent::Early);
-                        }
-                        return Err(Upload::Backend { err: ProxyError::BackendIo(e), wrote });
-                    }
+                    Ok(Err(e)) => return refused_mid_upload(&mut rd, resp, e, wrote).await,
                     Err(_) => {
                         return Err(Upload::Backend { err: ProxyError::BackendWriteTimeout, wrote: true });
                     }
@@ -462,6 +458,40 @@ async fn upload<S: ClientStream>(
             }
         }
     }
+}
+
+/// Tries to send `pending` in one write; `true` when it all went.
+fn send_whole(backend: &TcpStream, pending: &mut Bytes) -> Result<bool, Upload> {
+    match backend.try_write(pending) {
+        Ok(n) if n == pending.len() => Ok(true),
+        Ok(n) => {
+            pending.advance(n);
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(Upload::Backend {
+            err: ProxyError::BackendIo(e),
+            wrote: false,
+        }),
+    }
+}
+
+/// A read of the request body from the client: the bytes that belong to
+/// the body (the rest stays in `buf`: the next request).
+fn body_bytes(
+    r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
+    buf: &mut BytesMut,
+    framing: &mut Framing,
+    entry: &Entry,
+) -> Result<Bytes, Upload> {
+    let n = match r {
+        Err(_) => return Err(Upload::Client(ProxyError::BodyTimeout)),
+        Ok(Ok(0)) | Ok(Err(_)) => return Err(Upload::Client(ProxyError::ClientClosed)),
+        Ok(Ok(n)) => n,
+    };
+    entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    let used = framing.consume(buf).map_err(|f| Upload::Client(f.into()))?;
+    Ok(buf.split_to(used).freeze())
 }
 
 /// What a backend read during the upload means: `None` to go on.
@@ -479,6 +509,24 @@ fn heard_backend(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Opt
         Ok(_) if final_head_ready(resp) => Some(Ok(Sent::Early)),
         Ok(_) => None,
     }
+}
+
+/// The backend refused the rest of the upload: it may have answered and
+/// closed, its answer still in our queue.
+async fn refused_mid_upload(
+    rd: &mut tokio::net::tcp::ReadHalf<'_>,
+    resp: &mut BytesMut,
+    e: std::io::Error,
+    wrote: bool,
+) -> Result<Sent, Upload> {
+    collect(rd, resp).await;
+    if final_head_ready(resp) {
+        return Ok(Sent::Early);
+    }
+    Err(Upload::Backend {
+        err: ProxyError::BackendIo(e),
+        wrote,
+    })
 }
 
 /// Reads what the backend left in the socket before it went away.
