@@ -214,26 +214,15 @@ async fn accept_loop(
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
-                if starved {
+                if std::mem::take(&mut starved) {
                     info!("descriptors available again; accepting");
-                    starved = false;
                 }
                 x
             }
-            Err(e) if is_out_of_descriptors(&e) => {
-                // One line per episode, not one per retry.
-                if !starved {
-                    error!(error = %e, "out of file descriptors; pausing accept (retrying every 100ms)");
-                    starved = true;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
-                    () = stop.cancelled() => return,
-                }
-                continue;
-            }
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                if !accept_failed(&e, &mut starved, &stop).await {
+                    return;
+                }
                 continue;
             }
         };
@@ -300,6 +289,23 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
     // The socket went with the handshake future: closed, with RST if the
     // client's bytes were unread.
     shared.metrics.tls_handshake(outcome);
+}
+
+/// A failed accept. Out of descriptors: one log line per episode, then a
+/// pause before the next try. Returns `false` when the listener is stopping.
+async fn accept_failed(e: &std::io::Error, starved: &mut bool, stop: &CancellationToken) -> bool {
+    if !is_out_of_descriptors(e) {
+        warn!(error = %e, "accept failed");
+        return true;
+    }
+    if !*starved {
+        error!(error = %e, "out of file descriptors; pausing accept (retrying every 100ms)");
+        *starved = true;
+    }
+    tokio::select! {
+        () = tokio::time::sleep(ACCEPT_BACKOFF) => true,
+        () = stop.cancelled() => false,
+    }
 }
 
 fn is_out_of_descriptors(e: &std::io::Error) -> bool {

@@ -74,42 +74,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         waiting_client: AtomicU32::new(0),
         goaway: Notify::new(),
     });
-    let svc = {
-        let conn = conn.clone();
-        hyper::service::service_fn(move |req| {
-            let conn = conn.clone();
-            Box::pin(async move { Ok::<_, std::convert::Infallible>(handle(req, conn).await) })
-        })
-    };
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(u32::try_from(base.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
-        .keep_alive_interval(None);
-    let stalled = {
-        let h2 = builder.serve_connection(TokioIo::new(&mut stream), svc);
-        tokio::pin!(h2);
-        let stall = || stall_watch(&conn, conn.policy.get().map_or(base, |p| p.settings).body_timeout);
-        let mut stalled = tokio::select! {
-            _ = h2.as_mut() => None,
-            () = conn.goaway.notified() => Some(false),
-            () = shared.draining.cancelled() => Some(false),
-            () = idle_watch(&conn, base.keepalive_timeout) => Some(false),
-            () = stall() => Some(true),
-        };
-        if stalled == Some(false) {
-            // GOAWAY, then the open streams run to their end (or stall).
-            h2.as_mut().graceful_shutdown();
-            stalled = tokio::select! {
-                _ = h2.as_mut() => None,
-                () = stall() => Some(true),
-            };
-        }
-        stalled == Some(true)
-    };
-    if stalled {
+    if drive(&mut stream, &conn, &shared).await {
         debug!(%peer, "HTTP/2 client stopped taking responses; aborting");
         return super::abort(stream, &shared.metrics);
     }
@@ -123,6 +88,46 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         &conn.track,
     ))
     .await;
+}
+
+/// Runs the HTTP/2 connection until it ends, or GOAWAY (policy, drain, idle)
+/// and its open streams end. Returns `true` when the client stopped taking
+/// responses: the connection is to be aborted.
+async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Shared) -> bool {
+    let svc = {
+        let conn = conn.clone();
+        hyper::service::service_fn(move |req| {
+            let conn = conn.clone();
+            Box::pin(async move { Ok::<_, std::convert::Infallible>(handle(req, conn).await) })
+        })
+    };
+    let base = shared.base_policy.settings;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(base.max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .keep_alive_interval(None);
+    let h2 = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(h2);
+    let stall = || stall_watch(conn, conn.policy.get().map_or(base, |p| p.settings).body_timeout);
+    let stalled = tokio::select! {
+        _ = h2.as_mut() => None,
+        () = conn.goaway.notified() => Some(false),
+        () = shared.draining.cancelled() => Some(false),
+        () = idle_watch(conn, base.keepalive_timeout) => Some(false),
+        () = stall() => Some(true),
+    };
+    if stalled != Some(false) {
+        return stalled == Some(true);
+    }
+    // GOAWAY, then the open streams run to their end (or stall).
+    h2.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = h2.as_mut() => false,
+        () = stall() => true,
+    }
 }
 
 /// Resolves when a response frame has waited for the client for `limit`

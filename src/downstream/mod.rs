@@ -120,21 +120,18 @@ async fn serve_request<S: ClientStream>(
     track: &registry::Tracked,
 ) -> Option<Ending> {
     let logging = shared.access.enabled();
-    let max_body_bytes = conn
+    let max_body = conn
         .policy
-        .as_deref()
-        .unwrap_or(&shared.base_policy)
+        .as_ref()
+        .map_or(&shared.base_policy, |p| p)
         .settings
         .max_body_bytes;
-    let first = conn.policy.is_none();
-    let mut head = match head::parse(buf, len, max_body_bytes, first || logging, logging) {
+    let mut head = match head::parse(buf, len, max_body, conn.policy.is_none() || logging, logging) {
         Ok(h) => h,
         Err(r) => return Some(reject(r)),
     };
-    let policy = conn
-        .policy
-        .get_or_insert_with(|| classify(shared, track, head.user_agent.as_deref().unwrap_or("")));
-    let max_requests = policy.settings.max_requests;
+    let ua = head.user_agent.as_deref().unwrap_or("");
+    let policy = conn.policy.get_or_insert_with(|| classify(shared, track, ua));
     conn.served += 1;
     track.set(ClientState::Active);
     track.entry.requests.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +144,7 @@ async fn serve_request<S: ClientStream>(
         head_bytes,
         head,
         keepalive,
-        remaining: max_requests - conn.served,
+        remaining: policy.settings.max_requests - conn.served,
     };
     let cx = exchange::Conn {
         shared,
@@ -302,6 +299,38 @@ pub(super) fn abort<S: ClientStream>(stream: S, metrics: &crate::metrics::Metric
     metrics.closed(CloseOutcome::Error, 0);
 }
 
+/// finguard's own answer before the close (logged like a request); `false`
+/// when the client did not take it within `body_timeout`.
+async fn reply<S: ClientStream>(
+    stream: &mut S,
+    status: u16,
+    why: &'static str,
+    settings: &crate::config::ClientSettings,
+    force10: bool,
+    shared: &Shared,
+    track: &registry::Tracked,
+) -> bool {
+    debug!(peer = %track.entry.peer, status, reason = why, "refusing request");
+    shared.metrics.response(status);
+    let bytes = crate::exchange::error_response(status, false, force10, false);
+    shared.access.request(&accesslog::Record {
+        peer: track.entry.peer,
+        request_line: why,
+        status,
+        bytes_out: bytes.len() as u64,
+        referer: None,
+        user_agent: track.entry.user_agent.get().map(String::as_str),
+        rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
+        backend: None,
+    });
+    let written = tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes)).await;
+    if matches!(written, Ok(Ok(()))) {
+        track.entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        return true;
+    }
+    false
+}
+
 /// Writes a final error response, then closes the configured way.
 pub(super) async fn finish<S: ClientStream>(
     mut stream: S,
@@ -332,24 +361,8 @@ pub(super) async fn finish<S: ClientStream>(
         return;
     }
     if let Ending::Reply(status, why) = ending {
-        debug!(%peer, status, reason = why, "refusing request");
-        metrics.response(status);
-        let bytes = crate::exchange::error_response(status, false, force10, false);
-        shared.access.request(&accesslog::Record {
-            peer,
-            request_line: why,
-            status,
-            bytes_out: bytes.len() as u64,
-            referer: None,
-            user_agent: track.entry.user_agent.get().map(String::as_str),
-            rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
-            backend: None,
-        });
-        match tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes)).await {
-            Ok(Ok(())) => {
-                track.entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-            }
-            _ => return abort(stream, metrics),
+        if !reply(&mut stream, status, why, settings, force10, shared, track).await {
+            return abort(stream, metrics);
         }
     }
     // TLS: `close_notify` must not wait behind a response a slow reader is
