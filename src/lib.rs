@@ -5,8 +5,9 @@
 //!
 //! # Layout
 //! Layers call down only: listener → client connection → exchange → backend pool.
-//! - [`config`]: TOML file + CLI overrides → checked `Config` (errors name file, key, reason)
-//! - [`policy`]: User-Agent rules (Apache `BrowserMatch` semantics) → `ClientPolicy`
+//! - [`config`]: TOML file + CLI overrides → checked `Config` (errors name file, key, reason);
+//!   `config/settings.rs` lists the overridable client settings once
+//! - [`policy`] (in `config/`): User-Agent rules (Apache `BrowserMatch` semantics) → `ClientPolicy`
 //! - [`server`]: listeners, worker threads, accept loop, connection permits, drain
 //! - [`shared`]: a configuration generation, shared read-only by connection tasks
 //! - [`downstream`]: the client connection: keep-alive loop, lingering close, tunnel, HTTP/2
@@ -19,7 +20,7 @@
 //! - [`registry`]: open client connections (`/connections`, state gauges)
 //! - [`stream`]: a client byte stream, plain TCP or TLS
 //! - [`proxy`]: the HTTP/2 request path: each stream onto the same pool and codec
-//! - [`metrics`]: every exported metric, declared once
+//! - [`metrics`]: every exported metric and label value, declared once
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
 //! - [`accesslog`]: combined or JSON access log on stdout
@@ -42,7 +43,7 @@ pub mod exchange;
 pub mod http1;
 pub mod lifecycle;
 pub mod metrics;
-pub mod policy;
+pub use config::policy;
 pub mod proxy;
 pub mod reaper;
 pub mod registry;

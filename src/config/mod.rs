@@ -5,11 +5,12 @@
 //! error names the file, the key and the reason. This module never touches a
 //! socket.
 
+pub mod policy;
 mod raw;
 pub mod settings;
 pub mod units;
 
-use crate::policy::RuleSet;
+use policy::RuleSet;
 use raw::*;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, ToSocketAddrs};

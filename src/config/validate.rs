@@ -1,8 +1,8 @@
 //! Validation: raw file values to a checked [`Config`], with every error
 //! naming the file, the key and the reason, and cross-field rules checked.
 
+use super::policy::{RuleSet, UaRule};
 use super::*;
-use crate::policy::{RuleSet, UaRule};
 
 pub(super) struct Validator<'a> {
     pub(super) file: &'a str,

@@ -6,7 +6,7 @@
 //! User-Agent is one scan whatever the number of rules. [`RuleSet::classify`] is
 //! pure; the connection calls it once, on its first request, and keeps the result.
 
-use crate::config::{ClientSettings, SettingsOverride};
+use super::{ClientSettings, SettingsOverride};
 use regex::RegexSet;
 use std::sync::Arc;
 
