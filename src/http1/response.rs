@@ -145,12 +145,8 @@ fn hop_by_hop(name: &[u8]) -> bool {
 pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(BadResponse("head too large")),
-        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse("too many headers")),
-        Err(_) => return Err(BadResponse("malformed head")),
+    let Some(len) = parse_head(&mut resp, buf)? else {
+        return Ok(Parsed::Partial);
     };
     let status = resp.code.unwrap_or(0);
     let Scan {
@@ -238,6 +234,17 @@ fn connection_headers(out: &mut Vec<u8>, view: &ClientView, keepalive: bool, v10
         out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// httparse over `buf`: the head's length, `None` while it is incomplete.
+fn parse_head<'h, 'b>(resp: &mut httparse::Response<'h, 'b>, buf: &'b [u8]) -> Result<Option<usize>, BadResponse> {
+    match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => Err(BadResponse("head too large")),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(BadResponse("too many headers")),
+        Err(_) => Err(BadResponse("malformed head")),
+    }
 }
 
 /// What a response's headers say about framing and reuse.
@@ -333,12 +340,8 @@ pub enum Parsed2 {
 pub fn parse_h2(buf: &[u8], head_request: bool) -> Result<Parsed2, BadResponse> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => return Err(BadResponse("head too large")),
-        Ok(httparse::Status::Partial) => return Ok(Parsed2::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(BadResponse("too many headers")),
-        Err(_) => return Err(BadResponse("malformed head")),
+    let Some(len) = parse_head(&mut resp, buf)? else {
+        return Ok(Parsed2::Partial);
     };
     let status = resp.code.unwrap_or(0);
     let sc = scan(resp.headers, resp.version == Some(0))?;
