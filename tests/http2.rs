@@ -484,3 +484,89 @@ fn a_backend_cut_mid_body_fails_the_http2_stream() {
     assert!(!ok, "a truncated body passed for complete: {out} {err}");
     assert!(out.trim().parse::<usize>().unwrap_or(0) < 10_000, "{out}");
 }
+
+#[test]
+fn a_backend_cut_at_any_offset_never_yields_an_http2_body_that_looks_complete() {
+    let (backend, accepted) = raw_backend(cutting_backend);
+    let s = h2_proxy("", backend);
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let mut cases = Vec::new();
+    for framing in ["cl", "chunked", "close"] {
+        for offset in 0..=response(framing).len() {
+            for how in ["fin", "rst"] {
+                cases.push((framing, offset, how));
+            }
+        }
+    }
+    let n = cases.len();
+    let results = rt().block_on(async move {
+        let mut out = Vec::new();
+        for (framing, offset, how) in cases {
+            let (mut client, _conn) = h2_client(cfg.clone(), addr, h2::client::Builder::new()).await;
+            let req = http::Request::get(format!("https://a.test/cut/{framing}/{offset}/{how}"))
+                .body(())
+                .unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+                .await
+                .expect("no answer");
+            let outcome = match resp {
+                Err(e) => Err(e.to_string()),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let mut body = r.into_body();
+                    let mut got = Vec::new();
+                    let mut failed = None;
+                    while let Some(d) = body.data().await {
+                        match d {
+                            Ok(d) => {
+                                let _ = body.flow_control().release_capacity(d.len());
+                                got.extend_from_slice(&d);
+                            }
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    Ok((status, got, failed))
+                }
+            };
+            out.push((framing, offset, how, outcome));
+        }
+        out
+    });
+    for (framing, offset, how, outcome) in results {
+        let full = response(framing);
+        let hl = head_len(full);
+        let body = &full[hl..];
+        let case = format!("{framing} cut at {offset} with {how}: {outcome:?}");
+        // The backend's response was whole (or a close-delimited one ended
+        // at its FIN): the client must get it.
+        let must_complete = how == "fin" && (offset == full.len() || (framing == "close" && offset >= hl));
+        let Ok((status, got, failed)) = outcome else {
+            // The stream was reset before its head went out: an error, never
+            // a truncated body.
+            assert!(offset >= hl && !must_complete, "{case}");
+            continue;
+        };
+        if offset < hl {
+            assert_eq!(status, 502, "{case}");
+            continue;
+        }
+        assert_eq!(status, 200, "{case}");
+        let whole = match framing {
+            "chunked" => got == b"helloworld",
+            _ => got == body,
+        };
+        let ended_at_close = framing == "close" && how == "fin";
+        if failed.is_none() {
+            // A stream that ended cleanly carries the whole body, or the part
+            // before the backend's FIN of a close-delimited one.
+            assert!(whole || (ended_at_close && got == full[hl..offset]), "{case}");
+        } else {
+            assert!(!must_complete, "{case}");
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n);
+}

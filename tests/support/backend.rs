@@ -277,3 +277,41 @@ pub fn cut_mid_body(mut s: TcpStream) {
     let _ = s.write_all(&[b'x'; 5000]);
     let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
 }
+
+/// Responses a cutting backend stops at any offset, by framing.
+pub const CL: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789abcdefghij";
+pub const CHUNKED: &[u8] =
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n";
+pub const TO_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n0123456789";
+
+pub fn response(framing: &str) -> &'static [u8] {
+    match framing {
+        "cl" => CL,
+        "chunked" => CHUNKED,
+        _ => TO_CLOSE,
+    }
+}
+
+pub fn head_len(r: &[u8]) -> usize {
+    find(r, b"\r\n\r\n").map_or(r.len(), |i| i + 4)
+}
+
+/// Answers `GET /cut/<framing>/<offset>/<fin|rst>` with the first `offset`
+/// bytes of that framing's response, then closes that way.
+pub fn cutting_backend(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    let Some(head) = read_head(&mut s, &mut buf) else {
+        return;
+    };
+    let path = head.split(' ').nth(1).unwrap_or("");
+    let parts: Vec<&str> = path.split('/').collect();
+    let (framing, offset, how) = (parts[2], parts[3].parse::<usize>().unwrap_or(0), parts[4]);
+    let r = response(framing);
+    let _ = s.write_all(&r[..offset.min(r.len())]);
+    if how == "rst" {
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    } else {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = s.read(&mut [0u8; 64]); // until finguard lets go
+    }
+}
