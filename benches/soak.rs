@@ -48,16 +48,18 @@ fn start_backend(dir: &Path, port: u16) -> Child {
          server {{ listen 127.0.0.1:{port} backlog=4096 reuseport; root {d}/www; }} }}\n"
     );
     std::fs::write(dir.join("backend.conf"), conf).unwrap();
-    let c = Command::new("nginx")
-        .arg("-c")
-        .arg(dir.join("backend.conf"))
-        .stdin(Stdio::null())
+    let c = quiet(Command::new("nginx").arg("-c").arg(dir.join("backend.conf")));
+    assert!(wait_port(port), "the backend did not start");
+    c
+}
+
+/// Starts `cmd` with no input and its output thrown away.
+fn quiet(cmd: &mut Command) -> Child {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("nginx");
-    assert!(wait_port(port), "the backend did not start");
-    c
+        .expect("spawn")
 }
 
 fn stop(mut c: Child) {
@@ -176,14 +178,7 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut fg = Command::new(FINGUARD)
-        .args(["run", "-c"])
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("finguard");
+    let mut fg = quiet(Command::new(FINGUARD).args(["run", "-c"]).arg(&conf));
     assert!(wait_port(listen), "finguard did not start");
     let pid = fg.id();
     std::thread::sleep(Duration::from_millis(300));

@@ -152,3 +152,43 @@ impl ProxyError {
         }
     }
 }
+
+/// Whether a failed attempt on a reused backend connection may be made
+/// again on a fresh one (HTTP/1 exchanges and HTTP/2 streams alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetrySafe {
+    No,
+    /// The request was refused while being written: never processed.
+    Always,
+    /// The backend went away before any response byte: idempotent requests only.
+    IfIdempotent,
+}
+
+impl RetrySafe {
+    pub fn allows(self, idempotent: bool) -> bool {
+        match self {
+            RetrySafe::No => false,
+            RetrySafe::Always => true,
+            RetrySafe::IfIdempotent => idempotent,
+        }
+    }
+
+    /// A failure while the request was being sent; `wrote`: some of it went.
+    pub fn while_sending(err: &ProxyError, wrote: bool) -> RetrySafe {
+        match (err.before_response(), wrote) {
+            (false, _) => RetrySafe::No,
+            (true, true) => RetrySafe::IfIdempotent,
+            (true, false) => RetrySafe::Always,
+        }
+    }
+
+    /// A failure while waiting for the response head; `nothing_read`: not a
+    /// byte of it came (the stale-connection race, maybe).
+    pub fn while_waiting(err: &ProxyError, nothing_read: bool) -> RetrySafe {
+        if err.before_response() && nothing_read {
+            RetrySafe::IfIdempotent
+        } else {
+            RetrySafe::No
+        }
+    }
+}

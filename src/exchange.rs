@@ -19,7 +19,7 @@
 //! Bytes of a request body finguard did not read are never parsed as a next
 //! request: after an error the connection closes.
 
-use crate::error::ProxyError;
+use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
 use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
 use crate::http1::head::Head;
@@ -169,26 +169,6 @@ fn backend_request(
     Bytes::from(out)
 }
 
-/// Whether a failed attempt may be made again on a fresh connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RetrySafe {
-    No,
-    /// The request was refused while being written: never processed.
-    Always,
-    /// The backend went away before any response byte: only idempotent ones.
-    IfIdempotent,
-}
-
-impl RetrySafe {
-    fn allows(self, idempotent: bool) -> bool {
-        match self {
-            RetrySafe::No => false,
-            RetrySafe::Always => true,
-            RetrySafe::IfIdempotent => idempotent,
-        }
-    }
-}
-
 enum Attempt {
     Done(Done),
     /// Nothing reached the client yet.
@@ -286,11 +266,7 @@ async fn response_head<S: ClientStream>(
     match parsed {
         Ok(p) => Ok(p),
         Err(HeadError::Failed(err)) => {
-            // Nothing came back at all: the stale-connection race, maybe.
-            let retry_safe = match err.before_response() && resp.is_empty() {
-                true => RetrySafe::IfIdempotent,
-                false => RetrySafe::No,
-            };
+            let retry_safe = RetrySafe::while_waiting(&err, resp.is_empty());
             Err(Attempt::Failed { err, retry_safe })
         }
         Err(HeadError::ClientGone) => Err(Attempt::Done(aborted(0, None))),
@@ -299,11 +275,7 @@ async fn response_head<S: ClientStream>(
 
 /// The upload failed on the backend's side: whether it may be tried again.
 fn upload_failed(err: ProxyError, wrote: bool) -> Attempt {
-    let retry_safe = match (err.before_response(), wrote) {
-        (false, _) => RetrySafe::No,
-        (true, true) => RetrySafe::IfIdempotent,
-        (true, false) => RetrySafe::Always,
-    };
+    let retry_safe = RetrySafe::while_sending(&err, wrote);
     Attempt::Failed { err, retry_safe }
 }
 
@@ -506,7 +478,7 @@ fn heard_backend(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Opt
             err: ProxyError::BackendIo(e),
             wrote,
         })),
-        Ok(_) if final_head_ready(resp) => Some(Ok(Sent::Early)),
+        Ok(_) if response::final_head_ready(resp) => Some(Ok(Sent::Early)),
         Ok(_) => None,
     }
 }
@@ -520,7 +492,7 @@ async fn refused_mid_upload(
     wrote: bool,
 ) -> Result<Sent, Upload> {
     collect(rd, resp).await;
-    if final_head_ready(resp) {
+    if response::final_head_ready(resp) {
         return Ok(Sent::Early);
     }
     Err(Upload::Backend {
@@ -536,23 +508,6 @@ async fn collect(rd: &mut tokio::net::tcp::ReadHalf<'_>, resp: &mut BytesMut) {
         match tokio::time::timeout(Duration::from_millis(100), rd.read_buf(resp)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
-        }
-    }
-}
-
-/// A final (not 1xx) response head is complete in `resp`.
-fn final_head_ready(resp: &[u8]) -> bool {
-    let mut off = 0;
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; 100];
-        let mut r = httparse::Response::new(&mut headers);
-        match r.parse(&resp[off..]) {
-            Ok(httparse::Status::Complete(n)) => match r.code {
-                Some(c) if (100..200).contains(&c) && c != 101 => off += n,
-                _ => return true,
-            },
-            Ok(httparse::Status::Partial) => return false,
-            Err(_) => return true,
         }
     }
 }

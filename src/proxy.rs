@@ -17,7 +17,7 @@
 //! line here.
 
 use crate::config::{BackendConfig, Forwarded, ProxyProtocol};
-use crate::error::ProxyError;
+use crate::error::{ProxyError, RetrySafe};
 use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
 use crate::http1::response::{self, BodyMode, Parsed2, ReuseHint};
 use crate::policy::ClientPolicy;
@@ -128,8 +128,8 @@ impl Drop for Unread {
 
 async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -> Result<Response<ProxyBody>, Refused> {
     let shared = &ctx.shared;
-    let host = request_host(parts);
-    let Some(idx) = crate::exchange::route(shared, host.as_bytes(), parts.uri.path().as_bytes()) else {
+    let routed = crate::exchange::route(shared, request_host(parts).as_bytes(), parts.uri.path().as_bytes());
+    let Some(idx) = routed else {
         return Err((ProxyError::NoRoute, Some(body)));
     };
     let upstream = &shared.upstreams[idx];
@@ -143,7 +143,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     strip_hop_by_hop(&mut parts.headers);
     add_forwarded(&mut parts.headers, ctx.peer, ctx.scheme, cfg);
     let mut out = Vec::with_capacity(512);
-    write_head(&mut out, parts, &host, chunked, cfg);
+    write_head(&mut out, parts, chunked, cfg);
     let mut last_chunk = false;
     if let Some(f) = first {
         last_chunk = encode_frame(&mut out, f, chunked);
@@ -215,11 +215,7 @@ async fn send_with_retry(
             Ok(resp) => return Ok(resp),
             Err(failed) => failed,
         };
-        let safe = match retry_safe {
-            RetrySafe::No => false,
-            RetrySafe::Always => true,
-            RetrySafe::IfIdempotent => cfg.retry_idempotent && ctx.idempotent,
-        };
+        let safe = retry_safe.allows(cfg.retry_idempotent && ctx.idempotent);
         if !(reused && !retried && replayable && safe) {
             return Err((err, up.rest.map(|l| l.rest)));
         }
@@ -227,16 +223,6 @@ async fn send_with_retry(
         ctx.shared.metrics.backend_retried(&cfg.name);
         retried = true;
     }
-}
-
-/// Whether a failed attempt may be made again on a fresh connection.
-#[derive(Debug, Clone, Copy)]
-enum RetrySafe {
-    No,
-    /// Refused while being written: never processed.
-    Always,
-    /// The backend went away before any response byte: idempotent requests only.
-    IfIdempotent,
 }
 
 type Failed = (ProxyError, RetrySafe);
@@ -322,11 +308,7 @@ async fn read_head(
             Ok(Ok(_)) => ProxyError::BadResponse("closed inside the head"),
             Ok(Err(e)) => ProxyError::BackendIo(e),
         };
-        // Nothing came back at all: the stale-connection race, maybe.
-        let safe = match err.before_response() && resp.is_empty() {
-            true => RetrySafe::IfIdempotent,
-            false => RetrySafe::No,
-        };
+        let safe = RetrySafe::while_waiting(&err, resp.is_empty());
         return Err((err, safe));
     }
 }
@@ -348,7 +330,7 @@ async fn send(
             Ok(n) if n == out.len() => return Ok(true),
             Ok(n) => out.advance(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err((ProxyError::BackendIo(e), RetrySafe::Always)),
+            Err(e) => return Err(failed_sending(ProxyError::BackendIo(e), false)),
         }
     }
     let mut wrote = false;
@@ -389,15 +371,8 @@ fn wrote_to_backend(
 ) -> Result<usize, Failed> {
     match r {
         Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => {
-            let safe = if wrote {
-                RetrySafe::IfIdempotent
-            } else {
-                RetrySafe::Always
-            };
-            Err((ProxyError::BackendIo(e), safe))
-        }
-        Err(_) => Err((ProxyError::BackendWriteTimeout, RetrySafe::No)),
+        Ok(Err(e)) => Err(failed_sending(ProxyError::BackendIo(e), wrote)),
+        Err(_) => Err(failed_sending(ProxyError::BackendWriteTimeout, wrote)),
     }
 }
 
@@ -423,22 +398,17 @@ impl Upload {
 /// (an answer is there, or the backend went away after saying something);
 /// an error ends the attempt.
 fn heard(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Result<bool, Failed> {
-    let safe = if wrote {
-        RetrySafe::IfIdempotent
-    } else {
-        RetrySafe::Always
-    };
     match r {
         Ok(0) | Err(_) if !resp.is_empty() => Ok(true),
-        Ok(0) => Err((ProxyError::BackendClosed, safe)),
-        Err(e) => Err((ProxyError::BackendIo(e), safe)),
-        Ok(_) => Ok(final_head_ready(resp)),
+        Ok(0) => Err(failed_sending(ProxyError::BackendClosed, wrote)),
+        Err(e) => Err(failed_sending(ProxyError::BackendIo(e), wrote)),
+        Ok(_) => Ok(response::final_head_ready(resp)),
     }
 }
 
-/// A final (not 1xx) response head is complete in `resp`, or it cannot be one.
-fn final_head_ready(resp: &[u8]) -> bool {
-    !matches!(response::parse_h2(resp, false), Ok(Parsed2::Partial))
+fn failed_sending(err: ProxyError, wrote: bool) -> Failed {
+    let safe = RetrySafe::while_sending(&err, wrote);
+    (err, safe)
 }
 
 /// Appends one request body frame as the backend is to get it. Returns
@@ -475,19 +445,18 @@ fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// The host the request names: `Host`, else `:authority`.
-fn request_host(parts: &request::Parts) -> String {
+fn request_host(parts: &request::Parts) -> &str {
     parts
         .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| parts.uri.authority().map(|a| a.as_str()))
         .unwrap_or("")
-        .to_string()
 }
 
 /// The backend's request head: request line, `Host`, the stream's headers,
 /// and the body's framing.
-fn write_head(out: &mut Vec<u8>, parts: &request::Parts, host: &str, chunked: bool, cfg: &BackendConfig) {
+fn write_head(out: &mut Vec<u8>, parts: &request::Parts, chunked: bool, cfg: &BackendConfig) {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -495,10 +464,9 @@ fn write_head(out: &mut Vec<u8>, parts: &request::Parts, host: &str, chunked: bo
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 clients send :authority; HTTP/1.1 backends require a Host.
-        let host = if host.is_empty() {
-            cfg.addr_specs.first().map_or("localhost", String::as_str)
-        } else {
-            host
+        let host = match parts.uri.authority() {
+            Some(a) => a.as_str(),
+            None => cfg.addr_specs.first().map_or("localhost", String::as_str),
         };
         put(out, b"Host", host.as_bytes());
     }

@@ -125,11 +125,6 @@ impl Upstream {
         self.cfg.max_connections as usize - self.slots.available_permits()
     }
 
-    /// Idle connections.
-    pub fn idle_connections(&self) -> usize {
-        self.raw_idle()
-    }
-
     /// How long a connection may sit idle after a response with `hint`.
     fn ttl(&self, hint: ReuseHint) -> Duration {
         match hint.timeout {

@@ -103,10 +103,8 @@ fn rt() -> tokio::runtime::Runtime {
 /// `curl --http2` for one URL with a body from stdin or a file: (http code, stdout+stderr).
 fn curl_status(s: &H2Setup, args: &[&str], stdin: Option<Vec<u8>>) -> (String, String) {
     let port = s.proxy.addr.port();
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["--http2", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
-        .arg(&s.ca.0)
-        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+    let mut cmd = curl_to(port, &s.ca);
+    cmd.args(["-o", "/dev/null", "-w", "%{http_code}"])
         .args(args)
         .arg(format!("https://a.test:{port}/up"))
         .stdin(std::process::Stdio::piped())
@@ -169,18 +167,8 @@ fn an_http2_request_body_that_stalls_gets_408_after_body_timeout() {
 /// `curl --http2 --limit-rate` of the download: (exit ok, bytes received, curl's report).
 fn slow_download(s: &H2Setup, user_agent: &str) -> (bool, usize, String) {
     let port = s.proxy.addr.port();
-    let out = std::process::Command::new("curl")
-        .args([
-            "--http2",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{size_download}",
-            "--cacert",
-        ])
-        .arg(&s.ca.0)
-        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
+    let out = curl_to(port, &s.ca)
+        .args(["-o", "/dev/null", "-w", "%{size_download}"])
         .args(["--limit-rate", "1M", "-A", user_agent])
         .arg(format!("https://a.test:{port}/big"))
         .output()
@@ -421,11 +409,8 @@ fn http2_conformance_cases_scripted_with_python_h2() {
 /// `curl --http2` for `paths` on one connection: (stdout, stderr, exit ok).
 fn curl_paths(s: &H2Setup, args: &[&str], paths: &[&str]) -> (String, String, bool) {
     let port = s.proxy.addr.port();
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["--http2", "-sS", "--cacert"])
-        .arg(&s.ca.0)
-        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")])
-        .args(args);
+    let mut cmd = curl_to(port, &s.ca);
+    cmd.args(args);
     for p in paths {
         cmd.arg(format!("https://a.test:{port}{p}"));
     }

@@ -156,13 +156,13 @@ async fn serve_request<S: ClientStream>(
     let done = exchange::run(stream, buf, req, &cx).await;
     shared.metrics.response(done.status);
     if logging {
-        let seen = Seen {
+        let logged = Logged {
             request_line: &request_line,
             referer: referer.as_deref(),
             user_agent: user_agent.as_deref(),
             bytes_before,
         };
-        log_request(shared, track, &seen, &done);
+        log_request(shared, track, &logged, &done);
     }
     match done.next {
         exchange::Next::KeepAlive if keepalive => None,
@@ -183,7 +183,7 @@ fn keepalive_allowed(policy: &ClientPolicy, head: &head::Head, served: u32, shar
 }
 
 /// What the access log needs of a request's head.
-struct Seen<'a> {
+struct Logged<'a> {
     request_line: &'a [u8],
     referer: Option<&'a str>,
     user_agent: Option<&'a str>,
@@ -191,15 +191,15 @@ struct Seen<'a> {
     bytes_before: u64,
 }
 
-fn log_request(shared: &Shared, track: &registry::Tracked, seen: &Seen<'_>, done: &exchange::Done) {
-    let bytes_out = track.entry.bytes_out.load(Ordering::Relaxed) - seen.bytes_before;
+fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, done: &exchange::Done) {
+    let bytes_out = track.entry.bytes_out.load(Ordering::Relaxed) - logged.bytes_before;
     shared.access.request(&accesslog::Record {
         peer: track.entry.peer,
-        request_line: &String::from_utf8_lossy(seen.request_line),
+        request_line: &String::from_utf8_lossy(logged.request_line),
         status: done.status,
         bytes_out,
-        referer: seen.referer,
-        user_agent: seen.user_agent,
+        referer: logged.referer,
+        user_agent: logged.user_agent,
         rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
         backend: done.backend,
     });

@@ -247,6 +247,24 @@ fn parse_head<'h, 'b>(resp: &mut httparse::Response<'h, 'b>, buf: &'b [u8]) -> R
     }
 }
 
+/// A final (not 1xx) response head is complete in `resp`, or `resp` cannot
+/// be one: what stops an upload to hear the backend's early answer.
+pub fn final_head_ready(resp: &[u8]) -> bool {
+    let mut off = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 100];
+        let mut r = httparse::Response::new(&mut headers);
+        match r.parse(&resp[off..]) {
+            Ok(httparse::Status::Complete(n)) => match r.code {
+                Some(c) if (100..200).contains(&c) && c != 101 => off += n,
+                _ => return true,
+            },
+            Ok(httparse::Status::Partial) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// What a response's headers say about framing and reuse.
 struct Scan<'a> {
     length: Option<u64>,

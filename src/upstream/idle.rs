@@ -133,8 +133,8 @@ impl Upstream {
         (0..workers.max(1)).map(|_| IdleList::default()).collect()
     }
 
-    /// Raw idle connections (all workers).
-    pub(super) fn raw_idle(&self) -> usize {
+    /// Idle connections, every worker's list together.
+    pub fn idle_connections(&self) -> usize {
         self.raw.iter().map(|l| lock(&l.conns).len()).sum()
     }
 
@@ -305,7 +305,7 @@ impl Upstream {
         let list = &self.raw[w];
         // `pool_max_idle` counts every worker's idle connections. Two
         // check-ins racing may pass it by one; the reaper trims that.
-        if self.raw_idle() >= self.cfg.pool_max_idle as usize {
+        if self.idle_connections() >= self.cfg.pool_max_idle as usize {
             drop(c);
             self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
             return;
@@ -349,7 +349,7 @@ impl Upstream {
             expired += before - idle.len();
         }
         let mut excess = 0;
-        while self.raw_idle() > self.cfg.pool_max_idle as usize {
+        while self.idle_connections() > self.cfg.pool_max_idle as usize {
             let longest = self.raw.iter().max_by_key(|l| lock(&l.conns).len());
             match longest.map(|l| lock(&l.conns)) {
                 Some(mut idle) if !idle.is_empty() => {

@@ -84,18 +84,22 @@ pub fn ca_file(pki: &Pki) -> TempFile {
     TempFile::new("ca.pem", &pki.ca.pem())
 }
 
+/// `curl --http2 -sS`, trusting the test CA, with `a.test` resolved to
+/// finguard on `port`; the caller adds its options and URLs.
+pub fn curl_to(port: u16, ca: &TempFile) -> std::process::Command {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["--http2", "-sS", "--cacert"])
+        .arg(&ca.0)
+        .args(["--resolve", &format!("a.test:{port}:127.0.0.1")]);
+    cmd
+}
+
 /// `curl --http2` through finguard: (curl's stdout, exit ok).
 pub fn curl_h2(p: &Proxy, ca: &TempFile, urls: usize, extra: &[&str]) -> (String, bool) {
     let port = p.addr.port();
     let url = format!("https://a.test:{port}/");
-    let mut cmd = std::process::Command::new("curl");
-    cmd.args(["--http2", "-sS", "--cacert"]).arg(&ca.0);
-    cmd.args([
-        "--resolve",
-        &format!("a.test:{port}:127.0.0.1"),
-        "-w",
-        "%{http_version} %{http_code}\\n",
-    ]);
+    let mut cmd = curl_to(port, ca);
+    cmd.args(["-w", "%{http_version} %{http_code}\\n"]);
     cmd.args(extra);
     for _ in 0..urls {
         cmd.args(["-o", "/dev/null", &url]);
