@@ -35,11 +35,14 @@ pub struct Running {
     stop_accepting: CancellationToken,
 }
 
+/// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct BindError {
-    pub addr: SocketAddr,
-    pub source: std::io::Error,
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// A worker thread could not be created (thread limit, address-space cap).
+    #[error("cannot start worker thread {worker}: {source}")]
+    Worker { worker: usize, source: std::io::Error },
 }
 
 /// Binds every listener and starts serving.
@@ -49,24 +52,24 @@ pub struct BindError {
 /// that accepted it (nginx's model). Measured on one core, tokio's
 /// work-stealing scheduler served 1000 busy connections unfairly (p99 ten
 /// times the median); one runtime per thread keeps them in FIFO order.
-pub async fn start(config: Config) -> Result<Running, BindError> {
+pub async fn start(config: Config) -> Result<Running, StartError> {
     let workers = config.workers.max(1);
     // sockets[w] holds worker w's socket for every listener.
     let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for l in &config.listeners {
-        let first = bind_std(l.addr, workers > 1).map_err(|source| BindError { addr: l.addr, source })?;
+        let first = bind_std(l.addr, workers > 1).map_err(|source| StartError::Bind { addr: l.addr, source })?;
         let addr = first
             .local_addr()
-            .map_err(|source| BindError { addr: l.addr, source })?;
+            .map_err(|source| StartError::Bind { addr: l.addr, source })?;
         addrs.push(addr);
         sockets[0].push(first);
         for w in sockets.iter_mut().skip(1) {
-            w.push(bind_std(addr, true).map_err(|source| BindError { addr, source })?);
+            w.push(bind_std(addr, true).map_err(|source| StartError::Bind { addr, source })?);
         }
     }
     let admin = match config.admin {
-        Some(a) => Some(bind(a).map_err(|source| BindError { addr: a, source })?),
+        Some(a) => Some(bind(a).map_err(|source| StartError::Bind { addr: a, source })?),
         None => None,
     };
     let permits = Arc::new(Semaphore::new(config.max_connections as usize));
@@ -80,7 +83,7 @@ pub async fn start(config: Config) -> Result<Running, BindError> {
         std::thread::Builder::new()
             .name(format!("finguard-w{w}"))
             .spawn(move || worker(w, socks, current, permits, stop, alive))
-            .map_err(|source| BindError { addr: addrs[0], source })?;
+            .map_err(|source| StartError::Worker { worker: w, source })?;
     }
     if let Some(listener) = admin {
         if let Ok(bound) = listener.local_addr() {

@@ -156,7 +156,11 @@ fn a_backend_that_trickles_its_head_is_a_504_at_response_timeout() {
     c.write_all(b"GET /body HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     let r = read_response(&mut c, &mut Vec::new()).expect("second answer");
     assert_eq!((r.status, r.body.as_slice()), (200, &b"abcd"[..]));
-    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2, "the trickling connection was reused");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the trickling connection was reused"
+    );
 }
 
 #[test]
@@ -216,7 +220,11 @@ fn phase_backend(mut s: TcpStream) {
         let path = head.split(' ').nth(1).unwrap_or("").to_string();
         let len: usize = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         let ok = match path.as_str() {
@@ -258,7 +266,9 @@ fn a_client_reset_at_any_phase_leaves_nothing_behind() {
     let post = |path: &str, len: usize| format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
     // Each phase: what the client does before it resets.
     let phases: [(&str, &dyn Fn(&mut TcpStream)); 6] = [
-        ("mid-head", &|c| c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nAcc").unwrap()),
+        ("mid-head", &|c| {
+            c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nAcc").unwrap()
+        }),
         ("mid-body", &|c| {
             c.write_all(post("/up", 100_000).as_bytes()).unwrap();
             c.write_all(&[b'u'; 5000]).unwrap();
@@ -297,26 +307,44 @@ fn a_client_reset_at_any_phase_leaves_nothing_behind() {
                 .filter(|&(s, inode)| inode != 0 && s != "TIME_WAIT")
                 .collect::<Vec<_>>()
         };
-        assert!(wait_until(Duration::from_secs(3), || held().is_empty()), "{phase}: {:?}", held());
+        assert!(
+            wait_until(Duration::from_secs(3), || held().is_empty()),
+            "{phase}: {:?}",
+            held()
+        );
         // No backend socket of finguard's is left half-closed, and it serves on.
         assert!(
-            wait_until(Duration::from_secs(3), || !held_towards(backend.port()).contains(&"CLOSE_WAIT")),
+            wait_until(Duration::from_secs(3), || !held_towards(backend.port())
+                .contains(&"CLOSE_WAIT")),
             "{phase}"
         );
         let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         assert_eq!(r.status, 200, "after a reset {phase}");
     }
     // The lingering close saw the reset as one.
-    assert_eq!(p.metric("finguard_lingering_closes_total{outcome=\"reset\"}"), 1.0, "{}", p.admin_get("/metrics").1);
+    assert_eq!(
+        p.metric("finguard_lingering_closes_total{outcome=\"reset\"}"),
+        1.0,
+        "{}",
+        p.admin_get("/metrics").1
+    );
     // At the end nothing of finguard's is open towards the backend but its pool.
     assert!(wait_until(Duration::from_secs(5), || held_towards(backend.port())
         .iter()
         .all(|s| *s == "ESTABLISHED")));
-    let count = |state: &str| p.metric(&format!("finguard_backend_connections{{backend=\"default\",state=\"{state}\"}}"));
+    let count = |state: &str| {
+        p.metric(&format!(
+            "finguard_backend_connections{{backend=\"default\",state=\"{state}\"}}"
+        ))
+    };
     let settled = || {
         let open = held_towards(backend.port()).len() as f64;
         (count("idle"), count("busy")) == (open, 0.0)
     };
     // The last exchange's connection goes back to the pool just after its answer.
-    assert!(wait_until(Duration::from_secs(3), settled), "{:?}", tcp_sockets(0, backend.port()));
+    assert!(
+        wait_until(Duration::from_secs(3), settled),
+        "{:?}",
+        tcp_sockets(0, backend.port())
+    );
 }

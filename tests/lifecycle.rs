@@ -201,62 +201,158 @@ fn cpu_ticks(pid: u32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// finguard run under a shell `ulimit` (which it cannot raise): the child,
+/// its listening address and its stderr as it comes.
+struct Limited {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+    _cfg: TempFile,
+}
+
+impl Limited {
+    fn start(ulimit: &str, config: &str, backend: std::net::SocketAddr) -> Limited {
+        let cfg = TempFile::new("limited.toml", config);
+        let script = format!(
+            "ulimit {ulimit} && exec {BIN} run -c {} --listen 127.0.0.1:0 --backend {backend}",
+            cfg.0.display()
+        );
+        let mut child = Command::new("sh")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+        let addr = loop {
+            let line = lines.next().expect("finguard started").unwrap();
+            if let Some(a) = line.strip_prefix("finguard: listening on ") {
+                break a.parse().unwrap();
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&(l + "\n"));
+            }
+        });
+        Limited {
+            child,
+            addr,
+            log,
+            _cfg: cfg,
+        }
+    }
+
+    fn logged(&self, what: &str) -> bool {
+        self.log.lock().unwrap().contains(what)
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// One request on a new connection: its status, if it got one.
+    fn get(&self) -> Option<u16> {
+        let mut s = std::net::TcpStream::connect(self.addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        read_response(&mut s, &mut Vec::new()).map(|r| r.status)
+    }
+
+    /// A line of `/proc/<pid>/status`, in kB.
+    fn status_kb(&self, key: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim_start_matches(':').trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn out_of_descriptors_the_accept_loop_backs_off_and_recovers() {
     let backend = Backend::start(Reply::Ok);
-    let cfg = TempFile::new("emfile.toml", "workers = 1\n[client]\nheader_timeout = \"60s\"\n");
-    // 64 descriptors in all (soft and hard): finguard cannot raise it.
-    let script = format!(
-        "ulimit -n 64 && exec {BIN} run -c {} --listen 127.0.0.1:0 --backend {}",
-        cfg.0.display(),
-        backend.addr
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
-    let addr: std::net::SocketAddr = loop {
-        let line = lines.next().expect("finguard started").unwrap();
-        if let Some(a) = line.strip_prefix("finguard: listening on ") {
-            break a.parse().unwrap();
-        }
-    };
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = log.clone();
-    thread::spawn(move || {
-        for l in lines.map_while(Result::ok) {
-            sink.lock().unwrap().push_str(&l);
-        }
-    });
+    // 64 descriptors in all (soft and hard).
+    let cfg = "workers = 1\n[client]\nheader_timeout = \"60s\"\nmax_requests_per_connection = 1000\n";
+    let mut p = Limited::start("-n 64", cfg, backend.addr);
+    // A keep-alive client served before the limit, with a pooled backend connection.
+    let mut busy = std::net::TcpStream::connect(p.addr).unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    busy.write_all(get).unwrap();
+    assert_eq!(read_response(&mut busy, &mut Vec::new()).unwrap().status, 200);
     // 80 idle clients: more than the process has descriptors for.
-    let idle: Vec<std::net::TcpStream> = (0..80).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
-    assert!(wait_until(Duration::from_secs(5), || log
-        .lock()
-        .unwrap()
-        .contains("out of file descriptors")));
+    let idle: Vec<std::net::TcpStream> = (0..80).map(|_| std::net::TcpStream::connect(p.addr).unwrap()).collect();
+    assert!(wait_until(Duration::from_secs(5), || p.logged("out of file descriptors")));
     // It neither died nor spins: over a second at the limit it used little CPU.
-    let pid = child.id();
+    let pid = p.child.id();
     let before = cpu_ticks(pid);
     thread::sleep(Duration::from_secs(1)); // the window being measured, not a synchronisation
     let used = cpu_ticks(pid) - before;
     assert!(used < 30, "accept loop spun: {used} ticks in 1 s");
-    assert!(child.try_wait().unwrap().is_none(), "finguard died");
+    assert!(p.alive(), "finguard died");
+    // At the limit, the connections it holds are still served in full.
+    for i in 0..200 {
+        busy.write_all(get).unwrap();
+        let r = read_response(&mut busy, &mut Vec::new());
+        assert_eq!(r.map(|r| r.status), Some(200), "request {i} at the descriptor limit");
+    }
     drop(idle);
     // Descriptors free again: the next client is served.
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(addr)
-            .and_then(|mut s| {
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
-                Ok(read_response(&mut s, &mut Vec::new()).is_some_and(|r| r.status == 200))
-            })
-            .unwrap_or(false)
-    }));
-    let _ = child.kill();
-    let _ = child.wait();
+    assert!(wait_until(Duration::from_secs(10), || p.get() == Some(200)));
+}
+
+/// Connects `n` clients that each send an unfinished head of `bytes` bytes
+/// and hold it; returns them (the head is never completed).
+fn half_heads(addr: std::net::SocketAddr, n: usize, bytes: usize) -> Vec<std::net::TcpStream> {
+    let mut head = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+    while head.len() < bytes {
+        head.extend_from_slice(b"X-Fill: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+    }
+    (0..n)
+        .filter_map(|_| {
+            let mut s = std::net::TcpStream::connect(addr).ok()?;
+            s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
+            s.write_all(&head).ok()?;
+            Some(s)
+        })
+        .collect()
+}
+
+#[test]
+fn under_an_address_space_cap_a_flood_of_large_heads_is_held_within_bounds() {
+    let backend = Backend::start(Reply::Ok);
+    // 256 connections, each allowed a 32 KiB head: finguard's buffers are
+    // bounded by its config, well inside a 256 MiB address-space cap (its
+    // runtime, heap and thread stacks included). Past the cap an allocation
+    // would fail and the process abort.
+    let cfg = "workers = 2\n[client]\nmax_connections = 256\nmax_header_bytes = \"32KiB\"\nheader_timeout = \"30s\"\n";
+    let mut p = Limited::start("-v 262144", cfg, backend.addr);
+    assert_eq!(p.get(), Some(200));
+    // 600 clients each send 31 KiB of head and wait: 256 are held, the rest
+    // wait in the kernel's backlog or are refused by it.
+    let flood = half_heads(p.addr, 600, 31 * 1024);
+    assert!(flood.len() >= 256, "only {} connected", flood.len());
+    // And 100 more send heads over the limit: each gets 431, or waits.
+    let over = half_heads(p.addr, 100, 40 * 1024);
+    thread::sleep(Duration::from_secs(1)); // let finguard read what it was sent
+    assert!(p.alive(), "finguard died under the cap:\n{}", p.log.lock().unwrap());
+    let peak = p.status_kb("VmHWM");
+    eprintln!("peak RSS {peak} kB, address space {} kB", p.status_kb("VmPeak"));
+    drop(flood);
+    drop(over);
+    // It recovers: the next client is served.
+    assert!(wait_until(Duration::from_secs(10), || p.get() == Some(200)));
+    assert!(p.alive());
 }
 
 #[test]
