@@ -20,6 +20,7 @@
 //! - [`registry`]: open client connections (`/connections`, state gauges)
 //! - [`stream`]: a client byte stream, plain TCP or TLS
 //! - [`proxy`]: the HTTP/2 request path: each stream onto the same pool and codec
+//! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, written to backends and read on listeners
 //! - [`metrics`]: every exported metric and label value, declared once
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
@@ -45,6 +46,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub use config::policy;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reaper;
 pub mod registry;
 pub mod server;

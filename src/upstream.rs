@@ -23,7 +23,6 @@
 //! This module never sees a client socket.
 
 mod idle;
-mod proxy_protocol;
 
 pub use idle::{set_worker, RawConn};
 
@@ -208,7 +207,7 @@ impl Upstream {
         };
         let _ = stream.set_nodelay(true);
         if let Some(src) = source {
-            let header = proxy_protocol::header(self.cfg.proxy_protocol, src, local);
+            let header = crate::proxy_protocol::header(self.cfg.proxy_protocol, src, local);
             stream
                 .write_all(&header)
                 .await

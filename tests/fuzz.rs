@@ -7,18 +7,23 @@
 //! the split of its input; a request head the parser accepts is written for
 //! the backend as a head that `httparse` (a reference parser) reads whole,
 //! with the same method, target and framing; the two response-head parsers
-//! (HTTP/1 and HTTP/2 clients) agree on a response's framing.
+//! (HTTP/1 and HTTP/2 clients) agree on a response's framing; a PROXY
+//! header finguard writes for any pair of addresses is read back the same by
+//! `ppp` (a reference parser), and its own decoder, fed any bytes a prefix at
+//! a time, gives one verdict and never changes it.
 //!
 //! `tests/corpus/` holds seed inputs (smuggling attempts and edge cases);
 //! every run replays them through the same oracles.
 
-use finguard::config::Forwarded;
+use finguard::config::{Forwarded, ProxyProtocol};
 use finguard::http1::forward::{self, ForwardCtx};
 use finguard::http1::framing::Framing;
 use finguard::http1::head;
 use finguard::http1::response::{self, ClientView, Parsed, Parsed2};
+use finguard::proxy_protocol::{self, Decoded};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
+use std::net::{IpAddr, SocketAddr};
 
 /// Feeds `body` to a chunk scanner in the given split; returns how many bytes
 /// belong to the body and whether it ended, or the fault.
@@ -249,6 +254,105 @@ fn response_head() -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+/// An encoded PROXY header read back by `ppp` directly (the reference) and
+/// by finguard's decoder fed every prefix: the same addresses, the header
+/// incomplete until its last byte, and the bytes after it left alone.
+fn check_proxy_roundtrip(version: ProxyProtocol, src: SocketAddr, dst: SocketAddr) -> Result<(), TestCaseError> {
+    let h = proxy_protocol::header(version, src, dst);
+    let mapped = |a: SocketAddr| match a.ip() {
+        IpAddr::V4(ip) if src.is_ipv4() != dst.is_ipv4() => SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), a.port()),
+        _ => a,
+    };
+    let want = (mapped(src), mapped(dst));
+    let reference = match ppp::HeaderResult::parse(&h) {
+        ppp::HeaderResult::V1(Ok(r)) => match r.addresses {
+            ppp::v1::Addresses::Tcp4(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            ppp::v1::Addresses::Tcp6(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            other => return Err(TestCaseError::fail(format!("{other:?}"))),
+        },
+        ppp::HeaderResult::V2(Ok(r)) => match r.addresses {
+            ppp::v2::Addresses::IPv4(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            ppp::v2::Addresses::IPv6(a) => (
+                (a.source_address, a.source_port).into(),
+                (a.destination_address, a.destination_port).into(),
+            ),
+            other => return Err(TestCaseError::fail(format!("{other:?}"))),
+        },
+        other => return Err(TestCaseError::fail(format!("reference refused {h:?}: {other:?}"))),
+    };
+    prop_assert_eq!(reference, want);
+    if version == ProxyProtocol::V1 {
+        prop_assert!(h.len() <= proxy_protocol::MAX_V1 && h.ends_with(b"\r\n"));
+    }
+    for cut in 0..h.len() {
+        prop_assert_eq!(proxy_protocol::decode(&h[..cut]), Decoded::Incomplete);
+    }
+    let mut more = h.clone();
+    more.extend_from_slice(b"GET / HTTP/1.1\r\n");
+    let got = proxy_protocol::decode(&more);
+    prop_assert_eq!(
+        got,
+        Decoded::Header {
+            len: h.len(),
+            peer: Some(want)
+        }
+    );
+    Ok(())
+}
+
+/// Arbitrary bytes: no panic, and the answer never changes once given (a
+/// verdict on a prefix is the verdict on every longer input).
+fn check_proxy_prefixes(raw: &[u8]) -> Result<(), TestCaseError> {
+    let mut verdict: Option<Decoded> = None;
+    for end in 0..=raw.len() {
+        let d = proxy_protocol::decode(&raw[..end]);
+        match (&verdict, &d) {
+            (Some(v), _) => prop_assert_eq!(v, &d, "prefix of {} bytes", end),
+            (None, Decoded::Incomplete) => {}
+            (None, _) => verdict = Some(d),
+        }
+    }
+    if let Some(Decoded::Header { len, .. }) = verdict {
+        prop_assert!(len <= raw.len());
+    }
+    Ok(())
+}
+
+fn socket_addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ]
+}
+
+/// Bytes that start like a PROXY header often enough to reach its parsers.
+fn proxy_like() -> impl Strategy<Value = Vec<u8>> {
+    let sig = vec![0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
+    (
+        prop::sample::select(vec![
+            b"PROXY ".to_vec(),
+            b"PROXY TCP4 ".to_vec(),
+            b"PROXY UNKNOWN".to_vec(),
+            sig,
+            Vec::new(),
+        ]),
+        prop::collection::vec(any::<u8>(), 0..120),
+    )
+        .prop_map(|(mut head, tail)| {
+            head.extend_from_slice(&tail);
+            head
+        })
+}
+
 proptest! {
     // `FINGUARD_FUZZ_CASES=200000 cargo test --release --test fuzz` for a long run.
     #![proptest_config(ProptestConfig::with_cases(
@@ -282,6 +386,19 @@ proptest! {
     #[test]
     fn an_accepted_request_head_is_forwarded_as_one_the_reference_parser_reads_the_same(raw in request_head()) {
         check_forwarded_head(&raw)?;
+    }
+
+    #[test]
+    fn a_proxy_header_finguard_writes_is_read_back_by_a_reference_parser(
+        v2 in any::<bool>(), src in socket_addr(), dst in socket_addr()
+    ) {
+        let version = if v2 { ProxyProtocol::V2 } else { ProxyProtocol::V1 };
+        check_proxy_roundtrip(version, src, dst)?;
+    }
+
+    #[test]
+    fn arbitrary_bytes_get_one_verdict_from_the_proxy_header_decoder(raw in proxy_like()) {
+        check_proxy_prefixes(&raw)?;
     }
 
     #[test]
@@ -343,6 +460,8 @@ fn the_seed_corpus_replays() {
             (1..raw.len().min(64)).try_for_each(|k| check_split_invariance(&raw, &[k, 2 * k, 3 * k]))
         } else if name.starts_with("resp-") {
             check_response(&raw)
+        } else if name.starts_with("proxy-") {
+            check_proxy_prefixes(&raw)
         } else {
             continue;
         };
