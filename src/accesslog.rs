@@ -1,27 +1,130 @@
-//! The access log, one line per request on stdout: Apache's `combined`
-//! format, or JSON with finguard's own fields (matched User-Agent rules,
-//! backend address and time, and a line per closed connection with its
-//! close outcome).
+//! The access log, one line per request, on stdout or in `log.access_file`:
+//! Apache's `combined` format, or JSON with finguard's own fields (matched
+//! User-Agent rules, backend address and time, and a line per closed
+//! connection with its close outcome).
 //!
 //! Lines are formatted by the connection task and handed to one writer
-//! thread over a bounded channel: a slow stdout never blocks a request; when
-//! the channel is full the line is dropped and counted.
+//! thread for the whole process (every config generation writes through it)
+//! over a bounded channel: a slow disk never blocks a request; when the
+//! channel is full the line is dropped and counted. Each line goes out in
+//! one `write` to a file opened with `O_APPEND`, so a line is never split.
+//! SIGUSR1 reopens the file (logrotate's `postrotate`, as nginx does): lines
+//! queued before the signal may land in either file, none is lost.
 
 use crate::config::AccessLog;
 use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Lines that may wait for the writer before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
 
+/// What the writer thread receives.
+enum Msg {
+    Line(String),
+    /// Look at the pending reopen.
+    Wake,
+}
+
+/// The process's one access-log writer.
+pub struct Writer {
+    tx: SyncSender<Msg>,
+    /// A reopen asked for and not yet done: the file to write to (`None`:
+    /// stdout). Set without blocking, done by the writer thread.
+    pending: Arc<Mutex<Option<Option<PathBuf>>>>,
+    /// Lines dropped because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// An open destination.
+type Sink = Box<dyn Write + Send>;
+
+fn open(target: Option<&Path>) -> std::io::Result<Sink> {
+    Ok(match target {
+        None => Box::new(std::io::stdout()),
+        Some(p) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(p)?),
+    })
+}
+
+impl Writer {
+    /// Opens `target` (stdout when `None`) and starts the writer thread.
+    pub fn start(target: Option<&Path>) -> std::io::Result<Arc<Writer>> {
+        let sink = open(target)?;
+        let (tx, rx) = sync_channel::<Msg>(QUEUE);
+        let pending = Arc::new(Mutex::new(None));
+        let seen = pending.clone();
+        std::thread::Builder::new()
+            .name("finguard-access-log".into())
+            .spawn(move || write_loop(rx, sink, &seen))?;
+        Ok(Arc::new(Writer {
+            tx,
+            pending,
+            dropped: AtomicU64::new(0),
+        }))
+    }
+
+    /// Asks the writer to reopen (SIGUSR1) or switch to `target`; never blocks.
+    pub fn reopen(&self, target: Option<PathBuf>) {
+        *self.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(target);
+        // A full queue means the writer is busy: it looks after its batch.
+        let _ = self.tx.try_send(Msg::Wake);
+    }
+
+    fn send(&self, line: String) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Writes lines as they come, a batch at a time; reopens between batches.
+fn write_loop(rx: Receiver<Msg>, mut sink: Sink, pending: &Mutex<Option<Option<PathBuf>>>) {
+    // Lines are gathered and written whole: one `write` per batch that
+    // ends on a line boundary, so an O_APPEND file never gets a split line.
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(msg) = next {
+            if let Msg::Line(l) = msg {
+                batch.extend_from_slice(l.as_bytes());
+            }
+            next = if batch.len() < 60 * 1024 {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !batch.is_empty() {
+            if let Err(e) = sink.write_all(&batch).and_then(|_| sink.flush()) {
+                tracing::error!("access log write failed: {e}");
+            }
+            batch.clear();
+        }
+        let reopen = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(target) = reopen {
+            let name = target.as_deref().map_or("stdout".into(), |p| p.display().to_string());
+            match open(target.as_deref()) {
+                Ok(s) => {
+                    sink = s;
+                    tracing::info!(file = %name, "access log reopened");
+                }
+                Err(e) => {
+                    tracing::error!(file = %name, "cannot reopen the access log, still writing to the old one: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// One config generation's view of the access log: its format, and the writer.
 pub struct Logger {
     format: AccessLog,
-    tx: Option<SyncSender<String>>,
-    pub dropped: AtomicU64,
+    writer: Arc<Writer>,
 }
 
 /// What one request line says.
@@ -61,41 +164,21 @@ struct JsonClose<'a> {
 }
 
 impl Logger {
-    pub fn new(format: AccessLog) -> Self {
-        let tx = (format != AccessLog::Off).then(|| {
-            let (tx, rx) = sync_channel::<String>(QUEUE);
-            std::thread::Builder::new()
-                .name("finguard-access-log".into())
-                .spawn(move || {
-                    let stdout = std::io::stdout();
-                    let mut out = std::io::BufWriter::new(stdout.lock());
-                    while let Ok(line) = rx.recv() {
-                        let _ = out.write_all(line.as_bytes());
-                        while let Ok(more) = rx.try_recv() {
-                            let _ = out.write_all(more.as_bytes());
-                        }
-                        let _ = out.flush();
-                    }
-                })
-                .ok()
-                .map(|_| tx)
-        });
-        Logger {
-            format,
-            tx: tx.flatten(),
-            dropped: AtomicU64::new(0),
-        }
+    pub fn new(format: AccessLog, writer: Arc<Writer>) -> Self {
+        Logger { format, writer }
     }
 
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.format != AccessLog::Off
+    }
+
+    pub fn writer(&self) -> &Arc<Writer> {
+        &self.writer
     }
 
     fn send(&self, line: String) {
-        if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Full(_)) = tx.try_send(line) {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+        if self.enabled() {
+            self.writer.send(line);
         }
     }
 

@@ -28,10 +28,11 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) -> Exi
 async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     let shutdown_timeout = cfg.shutdown_timeout;
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
         signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
     ) else {
         eprintln!("finguard: cannot install signal handlers");
         return ExitCode::from(2);
@@ -51,6 +52,7 @@ async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) ->
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = usr1.recv() => running.reopen_logs(),
             _ = hup.recv() => match reload() {
                 Ok(cfg) => {
                     let source = cfg.source.clone();

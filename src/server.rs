@@ -40,6 +40,11 @@ pub struct Running {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open log.access_file {}: {source}", path.display())]
+    AccessLog {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     /// A worker thread could not be created (thread limit, address-space cap).
     #[error("cannot start worker thread {worker}: {source}")]
     Worker { worker: usize, source: std::io::Error },
@@ -72,8 +77,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(a) => Some(bind(a).map_err(|source| StartError::Bind { addr: a, source })?),
         None => None,
     };
+    let log =
+        crate::accesslog::Writer::start(config.access_file.as_deref()).map_err(|source| StartError::AccessLog {
+            path: config.access_file.clone().unwrap_or_default(),
+            source,
+        })?;
     let permits = Arc::new(Semaphore::new(config.max_connections as usize));
-    let current: Current = Arc::new(RwLock::new(Shared::first(config)));
+    let current: Current = Arc::new(RwLock::new(Shared::first(config, log)));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     for (w, socks) in sockets.into_iter().enumerate() {
@@ -180,9 +190,18 @@ impl Running {
         if old.config.max_connections != config.max_connections {
             not_applied.push("client.max_connections".to_string());
         }
+        if old.config.access_file != config.access_file {
+            old.access.writer().reopen(config.access_file.clone());
+        }
         let next = old.next(config);
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         not_applied
+    }
+
+    /// Reopens the access-log file (SIGUSR1), for log rotation.
+    pub fn reopen_logs(&self) {
+        let shared = self.shared();
+        shared.access.writer().reopen(shared.config.access_file.clone());
     }
 
     /// Stops accepting, lets in-flight requests finish and idle connections
@@ -393,7 +412,7 @@ mod tests {
         let _client = TcpStream::connect(addr).await.unwrap();
         let (stream, peer) = l.accept().await.unwrap();
         let config = crate::config::parse("t", "", &Default::default()).unwrap();
-        let shared = Shared::first(config);
+        let shared = Shared::first(config, crate::accesslog::Writer::start(None).unwrap());
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         let ip = IpGuard::take(&shared, peer.ip()).unwrap();
         let fut = serve_accepted(stream, peer, shared, None, permit, ip);

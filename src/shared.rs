@@ -1,7 +1,7 @@
 //! A configuration generation: what every connection task shares, read-only
 //! — the checked config, the base policy, the backend pools — plus what
 //! outlives reloads (metrics, the client registry, the drain signal, per-IP
-//! counts). A reload (SIGHUP) builds the next generation; existing
+//! counts, the access-log writer). A reload (SIGHUP) builds the next generation; existing
 //! connections keep the one they started with.
 
 use crate::config::Config;
@@ -34,10 +34,11 @@ pub struct Shared {
 pub type Current = Arc<RwLock<Arc<Shared>>>;
 
 impl Shared {
-    pub(crate) fn first(config: Config) -> Arc<Shared> {
+    pub(crate) fn first(config: Config, log: Arc<crate::accesslog::Writer>) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::new());
         Shared::build(
             config,
+            log,
             metrics.clone(),
             Arc::new(Registry::new()),
             CancellationToken::new(),
@@ -47,6 +48,7 @@ impl Shared {
 
     fn build(
         config: Config,
+        log: Arc<crate::accesslog::Writer>,
         metrics: Arc<Metrics>,
         clients: Arc<Registry>,
         draining: CancellationToken,
@@ -59,7 +61,7 @@ impl Shared {
             .map(|b| Upstream::new(b, metrics.clone(), config.workers.max(1)))
             .collect();
         let shared = Arc::new(Shared {
-            access: crate::accesslog::Logger::new(config.access_log),
+            access: crate::accesslog::Logger::new(config.access_log, log),
             base_policy: Arc::new(ClientPolicy::base(config.client)),
             upstreams,
             metrics,
@@ -77,6 +79,7 @@ impl Shared {
     pub(crate) fn next(&self, config: Config) -> Arc<Shared> {
         Shared::build(
             config,
+            self.access.writer().clone(),
             self.metrics.clone(),
             self.clients.clone(),
             self.draining.clone(),

@@ -48,6 +48,9 @@ pub fn to_toml(c: &Config) -> String {
     root.insert("reaper".into(), Value::Table(reaper));
     let mut log = Table::new();
     log.insert("access".into(), enum_str(&c.access_log));
+    if let Some(f) = &c.access_file {
+        log.insert("access_file".into(), Value::String(f.display().to_string()));
+    }
     log.insert("level".into(), Value::String(c.log_level.clone()));
     root.insert("log".into(), Value::Table(log));
     toml::to_string_pretty(&root).unwrap_or_default()

@@ -219,6 +219,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub reaper_interval: Duration,
     pub access_log: AccessLog,
+    /// `None`: stdout.
+    pub access_file: Option<std::path::PathBuf>,
     pub log_level: String,
 }
 

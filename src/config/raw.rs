@@ -163,5 +163,6 @@ pub struct RawReaper {
 #[serde(deny_unknown_fields)]
 pub struct RawLog {
     pub access: Option<AccessLog>,
+    pub access_file: Option<String>,
     pub level: Option<String>,
 }

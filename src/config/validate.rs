@@ -42,6 +42,21 @@ impl Validator<'_> {
         let (backends, routes) = self.backends_and_routes(raw.backend, raw.route, ov)?;
 
         let access_log = raw.log.access.unwrap_or(AccessLog::Combined);
+        let access_file = match raw.log.access_file.as_deref() {
+            None => None,
+            Some("") => return Err(self.err("log.access_file", "must not be empty (omit it for stdout)")),
+            Some(f) => {
+                let path = std::path::PathBuf::from(f);
+                let dir = path
+                    .parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                if !dir.is_dir() {
+                    return Err(self.err("log.access_file", format!("directory {} does not exist", dir.display())));
+                }
+                Some(path)
+            }
+        };
         let log_level = raw.log.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
             return Err(self.err("log.level", format!("{log_level:?} is not a log level or filter")));
@@ -71,6 +86,7 @@ impl Validator<'_> {
             routes,
             reaper_interval,
             access_log,
+            access_file,
             log_level,
         })
     }
