@@ -254,7 +254,7 @@ fn phase_backend(mut s: TcpStream) {
 }
 
 /// What a client does before it resets.
-type Phase = dyn Fn(&mut TcpStream);
+type Phase<'a> = dyn Fn(&mut TcpStream) + 'a;
 
 /// Resets `c` (SO_LINGER 0, then close): the client's TCP sends RST.
 fn reset(c: TcpStream) {
@@ -268,7 +268,7 @@ fn a_client_reset_at_any_phase_leaves_nothing_behind() {
     let p = Proxy::start(cfg, backend);
     let post = |path: &str, len: usize| format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
     // Each phase: what the client does before it resets.
-    let phases: [(&str, &Phase); 6] = [
+    let phases: [(&str, &Phase<'_>); 6] = [
         ("mid-head", &|c| {
             c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nAcc").unwrap()
         }),
