@@ -53,6 +53,9 @@ pub struct Conn<'a> {
     pub shared: &'a Arc<Shared>,
     pub policy: &'a ClientPolicy,
     pub peer: SocketAddr,
+    /// The client the request comes from: `peer`, or the address a trusted
+    /// proxy named in `X-Forwarded-For` (the PROXY header's source).
+    pub client: SocketAddr,
     pub scheme: &'static str,
     pub entry: &'a Entry,
 }
@@ -124,7 +127,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
     };
     loop {
         let fresh = head.upgrade || retried;
-        let bc = match upstream.checkout_raw(fresh, conn.peer, local).await {
+        let bc = match upstream.checkout_raw(fresh, conn.client, local).await {
             Ok(c) => c,
             Err(e) => return refuse(client, &req, conn, e.into(), framing.is_done()).await,
         };

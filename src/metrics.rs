@@ -139,6 +139,26 @@ impl TlsHandshake {
     }
 }
 
+/// How a PROXY protocol header on a `proxy_protocol` listener was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    Ok,
+    /// Malformed, or not a PROXY header at all (answered 400 on plain HTTP).
+    Invalid,
+    /// Not complete within `header_timeout`.
+    Timeout,
+}
+
+impl ProxyHeader {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyHeader::Ok => "ok",
+            ProxyHeader::Invalid => "invalid",
+            ProxyHeader::Timeout => "timeout",
+        }
+    }
+}
+
 /// Which of finguard's sockets a census count is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SocketSide {
@@ -229,6 +249,7 @@ pub struct Metrics {
     client_reaped: Family<ReasonLabel, Counter>,
     tunnels_closed: Family<OutcomeLabel, Counter>,
     tls_handshakes: Family<OutcomeLabel, Counter>,
+    proxy_headers: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -256,6 +277,7 @@ impl Metrics {
             client_reaped: Family::default(),
             tunnels_closed: Family::default(),
             tls_handshakes: Family::default(),
+            proxy_headers: Family::default(),
             registry: Registry::default(),
             by_class: Default::default(),
         };
@@ -318,6 +340,11 @@ impl Metrics {
             "TLS handshakes on client connections, by outcome (ok, error, timeout)",
             self.tls_handshakes.clone(),
         );
+        registry.register(
+            "finguard_proxy_headers",
+            "PROXY protocol headers read on proxy_protocol listeners, by outcome (ok, invalid, timeout)",
+            self.proxy_headers.clone(),
+        );
     }
 
     /// The backend side's metrics, and the socket census.
@@ -356,6 +383,14 @@ impl Metrics {
 
     pub fn tls_handshake(&self, outcome: TlsHandshake) {
         self.tls_handshakes
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn proxy_header(&self, outcome: ProxyHeader) {
+        self.proxy_headers
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.as_str(),
             })

@@ -99,6 +99,33 @@ pub fn decode(buf: &[u8]) -> Decoded {
     }
 }
 
+/// Reads a PROXY header off the start of a connection, and not one byte
+/// more: what follows belongs to the protocol after it. Returns the original
+/// client and the address it connected to, or `None` for a `LOCAL`/`UNKNOWN`
+/// header. The caller bounds the wait.
+pub async fn read(stream: &mut tokio::net::TcpStream) -> Result<Option<(SocketAddr, SocketAddr)>, String> {
+    use tokio::io::AsyncReadExt;
+    // The shortest header of either version ("PROXY UNKNOWN\r\n") is 15
+    // bytes; past those, v1 goes a byte at a time to its line end and v2
+    // reads what its length field announces.
+    let mut buf = vec![0u8; 15];
+    let eof = |e: std::io::Error| format!("connection ended inside the PROXY header: {e}");
+    stream.read_exact(&mut buf).await.map_err(eof)?;
+    loop {
+        let want = match decode(&buf) {
+            Decoded::Header { peer, .. } => return Ok(peer),
+            Decoded::Invalid(why) => return Err(why),
+            Decoded::Incomplete if buf.len() >= 16 && buf.starts_with(&V2_SIGNATURE) => {
+                16 + u16::from_be_bytes([buf[14], buf[15]]) as usize
+            }
+            Decoded::Incomplete => buf.len() + 1,
+        };
+        let at = buf.len();
+        buf.resize(want, 0);
+        stream.read_exact(&mut buf[at..]).await.map_err(eof)?;
+    }
+}
+
 fn v1(line: &[u8]) -> Decoded {
     use ppp::v1::{Addresses, Header};
     match Header::try_from(line) {

@@ -12,7 +12,7 @@
 
 use crate::config::Config;
 use crate::downstream;
-use crate::metrics::TlsHandshake;
+use crate::metrics::{ProxyHeader, TlsHandshake};
 use crate::shared::{Current, Shared};
 use crate::upstream;
 use std::net::{IpAddr, SocketAddr};
@@ -251,24 +251,92 @@ async fn accept_loop(
         let shared = current.read().unwrap_or_else(|p| p.into_inner()).clone();
         shared.metrics.accepted();
         let tls = shared.config.listeners.get(idx).and_then(|l| l.tls.clone());
+        if shared.config.listeners.get(idx).is_some_and(|l| l.proxy_protocol) {
+            tracker.spawn(serve_proxied(stream, peer, shared, tls, permit, idx));
+            continue;
+        }
         let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
-            match tls {
-                None => tracker.spawn(refuse_over_ip_limit(stream, peer, shared.clone(), permit)),
-                // No plaintext answer on a TLS port: a reset, and nothing left behind.
-                Some(_) => tracker.spawn(async move { downstream::linger::abort(stream) }),
-            };
+            tracker.spawn(refuse_over_ip_limit(stream, peer, shared, tls, permit));
             continue;
         };
-        // A span per connection: every log line of it carries the peer.
-        let span = tracing::debug_span!("client", %peer, listener = idx);
-        let task = serve_accepted(stream, peer, shared.clone(), tls, permit, ip_guard);
-        // A disabled span still costs an enter and exit on every poll.
-        if span.is_disabled() {
-            tracker.spawn(task);
-        } else {
-            tracker.spawn(tracing::Instrument::instrument(task, span));
-        }
+        tracker.spawn(serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx));
     }
+}
+
+async fn refuse_over_ip_limit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<crate::tls::TlsSettings>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    info!(%peer, "over max_connections_per_ip; refusing");
+    match tls {
+        None => refuse(stream, 503, shared, permit).await,
+        // No plaintext answer on a TLS port: a reset, and nothing left behind.
+        Some(_) => downstream::linger::abort(stream),
+    }
+}
+
+/// `serve_accepted` in a span per connection: every log line of it carries
+/// the peer (a disabled span still costs an enter and exit on every poll).
+async fn serve_in_span(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<crate::tls::TlsSettings>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    ip_guard: IpGuard,
+    idx: usize,
+) {
+    let span = tracing::debug_span!("client", %peer, listener = idx);
+    let task = serve_accepted(stream, peer, shared, tls, permit, ip_guard);
+    if span.is_disabled() {
+        task.await
+    } else {
+        tracing::Instrument::instrument(task, span).await
+    }
+}
+
+/// A connection on a `proxy_protocol` listener (behind a load balancer):
+/// its PROXY header first, within `header_timeout`. The client it names is
+/// the peer from then on: per-IP limit, access log, `X-Forwarded-For`, and
+/// the PROXY header to the backend. A `LOCAL` header (the balancer's own
+/// health check) keeps the balancer's address.
+async fn serve_proxied(
+    mut stream: TcpStream,
+    balancer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: Option<crate::tls::TlsSettings>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    idx: usize,
+) {
+    let limit = shared.base_policy.settings.header_timeout;
+    let read = tokio::time::timeout(limit, crate::proxy_protocol::read(&mut stream)).await;
+    let peer = match read {
+        Ok(Ok(named)) => {
+            shared.metrics.proxy_header(ProxyHeader::Ok);
+            named.map_or(balancer, |(client, _)| client)
+        }
+        Ok(Err(why)) => {
+            debug!(%balancer, %why, "bad PROXY protocol header; refusing");
+            shared.metrics.proxy_header(ProxyHeader::Invalid);
+            match tls {
+                None => refuse(stream, 400, shared, permit).await,
+                Some(_) => downstream::linger::abort(stream),
+            }
+            return;
+        }
+        Err(_) => {
+            debug!(%balancer, "no PROXY protocol header within header_timeout");
+            shared.metrics.proxy_header(ProxyHeader::Timeout);
+            return downstream::linger::abort(stream);
+        }
+    };
+    let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
+        return refuse_over_ip_limit(stream, peer, shared, tls, permit).await;
+    };
+    serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx).await
 }
 
 /// One accepted connection's task. Its future is what every idle connection
@@ -346,7 +414,12 @@ struct IpGuard {
 impl IpGuard {
     /// `None` when the IP is at `max_connections_per_ip`.
     fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpGuard> {
-        let Some(max) = shared.config.max_connections_per_ip.map(|m| m.get()) else {
+        // A trusted proxy carries many clients' connections: not limited.
+        let limit = shared
+            .config
+            .max_connections_per_ip
+            .filter(|_| !shared.config.trusts(ip));
+        let Some(max) = limit.map(|m| m.get()) else {
             return Some(IpGuard {
                 shared: shared.clone(),
                 ip,
@@ -367,7 +440,7 @@ impl IpGuard {
 
 impl Drop for IpGuard {
     fn drop(&mut self) {
-        if self.shared.config.max_connections_per_ip.is_none() {
+        if self.shared.config.max_connections_per_ip.is_none() || self.shared.config.trusts(self.ip) {
             return;
         }
         let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
@@ -381,16 +454,13 @@ impl Drop for IpGuard {
 }
 
 /// Over the per-IP limit: a 503, then the configured close.
-async fn refuse_over_ip_limit(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-) {
+/// Answers a connection refused before any request is read (503 over
+/// `max_connections_per_ip`, 400 for a bad PROXY header), then closes it
+/// the configured way.
+async fn refuse(mut stream: TcpStream, status: u16, shared: Arc<Shared>, _permit: tokio::sync::OwnedSemaphorePermit) {
     use tokio::io::AsyncWriteExt;
-    info!(%peer, "over max_connections_per_ip; refusing");
     let settings = &shared.base_policy.settings;
-    let bytes = crate::exchange::error_response(503, false, false, false);
+    let bytes = crate::exchange::error_response(status, false, false, false);
     if tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes))
         .await
         .is_ok()

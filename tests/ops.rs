@@ -117,3 +117,255 @@ fn an_access_file_in_a_missing_directory_is_a_config_error_naming_the_key() {
         "{err}"
     );
 }
+
+/// finguard on a `proxy_protocol` listener, its access log in a file, and a
+/// backend that echoes the head it got and records the PROXY header finguard
+/// sends it.
+struct Behind {
+    p: Proxy,
+    backend: Backend,
+    dir: TempDir,
+}
+
+impl Behind {
+    fn start(name: &str, listener: &str, client: &str) -> Behind {
+        let backend = Backend::start_with(
+            Reply::EchoHead,
+            BackendOpts {
+                proxy_protocol: true,
+                ..Default::default()
+            },
+        );
+        let dir = TempDir::new(name);
+        let cfg = format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\n[[listener]]\naddr = \"127.0.0.1:0\"\n{listener}\n[client]\nheader_timeout = \"1s\"\n{client}\n\
+             [[backend]]\nname = \"app\"\naddrs = [\"{}\"]\nproxy_protocol = \"v1\"\n[log]\naccess_file = \"{}/access.log\"\n",
+            backend.addr,
+            dir.0.display()
+        );
+        let p = Proxy::start_raw(&cfg, &[]);
+        Behind { p, backend, dir }
+    }
+
+    /// One request after `prefix` on a new connection: the response.
+    fn get(&self, prefix: &[u8], extra: &str) -> Option<Response> {
+        let mut c = self.p.connect();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(prefix).unwrap();
+        c.write_all(format!("GET / HTTP/1.1\r\nHost: a\r\n{extra}\r\n").as_bytes())
+            .unwrap();
+        read_response(&mut c, &mut Vec::new())
+    }
+
+    /// The addresses at the start of the access log's lines.
+    fn logged_clients(&self, n: usize) -> Vec<String> {
+        let file = self.dir.0.join("access.log");
+        let read = || std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            wait_until(Duration::from_secs(3), || read().lines().count() >= n),
+            "{}",
+            read()
+        );
+        read()
+            .lines()
+            .map(|l| l.split(' ').next().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+/// The `X-Forwarded-For` value in an echoed head.
+fn xff(r: &Response) -> String {
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    body.lines()
+        .find_map(|l| l.strip_prefix("X-Forwarded-For: "))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn v2_header(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match (src, dst) {
+        (std::net::SocketAddr::V6(s), std::net::SocketAddr::V6(d)) => {
+            h.extend_from_slice(&[0x21, 0x21, 0, 36]);
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+        }
+        _ => panic!("IPv6 only here"),
+    }
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+#[test]
+fn a_proxy_protocol_listener_takes_the_client_address_from_the_header_for_everything() {
+    let b = Behind::start("pp", "proxy_protocol = true", "max_connections_per_ip = 1");
+    // v1, whole.
+    let r = b
+        .get(b"PROXY TCP4 203.0.113.7 10.0.0.1 40000 80\r\n", "")
+        .expect("answer");
+    assert_eq!((r.status, xff(&r)), (200, "203.0.113.7".to_string()));
+    // v1 split by the network: still one header, and the request after it intact.
+    let mut c = b.p.connect();
+    for piece in [
+        &b"PROXY TCP4 203.0."[..],
+        b"113.8 10.0.0.1 400",
+        b"01 80\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    ] {
+        c.write_all(piece).unwrap();
+        thread::sleep(Duration::from_millis(50)); // separate segments on the wire
+    }
+    let r = read_response(&mut c, &mut Vec::new()).expect("answer");
+    assert_eq!(xff(&r), "203.0.113.8");
+    drop(c);
+    // v2, IPv6.
+    let src: std::net::SocketAddr = "[2001:db8::7]:40000".parse().unwrap();
+    let r = b
+        .get(&v2_header(src, "[2001:db8::1]:80".parse().unwrap()), "")
+        .expect("answer");
+    assert_eq!(xff(&r), "2001:db8::7");
+    // The backend's PROXY headers name the client, not the balancer.
+    let proxied: Vec<String> = b
+        .backend
+        .heads()
+        .into_iter()
+        .filter(|h| h.starts_with("PROXY"))
+        .collect();
+    assert_eq!(
+        proxied,
+        [
+            "PROXY 203.0.113.7 40000",
+            "PROXY 203.0.113.8 40001",
+            "PROXY 2001:db8::7 40000"
+        ]
+    );
+    // So does the access log.
+    assert_eq!(b.logged_clients(3), ["203.0.113.7", "203.0.113.8", "2001:db8::7"]);
+    // The per-IP limit counts the named client: a second connection of the
+    // same client is refused, another client is not.
+    let mut held = b.p.connect();
+    held.write_all(b"PROXY TCP4 203.0.113.9 10.0.0.1 1 80\r\n").unwrap();
+    assert!(wait_until(Duration::from_secs(2), || b
+        .p
+        .admin_get("/connections")
+        .1
+        .contains("203.0.113.9")));
+    assert_eq!(
+        b.get(b"PROXY TCP4 203.0.113.9 10.0.0.1 2 80\r\n", "").map(|r| r.status),
+        Some(503)
+    );
+    assert_eq!(
+        b.get(b"PROXY TCP4 203.0.113.10 10.0.0.1 2 80\r\n", "")
+            .map(|r| r.status),
+        Some(200)
+    );
+}
+
+#[test]
+fn a_proxy_protocol_listener_refuses_a_missing_or_malformed_header_and_a_silent_balancer() {
+    let b = Behind::start("pp-bad", "proxy_protocol = true", "");
+    let count = |o: &str| b.p.metric(&format!("finguard_proxy_headers_total{{outcome=\"{o}\"}}"));
+    // A plain HTTP client on a PROXY listener: a clear 400, not a hang.
+    let r = b.get(b"", "").expect("an answer");
+    assert_eq!(r.status, 400);
+    for bad in [
+        &b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n"[..],
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n",
+        &[b'P'; 120],
+    ] {
+        let mut c = b.p.connect();
+        c.write_all(bad).unwrap();
+        let (got, _) = read_to_end_or_reset(&mut c, Duration::from_secs(5));
+        assert!(got.starts_with(b"HTTP/1.1 400 "), "{:?}", String::from_utf8_lossy(&got));
+    }
+    assert_eq!(count("invalid"), 4.0);
+    // Half a header, then silence: cut at header_timeout.
+    let mut c = b.p.connect();
+    c.write_all(b"PROXY TCP4 1.2.3.4").unwrap();
+    assert_ne!(peer_end(&mut c, Duration::from_secs(5)), PeerEnd::Open);
+    assert_eq!(count("timeout"), 1.0);
+    // Nothing reached the backend.
+    assert_eq!(b.backend.accepted(), 0);
+}
+
+#[test]
+fn haproxy_and_curl_in_front_speak_proxy_protocol_to_finguard() {
+    let (Ok(_), Ok(_)) = (
+        std::process::Command::new("haproxy").arg("-v").output(),
+        std::process::Command::new("curl").arg("--version").output(),
+    ) else {
+        return require_peer("haproxy and curl");
+    };
+    let b = Behind::start("pp-haproxy", "proxy_protocol = true", "");
+    // curl's own PROXY v1 header, from 127.0.0.5.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--haproxy-protocol", "--interface", "127.0.0.5"])
+        .arg(format!("http://127.0.0.1:{}/", b.p.port()))
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("X-Forwarded-For: 127.0.0.5\r\n"), "{body}");
+    // HAProxy (send-proxy-v2) between curl at 127.0.0.6 and finguard.
+    let front = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = TempFile::new(
+        "haproxy.cfg",
+        &format!(
+            "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend f\n  bind {front}\n  default_backend b\nbackend b\n  server fg 127.0.0.1:{} send-proxy-v2\n",
+            b.p.port()
+        ),
+    );
+    let mut haproxy = std::process::Command::new("haproxy")
+        .args(["-db", "-f"])
+        .arg(&cfg.0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || std::net::TcpStream::connect(
+        front
+    )
+    .is_ok()));
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--interface", "127.0.0.6"])
+        .arg(format!("http://{front}/"))
+        .output()
+        .unwrap();
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("X-Forwarded-For: 127.0.0.6\r\n"), "{body}");
+    assert_eq!(b.logged_clients(2)[..2], ["127.0.0.5", "127.0.0.6"]);
+}
+
+#[test]
+fn a_trusted_proxys_x_forwarded_for_names_the_client_and_nobody_elses_does() {
+    // Trusted: the rightmost untrusted address in X-Forwarded-For is the client.
+    let b = Behind::start(
+        "xff",
+        "",
+        "trusted_proxies = [\"127.0.0.0/8\", \"10.0.0.0/8\"]\nmax_connections_per_ip = 1",
+    );
+    let r = b
+        .get(b"", "X-Forwarded-For: 192.0.2.1, 198.51.100.9, 10.1.1.1\r\n")
+        .expect("answer");
+    // The chain travels on, with the hop finguard saw appended.
+    assert_eq!(xff(&r), "192.0.2.1, 198.51.100.9, 10.1.1.1, 127.0.0.1");
+    assert_eq!(b.logged_clients(1), ["198.51.100.9"]);
+    assert!(b
+        .backend
+        .heads()
+        .iter()
+        .any(|h| h == "PROXY 198.51.100.9 0" || h.starts_with("PROXY 198.51.100.9 ")));
+    // A trusted proxy is not held to max_connections_per_ip: it carries many clients.
+    let _held = b.p.connect();
+    assert_eq!(b.get(b"", "").map(|r| r.status), Some(200));
+    // Untrusted (the default): the header is passed on but not believed.
+    let b = Behind::start("xff-none", "", "");
+    let r = b.get(b"", "X-Forwarded-For: 198.51.100.9\r\n").expect("answer");
+    assert_eq!(xff(&r), "198.51.100.9, 127.0.0.1");
+    assert_eq!(b.logged_clients(1), ["127.0.0.1"]);
+}

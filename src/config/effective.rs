@@ -30,6 +30,8 @@ pub fn to_toml(c: &Config) -> String {
         "max_connections_per_ip".into(),
         Value::Integer(c.max_connections_per_ip.map_or(0, |n| n.get().into())),
     );
+    let trusted = c.trusted_proxies.iter().map(|n| Value::String(n.to_string())).collect();
+    client.insert("trusted_proxies".into(), Value::Array(trusted));
     root.insert("client".into(), Value::Table(client));
     let rules: Vec<Value> = c.rules.rules().iter().map(|r| Value::Table(r.to_table())).collect();
     if !rules.is_empty() {
@@ -59,6 +61,7 @@ pub fn to_toml(c: &Config) -> String {
 fn listener_table(l: &ListenerConfig) -> Table {
     let mut t = Table::new();
     t.insert("addr".into(), Value::String(l.addr.to_string()));
+    t.insert("proxy_protocol".into(), Value::Boolean(l.proxy_protocol));
     if let Some(tls) = &l.tls {
         let mut tt = Table::new();
         tt.insert("cert".into(), Value::String(tls.files[0].cert.clone()));

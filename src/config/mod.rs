@@ -136,6 +136,8 @@ impl Default for ClientSettings {
 pub struct ListenerConfig {
     pub addr: SocketAddr,
     pub tls: Option<crate::tls::TlsSettings>,
+    /// Behind a load balancer: each connection starts with a PROXY header.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -219,9 +221,44 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     pub reaper_interval: Duration,
     pub access_log: AccessLog,
+    /// Peers whose `X-Forwarded-For` is believed (`client.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// `None`: stdout.
     pub access_file: Option<std::path::PathBuf>,
     pub log_level: String,
+}
+
+impl Config {
+    /// Whether `peer` is a proxy whose `X-Forwarded-For` is believed.
+    pub fn trusts(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+
+    /// The client a request comes from: `peer` itself, unless `peer` is a
+    /// trusted proxy; then the rightmost `X-Forwarded-For` address that is
+    /// not one (nginx's `real_ip_recursive on`). `values` are the header's
+    /// values in order; an entry that is no address ends the walk.
+    pub fn believed_client<'a>(
+        &self,
+        peer: std::net::IpAddr,
+        values: impl Iterator<Item = &'a [u8]>,
+    ) -> std::net::IpAddr {
+        if !self.trusts(peer) {
+            return peer;
+        }
+        let entries: Vec<&[u8]> = values.flat_map(|v| v.split(|&b| b == b',')).collect();
+        let mut client = peer;
+        for e in entries.iter().rev() {
+            let Some(ip) = std::str::from_utf8(e).ok().and_then(|s| s.trim().parse().ok()) else {
+                break;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                break;
+            }
+        }
+        client
+    }
 }
 
 /// Command-line (or `FINGUARD_*`) values that take precedence over the file.

@@ -33,6 +33,8 @@ pub struct RawConfig {
 pub struct RawListener {
     pub addr: String,
     pub tls: Option<RawTls>,
+    /// Expect a PROXY protocol header (v1 or v2) first.
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +78,7 @@ macro_rules! define_client_structs {
             $(pub $key: Option<$ty>,)*
             pub max_connections: Option<u32>,
             pub max_connections_per_ip: Option<u32>,
+            pub trusted_proxies: Option<Vec<String>>,
             #[serde(default)]
             pub close: RawClose,
         }
@@ -96,6 +99,7 @@ macro_rules! define_client_structs {
             /// User-Agent is known.
             pub max_connections: Option<u32>,
             pub max_connections_per_ip: Option<u32>,
+            pub trusted_proxies: Option<Vec<String>>,
         }
 
         impl RawClient {

@@ -42,6 +42,19 @@ impl Validator<'_> {
         let (backends, routes) = self.backends_and_routes(raw.backend, raw.route, ov)?;
 
         let access_log = raw.log.access.unwrap_or(AccessLog::Combined);
+        let mut trusted_proxies = Vec::new();
+        for (i, t) in raw.client.trusted_proxies.iter().flatten().enumerate() {
+            let net = t
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        format!("client.trusted_proxies[{i}]"),
+                        format!("{t:?} is not an address or CIDR"),
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
         let access_file = match raw.log.access_file.as_deref() {
             None => None,
             Some("") => return Err(self.err("log.access_file", "must not be empty (omit it for stdout)")),
@@ -86,6 +99,7 @@ impl Validator<'_> {
             routes,
             reaper_interval,
             access_log,
+            trusted_proxies,
             access_file,
             log_level,
         })
@@ -103,12 +117,14 @@ impl Validator<'_> {
                 listeners.push(ListenerConfig {
                     addr: self.addr(&format!("listener[{i}].addr"), &l.addr)?,
                     tls,
+                    proxy_protocol: l.proxy_protocol.unwrap_or(false),
                 });
             }
             if listeners.is_empty() {
                 listeners.push(ListenerConfig {
                     addr: self.addr("listener.addr", DEFAULT_LISTEN)?,
                     tls: None,
+                    proxy_protocol: false,
                 });
             }
         } else {
@@ -116,6 +132,7 @@ impl Validator<'_> {
                 listeners.push(ListenerConfig {
                     addr: self.addr("--listen", a)?,
                     tls: None,
+                    proxy_protocol: false,
                 });
             }
         }
@@ -199,6 +216,7 @@ impl Validator<'_> {
         for (k, v) in [
             ("max_connections", r.max_connections),
             ("max_connections_per_ip", r.max_connections_per_ip),
+            ("trusted_proxies", r.trusted_proxies.as_ref().map(|_| 0)),
         ] {
             if v.is_some() {
                 return Err(self.err(

@@ -140,6 +140,17 @@ async fn serve_request<S: ClientStream>(
     let head_bytes = buf.split_to(head.len).freeze();
     let request_line = head_bytes.slice(..head.line_end);
     let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
+    let peer = track.entry.peer;
+    let client = if shared.config.trusted_proxies.is_empty() {
+        peer
+    } else {
+        let xff = head
+            .headers
+            .iter()
+            .filter(|h| h.name.get(&head_bytes).eq_ignore_ascii_case(b"x-forwarded-for"))
+            .map(|h| h.value.get(&head_bytes));
+        SocketAddr::new(shared.config.believed_client(peer.ip(), xff), peer.port())
+    };
     let req = exchange::Request {
         head_bytes,
         head,
@@ -149,7 +160,8 @@ async fn serve_request<S: ClientStream>(
     let cx = exchange::Conn {
         shared,
         policy,
-        peer: track.entry.peer,
+        peer,
+        client,
         scheme: S::SCHEME,
         entry: &track.entry,
     };
@@ -157,6 +169,7 @@ async fn serve_request<S: ClientStream>(
     shared.metrics.response(done.status);
     if logging {
         let logged = Logged {
+            client,
             request_line: &request_line,
             referer: referer.as_deref(),
             user_agent: user_agent.as_deref(),
@@ -184,6 +197,7 @@ fn keepalive_allowed(policy: &ClientPolicy, head: &head::Head, served: u32, shar
 
 /// What the access log needs of a request's head.
 struct Logged<'a> {
+    client: SocketAddr,
     request_line: &'a [u8],
     referer: Option<&'a str>,
     user_agent: Option<&'a str>,
@@ -194,7 +208,7 @@ struct Logged<'a> {
 fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, done: &exchange::Done) {
     let bytes_out = track.entry.bytes_out.load(Ordering::Relaxed) - logged.bytes_before;
     shared.access.request(&accesslog::Record {
-        peer: track.entry.peer,
+        peer: logged.client,
         request_line: &String::from_utf8_lossy(logged.request_line),
         status: done.status,
         bytes_out,
