@@ -111,7 +111,7 @@ impl ProxyError {
             ProxyError::Expectation => 417,
             ProxyError::BodyTimeout => 408,
             ProxyError::NoRoute => 404,
-            ProxyError::Upstream(UpstreamError::QueueTimeout) => 503,
+            ProxyError::Upstream(UpstreamError::QueueTimeout | UpstreamError::AllDown) => 503,
             ProxyError::Upstream(_) => 502,
             ProxyError::ResponseTimeout | ProxyError::BackendWriteTimeout => 504,
             ProxyError::BackendClosed | ProxyError::BackendIo(_) | ProxyError::BadResponse(_) => 502,

@@ -36,6 +36,19 @@ pub struct BackendLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendAddrLabel {
+    pub backend: String,
+    pub addr: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendAddrToLabel {
+    pub backend: String,
+    pub addr: String,
+    pub to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendStateLabel {
     pub backend: String,
     pub state: &'static str,
@@ -250,6 +263,8 @@ pub struct Metrics {
     tunnels_closed: Family<OutcomeLabel, Counter>,
     tls_handshakes: Family<OutcomeLabel, Counter>,
     proxy_headers: Family<OutcomeLabel, Counter>,
+    backend_up: Family<BackendAddrLabel, Gauge>,
+    health_transitions: Family<BackendAddrToLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -278,6 +293,8 @@ impl Metrics {
             tunnels_closed: Family::default(),
             tls_handshakes: Family::default(),
             proxy_headers: Family::default(),
+            backend_up: Family::default(),
+            health_transitions: Family::default(),
             registry: Registry::default(),
             by_class: Default::default(),
         };
@@ -341,6 +358,16 @@ impl Metrics {
             self.tls_handshakes.clone(),
         );
         registry.register(
+            "finguard_backend_up",
+            "1 while the health check keeps a backend address in rotation, 0 while it is out",
+            self.backend_up.clone(),
+        );
+        registry.register(
+            "finguard_backend_health_transitions",
+            "Backend addresses taken out (to=down) or brought back (to=up) by the health check",
+            self.health_transitions.clone(),
+        );
+        registry.register(
             "finguard_proxy_headers",
             "PROXY protocol headers read on proxy_protocol listeners, by outcome (ok, invalid, timeout)",
             self.proxy_headers.clone(),
@@ -387,6 +414,31 @@ impl Metrics {
                 outcome: outcome.as_str(),
             })
             .inc();
+    }
+
+    /// The health check's verdict on a backend address changed.
+    pub fn backend_health(&self, backend: &str, addr: std::net::SocketAddr, up: bool) {
+        let (backend, addr) = (backend.to_string(), addr.to_string());
+        self.backend_up
+            .get_or_create(&BackendAddrLabel {
+                backend: backend.clone(),
+                addr: addr.clone(),
+            })
+            .set(i64::from(up));
+        let to = if up { "up" } else { "down" };
+        self.health_transitions
+            .get_or_create(&BackendAddrToLabel { backend, addr, to })
+            .inc();
+    }
+
+    /// A backend address under health checks, in rotation until a check says otherwise.
+    pub fn backend_checked(&self, backend: &str, addr: std::net::SocketAddr) {
+        self.backend_up
+            .get_or_create(&BackendAddrLabel {
+                backend: backend.to_string(),
+                addr: addr.to_string(),
+            })
+            .set(1);
     }
 
     pub fn proxy_header(&self, outcome: ProxyHeader) {

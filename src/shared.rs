@@ -72,6 +72,14 @@ impl Shared {
             config,
         });
         tokio::spawn(crate::reaper::run(shared.reaper_handles()));
+        for up in &shared.upstreams {
+            if let Some(hc) = up.cfg.health_check.clone() {
+                for &addr in &up.cfg.addrs {
+                    shared.metrics.backend_checked(&up.cfg.name, addr);
+                }
+                tokio::spawn(crate::upstream::health::run(Arc::downgrade(up), hc));
+            }
+        }
         shared
     }
 

@@ -22,6 +22,7 @@
 //!
 //! This module never sees a client socket.
 
+pub mod health;
 mod idle;
 
 pub use idle::{set_worker, RawConn};
@@ -29,7 +30,7 @@ pub use idle::{set_worker, RawConn};
 use crate::config::BackendConfig;
 use crate::metrics::{Metrics, ReapReason};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -47,6 +48,8 @@ pub enum UpstreamError {
     ConnectTimeout(SocketAddr),
     #[error("connect to {0}: {1}")]
     Connect(SocketAddr, std::io::Error),
+    #[error("every address is down (health check)")]
+    AllDown,
 }
 
 pub use crate::http1::response::ReuseHint;
@@ -68,6 +71,10 @@ pub struct Upstream {
     freed: Arc<Notify>,
     next_addr: AtomicUsize,
     health: Mutex<Vec<AddrHealth>>,
+    /// Out of rotation by the active health check, per address.
+    down: Vec<AtomicBool>,
+    /// How many addresses are down: the hot path looks no further while 0.
+    down_count: AtomicUsize,
     metrics: Arc<Metrics>,
     /// Raw connections for HTTP/1 exchanges, idle, one list per worker thread.
     raw: Vec<idle::IdleList>,
@@ -105,6 +112,8 @@ impl Upstream {
             freed: Arc::new(Notify::new()),
             next_addr: AtomicUsize::new(0),
             health: Mutex::new(vec![AddrHealth::default(); cfg.addrs.len()]),
+            down: cfg.addrs.iter().map(|_| AtomicBool::new(false)).collect(),
+            down_count: AtomicUsize::new(0),
             metrics,
             cfg,
         })
@@ -132,18 +141,57 @@ impl Upstream {
         }
     }
 
-    /// Picks the next address round-robin, skipping ejected ones while any
-    /// other is available.
-    fn pick_addr(&self) -> usize {
+    /// Whether the health check has taken address `i` out.
+    pub fn is_down(&self, i: usize) -> bool {
+        self.down.get(i).is_some_and(|d| d.load(Ordering::Relaxed))
+    }
+
+    /// Whether the health check has taken every address out.
+    pub fn all_down(&self) -> bool {
+        self.down_count.load(Ordering::Relaxed) >= self.cfg.addrs.len()
+    }
+
+    /// Whether `addr` is out of rotation (cheap while no address is).
+    fn addr_down(&self, addr: SocketAddr) -> bool {
+        self.down_count.load(Ordering::Relaxed) > 0
+            && self
+                .cfg
+                .addrs
+                .iter()
+                .position(|a| *a == addr)
+                .is_some_and(|i| self.is_down(i))
+    }
+
+    /// The health check's verdict on address `i`: out of rotation (its idle
+    /// connections closed) or back in.
+    pub fn set_down(&self, i: usize, down: bool) {
+        let Some(flag) = self.down.get(i) else { return };
+        if flag.swap(down, Ordering::Relaxed) == down {
+            return;
+        }
+        if down {
+            self.down_count.fetch_add(1, Ordering::Relaxed);
+            self.close_idle_to(self.cfg.addrs[i]);
+        } else {
+            self.down_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.metrics.backend_health(&self.cfg.name, self.cfg.addrs[i], !down);
+    }
+
+    /// Picks the next address round-robin, skipping those the health check
+    /// took out (none left: `None`) and ejected ones while any other is
+    /// available.
+    fn pick_addr(&self) -> Option<usize> {
         let n = self.cfg.addrs.len();
         let start = self.next_addr.fetch_add(1, Ordering::Relaxed);
         let health = lock(&self.health);
         let now = Instant::now();
-        let usable = |i: usize| health[i].ejected_until.is_none_or(|t| now >= t);
-        (0..n)
-            .map(|k| (start + k) % n)
-            .find(|&i| usable(i))
-            .unwrap_or_else(|| (0..n).min_by_key(|&i| health[i].ejected_until).unwrap_or(0))
+        let up = |i: &usize| !self.is_down(*i);
+        let usable = |i: &usize| health[*i].ejected_until.is_none_or(|t| now >= t);
+        let order = || (0..n).map(|k| (start + k) % n).filter(up);
+        order()
+            .find(usable)
+            .or_else(|| order().min_by_key(|&i| health[i].ejected_until))
     }
 
     fn connect_failed(&self, i: usize) {
@@ -177,7 +225,9 @@ impl Upstream {
     ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
         let mut last_err = None;
         for _ in 0..self.cfg.addrs.len() {
-            let i = self.pick_addr();
+            let Some(i) = self.pick_addr() else {
+                return Err(UpstreamError::AllDown);
+            };
             let addr = self.cfg.addrs[i];
             match self.open(addr, source, local).await {
                 Ok(stream) => {

@@ -369,3 +369,114 @@ fn a_trusted_proxys_x_forwarded_for_names_the_client_and_nobody_elses_does() {
     assert_eq!(xff(&r), "198.51.100.9, 127.0.0.1");
     assert_eq!(b.logged_clients(1), ["127.0.0.1"]);
 }
+
+/// Whether the switchable backend below is healthy, and the requests other
+/// than health checks it was sent.
+static B_HEALTHY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static B_REQUESTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Healthy: 200 at once. Unhealthy: answers only after 3 s (health checks
+/// time out; a client sent there would wait).
+fn switchable_backend(mut s: std::net::TcpStream) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        if !head.starts_with("GET /health ") {
+            B_REQUESTS.fetch_add(1, SeqCst);
+        }
+        if !B_HEALTHY.load(SeqCst) {
+            thread::sleep(Duration::from_secs(3)); // the fault: an overloaded backend
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_health_check_takes_a_failing_address_out_before_a_client_pays_and_brings_it_back() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let good = Backend::start(Reply::Ok);
+    let (bad, _) = raw_backend(switchable_backend);
+    let check = "health_check = { path = \"/health\", interval = \"200ms\", timeout = \"150ms\", rise = 2, fall = 2 }";
+    // No idle reuse: every request picks an address afresh, round-robin.
+    let cfg = format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{}\", \"{bad}\"]\npool_idle_timeout = \"1ms\"\n{check}\n",
+        good.addr
+    );
+    let p = Proxy::start_raw(&cfg, &["--listen", "127.0.0.1:0"]);
+    let up = |a: std::net::SocketAddr| p.metric(&format!("finguard_backend_up{{backend=\"app\",addr=\"{a}\"}}"));
+    let moved = |a: std::net::SocketAddr, to: &str| {
+        p.metric(&format!(
+            "finguard_backend_health_transitions_total{{backend=\"app\",addr=\"{a}\",to=\"{to}\"}}"
+        ))
+    };
+    // Two failed checks in a row: out, with one log line.
+    assert!(wait_until(Duration::from_secs(5), || up(bad) == 0.0), "{}", p.log());
+    assert_eq!((moved(bad, "down"), up(good.addr)), (1.0, 1.0));
+    assert_eq!(
+        p.log().matches("health check: backend address down").count(),
+        1,
+        "{}",
+        p.log()
+    );
+    // No client is sent there: every request is answered at once by the good one.
+    for _ in 0..20 {
+        let mut c = p.connect();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_response(&mut c, &mut Vec::new()).map(|r| r.status), Some(200));
+    }
+    assert_eq!(B_REQUESTS.load(SeqCst), 0);
+    // It recovers: two passes in a row, and it is back in rotation.
+    B_HEALTHY.store(true, SeqCst);
+    assert!(wait_until(Duration::from_secs(5), || up(bad) == 1.0), "{}", p.log());
+    assert_eq!(moved(bad, "up"), 1.0);
+    assert!(p.log().contains("health check: backend address up"));
+    for _ in 0..20 {
+        let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200);
+    }
+    assert!(B_REQUESTS.load(SeqCst) > 0, "never sent to the recovered address");
+    // Every address down: a 503 at once, not a wait on the backend.
+    B_HEALTHY.store(false, SeqCst);
+    let only_bad =
+        format!("[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{bad}\"]\n{check}\n");
+    let p = Proxy::start_raw(&only_bad, &["--listen", "127.0.0.1:0"]);
+    let before = B_REQUESTS.load(SeqCst);
+    assert!(wait_until(Duration::from_secs(5), || p
+        .metric(&format!("finguard_backend_up{{backend=\"app\",addr=\"{bad}\"}}"))
+        == 0.0));
+    let mut c = p.connect();
+    c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, &mut Vec::new()).map(|r| r.status), Some(503));
+    assert_eq!(B_REQUESTS.load(SeqCst), before);
+}
+
+#[test]
+fn a_bad_health_check_is_a_config_error_naming_the_key() {
+    for (check, key) in [
+        ("{ path = \"health\" }", "backend[0].health_check.path"),
+        (
+            "{ interval = \"1s\", timeout = \"2s\" }",
+            "backend[0].health_check.timeout",
+        ),
+        ("{ rise = 0 }", "backend[0].health_check"),
+        ("{ paht = \"/\" }", "paht"),
+    ] {
+        let cfg = TempFile::new(
+            "hc.toml",
+            &format!("[[backend]]\nname = \"a\"\naddrs = [\"127.0.0.1:1\"]\nhealth_check = {check}\n"),
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_finguard"))
+            .args(["check", "-c"])
+            .arg(&cfg.0)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{check}: {err}");
+        assert!(err.contains(key), "{check}: {err}");
+    }
+}

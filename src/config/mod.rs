@@ -182,6 +182,23 @@ pub struct BackendConfig {
     pub eject_after: u32,
     #[serde(serialize_with = "units::ser_duration")]
     pub eject_cool_off: Duration,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health checks of a backend's addresses (HAProxy's `option httpchk`).
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthCheck {
+    /// `GET` this; a 2xx or 3xx is a pass.
+    pub path: String,
+    #[serde(serialize_with = "units::ser_duration")]
+    pub interval: Duration,
+    #[serde(serialize_with = "units::ser_duration")]
+    pub timeout: Duration,
+    /// Passes in a row that bring a down address back.
+    pub rise: u32,
+    /// Failures in a row that take an address out.
+    pub fall: u32,
 }
 
 #[derive(Debug, Clone)]

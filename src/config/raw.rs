@@ -147,6 +147,17 @@ pub struct RawBackend {
     pub forwarded: Option<Forwarded>,
     pub eject_after: Option<u32>,
     pub eject_cool_off: Option<ConfDuration>,
+    pub health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub path: Option<String>,
+    pub interval: Option<ConfDuration>,
+    pub timeout: Option<ConfDuration>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

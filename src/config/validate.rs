@@ -356,6 +356,9 @@ impl Validator<'_> {
         if c.eject_after == 0 {
             return Err(self.err(format!("{at}.eject_after"), "must be at least 1"));
         }
+        if let Some(h) = b.health_check {
+            c.health_check = Some(self.health_check(&at, h)?);
+        }
         c.proxy_protocol = b.proxy_protocol.unwrap_or(c.proxy_protocol);
         c.forwarded = b.forwarded.unwrap_or(c.forwarded);
         if c.max_connections == 0 {
@@ -375,6 +378,34 @@ impl Validator<'_> {
         }
         Ok(c)
     }
+
+    fn health_check(&self, at: &str, h: RawHealthCheck) -> Result<HealthCheck, ConfigError> {
+        let at = format!("{at}.health_check");
+        let path = h.path.unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            return Err(self.err(
+                format!("{at}.path"),
+                "must start with / and hold no spaces or control bytes",
+            ));
+        }
+        let hc = HealthCheck {
+            path,
+            interval: h.interval.map_or(Duration::from_secs(2), |d| d.0),
+            timeout: h.timeout.map_or(Duration::from_secs(1), |d| d.0),
+            rise: h.rise.unwrap_or(2),
+            fall: h.fall.unwrap_or(3),
+        };
+        if hc.interval.is_zero() || hc.timeout.is_zero() {
+            return Err(self.err(at, "interval and timeout must be greater than 0"));
+        }
+        if hc.timeout > hc.interval {
+            return Err(self.err(format!("{at}.timeout"), "must be <= interval"));
+        }
+        if hc.rise == 0 || hc.fall == 0 {
+            return Err(self.err(at, "rise and fall must be at least 1"));
+        }
+        Ok(hc)
+    }
 }
 
 fn default_backend(name: &str, addr_specs: Vec<String>, addrs: Vec<SocketAddr>) -> BackendConfig {
@@ -393,5 +424,6 @@ fn default_backend(name: &str, addr_specs: Vec<String>, addrs: Vec<SocketAddr>) 
         forwarded: Forwarded::XForwarded,
         eject_after: DEFAULT_EJECT_AFTER,
         eject_cool_off: DEFAULT_EJECT_COOL_OFF,
+        health_check: None,
     }
 }

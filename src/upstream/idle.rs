@@ -148,6 +148,10 @@ impl Upstream {
         local: SocketAddr,
     ) -> Result<RawConn, UpstreamError> {
         let source = (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client);
+        if self.all_down() {
+            // No waiting on a connect that the health check says is futile.
+            return Err(UpstreamError::AllDown);
+        }
         let w = worker() % self.raw.len();
         let mut deadline = None;
         loop {
@@ -200,6 +204,11 @@ impl Upstream {
                 self.metrics.reaped(&self.cfg.name, ReapReason::IdleTimeout);
                 continue;
             }
+            if self.addr_down(c.addr) {
+                // Checked in after the health check took its address out.
+                self.metrics.reaped(&self.cfg.name, ReapReason::Error);
+                continue;
+            }
             return Some(c);
         }
     }
@@ -237,6 +246,21 @@ impl Upstream {
 
     /// Closes one idle raw connection to free its slot, from any worker's
     /// list but `skip`'s. Returns whether one was closed.
+    /// Closes every idle connection to `addr` (the health check took it out).
+    pub(super) fn close_idle_to(&self, addr: SocketAddr) {
+        for list in &self.raw {
+            let closed: Vec<RawConn> = {
+                let mut idle = lock(&list.conns);
+                let (gone, kept) = std::mem::take(&mut *idle).into_iter().partition(|c| c.addr == addr);
+                *idle = kept;
+                gone
+            };
+            for _ in &closed {
+                self.metrics.reaped(&self.cfg.name, ReapReason::Error);
+            }
+        }
+    }
+
     pub(super) fn evict_raw(&self, skip: Option<usize>) -> bool {
         for (i, list) in self.raw.iter().enumerate() {
             if Some(i) == skip {
