@@ -109,6 +109,14 @@ struct ConfigArg {
 struct RunArgs {
     #[command(flatten)]
     config: ConfigArg,
+    #[command(flatten)]
+    over: OverrideArgs,
+}
+
+/// What the command line and environment put over the file: `run` uses
+/// them, and `check` shows the config `run` would use with them.
+#[derive(Args, Debug, Clone, Default)]
+struct OverrideArgs {
     /// Listen address (repeatable); replaces the file's listeners.
     #[arg(long, env = "FINGUARD_LISTEN", value_delimiter = ',', value_name = "ADDR")]
     listen: Vec<String>,
@@ -124,6 +132,8 @@ struct RunArgs {
 struct CheckArgs {
     #[command(flatten)]
     config: ConfigArg,
+    #[command(flatten)]
+    over: OverrideArgs,
     /// Also show the policy this User-Agent gets and which rules matched (repeatable).
     #[arg(long = "user-agent", value_name = "UA")]
     user_agent: Vec<String>,
@@ -279,7 +289,7 @@ fn load(c: &ConfigArg, ov: &Overrides) -> Result<Config, ConfigError> {
 }
 
 fn check(a: CheckArgs) -> ExitCode {
-    let cfg = match load(&a.config, &Overrides::default()) {
+    let cfg = match load(&a.config, &a.over.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("finguard: invalid config: {e}");
@@ -335,12 +345,18 @@ fn init_tracing(level: &str) {
         .try_init();
 }
 
+impl OverrideArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            listen: self.listen.clone(),
+            backend: self.backend.clone(),
+            admin: self.admin.clone(),
+        }
+    }
+}
+
 fn run(a: RunArgs) -> ExitCode {
-    let ov = Overrides {
-        listen: a.listen.clone(),
-        backend: a.backend.clone(),
-        admin: a.admin.clone(),
-    };
+    let ov = a.over.overrides();
     let cfg = match load(&a.config, &ov) {
         Ok(c) => c,
         Err(e) => {

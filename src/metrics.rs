@@ -561,4 +561,40 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// Every metric finguard exports, named as its samples are (counters
+    /// with `_total`): what dashboards and alerts may query. A family shows
+    /// in the exposition only once it has a sample, so each gets one here.
+    pub fn exported_names() -> Vec<String> {
+        let m = Metrics::new();
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+        m.tls_handshake(TlsHandshake::Ok);
+        m.backend_health("b", addr, true);
+        m.proxy_header(ProxyHeader::Ok);
+        m.accepted();
+        m.set_client_states(&[0; 4]);
+        m.closed(CloseOutcome::ClientFin, 1);
+        m.ua_rule_matched("r");
+        m.set_backend_pool("b", 0, 0);
+        m.set_tcp_sockets([(SocketSide::Client, "ESTABLISHED", 0)]);
+        m.backend_connected("b");
+        m.backend_retried("b");
+        m.backend_ejected("b");
+        m.response(200);
+        m.reaped("b", ReapReason::Error);
+        m.client_reaped();
+        m.tunnel_closed(TunnelEnd::Closed);
+        m.render()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| {
+                let (name, kind) = l.split_once(' ')?;
+                Some(if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                })
+            })
+            .collect()
+    }
 }

@@ -6,6 +6,7 @@
 
 mod support;
 
+use serde::Deserialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -479,4 +480,155 @@ fn a_bad_health_check_is_a_config_error_naming_the_key() {
         assert_eq!(out.status.code(), Some(1), "{check}: {err}");
         assert!(err.contains(key), "{check}: {err}");
     }
+}
+
+/// Every `finguard_*` name in `text`.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("finguard_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        out.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn every_query_of_the_grafana_dashboard_names_a_metric_finguard_exports() {
+    let exported: std::collections::BTreeSet<String> =
+        finguard::metrics::Metrics::exported_names().into_iter().collect();
+    assert!(exported.len() >= 18, "{exported:?}");
+    // The list is what a running finguard serves: every sample it has is on it.
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start("[admin]\naddr = \"127.0.0.1:0\"\n", backend.addr);
+    assert_eq!(
+        request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").status,
+        200
+    );
+    let (_, text) = p.admin_get("/metrics");
+    let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(samples.len() > 5, "{text}");
+    for n in metric_names(&samples.join("\n")) {
+        assert!(exported.contains(&n), "{n} is served but not listed");
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana/finguard-dashboard.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let panels = dash["panels"].as_array().expect("panels");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in panels {
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{} has no query", panel["title"]);
+        for t in targets {
+            let expr = t["expr"].as_str().expect("expr");
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{expr} names no finguard metric");
+            for n in names {
+                assert!(exported.contains(&n), "{expr}: finguard exports no {n}");
+                used.insert(n);
+            }
+        }
+    }
+    // And the dashboard shows every family finguard exports.
+    let unused: Vec<_> = exported.difference(&used).collect();
+    assert!(unused.is_empty(), "not on the dashboard: {unused:?}");
+}
+
+#[test]
+fn the_kubernetes_example_uses_only_what_finguard_reads() {
+    use serde_yaml::Value;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/k8s/finguard-sidecar.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
+    let (config_map, deployment) = (kind("ConfigMap"), kind("Deployment"));
+    let pod = &deployment["spec"]["template"]["spec"];
+    let fg = pod["containers"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "finguard")
+        .expect("a finguard container");
+    let env: Vec<(String, String)> = fg["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().into(), e["value"].as_str().unwrap().into()))
+        .collect();
+    // Every FINGUARD_* variable is one `finguard run` reads.
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_finguard"))
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (name, _) in &env {
+        assert!(
+            help.contains(&format!("env: {name}=")) || name == "FINGUARD_CONFIG",
+            "finguard does not read {name}:\n{help}"
+        );
+    }
+    // FINGUARD_CONFIG names the mounted ConfigMap key.
+    let get = |k: &str| {
+        env.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mount = fg["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    let key = config_map["data"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert_eq!(get("FINGUARD_CONFIG"), format!("{mount}/{key}"));
+    // The config, with the same environment, passes `finguard check`.
+    let toml = config_map["data"][key].as_str().unwrap();
+    let file = TempFile::new("k8s.toml", toml);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finguard"))
+        .args(["check", "-c"])
+        .arg(&file.0)
+        .envs(env.iter().filter(|(n, _)| n != "FINGUARD_CONFIG").cloned())
+        .output()
+        .unwrap();
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let effective: toml::Value = toml::from_str(&effective).unwrap();
+    let admin = effective["admin"]["addr"].as_str().unwrap().to_string();
+    assert_eq!(admin, get("FINGUARD_ADMIN"));
+    assert_eq!(
+        effective["listener"][0]["addr"].as_str().unwrap(),
+        get("FINGUARD_LISTEN")
+    );
+    assert_eq!(
+        effective["backend"][0]["addrs"][0].as_str().unwrap(),
+        get("FINGUARD_BACKEND")
+    );
+    // Probes hit finguard's /healthz on its admin port, which is declared.
+    let admin_port: u64 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    for probe in ["readinessProbe", "livenessProbe"] {
+        assert_eq!(fg[probe]["httpGet"]["path"], "/healthz", "{probe}");
+        assert_eq!(fg[probe]["httpGet"]["port"].as_u64(), Some(admin_port), "{probe}");
+    }
+    let ports: Vec<u64> = fg["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["containerPort"].as_u64())
+        .collect();
+    let listen_port: u64 = get("FINGUARD_LISTEN").rsplit(':').next().unwrap().parse().unwrap();
+    assert!(ports.contains(&admin_port) && ports.contains(&listen_port), "{ports:?}");
+    // The grace period covers the preStop pause and finguard's own drain.
+    let shutdown = effective["shutdown_timeout"].as_str().unwrap();
+    let shutdown = humantime::parse_duration(shutdown).unwrap().as_secs();
+    let pause = fg["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap();
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(grace > pause + shutdown, "grace {grace} <= {pause} + {shutdown}");
 }
