@@ -35,6 +35,16 @@ enum Cmd {
     Simulate(SimulateArgs),
     /// Zero-setup demonstration on loopback: a naive backend, with and without finguard.
     Demo(DemoArgs),
+    /// Write the man page and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Directory to write finguard.1 and the completions into.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -156,6 +166,46 @@ pub fn main() -> ExitCode {
         Some(Cmd::Health(a)) => health(a),
         Some(Cmd::Simulate(a)) => simulate(a),
         Some(Cmd::Demo(a)) => demo(a),
+        Some(Cmd::Generate(a)) => generate(&a.out),
+    }
+}
+
+/// The man page (`finguard.1`, one section per subcommand) and bash, zsh
+/// and fish completions, from the same definitions the parser uses.
+fn generate(out: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(out)?;
+        let cmd = Cli::command();
+        let mut page = Vec::new();
+        let man = clap_mangen::Man::new(cmd.clone());
+        man.render_title(&mut page)?;
+        man.render_name_section(&mut page)?;
+        man.render_synopsis_section(&mut page)?;
+        man.render_description_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = sub.get_name();
+            page.extend_from_slice(format!(".SH \"FINGUARD {}\"\n", name.to_uppercase()).as_bytes());
+            let sub_man = clap_mangen::Man::new(sub.clone().bin_name(format!("finguard {name}")));
+            sub_man.render_synopsis_section(&mut page)?;
+            sub_man.render_description_section(&mut page)?;
+            sub_man.render_options_section(&mut page)?;
+        }
+        man.render_version_section(&mut page)?;
+        std::fs::write(out.join("finguard.1"), page)?;
+        for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+            clap_complete::generate_to(shell, &mut Cli::command(), "finguard", out)?;
+        }
+        Ok(())
+    };
+    match write() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("finguard: generate into {}: {e}", out.display());
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -48,6 +48,18 @@ async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) ->
         // A stable line that scripts and tests wait for.
         eprintln!("finguard: listening on {addr}");
     }
+    // systemd's Type=notify: ready once every listener is bound (a no-op
+    // without $NOTIFY_SOCKET).
+    let status = format!(
+        "listening on {}",
+        running
+            .addrs
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
     loop {
         tokio::select! {
             _ = term.recv() => break,
@@ -67,10 +79,20 @@ async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) ->
         }
     }
     tracing::info!(timeout = ?shutdown_timeout, "draining");
+    notify(&[
+        sd_notify::NotifyState::Stopping,
+        sd_notify::NotifyState::Status("draining"),
+    ]);
     if running.drain(shutdown_timeout).await {
         tracing::info!("drained; exiting");
     } else {
         tracing::warn!("shutdown_timeout reached with connections still open; exiting");
     }
     ExitCode::SUCCESS
+}
+
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!("cannot notify the service manager ($NOTIFY_SOCKET): {e}");
+    }
 }

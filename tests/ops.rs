@@ -632,3 +632,41 @@ fn the_kubernetes_example_uses_only_what_finguard_reads() {
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
     assert!(grace > pause + shutdown, "grace {grace} <= {pause} + {shutdown}");
 }
+
+#[test]
+fn under_systemd_finguard_says_ready_once_its_listeners_are_bound_and_stopping_when_it_drains() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("notify");
+    let sock_path = dir.0.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let backend = Backend::start(Reply::Ok);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_finguard"))
+        .args(["run", "--listen", "127.0.0.1:0", "--backend"])
+        .arg(backend.addr.to_string())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).expect("a READY notification");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    // Ready means bound: the address it names accepts and serves at once.
+    let addr: std::net::SocketAddr = msg
+        .lines()
+        .find_map(|l| l.strip_prefix("STATUS=listening on "))
+        .and_then(|a| a.split(", ").next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no listening address in {msg:?}"));
+    assert_eq!(
+        request(addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").status,
+        200
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let n = sock.recv(&mut buf).expect("a STOPPING notification");
+    assert!(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+}
