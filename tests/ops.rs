@@ -670,3 +670,34 @@ fn under_systemd_finguard_says_ready_once_its_listeners_are_bound_and_stopping_w
     assert!(String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "STOPPING=1"));
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn the_sidecar_in_network_namespaces_keeps_the_app_untouched() {
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    let ip = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !root || !ip {
+        return require_peer("root and ip netns");
+    }
+    let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/sidecar-netns.sh"))
+        .arg(env!("CARGO_BIN_EXE_finguard"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    // The app is reachable only through finguard, and was left clean.
+    assert!(text.contains("through finguard (10.200.0.1:8080): hello"), "{text}");
+    assert!(text.contains("unreachable, as it should be"), "{text}");
+    assert!(text.contains("the application is untouched"), "{text}");
+    // No client lost a response to a reset in any scenario.
+    for line in text.lines().filter(|l| l.contains("scenario=")) {
+        assert!(line.contains("responses_lost_to_reset=0,"), "{line}");
+    }
+}
