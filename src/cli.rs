@@ -121,6 +121,8 @@ struct RunArgs {
     config: ConfigArg,
     #[command(flatten)]
     over: OverrideArgs,
+    #[command(flatten)]
+    process: ProcessArgs,
 }
 
 /// What the command line and environment put over the file: `run` uses
@@ -136,6 +138,15 @@ struct OverrideArgs {
     /// Admin listener address.
     #[arg(long, env = "FINGUARD_ADMIN", value_name = "ADDR")]
     admin: Option<String>,
+}
+
+/// `run`'s own options.
+#[derive(Args, Debug, Clone, Default)]
+struct ProcessArgs {
+    /// Unix socket for binary upgrades: a finguard started with the same
+    /// path takes over the running one's listening sockets, which then drains.
+    #[arg(long, env = "FINGUARD_UPGRADE_SOCKET", value_name = "PATH")]
+    upgrade_socket: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -416,5 +427,6 @@ fn run(a: RunArgs) -> ExitCode {
     };
     init_tracing(&cfg.log_level);
     // SIGHUP reads the same file with the same command-line overrides.
-    crate::lifecycle::run(cfg, move || load(&a.config, &ov))
+    let upgrade = a.process.upgrade_socket.clone();
+    crate::lifecycle::run(cfg, move || load(&a.config, &ov), upgrade)
 }

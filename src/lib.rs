@@ -26,9 +26,10 @@
 //! - [`admin`]: /healthz, /metrics, /census, /connections
 //! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
-//! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state)
+//! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state, an inherited descriptor)
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
 //! - [`cli`]: the `finguard` command line (arguments, subcommands, exit codes)
+//! - [`handoff`]: binary upgrade: the listening sockets handed to a new process
 //! - [`lifecycle`]: a running process: runtime, signals (SIGHUP reload, SIGTERM drain)
 
 #![deny(unsafe_code)]
@@ -41,6 +42,7 @@ pub mod config;
 pub mod downstream;
 pub mod error;
 pub mod exchange;
+pub mod handoff;
 pub mod http1;
 pub mod lifecycle;
 pub mod metrics;

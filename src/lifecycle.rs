@@ -2,13 +2,18 @@
 //! open-files limit raised, the runtime built, the listeners started, then
 //! signals — SIGHUP reloads the config for new connections (a bad file is
 //! refused and the running one kept), SIGTERM and SIGINT drain within
-//! `shutdown_timeout` and exit.
+//! `shutdown_timeout` and exit, and so does a process whose listening
+//! sockets a new one took over (`--upgrade-socket`, see `handoff`).
 
 use crate::config::{Config, ConfigError};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
 
 /// Runs the server until a drain signal. `reload` reads the config again.
-pub fn run(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) -> ExitCode {
+/// With `upgrade`, takes over the listening sockets of the finguard serving
+/// on that Unix socket, if any, and then offers its own there.
+pub fn run(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>, upgrade: Option<PathBuf>) -> ExitCode {
     // Every client and backend connection is a descriptor: take all the
     // kernel allows, as nginx and HAProxy do.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -22,10 +27,10 @@ pub fn run(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) -> Exi
             return ExitCode::from(2);
         }
     };
-    rt.block_on(serve(cfg, reload))
+    rt.block_on(serve(cfg, reload, upgrade))
 }
 
-async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) -> ExitCode {
+async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>, upgrade: Option<PathBuf>) -> ExitCode {
     use tokio::signal::unix::{signal, SignalKind};
     let shutdown_timeout = cfg.shutdown_timeout;
     let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1)) = (
@@ -37,13 +42,34 @@ async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) ->
         eprintln!("finguard: cannot install signal handlers");
         return ExitCode::from(2);
     };
-    let running = match crate::server::start(cfg).await {
+    let taken = match upgrade.as_deref().map(crate::handoff::take).transpose() {
+        Ok(t) => t.flatten(),
+        Err(e) => {
+            eprintln!("finguard: upgrade: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (inherited, old) = taken.unzip();
+    let mut running = match crate::server::start(cfg, inherited).await {
         Ok(r) => r,
         Err(e) => {
+            // The old process, if any, sees the hand-off fail and serves on.
             eprintln!("finguard: {e}");
             return ExitCode::from(2);
         }
     };
+    if let Some(old) = old {
+        tracing::info!("upgrade: serving on the sockets taken over; the old process drains");
+        crate::handoff::confirm(old);
+    }
+    let upgraded = CancellationToken::new();
+    if let Some(path) = upgrade {
+        let socks = std::mem::take(&mut running.handoff);
+        if let Err(e) = crate::handoff::serve(path.clone(), socks, upgraded.clone()) {
+            eprintln!("finguard: cannot listen on the upgrade socket {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
     for addr in &running.addrs {
         // A stable line that scripts and tests wait for.
         eprintln!("finguard: listening on {addr}");
@@ -65,6 +91,7 @@ async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>) ->
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = usr1.recv() => running.reopen_logs(),
+            () = upgraded.cancelled() => break,
             _ = hup.recv() => match reload() {
                 Ok(cfg) => {
                     let source = cfg.source.clone();

@@ -33,6 +33,8 @@ pub struct Running {
     pub current: Current,
     tracker: TaskTracker,
     stop_accepting: CancellationToken,
+    /// Duplicates of every listening socket, `[listener][k]`, for `handoff`.
+    pub handoff: crate::handoff::Inherited,
 }
 
 /// Why the proxy could not start.
@@ -57,20 +59,20 @@ pub enum StartError {
 /// that accepted it (nginx's model). Measured on one core, tokio's
 /// work-stealing scheduler served 1000 busy connections unfairly (p99 ten
 /// times the median); one runtime per thread keeps them in FIFO order.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+pub async fn start(config: Config, inherited: Option<crate::handoff::Inherited>) -> Result<Running, StartError> {
     let workers = config.workers.max(1);
-    // sockets[w] holds worker w's socket for every listener.
-    let mut sockets: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    for l in &config.listeners {
-        let first = bind_std(l.addr, workers > 1).map_err(|source| StartError::Bind { addr: l.addr, source })?;
-        let addr = first
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr: l.addr, source })?;
-        addrs.push(addr);
-        sockets[0].push(first);
-        for w in sockets.iter_mut().skip(1) {
-            w.push(bind_std(addr, true).map_err(|source| StartError::Bind { addr, source })?);
+    let (listening, addrs) = listening_sockets(&config, workers, inherited)?;
+    // Duplicates, for a later hand-off to a new process.
+    let handoff = listening
+        .iter()
+        .map(|l| l.iter().filter_map(|s| s.try_clone().ok()).collect())
+        .collect();
+    // sockets[w]: worker w's sockets, each with its listener's index; a
+    // listener's sockets are dealt out round-robin.
+    let mut sockets: Vec<Vec<(usize, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();
+    for (idx, socks) in listening.into_iter().enumerate() {
+        for (k, s) in socks.into_iter().enumerate() {
+            sockets[k % workers].push((idx, s));
         }
     }
     let admin = match config.admin {
@@ -107,14 +109,51 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         current,
         tracker,
         stop_accepting,
+        handoff,
     })
+}
+
+/// Every listener's sockets, `[listener][k]`: one per worker (`SO_REUSEPORT`
+/// when there are several), or those handed over by the process this one
+/// replaces (then one more per worker beyond their count).
+fn listening_sockets(
+    config: &Config,
+    workers: usize,
+    inherited: Option<crate::handoff::Inherited>,
+) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), StartError> {
+    let mut inherited = inherited.map(|i| i.into_iter());
+    let mut all = Vec::new();
+    let mut addrs = Vec::new();
+    for l in &config.listeners {
+        let bind_err = |addr| move |source| StartError::Bind { addr, source };
+        let mut socks = match inherited.as_mut() {
+            Some(it) => it.next().ok_or_else(|| StartError::Bind {
+                addr: l.addr,
+                source: std::io::Error::other("the process taken over has fewer listeners than the config"),
+            })?,
+            None => vec![bind_std(l.addr, workers > 1).map_err(bind_err(l.addr))?],
+        };
+        let addr = socks[0].local_addr().map_err(bind_err(l.addr))?;
+        if !l.addr.ip().is_unspecified() && l.addr.port() != 0 && addr != l.addr {
+            return Err(StartError::Bind {
+                addr: l.addr,
+                source: std::io::Error::other(format!("the process taken over listens on {addr} instead")),
+            });
+        }
+        while socks.len() < workers {
+            socks.push(bind_std(addr, true).map_err(bind_err(addr))?);
+        }
+        addrs.push(addr);
+        all.push(socks);
+    }
+    Ok((all, addrs))
 }
 
 /// One worker thread: accept loops for its sockets, then, once `stop` fires,
 /// waits for its own connections before its runtime goes away.
 fn worker(
     w_index: usize,
-    socks: Vec<std::net::TcpListener>,
+    socks: Vec<(usize, std::net::TcpListener)>,
     current: Current,
     permits: Arc<Semaphore>,
     stop: CancellationToken,
@@ -130,7 +169,7 @@ fn worker(
     upstream::set_worker(w_index);
     rt.block_on(async move {
         let conns = TaskTracker::new();
-        for (idx, s) in socks.into_iter().enumerate() {
+        for (idx, s) in socks {
             match TcpListener::from_std(s) {
                 Ok(l) => {
                     tokio::spawn(accept_loop(

@@ -1,5 +1,6 @@
 //! The one place with `unsafe`: kernel queries the standard library and
-//! socket2 do not offer.
+//! socket2 do not offer, and taking ownership of a descriptor received from
+//! another process.
 
 #![allow(unsafe_code)]
 
@@ -46,6 +47,23 @@ pub fn tcp_closed(sock: &impl AsRawFd) -> bool {
         )
     };
     rc == 0 && info.tcpi_state == TCP_CLOSE
+}
+
+/// Takes ownership of a listening socket received from another process
+/// (`SCM_RIGHTS`, see `handoff`), checking that it is one.
+pub fn inherited_listener(fd: std::os::fd::RawFd) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was installed in this process's descriptor table by the
+    // kernel when `recvmsg` delivered it (SCM_RIGHTS) moments ago; nothing
+    // else in the process knows its number, so wrapping it here makes this
+    // the one owner, which closes it exactly once.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let sock = socket2::Socket::from(owned);
+    if sock.r#type()? != socket2::Type::STREAM || !sock.is_listener()? {
+        return Err(std::io::Error::other("not a listening TCP socket"));
+    }
+    sock.set_nonblocking(true)?;
+    Ok(sock.into())
 }
 
 #[cfg(test)]

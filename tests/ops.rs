@@ -701,3 +701,82 @@ fn the_sidecar_in_network_namespaces_keeps_the_app_untouched() {
         assert!(line.contains("responses_lost_to_reset=0,"), "{line}");
     }
 }
+
+#[test]
+fn an_upgrade_under_load_refuses_no_connection_and_loses_no_request() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+    use std::sync::{Arc, Mutex};
+    let backend = Backend::start(Reply::Ok);
+    let dir = TempDir::new("upgrade");
+    let sock = dir.0.join("upgrade.sock");
+    let b = backend.addr.to_string();
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        &b,
+        "--upgrade-socket",
+        sock.to_str().unwrap(),
+    ];
+    let mut old = Proxy::start_raw("workers = 2\n", &args);
+    let addr = old.addr;
+    // Clients hammering the listener, a new connection per request.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            thread::spawn(move || {
+                for _ in 0..100_000 {
+                    if stop.load(SeqCst) {
+                        break;
+                    }
+                    let outcome = std::net::TcpStream::connect(addr).and_then(|mut c| {
+                        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
+                        let (got, reset) = read_to_end_or_reset(&mut c, Duration::from_secs(5));
+                        Ok((got, reset))
+                    });
+                    match outcome {
+                        Ok((got, false)) if got.starts_with(b"HTTP/1.1 200 ") => {
+                            ok.fetch_add(1, SeqCst);
+                        }
+                        Ok((got, reset)) => failed
+                            .lock()
+                            .unwrap()
+                            .push(format!("reset {reset}: {:?}", String::from_utf8_lossy(&got))),
+                        Err(e) => failed.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || ok.load(SeqCst) > 200));
+    // The new process takes the sockets over; the old one drains and exits 0.
+    let new = Proxy::start_raw("workers = 2\n", &args);
+    assert_eq!(new.addr, addr, "the new process serves the same address");
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(15)),
+        Some(0),
+        "old process:\n{}",
+        old.log()
+    );
+    assert!(new.log().contains("serving on the sockets taken over"), "{}", new.log());
+    let after = ok.load(SeqCst);
+    assert!(wait_until(Duration::from_secs(5), || ok.load(SeqCst) > after + 200));
+    stop.store(true, SeqCst);
+    for l in load {
+        l.join().unwrap();
+    }
+    let failed = failed.lock().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        ok.load(SeqCst),
+        &failed[..failed.len().min(5)]
+    );
+    // And the next upgrade finds the new process on the same socket.
+    assert!(sock.exists());
+}

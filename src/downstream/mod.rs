@@ -85,6 +85,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             max_header_bytes,
             &shared,
             &track,
+            conn.served > 0,
         );
         let len = match waited.await {
             Ok(len) => len,
@@ -245,7 +246,12 @@ fn reject(r: Reject) -> Ending {
     Ending::Reply(e.status(), e.reason())
 }
 
-/// Waits for a complete request head in `buf`; returns its length.
+/// Waits for a complete request head in `buf`; returns its length. A drain
+/// ends the wait of a connection that was served before (an idle keep-alive
+/// one); a new connection still gets its first request answered (with
+/// `Connection: close`): it may have been accepted just before the drain,
+/// its request on the way, as when a new process takes the listeners over.
+#[allow(clippy::too_many_arguments)]
 async fn wait_head<S: ClientStream>(
     stream: &mut S,
     buf: &mut BytesMut,
@@ -254,6 +260,7 @@ async fn wait_head<S: ClientStream>(
     max: usize,
     shared: &Shared,
     track: &registry::Tracked,
+    served_before: bool,
 ) -> Result<usize, Ending> {
     let mut head_until = None;
     loop {
@@ -279,7 +286,7 @@ async fn wait_head<S: ClientStream>(
             *buf = BytesMut::new();
             let ready = tokio::select! {
                 r = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => r,
-                () = shared.draining.cancelled() => return Err(Ending::Close),
+                () = shared.draining.cancelled(), if served_before => return Err(Ending::Close),
             };
             match ready {
                 Ok(Ok(())) => {}
