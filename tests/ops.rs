@@ -103,16 +103,23 @@ fn sigusr1_reopens_the_access_file_and_no_line_is_lost_or_split_across_a_rotatio
     }
 }
 
-#[test]
-fn an_access_file_in_a_missing_directory_is_a_config_error_naming_the_key() {
-    let cfg = TempFile::new("bad-log.toml", "[log]\naccess_file = \"/nonexistent-dir/access.log\"\n");
+/// `finguard check` on a config that must be refused: its stderr, after
+/// asserting exit code 1.
+fn refused_by_check(config: &str) -> String {
+    let cfg = TempFile::new("refused.toml", config);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_finguard"))
         .args(["check", "-c"])
         .arg(&cfg.0)
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{config}: {err}");
+    err
+}
+
+#[test]
+fn an_access_file_in_a_missing_directory_is_a_config_error_naming_the_key() {
+    let err = refused_by_check("[log]\naccess_file = \"/nonexistent-dir/access.log\"\n");
     assert!(
         err.contains("log.access_file") && err.contains("/nonexistent-dir"),
         "{err}"
@@ -467,17 +474,9 @@ fn a_bad_health_check_is_a_config_error_naming_the_key() {
         ("{ rise = 0 }", "backend[0].health_check"),
         ("{ paht = \"/\" }", "paht"),
     ] {
-        let cfg = TempFile::new(
-            "hc.toml",
-            &format!("[[backend]]\nname = \"a\"\naddrs = [\"127.0.0.1:1\"]\nhealth_check = {check}\n"),
-        );
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_finguard"))
-            .args(["check", "-c"])
-            .arg(&cfg.0)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{check}: {err}");
+        let err = refused_by_check(&format!(
+            "[[backend]]\nname = \"a\"\naddrs = [\"127.0.0.1:1\"]\nhealth_check = {check}\n"
+        ));
         assert!(err.contains(key), "{check}: {err}");
     }
 }
