@@ -50,7 +50,7 @@ async fn serve(cfg: Config, reload: impl Fn() -> Result<Config, ConfigError>, up
         }
     };
     let (inherited, old) = taken.unzip();
-    let mut running = match crate::server::start(cfg, inherited).await {
+    let mut running = match crate::server::start(cfg, inherited, upgrade.is_some()).await {
         Ok(r) => r,
         Err(e) => {
             // The old process, if any, sees the hand-off fail and serves on.

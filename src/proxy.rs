@@ -51,6 +51,9 @@ pub struct RequestCtx {
     pub shared: Arc<Shared>,
     pub policy: Arc<ClientPolicy>,
     pub peer: SocketAddr,
+    /// The client the request comes from: `peer`, or the address a trusted
+    /// proxy named in `X-Forwarded-For` (the PROXY header's source).
+    pub client: SocketAddr,
     /// The address the client connected to.
     pub local: SocketAddr,
     /// `http` or `https`.
@@ -76,7 +79,6 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<RequestCtx>) -> Result<Resp
         }
     };
     ctx.shared.metrics.response(resp.status().as_u16());
-    log_request(&parts, &resp, &ctx);
     Ok(resp)
 }
 
@@ -161,44 +163,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     let head_request = parts.method == http::Method::HEAD;
     // The whole request is in `out` when `up` has no rest: it can be sent
     // again on a fresh connection.
-    let client = client_of(parts, ctx);
-    send_with_retry(upstream, Bytes::from(out), up, head_request, client, ctx).await
-}
-
-/// The client a request comes from (see `Config::believed_client`).
-fn client_of(parts: &request::Parts, ctx: &RequestCtx) -> SocketAddr {
-    let config = &ctx.shared.config;
-    if config.trusted_proxies.is_empty() {
-        return ctx.peer;
-    }
-    let xff = parts.headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
-    SocketAddr::new(config.believed_client(ctx.peer.ip(), xff), ctx.peer.port())
-}
-
-/// The access-log line of an HTTP/2 request, written when its response head
-/// goes out (the body's length when the response announces one).
-fn log_request(parts: &request::Parts, resp: &Response<ProxyBody>, ctx: &RequestCtx) {
-    let access = &ctx.shared.access;
-    if !access.enabled() {
-        return;
-    }
-    let text = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    access.request(&crate::accesslog::Record {
-        peer: client_of(parts, ctx),
-        request_line: &format!("{} {target} HTTP/2.0", parts.method),
-        status: resp.status().as_u16(),
-        bytes_out: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0),
-        referer: text(header::REFERER),
-        user_agent: text(header::USER_AGENT),
-        rules: &ctx
-            .policy
-            .matched
-            .iter()
-            .map(|&i| ctx.shared.config.rules.rules()[i].pattern.clone())
-            .collect::<Vec<_>>(),
-        backend: None,
-    });
+    send_with_retry(upstream, Bytes::from(out), up, head_request, ctx).await
 }
 
 /// The body's first frame, read within `body_timeout` before a backend
@@ -233,7 +198,6 @@ async fn send_with_retry(
     out: Bytes,
     mut up: Upload,
     head_request: bool,
-    client: SocketAddr,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Refused> {
     let cfg = &upstream.cfg;
@@ -245,7 +209,7 @@ async fn send_with_retry(
     let replayable = up.rest.is_none();
     let mut retried = false;
     loop {
-        let bc = match upstream.checkout_raw(retried, client, local).await {
+        let bc = match upstream.checkout_raw(retried, ctx.client, local).await {
             Ok(bc) => bc,
             Err(e) => return Err((e.into(), up.rest.map(|l| l.rest))),
         };

@@ -76,10 +76,9 @@ pub fn decode(buf: &[u8]) -> Decoded {
     if buf.is_empty() {
         Decoded::Incomplete
     } else if buf.starts_with(sig) {
-        if buf.len() < 16 {
+        let Some(n) = v2_len(buf) else {
             return Decoded::Incomplete;
-        }
-        let n = 16 + u16::from_be_bytes([buf[14], buf[15]]) as usize;
+        };
         if n > MAX_V2 {
             Decoded::Invalid(format!("v2 header of {n} bytes (at most {MAX_V2})"))
         } else if buf.len() < n {
@@ -115,9 +114,7 @@ pub async fn read(stream: &mut tokio::net::TcpStream) -> Result<Option<(SocketAd
         let want = match decode(&buf) {
             Decoded::Header { peer, .. } => return Ok(peer),
             Decoded::Invalid(why) => return Err(why),
-            Decoded::Incomplete if buf.len() >= 16 && buf.starts_with(&V2_SIGNATURE) => {
-                16 + u16::from_be_bytes([buf[14], buf[15]]) as usize
-            }
+            Decoded::Incomplete if buf.starts_with(&V2_SIGNATURE) => v2_len(&buf).unwrap_or(16),
             Decoded::Incomplete => buf.len() + 1,
         };
         let at = buf.len();
@@ -126,19 +123,29 @@ pub async fn read(stream: &mut tokio::net::TcpStream) -> Result<Option<(SocketAd
     }
 }
 
+/// A v2 header's whole length, once its fixed 16 bytes are in.
+fn v2_len(buf: &[u8]) -> Option<usize> {
+    (buf.len() >= 16).then(|| 16 + u16::from_be_bytes([buf[14], buf[15]]) as usize)
+}
+
+/// `ppp`'s address pair (its IPv4 and IPv6 types have the same fields) as
+/// (client, the address it connected to).
+macro_rules! pair {
+    ($a:expr) => {
+        Some((
+            SocketAddr::from(($a.source_address, $a.source_port)),
+            SocketAddr::from(($a.destination_address, $a.destination_port)),
+        ))
+    };
+}
+
 fn v1(line: &[u8]) -> Decoded {
     use ppp::v1::{Addresses, Header};
     match Header::try_from(line) {
         Ok(h) => {
             let peer = match h.addresses {
-                Addresses::Tcp4(a) => Some((
-                    SocketAddr::from((a.source_address, a.source_port)),
-                    SocketAddr::from((a.destination_address, a.destination_port)),
-                )),
-                Addresses::Tcp6(a) => Some((
-                    SocketAddr::from((a.source_address, a.source_port)),
-                    SocketAddr::from((a.destination_address, a.destination_port)),
-                )),
+                Addresses::Tcp4(a) => pair!(a),
+                Addresses::Tcp6(a) => pair!(a),
                 Addresses::Unknown => None,
             };
             Decoded::Header { len: line.len(), peer }
@@ -153,14 +160,8 @@ fn v2(whole: &[u8]) -> Decoded {
         Ok(h) => {
             let peer = match (h.command, h.addresses) {
                 (Command::Local, _) => None,
-                (_, Addresses::IPv4(a)) => Some((
-                    SocketAddr::from((a.source_address, a.source_port)),
-                    SocketAddr::from((a.destination_address, a.destination_port)),
-                )),
-                (_, Addresses::IPv6(a)) => Some((
-                    SocketAddr::from((a.source_address, a.source_port)),
-                    SocketAddr::from((a.destination_address, a.destination_port)),
-                )),
+                (_, Addresses::IPv4(a)) => pair!(a),
+                (_, Addresses::IPv6(a)) => pair!(a),
                 (_, Addresses::Unspecified | Addresses::Unix(_)) => None,
             };
             Decoded::Header { len: whole.len(), peer }

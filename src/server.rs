@@ -33,7 +33,8 @@ pub struct Running {
     pub current: Current,
     tracker: TaskTracker,
     stop_accepting: CancellationToken,
-    /// Duplicates of every listening socket, `[listener][k]`, for `handoff`.
+    /// Duplicates of every listening socket, `[listener][k]`, for `handoff`
+    /// (empty unless started `upgradable`).
     pub handoff: crate::handoff::Inherited,
 }
 
@@ -59,14 +60,25 @@ pub enum StartError {
 /// that accepted it (nginx's model). Measured on one core, tokio's
 /// work-stealing scheduler served 1000 busy connections unfairly (p99 ten
 /// times the median); one runtime per thread keeps them in FIFO order.
-pub async fn start(config: Config, inherited: Option<crate::handoff::Inherited>) -> Result<Running, StartError> {
+///
+/// `inherited`: the listening sockets of the process this one replaces.
+/// `upgradable`: keep a duplicate of every listening socket in
+/// [`Running::handoff`], for the process that will replace this one.
+pub async fn start(
+    config: Config,
+    inherited: Option<crate::handoff::Inherited>,
+    upgradable: bool,
+) -> Result<Running, StartError> {
     let workers = config.workers.max(1);
     let (listening, addrs) = listening_sockets(&config, workers, inherited)?;
-    // Duplicates, for a later hand-off to a new process.
-    let handoff = listening
-        .iter()
-        .map(|l| l.iter().filter_map(|s| s.try_clone().ok()).collect())
-        .collect();
+    let handoff = if upgradable {
+        listening
+            .iter()
+            .map(|l| l.iter().filter_map(|s| s.try_clone().ok()).collect())
+            .collect()
+    } else {
+        Vec::new()
+    };
     // sockets[w]: worker w's sockets, each with its listener's index; a
     // listener's sockets are dealt out round-robin.
     let mut sockets: Vec<Vec<(usize, std::net::TcpListener)>> = (0..workers).map(|_| Vec::new()).collect();

@@ -264,27 +264,24 @@ fn check_proxy_roundtrip(version: ProxyProtocol, src: SocketAddr, dst: SocketAdd
         _ => a,
     };
     let want = (mapped(src), mapped(dst));
+    // ppp's IPv4 and IPv6 address types have the same fields.
+    macro_rules! pair {
+        ($a:expr) => {
+            (
+                ($a.source_address, $a.source_port).into(),
+                ($a.destination_address, $a.destination_port).into(),
+            )
+        };
+    }
     let reference = match ppp::HeaderResult::parse(&h) {
         ppp::HeaderResult::V1(Ok(r)) => match r.addresses {
-            ppp::v1::Addresses::Tcp4(a) => (
-                (a.source_address, a.source_port).into(),
-                (a.destination_address, a.destination_port).into(),
-            ),
-            ppp::v1::Addresses::Tcp6(a) => (
-                (a.source_address, a.source_port).into(),
-                (a.destination_address, a.destination_port).into(),
-            ),
+            ppp::v1::Addresses::Tcp4(a) => pair!(a),
+            ppp::v1::Addresses::Tcp6(a) => pair!(a),
             other => return Err(TestCaseError::fail(format!("{other:?}"))),
         },
         ppp::HeaderResult::V2(Ok(r)) => match r.addresses {
-            ppp::v2::Addresses::IPv4(a) => (
-                (a.source_address, a.source_port).into(),
-                (a.destination_address, a.destination_port).into(),
-            ),
-            ppp::v2::Addresses::IPv6(a) => (
-                (a.source_address, a.source_port).into(),
-                (a.destination_address, a.destination_port).into(),
-            ),
+            ppp::v2::Addresses::IPv4(a) => pair!(a),
+            ppp::v2::Addresses::IPv6(a) => pair!(a),
             other => return Err(TestCaseError::fail(format!("{other:?}"))),
         },
         other => return Err(TestCaseError::fail(format!("reference refused {h:?}: {other:?}"))),

@@ -254,7 +254,8 @@ impl Config {
     /// The client a request comes from: `peer` itself, unless `peer` is a
     /// trusted proxy; then the rightmost `X-Forwarded-For` address that is
     /// not one (nginx's `real_ip_recursive on`). `values` are the header's
-    /// values in order; an entry that is no address ends the walk.
+    /// values in order, read only when `peer` is trusted; an entry that is
+    /// no address ends the walk.
     pub fn believed_client<'a>(
         &self,
         peer: std::net::IpAddr,

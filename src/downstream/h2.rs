@@ -176,10 +176,24 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<Str
     );
     let has_body = !http_body::Body::is_end_stream(req.body());
     let nokeepalive = !policy.allows_keepalive();
+    let headers = req.headers();
+    let xff = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes());
+    let client = SocketAddr::new(shared.config.believed_client(conn.peer.ip(), xff), conn.peer.port());
+    // What the access log needs of the request, taken before it is sent on.
+    let logged = shared.access.enabled().then(|| {
+        let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        Logged {
+            request_line: format!("{} {target} HTTP/2.0", req.method()),
+            referer: text(http::header::REFERER),
+            user_agent: text(http::header::USER_AGENT),
+        }
+    });
     let ctx = Arc::new(RequestCtx {
         shared: shared.clone(),
         policy,
         peer: conn.peer,
+        client,
         local: conn.local,
         scheme: "https",
         has_body,
@@ -194,11 +208,36 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<Str
     if nokeepalive {
         conn.goaway.notify_one();
     }
+    if let Some(l) = logged {
+        log_request(&conn, client, &l, &resp);
+    }
     resp.map(|inner| StreamBody {
         inner,
         handed: false,
         open,
     })
+}
+
+/// What the access log needs of an HTTP/2 request.
+struct Logged {
+    request_line: String,
+    referer: Option<String>,
+    user_agent: Option<String>,
+}
+
+/// The access-log line of an HTTP/2 request, written when its response head
+/// goes out (the body's length when the response announces one).
+fn log_request(conn: &H2Conn, client: SocketAddr, l: &Logged, resp: &http::Response<proxy::ProxyBody>) {
+    conn.shared.access.request(&crate::accesslog::Record {
+        peer: client,
+        request_line: &l.request_line,
+        status: resp.status().as_u16(),
+        bytes_out: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0),
+        referer: l.referer.as_deref(),
+        user_agent: l.user_agent.as_deref(),
+        rules: conn.track.entry.rules.get().map_or(&[][..], |r| r.as_slice()),
+        backend: None,
+    });
 }
 
 /// One open stream; closing it may leave the connection idle.

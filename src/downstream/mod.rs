@@ -142,16 +142,12 @@ async fn serve_request<S: ClientStream>(
     let request_line = head_bytes.slice(..head.line_end);
     let bytes_before = track.entry.bytes_out.load(Ordering::Relaxed);
     let peer = track.entry.peer;
-    let client = if shared.config.trusted_proxies.is_empty() {
-        peer
-    } else {
-        let xff = head
-            .headers
-            .iter()
-            .filter(|h| h.name.get(&head_bytes).eq_ignore_ascii_case(b"x-forwarded-for"))
-            .map(|h| h.value.get(&head_bytes));
-        SocketAddr::new(shared.config.believed_client(peer.ip(), xff), peer.port())
-    };
+    let xff = head
+        .headers
+        .iter()
+        .filter(|h| h.name.get(&head_bytes).eq_ignore_ascii_case(b"x-forwarded-for"))
+        .map(|h| h.value.get(&head_bytes));
+    let client = SocketAddr::new(shared.config.believed_client(peer.ip(), xff), peer.port());
     let req = exchange::Request {
         head_bytes,
         head,

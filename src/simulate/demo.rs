@@ -196,7 +196,9 @@ pub async fn run_demo(stop: CancellationToken, mut progress: impl FnMut(&str)) -
         progress(&format!("{:<18} through finguard ...", scenario.name()));
         let naive = Naive::start().await?;
         let cfg = finguard_config(naive.addr).map_err(std::io::Error::other)?;
-        let running = crate::server::start(cfg, None).await.map_err(std::io::Error::other)?;
+        let running = crate::server::start(cfg, None, false)
+            .await
+            .map_err(std::io::Error::other)?;
         let mut o = opts(running.addrs[0]);
         o.also_census = Some(naive.addr.port());
         let via = run(o, stop.clone()).await;
