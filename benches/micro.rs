@@ -4,7 +4,7 @@
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use finguard::config::{self, Overrides};
-use finguard::http1::head;
+use finguard::http1::{forward, head};
 use std::sync::Arc;
 
 const CONF: &str = include_str!("../conf/finguard.toml");
@@ -47,28 +47,36 @@ Cookie: session=0123456789abcdef\r\n\r\n";
 }
 
 fn rewrite(c: &mut Criterion) {
-    let mut h = http::HeaderMap::new();
+    let mut req = http::Request::get("https://www.example.com/index.html")
+        .body(())
+        .unwrap();
     for (k, v) in [
-        ("host", "www.example.com"),
         ("user-agent", "Mozilla/5.0"),
         ("accept", "*/*"),
-        ("connection", "keep-alive, x-trace"),
         ("x-trace", "1"),
-        ("keep-alive", "timeout=5"),
         ("te", "trailers"),
         ("cookie", "a=b"),
+        ("cookie", "c=d"),
     ] {
-        h.insert(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
+        req.headers_mut()
+            .append(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
     }
-    let cfg = config::parse("x", "", &Overrides::default()).unwrap();
-    let backend = cfg.backends[0].clone();
+    let (parts, ()) = req.into_parts();
     let peer = "192.0.2.7:40000".parse().unwrap();
-    c.bench_function("headers: strip hop-by-hop + X-Forwarded-*", |b| {
+    c.bench_function("headers: HTTP/2 request -> HTTP/1.1 head -> backend head", |b| {
         b.iter(|| {
-            let mut m = h.clone();
-            finguard::proxy::strip_hop_by_hop(&mut m);
-            finguard::proxy::add_forwarded(&mut m, peer, "http", &backend);
-            black_box(m)
+            let (hb, head) = finguard::proxy::h1_head(black_box(&parts), false, 1 << 16, 1 << 20).unwrap();
+            let t = forward::target(&hb, &head).unwrap();
+            let cx = forward::ForwardCtx {
+                peer,
+                scheme: "https",
+                forwarded: finguard::config::Forwarded::XForwarded,
+                default_host: "backend",
+                upgrade: false,
+            };
+            let mut out = Vec::with_capacity(512);
+            forward::write_head(&mut out, &hb, &head, &t, &cx);
+            black_box(out)
         })
     });
 }

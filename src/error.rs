@@ -24,6 +24,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request head too large")]
     HeadTooLarge,
+    #[error("request target too long")]
+    UriTooLong,
     #[error("unsupported Expect")]
     Expectation,
     #[error("request body over max_body_bytes")]
@@ -68,6 +70,7 @@ impl From<Reject> for ProxyError {
         match r {
             Reject::Bad(why) => ProxyError::BadRequest(why),
             Reject::HeadTooLarge => ProxyError::HeadTooLarge,
+            Reject::UriTooLong => ProxyError::UriTooLong,
             Reject::BodyTooLarge => ProxyError::BodyTooLarge,
             Reject::Expectation => ProxyError::Expectation,
         }
@@ -85,6 +88,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_)
             | ProxyError::HeadTooLarge
+            | ProxyError::UriTooLong
             | ProxyError::Expectation
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
@@ -108,6 +112,7 @@ impl ProxyError {
             ProxyError::ClientWrite => 400,
             ProxyError::BodyTooLarge => 413,
             ProxyError::HeadTooLarge => 431,
+            ProxyError::UriTooLong => 414,
             ProxyError::Expectation => 417,
             ProxyError::BodyTimeout => 408,
             ProxyError::NoRoute => 404,
@@ -123,6 +128,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => why,
             ProxyError::HeadTooLarge => "request head too large",
+            ProxyError::UriTooLong => "request target too long",
             ProxyError::BodyTooLarge => "request body over max_body_bytes",
             ProxyError::Expectation => "unsupported Expect",
             ProxyError::BodyTimeout => "request body stalled past body_timeout",

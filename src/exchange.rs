@@ -102,8 +102,11 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
         Err(f) => return refuse(client, &req, conn, f.into(), false).await,
     };
     let mut body0 = buf.split_to(in_buf);
-    let target = forward::target(hb, head);
-    let Some(idx) = route(conn.shared, target.host.unwrap_or_default(), target.path) else {
+    let target = match forward::target(hb, head) {
+        Ok(t) => t,
+        Err(r) => return refuse(client, &req, conn, r.into(), false).await,
+    };
+    let Some(idx) = route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
         return refuse(client, &req, conn, ProxyError::NoRoute, framing.is_done()).await;
     };
     let upstream = &conn.shared.upstreams[idx];
@@ -115,61 +118,115 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             return refuse(client, &req, conn, e, false).await;
         }
     }
-    let out = backend_request(&req, &target, body0, upstream, conn);
-    // The whole request is in `out`: it can be sent again on a fresh connection.
-    let replayable = framing.is_done();
-    let mut retried = false;
-    // The address the client reached, for a PROXY protocol header only (a
-    // system call, so not for every request).
-    let local = match upstream.cfg.proxy_protocol {
-        crate::config::ProxyProtocol::Off => conn.peer,
-        _ => client.tcp().local_addr().unwrap_or(conn.peer),
+    let mut out = backend_head(hb, head, &target, conn.peer, conn.scheme, upstream);
+    out.extend_from_slice(&body0);
+    let out = Bytes::from(out);
+    let plan = Plan {
+        fresh: head.upgrade,
+        client: conn.client,
+        // The address the client reached, for a PROXY protocol header only
+        // (a system call, so not for every request).
+        local: match upstream.cfg.proxy_protocol {
+            crate::config::ProxyProtocol::Off => conn.peer,
+            _ => client.tcp().local_addr().unwrap_or(conn.peer),
+        },
+        // The whole request is in `out`: it can be sent again on a fresh connection.
+        replayable: framing.is_done(),
+        idempotent: head.idempotent,
     };
+    let mut tries = Tries::new(plan);
     loop {
-        let fresh = head.upgrade || retried;
-        let bc = match upstream.checkout_raw(fresh, conn.client, local).await {
-            Ok(c) => c,
-            Err(e) => return refuse(client, &req, conn, e.into(), framing.is_done()).await,
+        let bc = match tries.checkout(upstream).await {
+            Ok(bc) => bc,
+            Err(err) => return refuse(client, &req, conn, err, framing.is_done()).await,
         };
         let reused = bc.reused();
-        let attempt = attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t).await;
-        match attempt {
+        let (err, retry_safe) = match attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t).await {
             Attempt::Done(done) => return done,
-            Attempt::Failed { err, retry_safe } => {
-                let method_ok = upstream.cfg.retry_idempotent && head.idempotent;
-                if reused && !retried && replayable && retry_safe.allows(method_ok) {
-                    debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
-                    conn.shared.metrics.backend_retried(&upstream.cfg.name);
-                    retried = true;
-                    continue;
-                }
-                return refuse(client, &req, conn, err, framing.is_done()).await;
-            }
+            Attempt::Failed { err, retry_safe } => (err, retry_safe),
+        };
+        if let Err(err) = tries.again(upstream, &conn.shared.metrics, reused, err, retry_safe) {
+            return refuse(client, &req, conn, err, framing.is_done()).await;
         }
     }
 }
 
-/// The backend's request head, written from the parse, and the body bytes
-/// already read.
-fn backend_request(
-    req: &Request,
+/// How one request may be tried on a backend.
+pub struct Plan {
+    /// Never on a pooled connection (an upgrade takes its own).
+    pub fresh: bool,
+    /// For the PROXY protocol header: the client and the address it reached.
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// The whole request is held: it can be sent again.
+    pub replayable: bool,
+    pub idempotent: bool,
+}
+
+/// The rules of the checkout → attempt → retry loop, for both protocols: a
+/// reused connection that failed as a stale one does is tried once more on
+/// a fresh connection, when the request is held whole and the failure
+/// allows it.
+pub struct Tries {
+    plan: Plan,
+    retried: bool,
+}
+
+impl Tries {
+    pub fn new(plan: Plan) -> Tries {
+        Tries { plan, retried: false }
+    }
+
+    /// A connection for the next attempt.
+    pub async fn checkout(&self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
+        let p = &self.plan;
+        Ok(upstream
+            .checkout_raw(p.fresh || self.retried, p.client, p.local)
+            .await?)
+    }
+
+    /// After a failed attempt on a connection (`reused` or not): `Ok` to
+    /// try again, or the error to answer.
+    pub fn again(
+        &mut self,
+        upstream: &Upstream,
+        metrics: &crate::metrics::Metrics,
+        reused: bool,
+        err: ProxyError,
+        retry_safe: RetrySafe,
+    ) -> Result<(), ProxyError> {
+        let safe = retry_safe.allows(upstream.cfg.retry_idempotent && self.plan.idempotent);
+        if !(reused && !self.retried && self.plan.replayable && safe) {
+            return Err(err);
+        }
+        debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
+        metrics.backend_retried(&upstream.cfg.name);
+        self.retried = true;
+        Ok(())
+    }
+}
+
+/// The backend's request head, written from the parsed head by the one
+/// forward-head writer, for either protocol (an HTTP/2 request arrives here
+/// as the HTTP/1.1 head it was turned into).
+pub fn backend_head(
+    head_bytes: &[u8],
+    head: &Head,
     target: &forward::Target<'_>,
-    body0: BytesMut,
+    peer: SocketAddr,
+    scheme: &'static str,
     upstream: &Upstream,
-    conn: &Conn<'_>,
-) -> Bytes {
-    let hb = &req.head_bytes[..];
-    let mut out = Vec::with_capacity(hb.len() + 160 + body0.len());
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head_bytes.len() + 160);
     let fcx = forward::ForwardCtx {
-        peer: conn.peer,
-        scheme: conn.scheme,
+        peer,
+        scheme,
         forwarded: upstream.cfg.forwarded,
         default_host: upstream.cfg.addr_specs.first().map_or("localhost", String::as_str),
-        upgrade: req.head.upgrade,
+        upgrade: head.upgrade,
     };
-    forward::write_head(&mut out, hb, &req.head, target, &fcx);
-    out.extend_from_slice(&body0);
-    Bytes::from(out)
+    forward::write_head(&mut out, head_bytes, head, target, &fcx);
+    out
 }
 
 enum Attempt {
@@ -482,8 +539,15 @@ fn heard_backend(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Opt
             wrote,
         })),
         Ok(_) if response::final_head_ready(resp) => Some(Ok(Sent::Early)),
-        Ok(_) => None,
+        Ok(_) => heard_too_much(resp).map(|err| Err(Upload::Backend { err, wrote })),
     }
+}
+
+/// A backend that sends more than a response head's worth (an endless
+/// header line, endless 1xx) while the request still goes up is a bad
+/// response: what it sends is held, so it must be bounded.
+pub fn heard_too_much(resp: &[u8]) -> Option<ProxyError> {
+    (resp.len() > response::MAX_HEAD_BYTES).then_some(ProxyError::BadResponse("response head too large"))
 }
 
 /// The backend refused the rest of the upload: it may have answered and
@@ -814,6 +878,7 @@ pub fn error_response(status: u16, keepalive: bool, force10: bool, http10: bool)
 
 /// Picks the backend: routes whose host matches (exact before `*`), longest
 /// path prefix first. The host's port, if any, is ignored.
+/// `path` is normalised ([`forward::normalize`]).
 pub fn route(shared: &Shared, host: &[u8], path: &[u8]) -> Option<usize> {
     let host = match host.iter().rposition(|&b| b == b':') {
         Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host.ends_with(b"]") => &host[..i],

@@ -16,8 +16,10 @@
 //! Statuses come from the one table in [`ProxyError`]; each failure is one log
 //! line here.
 
-use crate::config::{BackendConfig, Forwarded, ProxyProtocol};
+use crate::config::ProxyProtocol;
 use crate::error::{ProxyError, RetrySafe};
+use crate::exchange::{Plan, Tries};
+use crate::http1::forward;
 use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
 use crate::http1::response::{self, BodyMode, Parsed2, ReuseHint};
 use crate::policy::ClientPolicy;
@@ -39,7 +41,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -131,22 +133,26 @@ impl Drop for Unread {
 
 async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -> Result<Response<ProxyBody>, Refused> {
     let shared = &ctx.shared;
-    let routed = crate::exchange::route(shared, request_host(parts).as_bytes(), parts.uri.path().as_bytes());
-    let Some(idx) = routed else {
+    let settings = &ctx.policy.settings;
+    let (head_bytes, head) = match h1_head(parts, ctx.has_body, settings.max_header_bytes, settings.max_body_bytes) {
+        Ok(h) => h,
+        Err(e) => return Err((e, Some(body))),
+    };
+    let target = match forward::target(&head_bytes, &head) {
+        Ok(t) => t,
+        Err(r) => return Err((r.into(), Some(body))),
+    };
+    let Some(idx) = crate::exchange::route(shared, target.host.unwrap_or_default(), &target.path) else {
         return Err((ProxyError::NoRoute, Some(body)));
     };
     let upstream = &shared.upstreams[idx];
-    let cfg = &upstream.cfg;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| crate::http1::head::parse_content_length(v.as_bytes()));
+    let declared = match head.framing {
+        Framing::Length(n) => Some(n),
+        Framing::Chunked(_) => None,
+    };
     let (first, rest) = take_body(body, declared, ctx).await?;
     let chunked = ctx.has_body && declared.is_none();
-    strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, ctx.peer, ctx.scheme, cfg);
-    let mut out = Vec::with_capacity(512);
-    write_head(&mut out, parts, chunked, cfg);
+    let mut out = crate::exchange::backend_head(&head_bytes, &head, &target, ctx.peer, ctx.scheme, upstream);
     let mut last_chunk = false;
     if let Some(f) = first {
         last_chunk = encode_frame(&mut out, f, chunked);
@@ -158,12 +164,67 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         rest,
         chunked,
         last_chunk,
-        linger: ctx.policy.settings.close.linger_time,
+        linger: settings.close.linger_time,
     };
     let head_request = parts.method == http::Method::HEAD;
     // The whole request is in `out` when `up` has no rest: it can be sent
     // again on a fresh connection.
     send_with_retry(upstream, Bytes::from(out), up, head_request, ctx).await
+}
+
+/// The HTTP/1.1 request head an HTTP/2 request stands for, parsed by the
+/// same strict parser as an HTTP/1 client's, so that both protocols reach
+/// the one forward-head writer with the same judgement: one `Host` (and a
+/// `Host` that agrees with `:authority`, RFC 9113 §8.3.1), valid host
+/// values, lengths that agree. Cookie crumbs are joined with `"; "` (RFC
+/// 9113 §8.2.3): Apache would join repeated lines with `", "`. A body
+/// without a declared length is chunked.
+pub fn h1_head(
+    parts: &request::Parts,
+    has_body: bool,
+    max_head: usize,
+    max_body: u64,
+) -> Result<(Bytes, crate::http1::head::Head), ProxyError> {
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    if let (Some(a), Some(h)) = (authority, hosts.next()) {
+        if !h.as_bytes().eq_ignore_ascii_case(a.as_bytes()) {
+            return Err(ProxyError::BadRequest("Host differs from :authority"));
+        }
+    }
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let (Some(a), false) = (authority, parts.headers.contains_key(header::HOST)) {
+        put(&mut out, b"host", a.as_bytes());
+    }
+    let mut cookies = parts.headers.get_all(header::COOKIE).iter();
+    if let Some(first) = cookies.next() {
+        out.extend_from_slice(b"cookie: ");
+        out.extend_from_slice(first.as_bytes());
+        for c in cookies {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(c.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if name != header::COOKIE {
+            put(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+    }
+    if has_body && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let len = out.len();
+    if len > max_head {
+        return Err(ProxyError::from(crate::http1::head::too_large(&out, max_head)));
+    }
+    let head = crate::http1::head::parse(&out, len, max_body, false, false)?;
+    Ok((Bytes::from(out), head))
 }
 
 /// The body's first frame, read within `body_timeout` before a backend
@@ -191,8 +252,7 @@ async fn take_body(
     }
 }
 
-/// Attempts on a pooled connection; a reused one that failed as a stale
-/// connection does is retried once on a fresh one, when that is safe.
+/// Attempts on pooled connections, by the rules of [`Tries`].
 async fn send_with_retry(
     upstream: &Arc<Upstream>,
     out: Bytes,
@@ -200,31 +260,30 @@ async fn send_with_retry(
     head_request: bool,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Refused> {
-    let cfg = &upstream.cfg;
-    let t = Timeouts::new(&ctx.policy.settings, cfg);
-    let local = match cfg.proxy_protocol {
-        ProxyProtocol::Off => ctx.peer,
-        _ => ctx.local,
-    };
-    let replayable = up.rest.is_none();
-    let mut retried = false;
+    let t = Timeouts::new(&ctx.policy.settings, &upstream.cfg);
+    let mut tries = Tries::new(Plan {
+        fresh: false,
+        client: ctx.client,
+        local: match upstream.cfg.proxy_protocol {
+            ProxyProtocol::Off => ctx.peer,
+            _ => ctx.local,
+        },
+        replayable: up.rest.is_none(),
+        idempotent: ctx.idempotent,
+    });
     loop {
-        let bc = match upstream.checkout_raw(retried, ctx.client, local).await {
+        let bc = match tries.checkout(upstream).await {
             Ok(bc) => bc,
-            Err(e) => return Err((e.into(), up.rest.map(|l| l.rest))),
+            Err(e) => return Err((e, up.rest.map(|l| l.rest))),
         };
         let reused = bc.reused();
         let (err, retry_safe) = match attempt(bc, out.clone(), &mut up, head_request, upstream, &t).await {
             Ok(resp) => return Ok(resp),
             Err(failed) => failed,
         };
-        let safe = retry_safe.allows(cfg.retry_idempotent && ctx.idempotent);
-        if !(reused && !retried && replayable && safe) {
+        if let Err(err) = tries.again(upstream, &ctx.shared.metrics, reused, err, retry_safe) {
             return Err((err, up.rest.map(|l| l.rest)));
         }
-        debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
-        ctx.shared.metrics.backend_retried(&cfg.name);
-        retried = true;
     }
 }
 
@@ -405,7 +464,11 @@ fn heard(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Result<bool
         Ok(0) | Err(_) if !resp.is_empty() => Ok(true),
         Ok(0) => Err(failed_sending(ProxyError::BackendClosed, wrote)),
         Err(e) => Err(failed_sending(ProxyError::BackendIo(e), wrote)),
-        Ok(_) => Ok(response::final_head_ready(resp)),
+        Ok(_) if response::final_head_ready(resp) => Ok(true),
+        Ok(_) => match crate::exchange::heard_too_much(resp) {
+            Some(err) => Err((err, RetrySafe::No)),
+            None => Ok(false),
+        },
     }
 }
 
@@ -444,41 +507,6 @@ fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// The host the request names: `Host`, else `:authority`.
-fn request_host(parts: &request::Parts) -> &str {
-    parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("")
-}
-
-/// The backend's request head: request line, `Host`, the stream's headers,
-/// and the body's framing.
-fn write_head(out: &mut Vec<u8>, parts: &request::Parts, chunked: bool, cfg: &BackendConfig) {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(parts.method.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(pq.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 clients send :authority; HTTP/1.1 backends require a Host.
-        let host = match parts.uri.authority() {
-            Some(a) => a.as_str(),
-            None => cfg.addr_specs.first().map_or("localhost", String::as_str),
-        };
-        put(out, b"Host", host.as_bytes());
-    }
-    for (name, value) in &parts.headers {
-        put(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if chunked {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
-    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -548,71 +576,6 @@ impl Limited {
                     return Poll::Ready(Some(Err(BodyFault::Timeout.into())));
                 }
                 Poll::Pending
-            }
-        }
-    }
-}
-
-/// Removes hop-by-hop headers: those named by `Connection`, and the fixed set.
-/// `Trailer` stays (it is end to end): it announces trailers that travel
-/// with the body.
-pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
-    }
-    for n in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        h.remove(n);
-    }
-}
-
-/// Adds `X-Forwarded-*` or RFC 7239 `Forwarded`, per backend.
-pub fn add_forwarded(h: &mut HeaderMap, peer: SocketAddr, scheme: &'static str, cfg: &BackendConfig) {
-    let ip = peer.ip();
-    match cfg.forwarded {
-        Forwarded::Off => {}
-        Forwarded::XForwarded => {
-            let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&xff) {
-                h.insert("x-forwarded-for", v);
-            }
-            h.insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-            if let Some(host) = h.get(header::HOST).cloned() {
-                h.insert("x-forwarded-host", host);
-            }
-        }
-        Forwarded::Forwarded => {
-            let node = if ip.is_ipv6() {
-                format!("\"[{ip}]\"")
-            } else {
-                ip.to_string()
-            };
-            let mut elem = format!("for={node};proto={scheme}");
-            if let Some(host) = h.get(header::HOST).and_then(|v| v.to_str().ok()) {
-                elem.push_str(&format!(";host=\"{host}\""));
-            }
-            let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {elem}"),
-                None => elem,
-            };
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                h.insert(header::FORWARDED, v);
             }
         }
     }

@@ -26,6 +26,10 @@ pub struct Shared {
     pub access: crate::accesslog::Logger,
     /// Open connections per client IP (`max_connections_per_ip`).
     pub(crate) per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
+    /// The largest head any client may send as its first request: the base
+    /// limit or a `[[user_agent]]` rule's, whichever is larger (the rule is
+    /// known only once the head is read).
+    pub first_head_limit: usize,
     /// Held while the generation lives: its reaper ends when it is gone.
     alive: Arc<()>,
 }
@@ -60,7 +64,18 @@ impl Shared {
             .cloned()
             .map(|b| Upstream::new(b, metrics.clone(), config.workers.max(1)))
             .collect();
+        let first_head_limit = config
+            .rules
+            .rules()
+            .iter()
+            .map(|r| {
+                let mut s = config.client;
+                r.overrides.apply(&mut s);
+                s.max_header_bytes
+            })
+            .fold(config.client.max_header_bytes, usize::max);
         let shared = Arc::new(Shared {
+            first_head_limit,
             access: crate::accesslog::Logger::new(config.access_log, log),
             base_policy: Arc::new(ClientPolicy::base(config.client)),
             upstreams,

@@ -178,14 +178,24 @@ fn a_host_cannot_forge_a_forwarded_element() {
         "[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:1\"]\nforwarded = \"forwarded\"\n",
         backend.addr,
     );
+    // Such a Host is no host (RFC 9112 §3.2): refused, so no element of it
+    // can reach the backend at all.
     let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\", for=6.6.6.6;x=\"\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert!(backend.heads().is_empty(), "{:?}", backend.heads());
+    // A plain host is named in the element finguard writes, and nothing else.
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n");
     assert_eq!(r.status, 200);
     let body = String::from_utf8_lossy(&r.body).to_string();
     let fwd: Vec<&str> = body
         .lines()
         .filter(|l| l.to_ascii_lowercase().starts_with("forwarded:"))
         .collect();
-    assert_eq!(fwd, vec!["Forwarded: for=127.0.0.1;proto=http"], "{body}");
+    assert_eq!(
+        fwd,
+        vec!["Forwarded: for=127.0.0.1;proto=http;host=\"a.example:8080\""],
+        "{body}"
+    );
 }
 
 #[test]

@@ -87,7 +87,10 @@ fn check_forwarded_head(raw: &[u8]) -> Result<(), TestCaseError> {
     let Ok(h) = head::parse(raw, len, 1 << 30, true, true) else {
         return Ok(());
     };
-    let t = forward::target(raw, &h);
+    // A target that climbs above the root is refused (400), not forwarded.
+    let Ok(t) = forward::target(raw, &h) else {
+        return Ok(());
+    };
     let cx = ForwardCtx {
         peer: "192.0.2.1:1234".parse().unwrap(),
         scheme: "http",
@@ -107,7 +110,7 @@ fn check_forwarded_head(raw: &[u8]) -> Result<(), TestCaseError> {
         String::from_utf8_lossy(&out)
     );
     prop_assert_eq!(req.method.unwrap_or("").as_bytes(), h.method.get(raw));
-    prop_assert_eq!(req.path.unwrap_or("").as_bytes(), t.path);
+    prop_assert_eq!(req.path.unwrap_or("").as_bytes(), &t.path[..]);
     // The framing the backend sees is the framing finguard relays.
     let again = head::parse(&out, out.len(), 1 << 30, false, false);
     prop_assert!(
@@ -350,6 +353,81 @@ fn proxy_like() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// The backend head finguard writes for a request that came over HTTP/1.1
+/// and for the same request over HTTP/2 (`:authority` for `Host`, cookie
+/// crumbs for one `Cookie` line), each as its request line and its fields
+/// by name (the order of fields of different names is not meaning); an
+/// `Err` when it is refused.
+type Written = Result<(String, Vec<(String, String)>), String>;
+
+fn written_for_both(
+    method: &str,
+    host: &str,
+    target: &str,
+    fields: &[(&str, String)],
+    forwarded: Forwarded,
+) -> Option<(Written, Written)> {
+    let cx = ForwardCtx {
+        peer: "192.0.2.1:1234".parse().unwrap(),
+        scheme: "https",
+        forwarded,
+        default_host: "backend",
+        upgrade: false,
+    };
+    let write = |raw: &[u8], h: &head::Head| -> Written {
+        let t = forward::target(raw, h).map_err(|e| format!("{e:?}"))?;
+        let mut out = Vec::new();
+        forward::write_head(&mut out, raw, h, &t, &cx);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let mut lines = text.split("\r\n");
+        let line = lines.next().unwrap_or("").to_string();
+        let mut f: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        f.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((line, f))
+    };
+    // HTTP/1.1: one Cookie line, where the first crumb was.
+    let cookies: Vec<&str> = fields
+        .iter()
+        .filter(|(n, _)| *n == "cookie")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let mut raw = format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n");
+    if !cookies.is_empty() {
+        raw.push_str(&format!("Cookie: {}\r\n", cookies.join("; ")));
+    }
+    for (n, v) in fields.iter().filter(|(n, _)| *n != "cookie") {
+        raw.push_str(&format!("{n}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let raw = raw.into_bytes();
+    let len = head::find_end(&raw).ok()??;
+    let h1 = match head::parse(&raw, len, 1 << 20, false, false) {
+        Ok(h) => write(&raw, &h),
+        Err(e) => Err(format!("{e:?}")),
+    };
+    // HTTP/2: the same fields on a request with an authority.
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://{host}{target}"))
+        .body(())
+        .ok()?;
+    for (n, v) in fields {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(n.as_bytes()).ok()?,
+            http::HeaderValue::from_str(v).ok()?,
+        );
+    }
+    let (parts, ()) = req.into_parts();
+    let h2 = match finguard::proxy::h1_head(&parts, false, 1 << 16, 1 << 20) {
+        Ok((hb, h)) => write(&hb, &h),
+        Err(e) => Err(e.to_string()),
+    };
+    Some((h1, h2))
+}
+
 proptest! {
     // `FINGUARD_FUZZ_CASES=200000 cargo test --release --test fuzz` for a long run.
     #![proptest_config(ProptestConfig::with_cases(
@@ -370,6 +448,37 @@ proptest! {
             body[i] = b; // a damaged body: same answer in every split too
         }
         check_split_invariance(&body, &cuts)?;
+    }
+
+    #[test]
+    fn the_same_request_over_http1_and_http2_gives_the_backend_the_same_head(
+        method in prop::sample::select(vec!["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS"]),
+        host in "[a-z]{1,6}(\\.[a-z]{1,4})?(:[0-9]{2,4})?",
+        path in "(/([a-z0-9]{1,4}|\\.|\\.\\.|%2e|%2E%2e)){0,6}/?",
+        query in prop::option::of("[a-z=&./]{0,8}"),
+        fields in prop::collection::vec(
+            (
+                prop::sample::select(vec![
+                    "accept", "user-agent", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+                    "forwarded", "cookie", "x-custom", "te", "via", "connection", "keep-alive",
+                ]),
+                "([a-zA-Z0-9=;.,]([a-zA-Z0-9=;., ]{0,10}[a-zA-Z0-9=;.,])?)?",
+            ),
+            0..8,
+        ),
+        rfc7239 in any::<bool>(),
+    ) {
+        let target = format!("{}{}", if path.is_empty() { "/" } else { &path }, query.map(|q| format!("?{q}")).unwrap_or_default());
+        let fields: Vec<(&str, String)> = fields.iter().map(|(n, v)| (*n, v.clone())).collect();
+        let forwarded = if rfc7239 { Forwarded::Forwarded } else { Forwarded::XForwarded };
+        let Some((h1, h2)) = written_for_both(method, &host, &target, &fields, forwarded) else {
+            return Ok(()); // not expressible as an HTTP/2 request
+        };
+        match (&h1, &h2) {
+            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+            (Err(_), Err(_)) => {}
+            _ => prop_assert!(false, "one protocol refused what the other took: {:?} / {:?}", h1, h2),
+        }
     }
 
     #[test]

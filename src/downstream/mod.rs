@@ -64,7 +64,13 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         // Only what the wait needs: everything held across it is in every
         // idle connection's task.
         let settings = &conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
-        let (header_timeout, max_header_bytes) = (settings.header_timeout, settings.max_header_bytes);
+        // The first head is read before the User-Agent is known: up to the
+        // largest limit any rule allows, then held to its own rule's.
+        let max_header_bytes = match conn.policy {
+            None => shared.first_head_limit,
+            Some(_) => settings.max_header_bytes,
+        };
+        let header_timeout = settings.header_timeout;
         // The first head must be complete `header_timeout` after accept; later
         // ones may idle `keepalive_timeout`, then have `header_timeout`.
         let idle_until = if conn.served == 0 {
@@ -121,18 +127,26 @@ async fn serve_request<S: ClientStream>(
     track: &registry::Tracked,
 ) -> Option<Ending> {
     let logging = shared.access.enabled();
-    let max_body = conn
-        .policy
-        .as_ref()
-        .map_or(&shared.base_policy, |p| p)
-        .settings
-        .max_body_bytes;
-    let mut head = match head::parse(buf, len, max_body, conn.policy.is_none() || logging, logging) {
+    let first = conn.policy.is_none();
+    // The first request's limits are its rule's, known only once its head
+    // is parsed: parsed without a body limit, then held to the rule's.
+    let max_body = conn.policy.as_ref().map_or(u64::MAX, |p| p.settings.max_body_bytes);
+    let mut head = match head::parse(buf, len, max_body, first || logging, logging) {
         Ok(h) => h,
         Err(r) => return Some(reject(r)),
     };
     let ua = head.user_agent.as_deref().unwrap_or("");
     let policy = conn.policy.get_or_insert_with(|| classify(shared, track, ua));
+    if first {
+        if let Err(r) = head.hold_to(
+            &buf[..len],
+            policy.settings.max_header_bytes,
+            policy.settings.max_body_bytes,
+        ) {
+            return Some(reject(r));
+        }
+    }
+    head.framing.limit_trailers(policy.settings.max_header_bytes);
     conn.served += 1;
     track.set(ClientState::Active);
     track.entry.requests.fetch_add(1, Ordering::Relaxed);
@@ -265,18 +279,23 @@ async fn wait_head<S: ClientStream>(
         if !buf.is_empty() {
             if let Some(len) = head::find_end(buf).map_err(reject)? {
                 if len > max {
-                    return Err(reject(Reject::HeadTooLarge));
+                    return Err(reject(head::too_large(buf, max)));
                 }
                 return Ok(len);
             }
             if buf.len() > max {
-                return Err(reject(Reject::HeadTooLarge));
+                return Err(reject(head::too_large(buf, max)));
             }
         }
+        // A keep-alive wait ends when the next head starts: from its first
+        // byte it has `header_timeout`. The first head's deadline is fixed at
+        // accept (`idle_until`), so a slow first head cannot stretch it.
         let deadline = if buf.is_empty() {
             idle_until
+        } else if served_before {
+            *head_until.get_or_insert_with(|| Instant::now() + header_timeout)
         } else {
-            *head_until.get_or_insert_with(|| idle_until.min(Instant::now() + header_timeout).max(Instant::now()))
+            idle_until
         };
         if buf.is_empty() {
             *buf = BytesMut::new();

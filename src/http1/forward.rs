@@ -14,7 +14,8 @@
 use super::put;
 use crate::config::Forwarded;
 use crate::http1::framing::Framing;
-use crate::http1::head::{Head, Span};
+use crate::http1::head::{Head, Reject, Span};
+use std::borrow::Cow;
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -31,22 +32,23 @@ pub struct ForwardCtx<'a> {
 
 /// The target and host of a request, as finguard routes it.
 pub struct Target<'a> {
-    /// Origin-form: `/path?query` (or `*`).
-    pub path: &'a [u8],
+    /// Origin-form: `/path?query` (or `*`), dot segments removed.
+    pub path: Cow<'a, [u8]>,
     pub host: Option<&'a [u8]>,
 }
 
 /// Splits an absolute-form target (`http://host/path`); origin-form and `*`
-/// pass unchanged with the `Host` header as the host.
-pub fn target<'a>(head_bytes: &'a [u8], head: &Head) -> Target<'a> {
+/// pass with the `Host` header as the host. The path is normalised
+/// ([`normalize`]): what is routed is what the backend is sent.
+pub fn target<'a>(head_bytes: &'a [u8], head: &Head) -> Result<Target<'a>, Reject> {
     let t = head.target.get(head_bytes);
     let host_header = head.host.map(|s| s.get(head_bytes));
     let rest = strip_prefix_ci(t, b"http://").or_else(|| strip_prefix_ci(t, b"https://"));
     let Some(rest) = rest else {
-        return Target {
-            path: t,
+        return Ok(Target {
+            path: normalize(t)?,
             host: host_header,
-        };
+        });
     };
     let end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
     let authority = &rest[..end];
@@ -55,10 +57,81 @@ pub fn target<'a>(head_bytes: &'a [u8], head: &Head) -> Target<'a> {
         .iter()
         .rposition(|&b| b == b'@')
         .map_or(authority, |i| &authority[i + 1..]);
-    let path = &rest[end..];
-    Target {
-        path: if path.is_empty() { b"/" } else { path },
+    if !crate::http1::head::valid_host(authority) {
+        return Err(Reject::Bad("invalid authority in the request target"));
+    }
+    let path = match &rest[end..] {
+        [] => Cow::Borrowed(&b"/"[..]),
+        // `http://a?x=1`: the path is empty, the query is not (RFC 9112 §3.2.1).
+        p @ [b'?', ..] => Cow::Owned([&b"/"[..], p].concat()),
+        p => normalize(p)?,
+    };
+    Ok(Target {
+        path,
         host: Some(authority).filter(|a| !a.is_empty()).or(host_header),
+    })
+}
+
+/// Removes dot segments from the path of an origin-form target (RFC 3986
+/// §5.2.4), a percent-encoded dot counting as a dot: `/api/%2e%2e/admin` is
+/// `/admin`, as the backend would resolve it, so a route's prefix cannot be
+/// stepped out of. A path that climbs above the root is refused. The query
+/// and every other byte are left as they came; a target that needs nothing
+/// done is not copied.
+pub fn normalize(target: &[u8]) -> Result<Cow<'_, [u8]>, Reject> {
+    let end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
+    let (path, query) = target.split_at(end);
+    let suspicious = path.windows(2).any(|w| w == b"/.") || path.windows(3).any(|w| w.eq_ignore_ascii_case(b"%2e"));
+    if !path.starts_with(b"/") || !suspicious {
+        return Ok(Cow::Borrowed(target));
+    }
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let mut trailing = false;
+    for seg in path[1..].split(|&b| b == b'/') {
+        trailing = true;
+        match dots(seg) {
+            1 => {}
+            2 => {
+                if kept.pop().is_none() {
+                    return Err(Reject::Bad("request path climbs above the root"));
+                }
+            }
+            _ => {
+                kept.push(seg);
+                trailing = false;
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(target.len());
+    for seg in &kept {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if trailing || kept.is_empty() {
+        out.push(b'/');
+    }
+    out.extend_from_slice(query);
+    Ok(Cow::Owned(out))
+}
+
+/// 1 for a `.` segment, 2 for `..` (either dot maybe `%2e`), else 0.
+fn dots(seg: &[u8]) -> usize {
+    let mut n = 0;
+    let mut rest = seg;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return 0;
+        }
+        n += 1;
+    }
+    if n <= 2 {
+        n
+    } else {
+        0
     }
 }
 
@@ -116,7 +189,7 @@ fn named_by_connection<'a>(head_bytes: &'a [u8], head: &Head) -> Vec<&'a [u8]> {
 pub fn write_head(out: &mut Vec<u8>, head_bytes: &[u8], head: &Head, t: &Target<'_>, cx: &ForwardCtx<'_>) {
     out.extend_from_slice(head.method.get(head_bytes));
     out.push(b' ');
-    out.extend_from_slice(t.path);
+    out.extend_from_slice(&t.path);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(t.host.unwrap_or(cx.default_host.as_bytes()));
     out.extend_from_slice(b"\r\n");
@@ -257,7 +330,7 @@ mod tests {
             default_host: "backend:80",
             upgrade: h.upgrade,
         };
-        write_head(&mut out, b, &h, &target(b, &h), &cx);
+        write_head(&mut out, b, &h, &target(b, &h).unwrap(), &cx);
         String::from_utf8(out).unwrap()
     }
 
@@ -284,11 +357,14 @@ mod tests {
 
     #[test]
     fn forwarded_never_carries_a_forged_element() {
-        let out = forward(
-            "GET / HTTP/1.1\r\nHost: a\", for=6.6.6.6;x=\"\r\n\r\n",
-            Forwarded::Forwarded,
-        );
-        assert!(out.contains("Forwarded: for=10.1.2.3;proto=http\r\n"), "{out}");
+        // A Host that would forge an element is no host: the head is refused
+        // before anything is written (it was written without `host=` before
+        // Host values were checked).
+        let raw = b"GET / HTTP/1.1\r\nHost: a\", for=6.6.6.6;x=\"\r\n\r\n";
+        let len = head::find_end(raw).unwrap().unwrap();
+        assert!(head::parse(raw, len, 1 << 20, false, false).is_err());
+        // The writer's own guard, for a host that reached it anyway.
+        assert!(!is_plain_host(b"a\", for=6.6.6.6;x=\""));
         let out = forward("GET / HTTP/1.1\r\nHost: a.example:8080\r\n\r\n", Forwarded::Forwarded);
         assert!(
             out.contains("Forwarded: for=10.1.2.3;proto=http;host=\"a.example:8080\"\r\n"),
@@ -306,6 +382,39 @@ mod tests {
             out,
             "GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 1.1.1.1, 10.1.2.3\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: a\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn dot_segments_are_removed_and_may_not_climb_above_the_root() {
+        let cases = [
+            ("/api/../admin/secret.txt", Some("/admin/secret.txt")),
+            ("/api/%2e%2e/admin/secret.txt", Some("/admin/secret.txt")),
+            ("/api/.%2E/admin/secret.txt", Some("/admin/secret.txt")),
+            ("/a/./b/.?x=/../", Some("/a/b/?x=/../")),
+            ("/a/b/..", Some("/a/")),
+            ("/a//../b", Some("/a/b")),
+            ("/a/...", Some("/a/...")),
+            ("/a/.hidden/..x", Some("/a/.hidden/..x")),
+            ("/plain/path?q", Some("/plain/path?q")),
+            ("*", Some("*")),
+            ("/..", None),
+            ("/a/../../etc/passwd", None),
+            ("/%2e%2e/x", None),
+        ];
+        for (raw, want) in cases {
+            let got = normalize(raw.as_bytes())
+                .ok()
+                .map(|p| String::from_utf8(p.into_owned()).unwrap());
+            assert_eq!(got.as_deref(), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn an_absolute_target_with_an_empty_path_gets_the_root() {
+        let out = forward("GET http://a?x=1 HTTP/1.1\r\nHost: a\r\n\r\n", Forwarded::Off);
+        assert_eq!(out, "GET /?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        let out = forward("GET http://a HTTP/1.1\r\nHost: a\r\n\r\n", Forwarded::Off);
+        assert_eq!(out, "GET / HTTP/1.1\r\nHost: a\r\n\r\n");
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! Where a request body ends.
 //!
-//! hyper decodes the body; finguard only needs to know where it ends, so that
-//! hyper is never handed a byte of the next pipelined request (those go
-//! through the head check first) and so that a malformed or oversized chunked
-//! body is caught as it streams. The chunk scanner is written by hand: hyper's
-//! decoder is private, and the scanner is a small state machine over bytes.
+//! finguard relays a body as it came; it only needs to know where the body
+//! ends, so that no byte of the next pipelined request is relayed as body
+//! (those go through the head check first), and to catch a malformed or
+//! oversized chunked body as it streams: chunk extensions are bounded, and
+//! trailer lines are held to what a header line may be (no obs-fold, no
+//! control bytes, a `name:`), within a size limit, so that no trailer can
+//! carry a request or a smuggled header past finguard. The chunk scanner is
+//! written by hand: hyper's decoder is private, and the scanner is a small
+//! state machine over bytes.
 
 /// A body that cannot be relayed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +38,8 @@ enum Chunk {
     DataLf,
     /// After the last chunk: a trailer line or the final CRLF.
     TrailerStart,
-    Trailer,
+    TrailerName,
+    TrailerValue,
     TrailerLf,
     EndLf,
     Done,
@@ -48,7 +53,18 @@ pub struct ChunkScanner {
     digits: u8,
     total: u64,
     max: u64,
+    /// Bytes of chunk extensions so far (all ignored).
+    ext: u32,
+    /// Bytes of the trailer section so far, and its limit.
+    trailer: u32,
+    max_trailer: u32,
 }
+
+/// Chunk extensions a body may carry in all (hyper's limit): finguard
+/// ignores them, so they are bounded rather than relayed without end.
+const MAX_EXTENSIONS: u32 = 16 * 1024;
+/// The trailer section's limit unless one is set: a response head's.
+const DEFAULT_MAX_TRAILER: u32 = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub enum Framing {
@@ -65,7 +81,18 @@ impl Framing {
             digits: 0,
             total: 0,
             max,
+            ext: 0,
+            trailer: 0,
+            max_trailer: DEFAULT_MAX_TRAILER,
         })
+    }
+
+    /// Holds a chunked body's trailer section to `max` bytes (a request's
+    /// are counted against `max_header_bytes`).
+    pub fn limit_trailers(&mut self, max: usize) {
+        if let Framing::Chunked(c) = self {
+            c.max_trailer = u32::try_from(max).unwrap_or(u32::MAX);
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -138,8 +165,12 @@ impl ChunkScanner {
             }
             if matches!(
                 self.state,
-                Chunk::TrailerStart | Chunk::Trailer | Chunk::TrailerLf | Chunk::EndLf
+                Chunk::TrailerStart | Chunk::TrailerName | Chunk::TrailerValue | Chunk::TrailerLf | Chunk::EndLf
             ) {
+                self.trailer += 1;
+                if self.trailer > self.max_trailer {
+                    return Err(BodyFault::Malformed);
+                }
                 on_trailer(data[i]);
             }
             self.step(data[i])?;
@@ -163,20 +194,34 @@ impl ChunkScanner {
             // the size may only lead to `;` or the line end. Anything else
             // (`b /smuggled HTTP/1.1`) is a malformed body, not an extension.
             (Size | SizeWs, b' ' | b'\t') => SizeWs,
-            (Size | SizeWs | Ext, b';') => Ext,
+            (Size | SizeWs | Ext, b';') => self.extension()?,
             (Size | SizeWs | Ext, b'\r') => SizeLf,
-            (Ext, b) if b != b'\n' && (b == b'\t' || !b.is_ascii_control()) => Ext,
+            (Ext, b) if b != b'\n' && (b == b'\t' || !b.is_ascii_control()) => self.extension()?,
             (SizeLf, b'\n') => self.end_of_size_line()?,
             (DataCr, b'\r') => DataLf,
             (DataLf, b'\n') => SizeStart,
             (TrailerStart, b'\r') => EndLf,
-            (TrailerStart | Trailer, b) if b != b'\r' && b != b'\n' => Trailer,
-            (Trailer, b'\r') => TrailerLf,
+            // A trailer line is a header line: a token, a colon, a value
+            // of visible bytes, spaces and tabs (RFC 9110 §5.5). A line
+            // starting with whitespace (obs-fold) or a control byte, or
+            // one without a colon, is no header.
+            (TrailerStart | TrailerName, b) if is_tchar(b) => TrailerName,
+            (TrailerName, b':') => TrailerValue,
+            (TrailerValue, b'\r') => TrailerLf,
+            (TrailerValue, b) if b == b'\t' || b >= 0x20 && b != 0x7f => TrailerValue,
             (TrailerLf, b'\n') => TrailerStart,
             (EndLf, b'\n') => Done,
             _ => return Err(BodyFault::Malformed),
         };
         Ok(())
+    }
+
+    fn extension(&mut self) -> Result<Chunk, BodyFault> {
+        self.ext += 1;
+        if self.ext > MAX_EXTENSIONS {
+            return Err(BodyFault::Malformed);
+        }
+        Ok(Chunk::Ext)
     }
 
     fn end_of_size_line(&mut self) -> Result<Chunk, BodyFault> {
@@ -190,6 +235,11 @@ impl ChunkScanner {
         }
         Ok(Chunk::Data)
     }
+}
+
+/// A byte of a token (RFC 9110 §5.6.2): what a field name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -240,6 +290,30 @@ mod tests {
             );
         }
         assert_eq!(Framing::chunked(4).consume(b"5\r\nhello\r\n"), Err(BodyFault::TooLarge));
+    }
+
+    #[test]
+    fn trailers_are_header_lines_within_a_limit_and_extensions_are_bounded() {
+        for bad in [
+            &b"0\r\nGET /smuggled HTTP/1.1\r\n\r\n"[..],
+            b"0\r\nX-T: a\0b\r\n\r\n",
+            b"0\r\nX-T: a\r\n folded\r\n\r\n",
+            b"0\r\nno-colon\r\n\r\n",
+            b"0\r\n: no name\r\n\r\n",
+            b"0\r\nX-T: a\nX-U: b\r\n\r\n",
+        ] {
+            assert_eq!(Framing::chunked(100).consume(bad), Err(BodyFault::Malformed), "{bad:?}");
+        }
+        let ok = b"0\r\nX-T: a\tb \x80\r\nY:\r\n\r\n";
+        assert_eq!(Framing::chunked(100).consume(ok), Ok(ok.len()));
+        let mut f = Framing::chunked(100);
+        f.limit_trailers(16);
+        let long = format!("0\r\nX-T: {}\r\n\r\n", "a".repeat(20));
+        assert_eq!(f.consume(long.as_bytes()), Err(BodyFault::Malformed));
+        let ext = format!("1;{}\r\nx\r\n", "e".repeat(MAX_EXTENSIONS as usize));
+        assert_eq!(Framing::chunked(100).consume(ext.as_bytes()), Err(BodyFault::Malformed));
+        let small = "1;e=1\r\nx\r\n".repeat(100) + "0\r\n\r\n";
+        assert_eq!(Framing::chunked(1000).consume(small.as_bytes()), Ok(small.len()));
     }
 
     #[test]

@@ -86,6 +86,8 @@ pub enum Reject {
     Bad(&'static str),
     /// 431: head or header count over the limit.
     HeadTooLarge,
+    /// 414: the request line alone is over the head limit (RFC 9112 §3).
+    UriTooLong,
     /// 413: the announced body is over the limit.
     BodyTooLarge,
     /// 417: an `Expect` other than `100-continue`.
@@ -110,6 +112,17 @@ pub fn find_end(buf: &[u8]) -> Result<Option<usize>, Reject> {
         i = nl + 1;
     }
     Ok(None)
+}
+
+/// Which limit a head over `max` bytes broke: the request line alone (414,
+/// RFC 9112 §3) or the head as a whole (431).
+pub fn too_large(buf: &[u8], max: usize) -> Reject {
+    let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    if line > max {
+        Reject::UriTooLong
+    } else {
+        Reject::HeadTooLarge
+    }
 }
 
 /// Number of empty lines (CRLF) before the request line: RFC 9112 §2.2 says to
@@ -170,6 +183,22 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     })
 }
 
+impl Head {
+    /// Holds a head read under looser limits (a connection's first, before
+    /// its User-Agent rule was known) to the limits of its rule.
+    pub fn hold_to(&mut self, head_bytes: &[u8], max_head: usize, max_body: u64) -> Result<(), Reject> {
+        if self.len > max_head {
+            return Err(too_large(head_bytes, max_head));
+        }
+        self.framing = match self.framing {
+            Framing::Length(n) if n > max_body => return Err(Reject::BodyTooLarge),
+            Framing::Length(n) => Framing::Length(n),
+            Framing::Chunked(_) => Framing::chunked(max_body),
+        };
+        Ok(())
+    }
+}
+
 /// httparse's error, as the answer a client gets.
 fn refusal(e: httparse::Error) -> Reject {
     match e {
@@ -222,7 +251,11 @@ impl Seen {
             self.chunked = true;
         } else if name.eq_ignore_ascii_case("host") {
             self.hosts += 1;
-            self.host = Some(Span::of(base, value.trim_ascii()));
+            let host = value.trim_ascii();
+            if !valid_host(host) {
+                return Err(Reject::Bad("invalid Host"));
+            }
+            self.host = Some(Span::of(base, host));
         } else if name.eq_ignore_ascii_case("connection") {
             self.connection(value);
         } else if name.eq_ignore_ascii_case("expect") {
@@ -270,6 +303,57 @@ impl Seen {
             (false, None) => Framing::Length(0),
         })
     }
+}
+
+/// A `Host` value as RFC 9112 §3.2 and RFC 3986 §3.2.2 allow it: a
+/// reg-name (unreserved, percent-encoded and sub-delimiter bytes) or an
+/// `[IP-literal]`, then an optional `:port`. Empty is allowed (a target
+/// without authority). `..` is refused as Apache refuses it: no host name
+/// has an empty label, and a backend may take it for a path.
+pub fn valid_host(v: &[u8]) -> bool {
+    let (name, port) = match v.first() {
+        Some(b'[') => match v.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &v[1..end];
+                if literal.is_empty() || !literal.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
+                    return false;
+                }
+                (&[][..], &v[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match v.iter().position(|&b| b == b':') {
+            Some(i) => (&v[..i], &v[i..]),
+            None => (v, &[][..]),
+        },
+    };
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    let name_ok = name.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    });
+    port_ok && name_ok && !name.windows(2).any(|w| w == b"..")
 }
 
 /// Digits only (no sign, no list): `Content-Length: 5, 5` is refused too.
@@ -337,12 +421,36 @@ mod tests {
             ),
             ("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "TE in 1.0"),
             ("GET / HTTP/1.1\r\nHost : a\r\n\r\n", "space before colon"),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "space in Host"),
+            ("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "slash in Host"),
+            ("GET / HTTP/1.1\r\nHost: a\"<x>\r\n\r\n", "quote in Host"),
+            ("GET / HTTP/1.1\r\nHost: ..\r\n\r\n", "dot-dot Host"),
+            ("GET / HTTP/1.1\r\nHost: a\tb\r\n\r\n", "tab in Host"),
+            ("GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", "bad port"),
         ];
         for (raw, what) in cases {
             assert!(matches!(judge(raw), Err(Reject::Bad(_))), "{what} was accepted");
         }
         let big = "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n";
         assert_eq!(judge(big).unwrap_err(), Reject::BodyTooLarge);
+    }
+
+    #[test]
+    fn host_values() {
+        for ok in [
+            "a",
+            "a.example:8080",
+            "[::1]:80",
+            "127.0.0.1",
+            "",
+            "xn--bcher-kva.example",
+            "a_b",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["a b", "a/b", "a\"<x>", "..", "a\tb", "a..b", "[::1", "a:80:80", "a@b"] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

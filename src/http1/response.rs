@@ -148,7 +148,7 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     let Some(len) = parse_head(&mut resp, buf)? else {
         return Ok(Parsed::Partial);
     };
-    let status = resp.code.unwrap_or(0);
+    let status = status(&resp)?;
     let Scan {
         length,
         te,
@@ -157,8 +157,12 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         upgrade,
     } = scan(resp.headers, resp.version == Some(0))?;
     if (100..200).contains(&status) && status != 101 {
+        // Rewritten as a final head is: hop-by-hop fields are not relayed
+        // (RFC 9110 §7.6.1), and every line ends in CRLF.
         if !view.http10 {
-            out.extend_from_slice(&buf[..len]);
+            status_line(out, "HTTP/1.1", status, resp.reason);
+            copy_headers(out, resp.headers, &named, false);
+            out.extend_from_slice(b"\r\n");
         }
         return Ok(Parsed::Interim(len));
     }
@@ -247,6 +251,16 @@ fn parse_head<'h, 'b>(resp: &mut httparse::Response<'h, 'b>, buf: &'b [u8]) -> R
     }
 }
 
+/// The status code: three digits, 100 or more (RFC 9110 §15). A status
+/// such as `099` cannot be relayed as it came, and the body it frames
+/// cannot be told from the next response.
+fn status(resp: &httparse::Response<'_, '_>) -> Result<u16, BadResponse> {
+    match resp.code {
+        Some(c) if c >= 100 => Ok(c),
+        _ => Err(BadResponse("status code below 100")),
+    }
+}
+
 /// A final (not 1xx) response head is complete in `resp`, or `resp` cannot
 /// be one: what stops an upload to hear the backend's early answer.
 pub fn final_head_ready(resp: &[u8]) -> bool {
@@ -313,7 +327,9 @@ fn scan<'a>(headers: &[httparse::Header<'a>], backend10: bool) -> Result<Scan<'a
             s.upgrade = Some(h.value);
         }
     }
-    if backend10 && !backend_keepalive {
+    // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has
+    // faulty framing; the connection closes after it.
+    if backend10 && (!backend_keepalive || s.te.is_some()) {
         s.reuse.close = true;
     }
     Ok(s)
@@ -325,9 +341,9 @@ fn body_mode(te: Option<&[u8]>, length: Option<u64>, bodyless: bool) -> Result<B
         (Some(_), Some(_)) => return Err(BadResponse("both Content-Length and Transfer-Encoding")),
         _ if bodyless => BodyMode::Empty,
         (Some(t), None) if t.eq_ignore_ascii_case(b"chunked") => BodyMode::Chunked,
-        (Some(t), None) if ends_with_chunked(t) => return Err(BadResponse("unsupported Transfer-Encoding")),
-        // A transfer coding other than chunked: read to close.
-        (Some(_), None) => BodyMode::Close,
+        // Any other coding (`gzip`, `gzip, chunked`) finguard would have to
+        // decode before relaying without it: refused, as HAProxy does.
+        (Some(_), None) => return Err(BadResponse("unsupported Transfer-Encoding")),
         (None, Some(n)) => BodyMode::Length(n),
         (None, None) => BodyMode::Close,
     })
@@ -361,7 +377,7 @@ pub fn parse_h2(buf: &[u8], head_request: bool) -> Result<Parsed2, BadResponse> 
     let Some(len) = parse_head(&mut resp, buf)? else {
         return Ok(Parsed2::Partial);
     };
-    let status = resp.code.unwrap_or(0);
+    let status = status(&resp)?;
     let sc = scan(resp.headers, resp.version == Some(0))?;
     if status == 101 {
         return Err(BadResponse("switched protocols without being asked"));
@@ -374,8 +390,12 @@ pub fn parse_h2(buf: &[u8], head_request: bool) -> Result<Parsed2, BadResponse> 
     let mut reuse = sc.reuse;
     reuse.close |= body == BodyMode::Close;
     let mut out = http::HeaderMap::with_capacity(resp.headers.len());
+    let mut length_seen = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
+        if is_framing(name) && std::mem::replace(&mut length_seen, true) {
+            continue; // a repeated equal length goes out once
+        }
         let trailer = body == BodyMode::Chunked && name.eq_ignore_ascii_case(b"trailer");
         if (hop_by_hop(name) && !trailer) || sc.named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
             continue;
@@ -395,12 +415,6 @@ pub fn parse_h2(buf: &[u8], head_request: bool) -> Result<Parsed2, BadResponse> 
         body,
         reuse,
     }))
-}
-
-fn ends_with_chunked(t: &[u8]) -> bool {
-    t.rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 fn status_line(out: &mut Vec<u8>, version: &str, status: u16, reason: Option<&str>) {
@@ -429,8 +443,16 @@ pub fn push_num(out: &mut Vec<u8>, mut n: u64) {
 }
 
 fn copy_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: &[&[u8]], keep_trailer: bool) {
+    let mut length_seen = false;
     for h in headers {
         let name = h.name.as_bytes();
+        if is_framing(name) {
+            // Repeated equal lengths (unequal ones were refused) go out as
+            // one: some clients refuse a repeated Content-Length.
+            if std::mem::replace(&mut length_seen, true) {
+                continue;
+            }
+        }
         if hop_by_hop(name) && !(keep_trailer && name.eq_ignore_ascii_case(b"trailer")) {
             continue;
         }
@@ -538,6 +560,39 @@ mod tests {
             push_num(&mut out, n);
             assert_eq!(out, n.to_string().into_bytes());
         }
+    }
+
+    #[test]
+    fn what_the_client_may_not_be_sent_is_refused_or_rewritten() {
+        // A status below 100, an undecoded coding: 502.
+        for bad in [
+            "HTTP/1.1 099 X\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        ] {
+            assert!(matches!(shape(bad, view()).0, Err(BadResponse(_))), "{bad}");
+        }
+        // A repeated equal length goes out once.
+        let (r, out) = shape(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            view(),
+        );
+        assert!(matches!(r, Ok(Parsed::Final(_))));
+        assert_eq!(out.matches("Content-Length").count(), 1, "{out}");
+        // An interim response loses its hop-by-hop fields and its bare LFs.
+        let (r, out) = shape(
+            "HTTP/1.1 103 Early Hints\nLink: </a.css>\nConnection: x-hop\nX-Hop: 1\nKeep-Alive: timeout=5\nUpgrade: h2c\n\n",
+            view(),
+        );
+        assert!(matches!(r, Ok(Parsed::Interim(_))));
+        assert_eq!(out, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
+        // HTTP/1.0 with chunked framing: the connection is not reused.
+        let (r, _) = shape(
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",
+            view(),
+        );
+        let Ok(Parsed::Final(s)) = r else { panic!() };
+        assert!(s.reuse.close);
     }
 
     #[test]
