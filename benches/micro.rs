@@ -65,7 +65,7 @@ fn rewrite(c: &mut Criterion) {
     let peer = "192.0.2.7:40000".parse().unwrap();
     c.bench_function("headers: HTTP/2 request -> HTTP/1.1 head -> backend head", |b| {
         b.iter(|| {
-            let (hb, head) = finguard::proxy::h1_head(black_box(&parts), false, 1 << 16, 1 << 20).unwrap();
+            let (hb, head) = finguard::exchange::h2::h1_head(black_box(&parts), false, 1 << 16, 1 << 20).unwrap();
             let t = forward::target(&hb, &head).unwrap();
             let cx = forward::ForwardCtx {
                 peer,

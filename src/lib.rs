@@ -11,7 +11,8 @@
 //! - [`server`]: listeners, worker threads, accept loop, connection permits, drain
 //! - [`shared`]: a configuration generation, shared read-only by connection tasks
 //! - [`downstream`]: the client connection: keep-alive loop, lingering close, tunnel, HTTP/2
-//! - [`exchange`]: one HTTP/1 exchange driving the client and a pooled backend socket
+//! - [`exchange`]: one exchange for both protocols: route, backend head, retry rules;
+//!   `exchange/h1.rs` drives an HTTP/1 client socket, `exchange/h2.rs` an HTTP/2 stream
 //! - [`http1`]: HTTP/1 on the wire: head parse, body framing, forwarded head, response shaping
 //! - [`error`]: the exchange's one error type: side at fault, status, log line
 //! - [`timeouts`]: every deadline of an exchange, from config
@@ -19,7 +20,6 @@
 //! - [`reaper`]: the timer that sweeps idle pools and stuck lingering clients
 //! - [`registry`]: open client connections (`/connections`, state gauges)
 //! - [`stream`]: a client byte stream, plain TCP or TLS
-//! - [`proxy`]: the HTTP/2 request path: each stream onto the same pool and codec
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, written to backends and read on listeners
 //! - [`metrics`]: every exported metric and label value, declared once
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
@@ -47,7 +47,6 @@ pub mod http1;
 pub mod lifecycle;
 pub mod metrics;
 pub use config::policy;
-pub mod proxy;
 pub mod proxy_protocol;
 pub mod reaper;
 pub mod registry;

@@ -491,3 +491,31 @@ fn http2_route_prefixes_are_matched_on_the_normalised_path() {
     assert!(api.heads().is_empty(), "{:?}", api.heads());
     assert_eq!(request_lines(&web), vec!["GET /admin/secret.txt HTTP/1.1"]);
 }
+
+#[test]
+fn an_http2_access_log_line_names_its_backend_as_an_http1_line_does() {
+    let backend = Backend::start(Reply::Ok);
+    let s = h2_proxy("[log]\naccess = \"json\"\n", backend.addr);
+    let authority = format!("a.test:{}", s.proxy.addr.port());
+    assert_eq!(h2_get(&s, &authority, &[]).0, 200);
+    let (status, _) = h2_get(&s, &authority, &[("host", "b.test")]);
+    assert_eq!(status, 400);
+    let lines = || s.proxy.stdout.lock().unwrap().clone();
+    assert!(
+        wait_until(Duration::from_secs(3), || lines().len() >= 2),
+        "{:?}",
+        lines()
+    );
+    let reqs: Vec<serde_json::Value> = lines()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["request"].is_string())
+        .collect();
+    let ok = reqs.iter().find(|v| v["status"] == 200).expect("the 200's line");
+    assert_eq!(ok["request"], "GET /echo HTTP/2.0");
+    assert_eq!(ok["backend"], backend.addr.to_string());
+    assert!(ok["upstream_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{ok}");
+    // finguard's own answer names no backend.
+    let refused = reqs.iter().find(|v| v["status"] == 400).expect("the 400's line");
+    assert!(refused["backend"].is_null(), "{refused}");
+}

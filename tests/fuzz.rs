@@ -421,7 +421,7 @@ fn written_for_both(
         );
     }
     let (parts, ()) = req.into_parts();
-    let h2 = match finguard::proxy::h1_head(&parts, false, 1 << 16, 1 << 20) {
+    let h2 = match finguard::exchange::h2::h1_head(&parts, false, 1 << 16, 1 << 20) {
         Ok((hb, h)) => write(&hb, &h),
         Err(e) => Err(e.to_string()),
     };

@@ -17,8 +17,8 @@
 //! GOAWAY) and CONTINUATION floods (bounded by the header list size).
 
 use super::Ending;
+use crate::exchange::h2::{self as exchange, RequestCtx};
 use crate::policy::ClientPolicy;
-use crate::proxy::{self, RequestCtx};
 use crate::registry::{ClientState, Tracked};
 use crate::shared::Shared;
 use crate::stream::ClientStream;
@@ -201,7 +201,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<Str
     });
     // Counted open from here: the stream closes when its body is dropped.
     let open = OpenStream(conn.clone());
-    let resp = match proxy::handle(req, ctx).await {
+    let resp = match exchange::handle(req, ctx).await {
         Ok(r) => r,
         Err(never) => match never {},
     };
@@ -227,7 +227,7 @@ struct Logged {
 
 /// The access-log line of an HTTP/2 request, written when its response head
 /// goes out (the body's length when the response announces one).
-fn log_request(conn: &H2Conn, client: SocketAddr, l: &Logged, resp: &http::Response<proxy::ProxyBody>) {
+fn log_request(conn: &H2Conn, client: SocketAddr, l: &Logged, resp: &http::Response<exchange::ProxyBody>) {
     conn.shared.access.request(&crate::accesslog::Record {
         peer: client,
         request_line: &l.request_line,
@@ -236,7 +236,7 @@ fn log_request(conn: &H2Conn, client: SocketAddr, l: &Logged, resp: &http::Respo
         referer: l.referer.as_deref(),
         user_agent: l.user_agent.as_deref(),
         rules: conn.track.entry.rules.get().map_or(&[][..], |r| r.as_slice()),
-        backend: None,
+        backend: resp.extensions().get::<crate::exchange::Answered>().map(|a| (a.0, a.1)),
     });
 }
 
@@ -254,7 +254,7 @@ impl Drop for OpenStream {
 /// A response body as h2 sends it: counts progress towards the client and
 /// keeps its stream open until h2 is done with it.
 pub struct StreamBody {
-    inner: proxy::ProxyBody,
+    inner: exchange::ProxyBody,
     /// The last frame went to h2 and h2 has not asked for more yet.
     handed: bool,
     open: OpenStream,
@@ -276,7 +276,7 @@ impl Drop for StreamBody {
 
 impl http_body::Body for StreamBody {
     type Data = bytes::Bytes;
-    type Error = proxy::BoxError;
+    type Error = exchange::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

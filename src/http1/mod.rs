@@ -10,7 +10,7 @@ pub mod head;
 pub mod response;
 
 /// Writes one header line.
-fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn put(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);

@@ -1,6 +1,7 @@
-//! One HTTP/1 exchange, owned from start to end by the client connection's
-//! task: it drives the client socket and a pooled backend socket itself, with
-//! no connection object per request and no hop to another task.
+//! The HTTP/1 client side of an exchange, owned from start to end by the
+//! client connection's task: it drives the client socket and a pooled
+//! backend socket itself, with no connection object per request and no hop
+//! to another task.
 //!
 //! 1. The request head was parsed once (`http1::head`); here it is
 //!    routed and the backend's head written from that parse (`http1::forward`).
@@ -19,6 +20,7 @@
 //! Bytes of a request body finguard did not read are never parsed as a next
 //! request: after an error the connection closes.
 
+use super::{Plan, Tries};
 use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
 use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
@@ -106,7 +108,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
         Ok(t) => t,
         Err(r) => return refuse(client, &req, conn, r.into(), false).await,
     };
-    let Some(idx) = route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
+    let Some(idx) = super::route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
         return refuse(client, &req, conn, ProxyError::NoRoute, framing.is_done()).await;
     };
     let upstream = &conn.shared.upstreams[idx];
@@ -118,7 +120,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             return refuse(client, &req, conn, e, false).await;
         }
     }
-    let mut out = backend_head(hb, head, &target, conn.peer, conn.scheme, upstream);
+    let mut out = super::backend_head(hb, head, &target, conn.peer, conn.scheme, upstream);
     out.extend_from_slice(&body0);
     let out = Bytes::from(out);
     let plan = Plan {
@@ -149,84 +151,6 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             return refuse(client, &req, conn, err, framing.is_done()).await;
         }
     }
-}
-
-/// How one request may be tried on a backend.
-pub struct Plan {
-    /// Never on a pooled connection (an upgrade takes its own).
-    pub fresh: bool,
-    /// For the PROXY protocol header: the client and the address it reached.
-    pub client: SocketAddr,
-    pub local: SocketAddr,
-    /// The whole request is held: it can be sent again.
-    pub replayable: bool,
-    pub idempotent: bool,
-}
-
-/// The rules of the checkout → attempt → retry loop, for both protocols: a
-/// reused connection that failed as a stale one does is tried once more on
-/// a fresh connection, when the request is held whole and the failure
-/// allows it.
-pub struct Tries {
-    plan: Plan,
-    retried: bool,
-}
-
-impl Tries {
-    pub fn new(plan: Plan) -> Tries {
-        Tries { plan, retried: false }
-    }
-
-    /// A connection for the next attempt.
-    pub async fn checkout(&self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
-        let p = &self.plan;
-        Ok(upstream
-            .checkout_raw(p.fresh || self.retried, p.client, p.local)
-            .await?)
-    }
-
-    /// After a failed attempt on a connection (`reused` or not): `Ok` to
-    /// try again, or the error to answer.
-    pub fn again(
-        &mut self,
-        upstream: &Upstream,
-        metrics: &crate::metrics::Metrics,
-        reused: bool,
-        err: ProxyError,
-        retry_safe: RetrySafe,
-    ) -> Result<(), ProxyError> {
-        let safe = retry_safe.allows(upstream.cfg.retry_idempotent && self.plan.idempotent);
-        if !(reused && !self.retried && self.plan.replayable && safe) {
-            return Err(err);
-        }
-        debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
-        metrics.backend_retried(&upstream.cfg.name);
-        self.retried = true;
-        Ok(())
-    }
-}
-
-/// The backend's request head, written from the parsed head by the one
-/// forward-head writer, for either protocol (an HTTP/2 request arrives here
-/// as the HTTP/1.1 head it was turned into).
-pub fn backend_head(
-    head_bytes: &[u8],
-    head: &Head,
-    target: &forward::Target<'_>,
-    peer: SocketAddr,
-    scheme: &'static str,
-    upstream: &Upstream,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head_bytes.len() + 160);
-    let fcx = forward::ForwardCtx {
-        peer,
-        scheme,
-        forwarded: upstream.cfg.forwarded,
-        default_host: upstream.cfg.addr_specs.first().map_or("localhost", String::as_str),
-        upgrade: head.upgrade,
-    };
-    forward::write_head(&mut out, head_bytes, head, target, &fcx);
-    out
 }
 
 enum Attempt {
@@ -539,15 +463,8 @@ fn heard_backend(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Opt
             wrote,
         })),
         Ok(_) if response::final_head_ready(resp) => Some(Ok(Sent::Early)),
-        Ok(_) => heard_too_much(resp).map(|err| Err(Upload::Backend { err, wrote })),
+        Ok(_) => super::heard_too_much(resp).map(|err| Err(Upload::Backend { err, wrote })),
     }
-}
-
-/// A backend that sends more than a response head's worth (an endless
-/// header line, endless 1xx) while the request still goes up is a bad
-/// response: what it sends is held, so it must be bounded.
-pub fn heard_too_much(resp: &[u8]) -> Option<ProxyError> {
-    (resp.len() > response::MAX_HEAD_BYTES).then_some(ProxyError::BadResponse("response head too large"))
 }
 
 /// The backend refused the rest of the upload: it may have answered and
@@ -857,43 +774,25 @@ async fn refuse<S: ClientStream>(
 
 /// A short plain-text error response.
 pub fn error_response(status: u16, keepalive: bool, force10: bool, http10: bool) -> Vec<u8> {
-    let reason = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let body = format!("{status} {reason}\n");
-    let version = if force10 { "HTTP/1.0" } else { "HTTP/1.1" };
-    let connection = match (keepalive, http10 || force10) {
-        (false, _) => "Connection: close\r\n",
-        (true, true) => "Connection: keep-alive\r\n",
-        (true, false) => "",
-    };
-    let retry = if status == 503 { "Retry-After: 1\r\n" } else { "" };
-    format!(
-        "{version} {status} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{retry}{connection}\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// Picks the backend: routes whose host matches (exact before `*`), longest
-/// path prefix first. The host's port, if any, is ignored.
-/// `path` is normalised ([`forward::normalize`]).
-pub fn route(shared: &Shared, host: &[u8], path: &[u8]) -> Option<usize> {
-    let host = match host.iter().rposition(|&b| b == b':') {
-        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host.ends_with(b"]") => &host[..i],
-        _ => host,
-    };
-    shared
-        .config
-        .routes
-        .iter()
-        .filter(|r| {
-            r.host
-                .as_deref()
-                .is_none_or(|h| h.as_bytes().eq_ignore_ascii_case(host))
-        })
-        .filter(|r| path.starts_with(r.path_prefix.as_bytes()))
-        .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
-        .map(|r| r.backend)
+    let a = super::Answer::new(status);
+    let mut out = Vec::with_capacity(160);
+    out.extend_from_slice(if force10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    crate::http1::response::push_num(&mut out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(a.reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in a.fields() {
+        crate::http1::put(&mut out, name.as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"Content-Length: ");
+    crate::http1::response::push_num(&mut out, a.body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    match (keepalive, http10 || force10) {
+        (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
+        (true, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (true, false) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(a.body.as_bytes());
+    out
 }

@@ -1,12 +1,13 @@
-//! The HTTP/2 request path: each stream (a hyper service call) is forwarded
-//! as an HTTP/1.1 request on a pooled raw backend connection — the same pool
-//! and the same codec as the HTTP/1 path ([`crate::exchange`]), written and
-//! read by the stream's own task, with no client connection task or channel
-//! in between.
+//! The HTTP/2 client side of an exchange: each stream (a hyper service
+//! call) is forwarded as an HTTP/1.1 request on a pooled raw backend
+//! connection — the same pool, the same judgement and the same
+//! forward-head writer as HTTP/1 ([`super`]), written and read by the
+//! stream's own task, with no client connection task or channel in between.
 //!
-//! The request head is written from the stream's headers (hop-by-hop ones
-//! dropped, `X-Forwarded-*` or `Forwarded` added); the body follows with its
-//! declared length, or chunked (trailers and all) when it has none. The
+//! The stream's head is turned into the HTTP/1.1 head it stands for
+//! ([`h1_head`]) and judged by the HTTP/1 parser; the backend's head is
+//! written from that parse; the body follows with its declared length, or
+//! chunked (trailers and all) when it has none. The
 //! backend is read while the body goes up, so an early answer stops the
 //! upload. The response head is judged by [`crate::http1::response`]; its
 //! body is decoded from the backend connection as h2 asks for it
@@ -16,9 +17,9 @@
 //! Statuses come from the one table in [`ProxyError`]; each failure is one log
 //! line here.
 
+use super::{Plan, Tries};
 use crate::config::ProxyProtocol;
 use crate::error::{ProxyError, RetrySafe};
-use crate::exchange::{Plan, Tries};
 use crate::http1::forward;
 use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
 use crate::http1::response::{self, BodyMode, Parsed2, ReuseHint};
@@ -41,7 +42,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, Sleep};
-use tracing::{info, warn};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -71,13 +71,8 @@ pub async fn handle(req: Request<Incoming>, ctx: Arc<RequestCtx>) -> Result<Resp
         Ok(r) => r,
         Err((e, unread)) => {
             let unread = Unread::new(unread, ctx.policy.settings.close.linger_time);
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            if status.is_server_error() {
-                warn!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %e, "request failed");
-            } else {
-                info!(peer = %ctx.peer, method = %parts.method, uri = %parts.uri, status = status.as_u16(), reason = %e, "request refused");
-            }
-            error_response(status, unread)
+            e.log(ctx.peer, format!("{} {}", parts.method, parts.uri).as_bytes());
+            error_response(e.status(), unread)
         }
     };
     ctx.shared.metrics.response(resp.status().as_u16());
@@ -142,7 +137,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         Ok(t) => t,
         Err(r) => return Err((r.into(), Some(body))),
     };
-    let Some(idx) = crate::exchange::route(shared, target.host.unwrap_or_default(), &target.path) else {
+    let Some(idx) = super::route(shared, target.host.unwrap_or_default(), &target.path) else {
         return Err((ProxyError::NoRoute, Some(body)));
     };
     let upstream = &shared.upstreams[idx];
@@ -152,7 +147,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     };
     let (first, rest) = take_body(body, declared, ctx).await?;
     let chunked = ctx.has_body && declared.is_none();
-    let mut out = crate::exchange::backend_head(&head_bytes, &head, &target, ctx.peer, ctx.scheme, upstream);
+    let mut out = super::backend_head(&head_bytes, &head, &target, ctx.peer, ctx.scheme, upstream);
     let mut last_chunk = false;
     if let Some(f) = first {
         last_chunk = encode_frame(&mut out, f, chunked);
@@ -300,7 +295,9 @@ async fn attempt(
 ) -> Result<Response<ProxyBody>, Failed> {
     let mut resp = BytesMut::with_capacity(RESP_BUF);
     let complete = send(&mut bc, out, up, &mut resp, t).await?;
+    let started = Instant::now();
     let head = read_head(&mut bc, &mut resp, head_request, t).await?;
+    let answered = super::Answered(bc.addr, started.elapsed());
     resp.advance(head.len);
     let rest = match head.body {
         BodyMode::Empty => Rest::Empty,
@@ -339,6 +336,7 @@ async fn attempt(
     let mut out = Response::new(ProxyBody::Backend(body));
     *out.status_mut() = status;
     *out.headers_mut() = head.headers;
+    out.extensions_mut().insert(answered);
     Ok(out)
 }
 
@@ -465,7 +463,7 @@ fn heard(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Result<bool
         Ok(0) => Err(failed_sending(ProxyError::BackendClosed, wrote)),
         Err(e) => Err(failed_sending(ProxyError::BackendIo(e), wrote)),
         Ok(_) if response::final_head_ready(resp) => Ok(true),
-        Ok(_) => match crate::exchange::heard_too_much(resp) {
+        Ok(_) => match super::heard_too_much(resp) {
             Some(err) => Err((err, RetrySafe::No)),
             None => Ok(false),
         },
@@ -583,14 +581,15 @@ impl Limited {
 
 /// A short plain-text error response; it keeps `unread` (the request body
 /// not read to its end) until it is sent.
-fn error_response(status: StatusCode, unread: Option<Unread>) -> Response<ProxyBody> {
-    let text = format!("{} {}\n", status.as_u16(), status.canonical_reason().unwrap_or(""));
-    let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(text)), unread));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+fn error_response(status: u16, unread: Option<Unread>) -> Response<ProxyBody> {
+    let a = super::Answer::new(status);
+    let mut resp = Response::new(ProxyBody::Full(Some(Bytes::from(a.body.clone())), unread));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (name, value) in a.fields() {
+        // `from_bytes` writes the name in lower case, as HTTP/2 requires.
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            resp.headers_mut().insert(n, HeaderValue::from_static(value));
+        }
     }
     resp
 }

@@ -1,0 +1,173 @@
+//! One exchange: a client's request carried to a backend and its answer
+//! back, for HTTP/1 and HTTP/2 clients alike. What both protocols share is
+//! here, once: the route (on the normalised path), the backend's request
+//! head (written by [`forward::write_head`] from a parsed HTTP/1.1 head; an
+//! HTTP/2 request is first turned into the head it stands for, and judged
+//! by the same parser), the checkout → attempt → retry rules ([`Tries`]),
+//! and the bound on what a backend may send while a request goes up.
+//!
+//! What differs per protocol is the client side: [`h1`] writes the response
+//! to the client's socket itself; [`h2`] hands hyper a response whose body
+//! pulls from the backend connection.
+//!
+//! This module never reads a client socket or writes a response: that is
+//! the two client sides'.
+
+pub mod h1;
+pub mod h2;
+
+pub use h1::{error_response, run, Conn, Done, Next, Request};
+
+use crate::error::{ProxyError, RetrySafe};
+use crate::http1::forward;
+use crate::http1::head::Head;
+use crate::http1::response;
+use crate::shared::Shared;
+use crate::upstream::{RawConn, Upstream};
+use std::net::SocketAddr;
+use tracing::debug;
+
+/// How one request may be tried on a backend.
+pub struct Plan {
+    /// Never on a pooled connection (an upgrade takes its own).
+    pub fresh: bool,
+    /// For the PROXY protocol header: the client and the address it reached.
+    pub client: SocketAddr,
+    pub local: SocketAddr,
+    /// The whole request is held: it can be sent again.
+    pub replayable: bool,
+    pub idempotent: bool,
+}
+
+/// The rules of the checkout → attempt → retry loop, for both protocols: a
+/// reused connection that failed as a stale one does is tried once more on
+/// a fresh connection, when the request is held whole and the failure
+/// allows it.
+pub struct Tries {
+    plan: Plan,
+    retried: bool,
+}
+
+impl Tries {
+    pub fn new(plan: Plan) -> Tries {
+        Tries { plan, retried: false }
+    }
+
+    /// A connection for the next attempt.
+    pub async fn checkout(&self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
+        let p = &self.plan;
+        Ok(upstream
+            .checkout_raw(p.fresh || self.retried, p.client, p.local)
+            .await?)
+    }
+
+    /// After a failed attempt on a connection (`reused` or not): `Ok` to
+    /// try again, or the error to answer.
+    pub fn again(
+        &mut self,
+        upstream: &Upstream,
+        metrics: &crate::metrics::Metrics,
+        reused: bool,
+        err: ProxyError,
+        retry_safe: RetrySafe,
+    ) -> Result<(), ProxyError> {
+        let safe = retry_safe.allows(upstream.cfg.retry_idempotent && self.plan.idempotent);
+        if !(reused && !self.retried && self.plan.replayable && safe) {
+            return Err(err);
+        }
+        debug!(error = %err, "reused backend connection failed; retrying on a fresh one");
+        metrics.backend_retried(&upstream.cfg.name);
+        self.retried = true;
+        Ok(())
+    }
+}
+
+/// The backend's request head, written from the parsed head by the one
+/// forward-head writer, for either protocol (an HTTP/2 request arrives here
+/// as the HTTP/1.1 head it was turned into).
+pub fn backend_head(
+    head_bytes: &[u8],
+    head: &Head,
+    target: &forward::Target<'_>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    upstream: &Upstream,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head_bytes.len() + 160);
+    let fcx = forward::ForwardCtx {
+        peer,
+        scheme,
+        forwarded: upstream.cfg.forwarded,
+        default_host: upstream.cfg.addr_specs.first().map_or("localhost", String::as_str),
+        upgrade: head.upgrade,
+    };
+    forward::write_head(&mut out, head_bytes, head, target, &fcx);
+    out
+}
+
+/// A backend that sends more than a response head's worth (an endless
+/// header line, endless 1xx) while the request still goes up is a bad
+/// response: what it sends is held, so it must be bounded.
+pub fn heard_too_much(resp: &[u8]) -> Option<ProxyError> {
+    (resp.len() > response::MAX_HEAD_BYTES).then_some(ProxyError::BadResponse("response head too large"))
+}
+
+/// finguard's own answer to a request it could not serve, the same on both
+/// protocols: the status (from the one table in [`ProxyError`]), a one-line
+/// plain-text body, and `Retry-After` on a 503.
+pub struct Answer {
+    pub status: u16,
+    pub reason: &'static str,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn new(status: u16) -> Answer {
+        let reason = http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        Answer {
+            status,
+            reason,
+            body: format!("{status} {reason}\n"),
+        }
+    }
+
+    /// The fields besides framing and the connection decision.
+    pub fn fields(&self) -> &'static [(&'static str, &'static str)] {
+        if self.status == 503 {
+            &[("Content-Type", "text/plain"), ("Retry-After", "1")]
+        } else {
+            &[("Content-Type", "text/plain")]
+        }
+    }
+}
+
+/// The backend that answered a request and how long its head took: for the
+/// access log of either protocol (an HTTP/2 response carries it as an
+/// extension to the connection layer, which writes the line).
+#[derive(Debug, Clone, Copy)]
+pub struct Answered(pub SocketAddr, pub std::time::Duration);
+
+/// Picks the backend: routes whose host matches (exact before `*`), longest
+/// path prefix first. The host's port, if any, is ignored.
+/// `path` is normalised ([`forward::normalize`]).
+pub fn route(shared: &Shared, host: &[u8], path: &[u8]) -> Option<usize> {
+    let host = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host.ends_with(b"]") => &host[..i],
+        _ => host,
+    };
+    shared
+        .config
+        .routes
+        .iter()
+        .filter(|r| {
+            r.host
+                .as_deref()
+                .is_none_or(|h| h.as_bytes().eq_ignore_ascii_case(host))
+        })
+        .filter(|r| path.starts_with(r.path_prefix.as_bytes()))
+        .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
+        .map(|r| r.backend)
+}
