@@ -1,15 +1,53 @@
-//! Every deadline of an HTTP/1 exchange, in one value built from the client's
-//! policy and the backend's config. Each network await of the exchange is
-//! bounded by one of these; nothing else spells a timeout.
+//! Every deadline of a client connection and of an exchange, in one value
+//! built from the client's policy and, once a backend is chosen, the
+//! backend's config. Each network await of the connection loop and of the
+//! exchange is bounded by one of these; nothing else spells a timeout.
+//! (The backend pool's own `connect_timeout` and `queue_timeout` bound its
+//! checkout, and the lingering close its own reads: each in one place.)
 
 use crate::config::{BackendConfig, ClientSettings};
 use std::time::Duration;
 
+/// How long finguard keeps reading what a backend left in its socket after
+/// it refused the rest of an upload (an early answer, then a close): each
+/// read may wait this long, and at most [`LEFTOVER_READS`] reads are made.
+/// The answer was sent before the refusal, so it is already in the socket
+/// queue; the wait only covers its last segments' arrival on a busy host.
+pub const LEFTOVER_READ: Duration = Duration::from_millis(100);
+/// At most this many reads of what a backend left (see [`LEFTOVER_READ`]).
+pub const LEFTOVER_READS: usize = 64;
+
+/// The client's deadlines, known before any backend is chosen.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientTimeouts {
+    /// `header_timeout`: a request head, from its first byte (the first
+    /// head of a connection: from accept).
+    pub head: Duration,
+    /// `keepalive_timeout`: idle between two requests.
+    pub idle: Duration,
+    /// `body_timeout`: the longest gap between two reads of a request body,
+    /// and the longest a write to the client may make no progress (a client
+    /// that stopped reading).
+    pub gap: Duration,
+    /// `upgrade_idle_timeout`: a tunnel where neither side moves.
+    pub upgrade_idle: Duration,
+}
+
+impl ClientTimeouts {
+    pub fn new(client: &ClientSettings) -> ClientTimeouts {
+        ClientTimeouts {
+            head: client.header_timeout,
+            idle: client.keepalive_timeout,
+            gap: client.body_timeout,
+            upgrade_idle: client.upgrade_idle_timeout,
+        }
+    }
+}
+
+/// An exchange's deadlines: the client's, and its backend's.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// Longest gap between two reads of a request body, and longest a write
-    /// to the client may make no progress (a client that stopped reading).
-    pub client_gap: Duration,
+    pub client: ClientTimeouts,
     /// `response_timeout`: from the end of the request to the backend's
     /// response head (504), and the longest gap between two reads of the
     /// response body or a write to the backend that makes no progress.
@@ -19,16 +57,8 @@ pub struct Timeouts {
 impl Timeouts {
     pub fn new(client: &ClientSettings, backend: &BackendConfig) -> Timeouts {
         Timeouts {
-            client_gap: client.body_timeout,
+            client: ClientTimeouts::new(client),
             response: backend.response_timeout,
-        }
-    }
-
-    /// The client's deadlines alone, for answers made before a backend is chosen.
-    pub fn client(client: &ClientSettings) -> Timeouts {
-        Timeouts {
-            client_gap: client.body_timeout,
-            response: Duration::ZERO,
         }
     }
 }

@@ -134,7 +134,6 @@ fn view() -> ClientView {
         force_response_1_0: false,
         downgrade_1_0: false,
         keepalive: true,
-        request_complete: true,
         head_request: false,
         upgrade_requested: false,
         keepalive_timeout_secs: 5,

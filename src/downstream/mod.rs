@@ -22,6 +22,7 @@ use crate::policy::ClientPolicy;
 use crate::registry::{self, ClientState};
 use crate::shared::Shared;
 use crate::stream::ClientStream;
+use crate::timeouts::ClientTimeouts;
 use bytes::BytesMut;
 use linger::CloseOutcome;
 use std::net::SocketAddr;
@@ -70,13 +71,13 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             None => shared.first_head_limit,
             Some(_) => settings.max_header_bytes,
         };
-        let header_timeout = settings.header_timeout;
+        let t = ClientTimeouts::new(settings);
         // The first head must be complete `header_timeout` after accept; later
         // ones may idle `keepalive_timeout`, then have `header_timeout`.
         let idle_until = if conn.served == 0 {
-            accepted + header_timeout
+            accepted + t.head
         } else {
-            Instant::now() + settings.keepalive_timeout
+            Instant::now() + t.idle
         };
         track.set(if buf.is_empty() && conn.served > 0 {
             ClientState::Idle
@@ -87,7 +88,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
             &mut stream,
             &mut buf,
             idle_until,
-            header_timeout,
+            t.head,
             max_header_bytes,
             &shared,
             &track,
@@ -150,7 +151,7 @@ async fn serve_request<S: ClientStream>(
     conn.served += 1;
     track.set(ClientState::Active);
     track.entry.requests.fetch_add(1, Ordering::Relaxed);
-    let keepalive = keepalive_allowed(policy, &head, conn.served, shared);
+    let keepalive = exchange::KeepAlive::for_request(policy, &head, conn.served);
     let (user_agent, referer) = (head.user_agent.take(), head.referer.take());
     let head_bytes = buf.split_to(head.len).freeze();
     let request_line = head_bytes.slice(..head.line_end);
@@ -189,21 +190,11 @@ async fn serve_request<S: ClientStream>(
         log_request(shared, track, &logged, &done);
     }
     match done.next {
-        exchange::Next::KeepAlive if keepalive => None,
+        exchange::Next::KeepAlive => None,
         exchange::Next::Tunnel(bc) => Some(Ending::Tunnel(bc, std::mem::take(buf))),
         exchange::Next::Abort => Some(Ending::Abort),
         _ => Some(Ending::Close),
     }
-}
-
-/// Whether the connection may carry another request after this one.
-fn keepalive_allowed(policy: &ClientPolicy, head: &head::Head, served: u32, shared: &Shared) -> bool {
-    policy.allows_keepalive()
-        && !head.upgrade
-        && served < policy.settings.max_requests
-        && !head.wants_close
-        && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0))
-        && !shared.draining.is_cancelled()
 }
 
 /// What the access log needs of a request's head.
@@ -359,7 +350,7 @@ async fn reply<S: ClientStream>(
         rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
         backend: None,
     });
-    let written = tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes)).await;
+    let written = tokio::time::timeout(ClientTimeouts::new(settings).gap, stream.write_all(&bytes)).await;
     if matches!(written, Ok(Ok(()))) {
         track.entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         return true;
@@ -380,7 +371,8 @@ pub(super) async fn finish<S: ClientStream>(
     let metrics = &shared.metrics;
     let ending = match ending {
         Ending::Tunnel(conn, pending) => {
-            let end = tunnel::run(stream, conn, pending, settings.upgrade_idle_timeout, &track.entry).await;
+            let t = ClientTimeouts::new(settings);
+            let end = tunnel::run(stream, conn, pending, t.upgrade_idle, &track.entry).await;
             metrics.tunnel_closed(end);
             trace!(%peer, outcome = end.as_str(), "tunnel closed");
             return;
@@ -404,7 +396,7 @@ pub(super) async fn finish<S: ClientStream>(
     // TLS: `close_notify` must not wait behind a response a slow reader is
     // still taking. (Plain TCP: the lingering close looks at the send queue
     // itself before a reset.)
-    if S::ENCRYPTED && !linger::wait_sent(stream.tcp(), settings.body_timeout).await {
+    if S::ENCRYPTED && !linger::wait_sent(stream.tcp(), ClientTimeouts::new(settings).gap).await {
         debug!(%peer, "client stopped reading; aborting");
         return abort(stream, metrics);
     }

@@ -30,7 +30,7 @@ use crate::policy::ClientPolicy;
 use crate::registry::Entry;
 use crate::shared::Shared;
 use crate::stream::ClientStream;
-use crate::timeouts::Timeouts;
+use crate::timeouts::{self, ClientTimeouts, Timeouts};
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use std::net::SocketAddr;
@@ -67,7 +67,7 @@ pub struct Request {
     pub head_bytes: Bytes,
     pub head: Head,
     /// Policy and request allow another request on this connection.
-    pub keepalive: bool,
+    pub keepalive: super::KeepAlive,
     /// Requests still allowed after this one.
     pub remaining: u32,
 }
@@ -279,7 +279,7 @@ async fn switch<S: ClientStream>(
 ) -> Done {
     resp.advance(len);
     chead.extend_from_slice(resp);
-    if write_client(client, &chead, t, conn.entry).await.is_err() {
+    if write_client(client, &chead, &t.client, conn.entry).await.is_err() {
         return aborted(101, backend);
     }
     Done {
@@ -303,9 +303,9 @@ fn client_view(req: &Request, conn: &Conn<'_>, request_complete: bool) -> Client
         http10: req.head.http10,
         force_response_1_0: p.force_response_1_0,
         downgrade_1_0: p.downgrade_1_0,
-        // Draining is looked at when the response head arrives (read_response).
-        keepalive: req.keepalive,
-        request_complete,
+        // The facts of the answer are added when the response head arrives
+        // (read_response): a drain may begin while the backend works.
+        keepalive: req.keepalive.at_answer(request_complete, conn.shared).get(),
         head_request: req.head.method.get(&req.head_bytes) == b"HEAD",
         upgrade_requested: req.head.upgrade,
         keepalive_timeout_secs: p.settings.keepalive_timeout.as_secs(),
@@ -325,12 +325,12 @@ async fn first_body_bytes<S: ClientStream>(
     entry: &Entry,
 ) -> Result<(), ProxyError> {
     if head.expect_continue {
-        write_client(client, b"HTTP/1.1 100 Continue\r\n\r\n", t, entry)
+        write_client(client, b"HTTP/1.1 100 Continue\r\n\r\n", &t.client, entry)
             .await
             .map_err(|()| ProxyError::ClientWrite)?;
     }
     buf.reserve(BODY_BUF);
-    match tokio::time::timeout(t.client_gap, client.read_buf(buf)).await {
+    match tokio::time::timeout(t.client.gap, client.read_buf(buf)).await {
         Err(_) => return Err(ProxyError::BodyTimeout),
         Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientClosed),
         Ok(Ok(n)) => {
@@ -389,7 +389,7 @@ async fn upload<S: ClientStream>(
                         return end;
                     }
                 }
-                r = tokio::time::timeout(t.client_gap, client.read_buf(buf)) => {
+                r = tokio::time::timeout(t.client.gap, client.read_buf(buf)) => {
                     pending = body_bytes(r, buf, framing, entry)?;
                 }
             }
@@ -487,9 +487,9 @@ async fn refused_mid_upload(
 
 /// Reads what the backend left in the socket before it went away.
 async fn collect(rd: &mut tokio::net::tcp::ReadHalf<'_>, resp: &mut BytesMut) {
-    for _ in 0..64 {
+    for _ in 0..timeouts::LEFTOVER_READS {
         resp.reserve(RESP_BUF);
-        match tokio::time::timeout(Duration::from_millis(100), rd.read_buf(resp)).await {
+        match tokio::time::timeout(timeouts::LEFTOVER_READ, rd.read_buf(resp)).await {
             Ok(Ok(n)) if n > 0 => {}
             _ => return,
         }
@@ -525,12 +525,11 @@ async fn read_response<S: ClientStream>(
     loop {
         if !resp.is_empty() {
             out.clear();
-            // A drain that began while the backend worked closes this connection.
             view.keepalive &= !conn.shared.draining.is_cancelled();
             match response::parse(resp, view, out).map_err(|b| HeadError::Failed(b.into()))? {
                 Parsed::Partial => {}
                 Parsed::Interim(len) => {
-                    if !out.is_empty() && write_client(client, out, t, entry).await.is_err() {
+                    if !out.is_empty() && write_client(client, out, &t.client, entry).await.is_err() {
                         return Err(HeadError::ClientGone);
                     }
                     resp.advance(len);
@@ -605,13 +604,15 @@ async fn relay<S: ClientStream>(
         }
         let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
         if head_pending {
-            write_head_and(client, &mut first, part, t, entry)
+            write_head_and(client, &mut first, part, &t.client, entry)
                 .await
                 .map_err(|()| Relay::Client)?;
             head_pending = false;
             first = Vec::new();
         } else if !part.is_empty() {
-            write_client(client, part, t, entry).await.map_err(|()| Relay::Client)?;
+            write_client(client, part, &t.client, entry)
+                .await
+                .map_err(|()| Relay::Client)?;
         }
         let Some(backend) = bc.as_mut().filter(|_| !done) else {
             return Ok(());
@@ -677,7 +678,7 @@ async fn write_head_and<S: ClientStream>(
     client: &mut S,
     head: &mut Vec<u8>,
     part: &[u8],
-    t: &Timeouts,
+    t: &ClientTimeouts,
     entry: &Entry,
 ) -> Result<(), ()> {
     if part.len() <= COPY_MAX || !client.is_write_vectored() {
@@ -701,7 +702,7 @@ async fn write_head_and<S: ClientStream>(
         }
         client.flush().await
     };
-    match tokio::time::timeout(t.client_gap, w).await {
+    match tokio::time::timeout(t.gap, w).await {
         Ok(Ok(())) => {
             entry.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
             Ok(())
@@ -712,7 +713,12 @@ async fn write_head_and<S: ClientStream>(
 
 /// Writes to the client; a client that takes nothing for `client_gap` fails.
 /// The usual case, a socket that takes the bytes at once, arms no timer.
-async fn write_client<S: ClientStream>(client: &mut S, bytes: &[u8], t: &Timeouts, entry: &Entry) -> Result<(), ()> {
+async fn write_client<S: ClientStream>(
+    client: &mut S,
+    bytes: &[u8],
+    t: &ClientTimeouts,
+    entry: &Entry,
+) -> Result<(), ()> {
     let mut off = 0;
     let at_once = std::future::poll_fn(|cx| {
         while off < bytes.len() {
@@ -734,7 +740,7 @@ async fn write_client<S: ClientStream>(client: &mut S, bytes: &[u8], t: &Timeout
             client.write_all(&bytes[off..]).await?;
             client.flush().await
         };
-        match tokio::time::timeout(t.client_gap, rest).await {
+        match tokio::time::timeout(t.gap, rest).await {
             Ok(Ok(())) => {}
             _ => return Err(()),
         }
@@ -756,10 +762,10 @@ async fn refuse<S: ClientStream>(
     let status = err.status();
     let line = req.head_bytes.get(..req.head.line_end).unwrap_or_default();
     err.log(conn.peer, line);
-    let keepalive = request_complete && req.keepalive && !conn.shared.draining.is_cancelled();
+    let keepalive = req.keepalive.at_answer(request_complete, conn.shared).get();
     let force10 = conn.policy.force_response_1_0;
     let bytes = error_response(status, keepalive, force10, req.head.http10);
-    let t = Timeouts::client(&conn.policy.settings);
+    let t = ClientTimeouts::new(&conn.policy.settings);
     let next = match write_client(client, &bytes, &t, conn.entry).await {
         Err(()) => Next::Abort,
         Ok(()) if keepalive => Next::KeepAlive,

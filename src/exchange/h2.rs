@@ -25,7 +25,7 @@ use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
 use crate::http1::response::{self, BodyMode, Parsed2, ReuseHint};
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
-use crate::timeouts::Timeouts;
+use crate::timeouts::{ClientTimeouts, Timeouts};
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -237,7 +237,7 @@ async fn take_body(
     if !ctx.has_body {
         return Ok((None, None));
     }
-    match first_frame(&mut body, settings.max_body_bytes, settings.body_timeout).await {
+    match first_frame(&mut body, settings.max_body_bytes, ClientTimeouts::new(settings).gap).await {
         Ok(first) => {
             let seen = first_len(&first);
             let rest = (!body.is_end_stream()).then(|| Limited::new(body, seen, settings));
@@ -543,7 +543,7 @@ impl Limited {
             rest,
             seen,
             max: s.max_body_bytes,
-            gap: s.body_timeout,
+            gap: ClientTimeouts::new(s).gap,
             timer: None,
         }
     }

@@ -22,6 +22,7 @@ use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
 use crate::http1::head::Head;
 use crate::http1::response;
+use crate::policy::ClientPolicy;
 use crate::shared::Shared;
 use crate::upstream::{RawConn, Upstream};
 use std::net::SocketAddr;
@@ -110,6 +111,47 @@ pub fn backend_head(
 /// response: what it sends is held, so it must be bounded.
 pub fn heard_too_much(resp: &[u8]) -> Option<ProxyError> {
     (resp.len() > response::MAX_HEAD_BYTES).then_some(ProxyError::BadResponse("response head too large"))
+}
+
+/// The one keep-alive decision of a client connection, ANDed from facts as
+/// they become known (hyper's `KA`): the policy and the request head when
+/// the request is read ([`KeepAlive::for_request`]); whether the request
+/// was read to its end and whether a drain began, when the answer is
+/// written ([`KeepAlive::at_answer`]); the response's framing, when its
+/// head is shaped (`http1::response`). Once false, it stays false, and the
+/// client is told what it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive(bool);
+
+impl KeepAlive {
+    /// What the policy and the request allow; `served` counts this request.
+    pub fn for_request(policy: &ClientPolicy, head: &Head, served: u32) -> KeepAlive {
+        KeepAlive(
+            policy.allows_keepalive()
+                && !head.upgrade
+                && served < policy.settings.max_requests
+                && !head.wants_close
+                && (head.wants_keepalive || !(head.http10 || policy.downgrade_1_0)),
+        )
+    }
+
+    /// The facts known when the answer is written.
+    pub fn at_answer(mut self, request_complete: bool, shared: &Shared) -> KeepAlive {
+        self &= request_complete;
+        // A drain that began while the backend worked closes this connection.
+        self &= !shared.draining.is_cancelled();
+        self
+    }
+
+    pub fn get(self) -> bool {
+        self.0
+    }
+}
+
+impl std::ops::BitAndAssign<bool> for KeepAlive {
+    fn bitand_assign(&mut self, fact: bool) {
+        self.0 &= fact;
+    }
 }
 
 /// finguard's own answer to a request it could not serve, the same on both

@@ -90,10 +90,9 @@ pub struct ClientView {
     pub http10: bool,
     pub force_response_1_0: bool,
     pub downgrade_1_0: bool,
-    /// The policy and the request allow another request after this one.
+    /// The connection's keep-alive decision so far (policy, request, its
+    /// end, a drain): the response's framing may still say close.
     pub keepalive: bool,
-    /// The request body was read to its end (no early response).
-    pub request_complete: bool,
     pub head_request: bool,
     pub upgrade_requested: bool,
     pub keepalive_timeout_secs: u64,
@@ -182,9 +181,7 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     let (backend_body, client_body, v10) = bodies(view, status, te, length)?;
     let mut reuse = reuse;
     reuse.close |= backend_body == BodyMode::Close;
-    let keepalive = view.keepalive
-        && view.request_complete
-        && !matches!(client_body, ClientBody::ChunkedDecode | ClientBody::Close);
+    let keepalive = view.keepalive && !matches!(client_body, ClientBody::ChunkedDecode | ClientBody::Close);
     status_line(out, if v10 { "HTTP/1.0" } else { "HTTP/1.1" }, status, resp.reason);
     copy_headers(out, resp.headers, &named, client_body == ClientBody::ChunkedPass);
     if client_body == ClientBody::ChunkedPass {
@@ -477,7 +474,6 @@ mod tests {
             force_response_1_0: false,
             downgrade_1_0: false,
             keepalive: true,
-            request_complete: true,
             head_request: false,
             upgrade_requested: false,
             keepalive_timeout_secs: 5,
