@@ -20,6 +20,7 @@
 //! Bytes of a request body finguard did not read are never parsed as a next
 //! request: after an error the connection closes.
 
+use super::upload::{self, Failure, RequestBody, Sent, RESP_BUF};
 use super::{Plan, Tries};
 use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
@@ -30,7 +31,7 @@ use crate::policy::ClientPolicy;
 use crate::registry::Entry;
 use crate::shared::Shared;
 use crate::stream::ClientStream;
-use crate::timeouts::{self, ClientTimeouts, Timeouts};
+use crate::timeouts::{ClientTimeouts, Timeouts};
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use std::net::SocketAddr;
@@ -44,9 +45,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-/// The response buffer: one per exchange, reused for every read of it. A
-/// 16 KiB body and its head arrive in one read.
-const RESP_BUF: usize = 32 * 1024;
 /// A request body read from the client at a time.
 const BODY_BUF: usize = 16 * 1024;
 
@@ -176,22 +174,19 @@ async fn attempt<S: ClientStream>(
     t: &Timeouts,
 ) -> Attempt {
     let mut resp = BytesMut::with_capacity(RESP_BUF);
-    let sent = upload(
-        client,
+    let mut body = H1Body {
+        client: &mut *client,
         buf,
-        &mut bc.stream,
-        out.clone(),
         framing,
-        &mut resp,
-        t,
-        conn.entry,
-    )
-    .await;
+        gap: t.client.gap,
+        entry: conn.entry,
+    };
+    let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
     let request_complete = match sent {
         Ok(Sent::Complete) => true,
         Ok(Sent::Early) => false,
-        Err(Upload::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
-        Err(Upload::Backend { err, wrote }) => return upload_failed(err, wrote),
+        Err(Failure::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
+        Err(Failure::Backend { err, wrote }) => return upload_failed(err, wrote),
     };
     let started = Instant::now();
     let mut chead = Vec::with_capacity(512);
@@ -342,157 +337,31 @@ async fn first_body_bytes<S: ClientStream>(
     Ok(())
 }
 
-enum Sent {
-    /// The whole request reached the backend.
-    Complete,
-    /// A final response head arrived before the body's end.
-    Early,
+/// The rest of an HTTP/1 request body: read from the client's socket by
+/// its framing (the bytes past it stay in `buf`: the next request).
+struct H1Body<'a, S> {
+    client: &'a mut S,
+    buf: &'a mut BytesMut,
+    framing: &'a mut Framing,
+    gap: Duration,
+    entry: &'a Entry,
 }
 
-enum Upload {
-    /// The client's fault: answered by finguard, the backend connection dropped.
-    Client(ProxyError),
-    /// The backend's; `wrote` says whether any byte of the request was written.
-    Backend { err: ProxyError, wrote: bool },
-}
-
-/// Sends `out` (head and buffered body) and the rest of the body, reading the
-/// backend meanwhile so that an early answer is heard.
-#[allow(clippy::too_many_arguments)]
-async fn upload<S: ClientStream>(
-    client: &mut S,
-    buf: &mut BytesMut,
-    backend: &mut TcpStream,
-    mut pending: Bytes,
-    framing: &mut Framing,
-    resp: &mut BytesMut,
-    t: &Timeouts,
-    entry: &Entry,
-) -> Result<Sent, Upload> {
-    // The common case: a request that fits one write, sent whole.
-    if framing.is_done() && send_whole(backend, &mut pending)? {
-        return Ok(Sent::Complete);
+impl<S: ClientStream> RequestBody for H1Body<'_, S> {
+    fn is_done(&self) -> bool {
+        self.framing.is_done()
     }
-    let mut wrote = false;
-    let (mut rd, mut wr) = backend.split();
-    loop {
-        if pending.is_empty() && framing.is_done() {
-            return Ok(Sent::Complete);
-        }
-        resp.reserve(RESP_BUF);
-        if pending.is_empty() {
-            buf.reserve(BODY_BUF);
-            tokio::select! {
-                biased;
-                r = rd.read_buf(resp) => {
-                    if let Some(end) = heard_backend(r, resp, wrote) {
-                        return end;
-                    }
-                }
-                r = tokio::time::timeout(t.client.gap, client.read_buf(buf)) => {
-                    pending = body_bytes(r, buf, framing, entry)?;
-                }
-            }
-        } else {
-            tokio::select! {
-                biased;
-                r = rd.read_buf(resp) => {
-                    if let Some(end) = heard_backend(r, resp, wrote) {
-                        return end;
-                    }
-                }
-                r = tokio::time::timeout(t.response, wr.write(&pending)) => match r {
-                    Ok(Ok(n)) => {
-                        pending.advance(n);
-                        wrote = true;
-                    }
-                    Ok(Err(e)) => return refused_mid_upload(&mut rd, resp, e, wrote).await,
-                    Err(_) => {
-                        return Err(Upload::Backend { err: ProxyError::BackendWriteTimeout, wrote: true });
-                    }
-                },
-            }
-        }
-    }
-}
 
-/// Tries to send `pending` in one write; `true` when it all went.
-fn send_whole(backend: &TcpStream, pending: &mut Bytes) -> Result<bool, Upload> {
-    match backend.try_write(pending) {
-        Ok(n) if n == pending.len() => Ok(true),
-        Ok(n) => {
-            pending.advance(n);
-            Ok(false)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-        Err(e) => Err(Upload::Backend {
-            err: ProxyError::BackendIo(e),
-            wrote: false,
-        }),
-    }
-}
-
-/// A read of the request body from the client: the bytes that belong to
-/// the body (the rest stays in `buf`: the next request).
-fn body_bytes(
-    r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
-    buf: &mut BytesMut,
-    framing: &mut Framing,
-    entry: &Entry,
-) -> Result<Bytes, Upload> {
-    let n = match r {
-        Err(_) => return Err(Upload::Client(ProxyError::BodyTimeout)),
-        Ok(Ok(0)) | Ok(Err(_)) => return Err(Upload::Client(ProxyError::ClientClosed)),
-        Ok(Ok(n)) => n,
-    };
-    entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-    let used = framing.consume(buf).map_err(|f| Upload::Client(f.into()))?;
-    Ok(buf.split_to(used).freeze())
-}
-
-/// What a backend read during the upload means: `None` to go on.
-fn heard_backend(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Option<Result<Sent, Upload>> {
-    match r {
-        Ok(0) | Err(_) if !resp.is_empty() => Some(Ok(Sent::Early)),
-        Ok(0) => Some(Err(Upload::Backend {
-            err: ProxyError::BackendClosed,
-            wrote,
-        })),
-        Err(e) => Some(Err(Upload::Backend {
-            err: ProxyError::BackendIo(e),
-            wrote,
-        })),
-        Ok(_) if response::final_head_ready(resp) => Some(Ok(Sent::Early)),
-        Ok(_) => super::heard_too_much(resp).map(|err| Err(Upload::Backend { err, wrote })),
-    }
-}
-
-/// The backend refused the rest of the upload: it may have answered and
-/// closed, its answer still in our queue.
-async fn refused_mid_upload(
-    rd: &mut tokio::net::tcp::ReadHalf<'_>,
-    resp: &mut BytesMut,
-    e: std::io::Error,
-    wrote: bool,
-) -> Result<Sent, Upload> {
-    collect(rd, resp).await;
-    if response::final_head_ready(resp) {
-        return Ok(Sent::Early);
-    }
-    Err(Upload::Backend {
-        err: ProxyError::BackendIo(e),
-        wrote,
-    })
-}
-
-/// Reads what the backend left in the socket before it went away.
-async fn collect(rd: &mut tokio::net::tcp::ReadHalf<'_>, resp: &mut BytesMut) {
-    for _ in 0..timeouts::LEFTOVER_READS {
-        resp.reserve(RESP_BUF);
-        match tokio::time::timeout(timeouts::LEFTOVER_READ, rd.read_buf(resp)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            _ => return,
-        }
+    async fn next(&mut self) -> Result<Bytes, ProxyError> {
+        self.buf.reserve(BODY_BUF);
+        let n = match tokio::time::timeout(self.gap, self.client.read_buf(self.buf)).await {
+            Err(_) => return Err(ProxyError::BodyTimeout),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(ProxyError::ClientClosed),
+            Ok(Ok(n)) => n,
+        };
+        self.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+        let used = self.framing.consume(self.buf)?;
+        Ok(self.buf.split_to(used).freeze())
     }
 }
 

@@ -17,6 +17,7 @@
 //! Statuses come from the one table in [`ProxyError`]; each failure is one log
 //! line here.
 
+use super::upload::{self, Failure, RequestBody, Sent};
 use super::{Plan, Tries};
 use crate::config::ProxyProtocol;
 use crate::error::{ProxyError, RetrySafe};
@@ -40,7 +41,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, Sleep};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -378,61 +379,31 @@ async fn read_head(
 /// went out (`false`: the backend answered before its end).
 async fn send(
     bc: &mut RawConn,
-    mut out: Bytes,
+    out: Bytes,
     up: &mut Upload,
     resp: &mut BytesMut,
     t: &Timeouts,
 ) -> Result<bool, Failed> {
-    let stream = &mut bc.stream;
-    // The common case: the whole request in one write.
-    if up.rest.is_none() {
-        match stream.try_write(&out) {
-            Ok(n) if n == out.len() => return Ok(true),
-            Ok(n) => out.advance(n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(failed_sending(ProxyError::BackendIo(e), false)),
-        }
-    }
-    let mut wrote = false;
-    let (mut rd, mut wr) = stream.split();
-    loop {
-        if out.is_empty() {
-            let Some(rest) = up.rest.as_mut() else {
-                return Ok(true);
-            };
-            resp.reserve(RESP_BUF);
-            tokio::select! {
-                biased;
-                r = rd.read_buf(resp) => if heard(r, resp, wrote)? {
-                    return Ok(false); // an early answer: the upload stops here
-                },
-                f = rest.frame() => out = up.next_bytes(f).map_err(|e| (e, RetrySafe::No))?,
-            }
-        } else {
-            resp.reserve(RESP_BUF);
-            tokio::select! {
-                biased;
-                r = rd.read_buf(resp) => if heard(r, resp, wrote)? {
-                    return Ok(false);
-                },
-                r = tokio::time::timeout(t.response, wr.write(&out)) => {
-                    out.advance(wrote_to_backend(r, wrote)?);
-                    wrote = true;
-                }
-            }
-        }
+    match upload::upload(&mut bc.stream, out, up, resp, t).await {
+        Ok(Sent::Complete) => Ok(true),
+        Ok(Sent::Early) => Ok(false),
+        // The client's fault: answered by its status, never retried.
+        Err(Failure::Client(err)) => Err((err, RetrySafe::No)),
+        Err(Failure::Backend { err, wrote }) => Err(failed_sending(err, wrote)),
     }
 }
 
-/// A write to the backend during the upload: how much went, or why it failed.
-fn wrote_to_backend(
-    r: Result<std::io::Result<usize>, tokio::time::error::Elapsed>,
-    wrote: bool,
-) -> Result<usize, Failed> {
-    match r {
-        Ok(Ok(n)) => Ok(n),
-        Ok(Err(e)) => Err(failed_sending(ProxyError::BackendIo(e), wrote)),
-        Err(_) => Err(failed_sending(ProxyError::BackendWriteTimeout, wrote)),
+impl RequestBody for Upload {
+    fn is_done(&self) -> bool {
+        self.rest.is_none()
+    }
+
+    async fn next(&mut self) -> Result<Bytes, ProxyError> {
+        let f = match self.rest.as_mut() {
+            Some(rest) => rest.frame().await,
+            None => None,
+        };
+        self.next_bytes(f)
     }
 }
 
@@ -451,22 +422,6 @@ impl Upload {
             }
         }
         Ok(Bytes::from(next))
-    }
-}
-
-/// What a backend read during the upload means: `true` stops the upload
-/// (an answer is there, or the backend went away after saying something);
-/// an error ends the attempt.
-fn heard(r: std::io::Result<usize>, resp: &BytesMut, wrote: bool) -> Result<bool, Failed> {
-    match r {
-        Ok(0) | Err(_) if !resp.is_empty() => Ok(true),
-        Ok(0) => Err(failed_sending(ProxyError::BackendClosed, wrote)),
-        Err(e) => Err(failed_sending(ProxyError::BackendIo(e), wrote)),
-        Ok(_) if response::final_head_ready(resp) => Ok(true),
-        Ok(_) => match super::heard_too_much(resp) {
-            Some(err) => Err((err, RetrySafe::No)),
-            None => Ok(false),
-        },
     }
 }
 

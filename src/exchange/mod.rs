@@ -15,13 +15,13 @@
 
 pub mod h1;
 pub mod h2;
+pub mod upload;
 
 pub use h1::{error_response, run, Conn, Done, Next, Request};
 
 use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
 use crate::http1::head::Head;
-use crate::http1::response;
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
 use crate::upstream::{RawConn, Upstream};
@@ -104,13 +104,6 @@ pub fn backend_head(
     };
     forward::write_head(&mut out, head_bytes, head, target, &fcx);
     out
-}
-
-/// A backend that sends more than a response head's worth (an endless
-/// header line, endless 1xx) while the request still goes up is a bad
-/// response: what it sends is held, so it must be bounded.
-pub fn heard_too_much(resp: &[u8]) -> Option<ProxyError> {
-    (resp.len() > response::MAX_HEAD_BYTES).then_some(ProxyError::BadResponse("response head too large"))
 }
 
 /// The one keep-alive decision of a client connection, ANDed from facts as
