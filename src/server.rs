@@ -6,15 +6,23 @@
 //! the one they started with. Metrics, the connection registry, the per-IP
 //! counts and the drain signal outlive generations.
 //!
+//! A listening socket speaks what its listener said when it was bound (TLS,
+//! PROXY protocol) until the process ends: a reload finds each socket's
+//! listener in the new config by address, renews its certificates, and only
+//! reports what it cannot apply (see [`endpoint`]).
+//!
 //! The accept loop never dies on a transient error: on descriptor exhaustion
 //! (EMFILE/ENFILE) it backs off instead of spinning, and the connections in the
 //! backlog wait for a permit rather than being refused.
+
+mod endpoint;
 
 use crate::config::Config;
 use crate::downstream;
 use crate::metrics::{ProxyHeader, TlsHandshake};
 use crate::shared::{Current, Shared};
 use crate::upstream;
+use endpoint::{Endpoint, Endpoints};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -27,10 +35,22 @@ use tracing::{debug, error, info, warn};
 /// How long the accept loop pauses when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What every accept loop of the process shares.
+#[derive(Clone)]
+struct Accepting {
+    current: Current,
+    endpoints: Endpoints,
+    /// One per open connection: `max_connections`.
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
 /// A running proxy: its bound addresses and the handles that reload and stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
     pub current: Current,
+    /// What each listening socket speaks, in `addrs` order.
+    endpoints: Endpoints,
     tracker: TaskTracker,
     stop_accepting: CancellationToken,
     /// Duplicates of every listening socket, `[listener][k]`, for `handoff`
@@ -96,17 +116,24 @@ pub async fn start(
             path: config.access_file.clone().unwrap_or_default(),
             source,
         })?;
-    let permits = Arc::new(Semaphore::new(config.max_connections as usize));
+    let slots = config.max_connections as usize;
+    let endpoints: Endpoints = Arc::new(RwLock::new(config.listeners.iter().map(Endpoint::new).collect()));
     let current: Current = Arc::new(RwLock::new(Shared::first(config, log)));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
+    let accepting = Accepting {
+        current: current.clone(),
+        endpoints: endpoints.clone(),
+        permits: Arc::new(Semaphore::new(slots)),
+        stop: stop_accepting.clone(),
+    };
     for (w, socks) in sockets.into_iter().enumerate() {
-        let (current, permits, stop) = (current.clone(), permits.clone(), stop_accepting.clone());
+        let accepting = accepting.clone();
         // Counts as one task of the global tracker until this worker's connections are done.
         let alive = tracker.token();
         std::thread::Builder::new()
             .name(format!("finguard-w{w}"))
-            .spawn(move || worker(w, socks, current, permits, stop, alive))
+            .spawn(move || worker(w, socks, accepting, alive))
             .map_err(|source| StartError::Worker { worker: w, source })?;
     }
     if let Some(listener) = admin {
@@ -119,6 +146,7 @@ pub async fn start(
     Ok(Running {
         addrs,
         current,
+        endpoints,
         tracker,
         stop_accepting,
         handoff,
@@ -166,9 +194,7 @@ fn listening_sockets(
 fn worker(
     w_index: usize,
     socks: Vec<(usize, std::net::TcpListener)>,
-    current: Current,
-    permits: Arc<Semaphore>,
-    stop: CancellationToken,
+    accepting: Accepting,
     alive: tokio_util::task::task_tracker::TaskTrackerToken,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -184,19 +210,12 @@ fn worker(
         for (idx, s) in socks {
             match TcpListener::from_std(s) {
                 Ok(l) => {
-                    tokio::spawn(accept_loop(
-                        idx,
-                        l,
-                        current.clone(),
-                        permits.clone(),
-                        conns.clone(),
-                        stop.clone(),
-                    ));
+                    tokio::spawn(accept_loop(idx, l, accepting.clone(), conns.clone()));
                 }
                 Err(e) => error!(error = %e, "cannot register a listener"),
             }
         }
-        stop.cancelled().await;
+        accepting.stop.cancelled().await;
         conns.close();
         conns.wait().await;
         drop(alive);
@@ -226,15 +245,14 @@ impl Running {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Swaps in a new configuration for new connections. Listener, admin and
+    /// Swaps in a new configuration for new connections. A listener added,
+    /// removed, or turning TLS or the PROXY protocol on or off, and admin and
     /// `max_connections` changes need a restart: they are reported, not applied.
     pub fn reload(&self, config: Config) -> Vec<String> {
         let old = self.shared();
-        let mut not_applied = Vec::new();
-        let addrs = |c: &Config| c.listeners.iter().map(|l| l.addr).collect::<Vec<_>>();
-        if addrs(&old.config) != addrs(&config) {
-            not_applied.push("listener addresses".to_string());
-        }
+        let running = self.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (endpoints, mut not_applied) = endpoint::rematch(&running, &config.listeners);
+        *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = endpoints;
         if old.config.admin != config.admin {
             not_applied.push("admin.addr".to_string());
         }
@@ -266,24 +284,17 @@ impl Running {
     }
 }
 
-async fn accept_loop(
-    idx: usize,
-    listener: TcpListener,
-    current: Current,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
-) {
+async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker: TaskTracker) {
     let mut starved = false;
     loop {
         // Take the permit first: past `max_connections`, clients wait in the backlog.
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = stop.cancelled() => return,
+            p = ctx.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = ctx.stop.cancelled() => return,
         };
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            () = stop.cancelled() => return,
+            () = ctx.stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
@@ -293,16 +304,25 @@ async fn accept_loop(
                 x
             }
             Err(e) => {
-                if !accept_failed(&e, &mut starved, &stop).await {
+                if !accept_failed(&e, &mut starved, &ctx.stop).await {
                     return;
                 }
                 continue;
             }
         };
-        let shared = current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let shared = ctx.current.read().unwrap_or_else(|p| p.into_inner()).clone();
         shared.metrics.accepted();
-        let tls = shared.config.listeners.get(idx).and_then(|l| l.tls.clone());
-        if shared.config.listeners.get(idx).is_some_and(|l| l.proxy_protocol) {
+        let Some(Endpoint {
+            tls, proxy_protocol, ..
+        }) = endpoint::get(&ctx.endpoints, idx)
+        else {
+            error!(
+                listener = idx,
+                "a listening socket without its listener; closing the connection"
+            );
+            continue;
+        };
+        if proxy_protocol {
             tracker.spawn(serve_proxied(stream, peer, shared, tls, permit, idx));
             continue;
         }
