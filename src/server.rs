@@ -13,7 +13,11 @@
 //!
 //! The accept loop never dies on a transient error: on descriptor exhaustion
 //! (EMFILE/ENFILE) it backs off instead of spinning, and the connections in the
-//! backlog wait for a permit rather than being refused.
+//! backlog wait for a permit rather than being refused. A socket is accepted
+//! from only while a connection slot is free, and the slot is taken after the
+//! accept: a slot held by a loop waiting in `accept` would be one that no
+//! other worker's socket could use (with `SO_REUSEPORT` the kernel, not
+//! finguard, picks the socket a connection waits on).
 
 mod endpoint;
 
@@ -190,7 +194,8 @@ fn listening_sockets(
 }
 
 /// One worker thread: accept loops for its sockets, then, once `stop` fires,
-/// waits for its own connections before its runtime goes away.
+/// waits for its own connections (and a loop still holding one it accepted)
+/// before its runtime goes away.
 fn worker(
     w_index: usize,
     socks: Vec<(usize, std::net::TcpListener)>,
@@ -210,7 +215,7 @@ fn worker(
         for (idx, s) in socks {
             match TcpListener::from_std(s) {
                 Ok(l) => {
-                    tokio::spawn(accept_loop(idx, l, accepting.clone(), conns.clone()));
+                    conns.spawn(accept_loop(idx, l, accepting.clone(), conns.clone()));
                 }
                 Err(e) => error!(error = %e, "cannot register a listener"),
             }
@@ -287,11 +292,11 @@ impl Running {
 async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker: TaskTracker) {
     let mut starved = false;
     loop {
-        // Take the permit first: past `max_connections`, clients wait in the backlog.
-        let permit = tokio::select! {
-            p = ctx.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+        // Past `max_connections`, clients wait in the backlog.
+        tokio::select! {
+            free = slot_free(&ctx.permits) => if !free { return },
             () = ctx.stop.cancelled() => return,
-        };
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
             () = ctx.stop.cancelled() => return,
@@ -322,6 +327,13 @@ async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker:
             );
             continue;
         };
+        // Another worker may have taken the last slot since `slot_free`: this
+        // one connection then waits for the next, as it would have in the
+        // backlog. Not cut short by a drain: slots free as connections end,
+        // and it is answered (with `Connection: close`).
+        let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
+            return;
+        };
         if proxy_protocol {
             tracker.spawn(serve_proxied(stream, peer, shared, tls, permit, idx));
             continue;
@@ -332,6 +344,12 @@ async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker:
         };
         tracker.spawn(serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx));
     }
+}
+
+/// Waits until a connection slot is free, without holding it. `false`: the
+/// semaphore is gone (never, while the process runs).
+async fn slot_free(permits: &Semaphore) -> bool {
+    permits.acquire().await.is_ok()
 }
 
 async fn refuse_over_ip_limit(

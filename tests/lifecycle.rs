@@ -385,3 +385,28 @@ fn past_max_connections_a_client_waits_in_the_backlog_then_is_served() {
         200
     );
 }
+
+#[test]
+fn with_a_slot_free_a_new_connection_is_served_whichever_worker_the_kernel_picks() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        "workers = 2\n[client]\nmax_connections = 2\nkeepalive_timeout = \"60s\"\n",
+        backend.addr,
+    );
+    let mut held = p.connect();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut held, &mut Vec::new()).unwrap().status, 200);
+    // One slot is free: each new connection, whichever worker's socket the
+    // kernel queues it on, is answered.
+    let mut unanswered = Vec::new();
+    for i in 0..10 {
+        let mut c = p.connect();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        if read_response(&mut c, &mut Vec::new()).map(|r| r.status) != Some(200) {
+            unanswered.push(i);
+        }
+    }
+    assert!(unanswered.is_empty(), "unanswered within 2 s: {unanswered:?}");
+}
