@@ -9,7 +9,7 @@
 //! A listening socket speaks what its listener said when it was bound (TLS,
 //! PROXY protocol) until the process ends: a reload finds each socket's
 //! listener in the new config by address, renews its certificates, and only
-//! reports what it cannot apply (see [`endpoint`]).
+//! reports what it cannot apply (see `endpoint`).
 //!
 //! The accept loop never dies on a transient error: on descriptor exhaustion
 //! (EMFILE/ENFILE) it backs off instead of spinning, and the connections in the
@@ -18,6 +18,10 @@
 //! accept: a slot held by a loop waiting in `accept` would be one that no
 //! other worker's socket could use (with `SO_REUSEPORT` the kernel, not
 //! finguard, picks the socket a connection waits on).
+//!
+//! A connection refused before its first request (over
+//! `max_connections_per_ip`, a bad PROXY header) holds no connection slot
+//! while it closes, and its lingering close is cut to `REFUSAL_LINGER`.
 
 mod endpoint;
 
@@ -31,13 +35,20 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 /// How long the accept loop pauses when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The longest a refused connection's answer may take to write, and its
+/// lingering close's `linger_time` and `linger_timeout`. The answer is a few
+/// bytes that a reading client has at once; the cut keeps a client that never
+/// falls silent for `linger_timeout` (a byte a second) from holding the
+/// socket for `linger_time`.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
 /// What every accept loop of the process shares.
 #[derive(Clone)]
@@ -46,6 +57,11 @@ struct Accepting {
     endpoints: Endpoints,
     /// One per open connection: `max_connections`.
     permits: Arc<Semaphore>,
+    /// One per refused connection still closing. They hold no connection
+    /// slot, so they are bounded apart (as many as `max_connections`: the
+    /// client sockets finguard holds stay within twice that); past it, a
+    /// refusal is a reset at once.
+    refusals: Arc<Semaphore>,
     stop: CancellationToken,
 }
 
@@ -129,6 +145,7 @@ pub async fn start(
         current: current.clone(),
         endpoints: endpoints.clone(),
         permits: Arc::new(Semaphore::new(slots)),
+        refusals: Arc::new(Semaphore::new(slots)),
         stop: stop_accepting.clone(),
     };
     for (w, socks) in sockets.into_iter().enumerate() {
@@ -315,56 +332,56 @@ async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker:
                 continue;
             }
         };
-        let shared = ctx.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        shared.metrics.accepted();
-        let Some(Endpoint {
-            tls, proxy_protocol, ..
-        }) = endpoint::get(&ctx.endpoints, idx)
-        else {
-            error!(
-                listener = idx,
-                "a listening socket without its listener; closing the connection"
-            );
-            continue;
-        };
-        // Another worker may have taken the last slot since `slot_free`: this
-        // one connection then waits for the next, as it would have in the
-        // backlog. Not cut short by a drain: slots free as connections end,
-        // and it is answered (with `Connection: close`).
-        let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
+        if !admit(stream, peer, idx, &ctx, &tracker).await {
             return;
-        };
-        if proxy_protocol {
-            tracker.spawn(serve_proxied(stream, peer, shared, tls, permit, idx));
-            continue;
         }
-        let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
-            tracker.spawn(refuse_over_ip_limit(stream, peer, shared, tls, permit));
-            continue;
-        };
-        tracker.spawn(serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx));
     }
+}
+
+/// Hands an accepted connection to its task: refused at once when its IP is
+/// over its limit, else served once it has a connection slot. A PROXY
+/// listener's client is known only from its header, read with a slot held.
+/// `false`: the slots are gone (never, while the process runs).
+async fn admit(stream: TcpStream, peer: SocketAddr, idx: usize, ctx: &Accepting, tracker: &TaskTracker) -> bool {
+    let shared = ctx.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+    shared.metrics.accepted();
+    let Some(endpoint) = endpoint::get(&ctx.endpoints, idx) else {
+        error!(
+            listener = idx,
+            "a listening socket without its listener; closing the connection"
+        );
+        return true;
+    };
+    let ip_guard = if endpoint.proxy_protocol {
+        None
+    } else {
+        let Some(guard) = IpGuard::take(&shared, peer.ip()) else {
+            info!(%peer, "over max_connections_per_ip; refusing");
+            let tls = endpoint.tls.is_some();
+            tracker.spawn(refuse(stream, 503, shared, tls, ctx.refusals.clone()));
+            return true;
+        };
+        Some(guard)
+    };
+    // Another worker may have taken the last slot since `slot_free`: this
+    // one connection then waits for the next, as it would have in the
+    // backlog. Not cut short by a drain: slots free as connections end, and
+    // it is answered (with `Connection: close`).
+    let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
+        return false;
+    };
+    let (tls, refusals) = (endpoint.tls, ctx.refusals.clone());
+    match ip_guard {
+        Some(ip) => tracker.spawn(serve_in_span(stream, peer, shared, tls, permit, ip, idx)),
+        None => tracker.spawn(serve_proxied(stream, peer, shared, tls, permit, idx, refusals)),
+    };
+    true
 }
 
 /// Waits until a connection slot is free, without holding it. `false`: the
 /// semaphore is gone (never, while the process runs).
 async fn slot_free(permits: &Semaphore) -> bool {
     permits.acquire().await.is_ok()
-}
-
-async fn refuse_over_ip_limit(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    tls: Option<crate::tls::TlsSettings>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    info!(%peer, "over max_connections_per_ip; refusing");
-    match tls {
-        None => refuse(stream, 503, shared, permit).await,
-        // No plaintext answer on a TLS port: a reset, and nothing left behind.
-        Some(_) => downstream::linger::abort(stream),
-    }
 }
 
 /// `serve_accepted` in a span per connection: every log line of it carries
@@ -374,7 +391,7 @@ async fn serve_in_span(
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     ip_guard: IpGuard,
     idx: usize,
 ) {
@@ -397,8 +414,9 @@ async fn serve_proxied(
     balancer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     idx: usize,
+    refusals: Arc<Semaphore>,
 ) {
     let limit = shared.base_policy.settings.header_timeout;
     let read = tokio::time::timeout(limit, crate::proxy_protocol::read(&mut stream)).await;
@@ -410,11 +428,8 @@ async fn serve_proxied(
         Ok(Err(why)) => {
             debug!(%balancer, %why, "bad PROXY protocol header; refusing");
             shared.metrics.proxy_header(ProxyHeader::Invalid);
-            match tls {
-                None => refuse(stream, 400, shared, permit).await,
-                Some(_) => downstream::linger::abort(stream),
-            }
-            return;
+            drop(permit);
+            return refuse(stream, 400, shared, tls.is_some(), refusals).await;
         }
         Err(_) => {
             debug!(%balancer, "no PROXY protocol header within header_timeout");
@@ -423,7 +438,9 @@ async fn serve_proxied(
         }
     };
     let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
-        return refuse_over_ip_limit(stream, peer, shared, tls, permit).await;
+        info!(%peer, "over max_connections_per_ip; refusing");
+        drop(permit);
+        return refuse(stream, 503, shared, tls.is_some(), refusals).await;
     };
     serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx).await
 }
@@ -435,7 +452,7 @@ async fn serve_accepted(
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
     _ip: IpGuard,
 ) {
     match tls {
@@ -542,19 +559,32 @@ impl Drop for IpGuard {
     }
 }
 
-/// Over the per-IP limit: a 503, then the configured close.
 /// Answers a connection refused before any request is read (503 over
-/// `max_connections_per_ip`, 400 for a bad PROXY header), then closes it
-/// the configured way.
-async fn refuse(mut stream: TcpStream, status: u16, shared: Arc<Shared>, _permit: tokio::sync::OwnedSemaphorePermit) {
+/// `max_connections_per_ip`, 400 for a bad PROXY header), then closes it the
+/// configured way with `linger_time` and `linger_timeout` cut to
+/// [`REFUSAL_LINGER`]. It holds no connection slot (the caller has none, or
+/// dropped it), only one of `refusals`: past those, and on a TLS listener
+/// (no plaintext answer there), a reset at once.
+async fn refuse(mut stream: TcpStream, status: u16, shared: Arc<Shared>, tls: bool, refusals: Arc<Semaphore>) {
     use tokio::io::AsyncWriteExt;
-    let settings = &shared.base_policy.settings;
+    if tls {
+        return downstream::linger::abort(stream);
+    }
+    let Ok(_closing) = refusals.try_acquire_owned() else {
+        return downstream::linger::abort(stream);
+    };
+    let configured = shared.base_policy.settings.close;
+    let close = crate::config::CloseSettings {
+        linger_time: configured.linger_time.min(REFUSAL_LINGER),
+        linger_timeout: configured.linger_timeout.min(REFUSAL_LINGER),
+        ..configured
+    };
     let bytes = crate::exchange::error_response(status, false, false, false);
-    if tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes))
+    if tokio::time::timeout(REFUSAL_LINGER, stream.write_all(&bytes))
         .await
         .is_ok()
     {
-        downstream::linger::close(stream, &settings.close, &CancellationToken::new()).await;
+        downstream::linger::close(stream, &close, &CancellationToken::new()).await;
     }
 }
 
