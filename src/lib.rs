@@ -8,7 +8,9 @@
 //! - [`config`]: TOML file + CLI overrides → checked `Config` (errors name file, key, reason);
 //!   `config/settings.rs` lists the overridable client settings once
 //! - [`policy`] (in `config/`): User-Agent rules (Apache `BrowserMatch` semantics) → `ClientPolicy`
-//! - [`server`]: listeners, worker threads, accept loop, connection permits, drain
+//! - [`server`]: listeners, worker threads, accept loop, connection permits, drain;
+//!   `server/endpoint.rs` what each listening socket speaks across reloads,
+//!   `server/admission.rs` the per-IP count and refusals
 //! - [`shared`]: a configuration generation, shared read-only by connection tasks
 //! - [`downstream`]: the client connection: keep-alive loop, lingering close, tunnel, HTTP/2
 //! - [`exchange`]: one exchange for both protocols: route, backend head, retry rules;

@@ -6,20 +6,38 @@
 //! the one they started with. Metrics, the connection registry, the per-IP
 //! counts and the drain signal outlive generations.
 //!
+//! A listening socket speaks what its listener said when it was bound (TLS,
+//! PROXY protocol) until the process ends: a reload finds each socket's
+//! listener in the new config by address, renews its certificates, and only
+//! reports what it cannot apply (see `endpoint`).
+//!
 //! The accept loop never dies on a transient error: on descriptor exhaustion
 //! (EMFILE/ENFILE) it backs off instead of spinning, and the connections in the
-//! backlog wait for a permit rather than being refused.
+//! backlog wait for a permit rather than being refused. A socket is accepted
+//! from only while a connection slot is free, and the slot is taken after the
+//! accept: a slot held by a loop waiting in `accept` would be one that no
+//! other worker's socket could use (with `SO_REUSEPORT` the kernel, not
+//! finguard, picks the socket a connection waits on).
+//!
+//! A connection refused before its first request (over
+//! `max_connections_per_ip`, a bad PROXY header) holds no connection slot
+//! while it closes, and its lingering close is cut short (see `admission`).
+
+mod admission;
+mod endpoint;
 
 use crate::config::Config;
 use crate::downstream;
 use crate::metrics::{ProxyHeader, TlsHandshake};
 use crate::shared::{Current, Shared};
 use crate::upstream;
-use std::net::{IpAddr, SocketAddr};
+use admission::{refuse, IpGuard};
+use endpoint::{Endpoint, Endpoints};
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -27,10 +45,27 @@ use tracing::{debug, error, info, warn};
 /// How long the accept loop pauses when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// What every accept loop of the process shares.
+#[derive(Clone)]
+struct Accepting {
+    current: Current,
+    endpoints: Endpoints,
+    /// One per open connection: `max_connections`.
+    permits: Arc<Semaphore>,
+    /// One per refused connection still closing. They hold no connection
+    /// slot, so they are bounded apart (as many as `max_connections`: the
+    /// client sockets finguard holds stay within twice that); past it, a
+    /// refusal is a reset at once.
+    refusals: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
 /// A running proxy: its bound addresses and the handles that reload and stop it.
 pub struct Running {
     pub addrs: Vec<SocketAddr>,
     pub current: Current,
+    /// What each listening socket speaks, in `addrs` order.
+    endpoints: Endpoints,
     tracker: TaskTracker,
     stop_accepting: CancellationToken,
     /// Duplicates of every listening socket, `[listener][k]`, for `handoff`
@@ -96,17 +131,25 @@ pub async fn start(
             path: config.access_file.clone().unwrap_or_default(),
             source,
         })?;
-    let permits = Arc::new(Semaphore::new(config.max_connections as usize));
+    let slots = config.max_connections as usize;
+    let endpoints: Endpoints = Arc::new(RwLock::new(config.listeners.iter().map(Endpoint::new).collect()));
     let current: Current = Arc::new(RwLock::new(Shared::first(config, log)));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
+    let accepting = Accepting {
+        current: current.clone(),
+        endpoints: endpoints.clone(),
+        permits: Arc::new(Semaphore::new(slots)),
+        refusals: Arc::new(Semaphore::new(slots)),
+        stop: stop_accepting.clone(),
+    };
     for (w, socks) in sockets.into_iter().enumerate() {
-        let (current, permits, stop) = (current.clone(), permits.clone(), stop_accepting.clone());
+        let accepting = accepting.clone();
         // Counts as one task of the global tracker until this worker's connections are done.
         let alive = tracker.token();
         std::thread::Builder::new()
             .name(format!("finguard-w{w}"))
-            .spawn(move || worker(w, socks, current, permits, stop, alive))
+            .spawn(move || worker(w, socks, accepting, alive))
             .map_err(|source| StartError::Worker { worker: w, source })?;
     }
     if let Some(listener) = admin {
@@ -119,6 +162,7 @@ pub async fn start(
     Ok(Running {
         addrs,
         current,
+        endpoints,
         tracker,
         stop_accepting,
         handoff,
@@ -162,13 +206,12 @@ fn listening_sockets(
 }
 
 /// One worker thread: accept loops for its sockets, then, once `stop` fires,
-/// waits for its own connections before its runtime goes away.
+/// waits for its own connections (and a loop still holding one it accepted)
+/// before its runtime goes away.
 fn worker(
     w_index: usize,
     socks: Vec<(usize, std::net::TcpListener)>,
-    current: Current,
-    permits: Arc<Semaphore>,
-    stop: CancellationToken,
+    accepting: Accepting,
     alive: tokio_util::task::task_tracker::TaskTrackerToken,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -184,19 +227,12 @@ fn worker(
         for (idx, s) in socks {
             match TcpListener::from_std(s) {
                 Ok(l) => {
-                    tokio::spawn(accept_loop(
-                        idx,
-                        l,
-                        current.clone(),
-                        permits.clone(),
-                        conns.clone(),
-                        stop.clone(),
-                    ));
+                    conns.spawn(accept_loop(idx, l, accepting.clone(), conns.clone()));
                 }
                 Err(e) => error!(error = %e, "cannot register a listener"),
             }
         }
-        stop.cancelled().await;
+        accepting.stop.cancelled().await;
         conns.close();
         conns.wait().await;
         drop(alive);
@@ -226,15 +262,14 @@ impl Running {
         self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Swaps in a new configuration for new connections. Listener, admin and
+    /// Swaps in a new configuration for new connections. A listener added,
+    /// removed, or turning TLS or the PROXY protocol on or off, and admin and
     /// `max_connections` changes need a restart: they are reported, not applied.
     pub fn reload(&self, config: Config) -> Vec<String> {
         let old = self.shared();
-        let mut not_applied = Vec::new();
-        let addrs = |c: &Config| c.listeners.iter().map(|l| l.addr).collect::<Vec<_>>();
-        if addrs(&old.config) != addrs(&config) {
-            not_applied.push("listener addresses".to_string());
-        }
+        let running = self.endpoints.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let (endpoints, mut not_applied) = endpoint::rematch(&running, &config.listeners);
+        *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = endpoints;
         if old.config.admin != config.admin {
             not_applied.push("admin.addr".to_string());
         }
@@ -266,24 +301,17 @@ impl Running {
     }
 }
 
-async fn accept_loop(
-    idx: usize,
-    listener: TcpListener,
-    current: Current,
-    permits: Arc<Semaphore>,
-    tracker: TaskTracker,
-    stop: CancellationToken,
-) {
+async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker: TaskTracker) {
     let mut starved = false;
     loop {
-        // Take the permit first: past `max_connections`, clients wait in the backlog.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = stop.cancelled() => return,
-        };
+        // Past `max_connections`, clients wait in the backlog.
+        tokio::select! {
+            free = slot_free(&ctx.permits) => if !free { return },
+            () = ctx.stop.cancelled() => return,
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            () = stop.cancelled() => return,
+            () = ctx.stop.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(x) => {
@@ -293,40 +321,62 @@ async fn accept_loop(
                 x
             }
             Err(e) => {
-                if !accept_failed(&e, &mut starved, &stop).await {
+                if !accept_failed(&e, &mut starved, &ctx.stop).await {
                     return;
                 }
                 continue;
             }
         };
-        let shared = current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        shared.metrics.accepted();
-        let tls = shared.config.listeners.get(idx).and_then(|l| l.tls.clone());
-        if shared.config.listeners.get(idx).is_some_and(|l| l.proxy_protocol) {
-            tracker.spawn(serve_proxied(stream, peer, shared, tls, permit, idx));
-            continue;
+        if !admit(stream, peer, idx, &ctx, &tracker).await {
+            return;
         }
-        let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
-            tracker.spawn(refuse_over_ip_limit(stream, peer, shared, tls, permit));
-            continue;
-        };
-        tracker.spawn(serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx));
     }
 }
 
-async fn refuse_over_ip_limit(
-    stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-    tls: Option<crate::tls::TlsSettings>,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) {
-    info!(%peer, "over max_connections_per_ip; refusing");
-    match tls {
-        None => refuse(stream, 503, shared, permit).await,
-        // No plaintext answer on a TLS port: a reset, and nothing left behind.
-        Some(_) => downstream::linger::abort(stream),
-    }
+/// Hands an accepted connection to its task: refused at once when its IP is
+/// over its limit, else served once it has a connection slot. A PROXY
+/// listener's client is known only from its header, read with a slot held.
+/// `false`: the slots are gone (never, while the process runs).
+async fn admit(stream: TcpStream, peer: SocketAddr, idx: usize, ctx: &Accepting, tracker: &TaskTracker) -> bool {
+    let shared = ctx.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+    shared.metrics.accepted();
+    let Some(endpoint) = endpoint::get(&ctx.endpoints, idx) else {
+        error!(
+            listener = idx,
+            "a listening socket without its listener; closing the connection"
+        );
+        return true;
+    };
+    let ip_guard = if endpoint.proxy_protocol {
+        None
+    } else {
+        let Some(guard) = IpGuard::take(&shared, peer.ip()) else {
+            info!(%peer, "over max_connections_per_ip; refusing");
+            let tls = endpoint.tls.is_some();
+            tracker.spawn(refuse(stream, 503, shared, tls, ctx.refusals.clone()));
+            return true;
+        };
+        Some(guard)
+    };
+    // Another worker may have taken the last slot since `slot_free`: this
+    // one connection then waits for the next, as it would have in the
+    // backlog. Not cut short by a drain: slots free as connections end, and
+    // it is answered (with `Connection: close`).
+    let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
+        return false;
+    };
+    let (tls, refusals) = (endpoint.tls, ctx.refusals.clone());
+    match ip_guard {
+        Some(ip) => tracker.spawn(serve_in_span(stream, peer, shared, tls, permit, ip, idx)),
+        None => tracker.spawn(serve_proxied(stream, peer, shared, tls, permit, idx, refusals)),
+    };
+    true
+}
+
+/// Waits until a connection slot is free, without holding it. `false`: the
+/// semaphore is gone (never, while the process runs).
+async fn slot_free(permits: &Semaphore) -> bool {
+    permits.acquire().await.is_ok()
 }
 
 /// `serve_accepted` in a span per connection: every log line of it carries
@@ -336,7 +386,7 @@ async fn serve_in_span(
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     ip_guard: IpGuard,
     idx: usize,
 ) {
@@ -359,8 +409,9 @@ async fn serve_proxied(
     balancer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    permit: tokio::sync::OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     idx: usize,
+    refusals: Arc<Semaphore>,
 ) {
     let limit = shared.base_policy.settings.header_timeout;
     let read = tokio::time::timeout(limit, crate::proxy_protocol::read(&mut stream)).await;
@@ -372,11 +423,8 @@ async fn serve_proxied(
         Ok(Err(why)) => {
             debug!(%balancer, %why, "bad PROXY protocol header; refusing");
             shared.metrics.proxy_header(ProxyHeader::Invalid);
-            match tls {
-                None => refuse(stream, 400, shared, permit).await,
-                Some(_) => downstream::linger::abort(stream),
-            }
-            return;
+            drop(permit);
+            return refuse(stream, 400, shared, tls.is_some(), refusals).await;
         }
         Err(_) => {
             debug!(%balancer, "no PROXY protocol header within header_timeout");
@@ -385,7 +433,9 @@ async fn serve_proxied(
         }
     };
     let Some(ip_guard) = IpGuard::take(&shared, peer.ip()) else {
-        return refuse_over_ip_limit(stream, peer, shared, tls, permit).await;
+        info!(%peer, "over max_connections_per_ip; refusing");
+        drop(permit);
+        return refuse(stream, 503, shared, tls.is_some(), refusals).await;
     };
     serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx).await
 }
@@ -397,7 +447,7 @@ async fn serve_accepted(
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
     _ip: IpGuard,
 ) {
     match tls {
@@ -454,70 +504,6 @@ fn is_out_of_descriptors(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
     )
-}
-
-/// Counts a client IP's open connections while alive.
-struct IpGuard {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl IpGuard {
-    /// `None` when the IP is at `max_connections_per_ip`.
-    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpGuard> {
-        // A trusted proxy carries many clients' connections: not limited.
-        let limit = shared
-            .config
-            .max_connections_per_ip
-            .filter(|_| !shared.config.trusts(ip));
-        let Some(max) = limit.map(|m| m.get()) else {
-            return Some(IpGuard {
-                shared: shared.clone(),
-                ip,
-            });
-        };
-        let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpGuard {
-            shared: shared.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpGuard {
-    fn drop(&mut self) {
-        if self.shared.config.max_connections_per_ip.is_none() || self.shared.config.trusts(self.ip) {
-            return;
-        }
-        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
-/// Over the per-IP limit: a 503, then the configured close.
-/// Answers a connection refused before any request is read (503 over
-/// `max_connections_per_ip`, 400 for a bad PROXY header), then closes it
-/// the configured way.
-async fn refuse(mut stream: TcpStream, status: u16, shared: Arc<Shared>, _permit: tokio::sync::OwnedSemaphorePermit) {
-    use tokio::io::AsyncWriteExt;
-    let settings = &shared.base_policy.settings;
-    let bytes = crate::exchange::error_response(status, false, false, false);
-    if tokio::time::timeout(settings.body_timeout, stream.write_all(&bytes))
-        .await
-        .is_ok()
-    {
-        downstream::linger::close(stream, &settings.close, &CancellationToken::new()).await;
-    }
 }
 
 #[cfg(test)]

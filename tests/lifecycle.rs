@@ -385,3 +385,91 @@ fn past_max_connections_a_client_waits_in_the_backlog_then_is_served() {
         200
     );
 }
+
+/// A connection to `to` from the loopback address `from`, so that one test
+/// can play several client IPs.
+fn connect_from(from: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    sock.bind(&local.into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+#[test]
+fn connections_refused_over_the_per_ip_limit_hold_no_slot_of_anyone_else() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        "workers = 1\n[client]\nmax_connections = 8\nmax_connections_per_ip = 2\nheader_timeout = \"30s\"\n",
+        backend.addr,
+    );
+    // One address opens every slot's worth of connections: two are served
+    // (their heads trickle in), six are refused and then trickle into the
+    // refusal's lingering close, a byte at a time, never silent for
+    // linger_timeout.
+    let mut conns: Vec<std::net::TcpStream> = (0..8).map(|_| connect_from("127.0.0.2", p.addr)).collect();
+    for c in &mut conns {
+        c.write_all(b"G").unwrap();
+    }
+    for (i, c) in conns.iter_mut().enumerate().skip(2) {
+        let mut got = Vec::new();
+        let head = read_head(c, &mut got);
+        assert!(
+            head.as_deref().is_some_and(|h| h.starts_with("HTTP/1.1 503 ")),
+            "connection {i}: {head:?}"
+        );
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            for _ in 0..100 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                for c in &mut conns {
+                    let _ = c.write_all(b"E");
+                }
+                // The trickle's pace (under linger_timeout), not a wait for anything.
+                thread::sleep(Duration::from_millis(500));
+            }
+        })
+    };
+    // Another address is served at once: the refused connections hold no slot.
+    let mut other = connect_from("127.0.0.1", p.addr);
+    other.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    other
+        .write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let answer = read_response(&mut other, &mut Vec::new()).map(|r| r.status);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    trickle.join().unwrap();
+    assert_eq!(answer, Some(200), "a second address was locked out");
+}
+
+#[test]
+fn with_a_slot_free_a_new_connection_is_served_whichever_worker_the_kernel_picks() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        "workers = 2\n[client]\nmax_connections = 2\nkeepalive_timeout = \"60s\"\n",
+        backend.addr,
+    );
+    let mut held = p.connect();
+    held.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut held, &mut Vec::new()).unwrap().status, 200);
+    // One slot is free: each new connection, whichever worker's socket the
+    // kernel queues it on, is answered.
+    let mut unanswered = Vec::new();
+    for i in 0..10 {
+        let mut c = p.connect();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        if read_response(&mut c, &mut Vec::new()).map(|r| r.status) != Some(200) {
+            unanswered.push(i);
+        }
+    }
+    assert!(unanswered.is_empty(), "unanswered within 2 s: {unanswered:?}");
+}

@@ -1,0 +1,103 @@
+//! Who may hold a connection: the count of each client IP's open
+//! connections (`max_connections_per_ip`), and the answer to a connection
+//! refused before its first request. A refusal must never hold what other
+//! clients need: it takes no connection slot, and closes promptly.
+
+use crate::downstream;
+use crate::shared::Shared;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// The longest a refused connection's answer may take to write, and its
+/// lingering close's `linger_time` and `linger_timeout`. The answer is a few
+/// bytes that a reading client has at once; the cut keeps a client that never
+/// falls silent for `linger_timeout` (a byte a second) from holding the
+/// socket for `linger_time`.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Counts a client IP's open connections while alive.
+pub(super) struct IpGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpGuard {
+    /// `None` when the IP is at `max_connections_per_ip`.
+    pub(super) fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpGuard> {
+        // A trusted proxy carries many clients' connections: not limited.
+        let limit = shared
+            .config
+            .max_connections_per_ip
+            .filter(|_| !shared.config.trusts(ip));
+        let Some(max) = limit.map(|m| m.get()) else {
+            return Some(IpGuard {
+                shared: shared.clone(),
+                ip,
+            });
+        };
+        let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        if self.shared.config.max_connections_per_ip.is_none() || self.shared.config.trusts(self.ip) {
+            return;
+        }
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Answers a connection refused before any request is read (503 over
+/// `max_connections_per_ip`, 400 for a bad PROXY header), then closes it the
+/// configured way with `linger_time` and `linger_timeout` cut to
+/// [`REFUSAL_LINGER`]. It holds no connection slot (the caller has none, or
+/// dropped it), only one of `refusals`: past those, and on a TLS listener
+/// (no plaintext answer there), a reset at once.
+pub(super) async fn refuse(
+    mut stream: TcpStream,
+    status: u16,
+    shared: Arc<Shared>,
+    tls: bool,
+    refusals: Arc<Semaphore>,
+) {
+    use tokio::io::AsyncWriteExt;
+    if tls {
+        return downstream::linger::abort(stream);
+    }
+    let Ok(_closing) = refusals.try_acquire_owned() else {
+        return downstream::linger::abort(stream);
+    };
+    let configured = shared.base_policy.settings.close;
+    let close = crate::config::CloseSettings {
+        linger_time: configured.linger_time.min(REFUSAL_LINGER),
+        linger_timeout: configured.linger_timeout.min(REFUSAL_LINGER),
+        ..configured
+    };
+    let bytes = crate::exchange::error_response(status, false, false, false);
+    if tokio::time::timeout(REFUSAL_LINGER, stream.write_all(&bytes))
+        .await
+        .is_ok()
+    {
+        downstream::linger::close(stream, &close, &CancellationToken::new()).await;
+    }
+}
