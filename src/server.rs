@@ -413,7 +413,7 @@ async fn serve_proxied(
     idx: usize,
     refusals: Arc<Semaphore>,
 ) {
-    let limit = shared.base_policy.settings.header_timeout;
+    let limit = crate::timeouts::ClientTimeouts::new(&shared.base_policy.settings).head;
     let read = tokio::time::timeout(limit, crate::proxy_protocol::read(&mut stream)).await;
     let peer = match read {
         Ok(Ok(named)) => {

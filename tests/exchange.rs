@@ -500,17 +500,19 @@ fn an_http2_access_log_line_names_its_backend_as_an_http1_line_does() {
     assert_eq!(h2_get(&s, &authority, &[]).0, 200);
     let (status, _) = h2_get(&s, &authority, &[("host", "b.test")]);
     assert_eq!(status, 400);
-    let lines = || s.proxy.stdout.lock().unwrap().clone();
-    assert!(
-        wait_until(Duration::from_secs(3), || lines().len() >= 2),
-        "{:?}",
-        lines()
-    );
-    let reqs: Vec<serde_json::Value> = lines()
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["request"].is_string())
-        .collect();
+    // The first connection's close line may come between the two.
+    let reqs = || -> Vec<serde_json::Value> {
+        s.proxy
+            .stdout
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["request"].is_string())
+            .collect()
+    };
+    assert!(wait_until(Duration::from_secs(3), || reqs().len() >= 2), "{:?}", reqs());
+    let reqs = reqs();
     let ok = reqs.iter().find(|v| v["status"] == 200).expect("the 200's line");
     assert_eq!(ok["request"], "GET /echo HTTP/2.0");
     assert_eq!(ok["backend"], backend.addr.to_string());
@@ -518,4 +520,67 @@ fn an_http2_access_log_line_names_its_backend_as_an_http1_line_does() {
     // finguard's own answer names no backend.
     let refused = reqs.iter().find(|v| v["status"] == 400).expect("the 400's line");
     assert!(refused["backend"].is_null(), "{refused}");
+}
+
+#[test]
+fn a_backend_cannot_grow_finguards_memory_while_an_http2_request_goes_up() {
+    let (backend, _) = raw_backend(endless_header_backend_h2);
+    let s = h2_proxy("[client]\nbody_timeout = \"5s\"\n", backend);
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+        let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        let req = http::Request::post("https://a.test/up")
+            .header("content-length", "10000000")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        // The upload goes on slowly while the backend's head never ends.
+        let feed = async {
+            for _ in 0..200 {
+                body.reserve_capacity(1000);
+                if body.send_data(bytes::Bytes::from_static(&[b'b'; 1000]), false).is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::select! {
+            r = resp => r.map(|r| r.status().as_u16()).ok(),
+            () = feed => None,
+        }
+    });
+    assert_eq!(status, Some(502), "{}", s.proxy.log());
+    assert!(wait_until(Duration::from_secs(10), || ENDLESS_SENT_H2
+        .load(std::sync::atomic::Ordering::SeqCst)
+        != usize::MAX));
+    let sent = ENDLESS_SENT_H2.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(sent < 24 << 20, "finguard read {sent} bytes of a head");
+}
+
+static ENDLESS_SENT_H2: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+
+/// As `endless_header_backend`, counted apart (tests run in parallel).
+fn endless_header_backend_h2(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    if read_head(&mut s, &mut buf).is_none() {
+        return;
+    }
+    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Endless: ");
+    let chunk = vec![b'a'; 64 * 1024];
+    let mut sent = 0usize;
+    while sent < 48 << 20 {
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    ENDLESS_SENT_H2.store(sent, std::sync::atomic::Ordering::SeqCst);
 }
