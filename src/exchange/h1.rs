@@ -20,11 +20,12 @@
 //! Bytes of a request body finguard did not read are never parsed as a next
 //! request: after an error the connection closes.
 
+use super::body::Rest;
 use super::upload::{self, Failure, RequestBody, Sent, RESP_BUF};
 use super::{Plan, Tries};
 use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
-use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
+use crate::http1::framing::Framing;
 use crate::http1::head::Head;
 use crate::http1::response::{self, ClientBody, ClientView, Parsed, Shaped};
 use crate::policy::ClientPolicy;
@@ -425,14 +426,6 @@ enum Relay {
     Client,
 }
 
-/// How much of the response body is still to come.
-enum Rest {
-    Empty,
-    Length(u64),
-    Chunked(ChunkScanner, bool),
-    ToClose,
-}
-
 /// Writes the client head and relays the body by its framing. When the body
 /// ended where its framing said, with nothing after it, the connection goes
 /// back to `pool` (if given) before the last bytes are written to the client,
@@ -448,23 +441,26 @@ async fn relay<S: ClientStream>(
     t: &Timeouts,
     entry: &Entry,
 ) -> Result<(), Relay> {
-    let mut rest = match shaped.client_body {
-        ClientBody::Empty => Rest::Empty,
-        ClientBody::Length(n) => Rest::Length(n),
-        ClientBody::ChunkedPass | ClientBody::ChunkedDecode => {
-            let Framing::Chunked(c) = Framing::chunked(u64::MAX) else {
-                return Err(Relay::Backend("internal framing"));
-            };
-            Rest::Chunked(c, shaped.client_body == ClientBody::ChunkedDecode)
-        }
-        ClientBody::Close => Rest::ToClose,
-    };
+    let mut rest = Rest::new(shaped.backend_body);
+    let decode = shaped.client_body == ClientBody::ChunkedDecode;
     let mut scratch = Vec::new();
     let mut head_pending = true;
     let mut bc = Some(bc);
     loop {
-        let (take, done) = rest.next_part(resp, &mut scratch)?;
-        let decoded = matches!(rest, Rest::Chunked(_, true));
+        scratch.clear();
+        let wire: &[u8] = resp;
+        let (take, done) = rest
+            .take(
+                wire,
+                |r| {
+                    if decode {
+                        scratch.extend_from_slice(&wire[r])
+                    }
+                },
+                |_| {},
+            )
+            .map_err(Relay::Backend)?;
+        let decoded = decode;
         if done {
             let conn = bc.take();
             if let (Some(pool), Some(conn), true) = (pool, conn, resp.len() == take) {
@@ -499,41 +495,10 @@ async fn relay<S: ClientStream>(
 async fn read_body_part(backend: &mut RawConn, resp: &mut BytesMut, rest: &Rest, t: &Timeouts) -> Result<bool, Relay> {
     match tokio::time::timeout(t.response, backend.stream.read_buf(resp)).await {
         Err(_) => Err(Relay::Backend("stalled inside the response body")),
-        Ok(Ok(0)) if matches!(rest, Rest::ToClose) => Ok(true),
+        Ok(Ok(0)) if rest.ends_at_close() => Ok(true),
         Ok(Ok(0)) => Err(Relay::Backend("closed inside the response body")),
         Ok(Err(_)) => Err(Relay::Backend("connection failed inside the response body")),
         Ok(Ok(_)) => Ok(false),
-    }
-}
-
-impl Rest {
-    /// How many bytes of `resp` belong to the body, and whether the body
-    /// ends with them; a decoded chunked body's data goes to `scratch`.
-    fn next_part(&mut self, resp: &[u8], scratch: &mut Vec<u8>) -> Result<(usize, bool), Relay> {
-        Ok(match self {
-            Rest::Empty => (0, true),
-            Rest::Length(n) => {
-                let k = (*n).min(resp.len() as u64);
-                *n -= k;
-                (k as usize, *n == 0)
-            }
-            Rest::Chunked(c, decode) => {
-                scratch.clear();
-                let used = if *decode {
-                    c.consume_spans(resp, |r| scratch.extend_from_slice(&resp[r]))
-                } else {
-                    c.consume_spans(resp, |_| {})
-                };
-                let used = used.map_err(|f| {
-                    Relay::Backend(match f {
-                        BodyFault::Malformed => "malformed chunked body",
-                        _ => "chunked body over its limit",
-                    })
-                })?;
-                (used, c.is_done())
-            }
-            Rest::ToClose => (resp.len(), false),
-        })
     }
 }
 

@@ -17,13 +17,14 @@
 //! Statuses come from the one table in [`ProxyError`]; each failure is one log
 //! line here.
 
+use super::body::Rest;
 use super::upload::{self, Failure, RequestBody, Sent};
 use super::{Plan, Tries};
 use crate::config::ProxyProtocol;
 use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
-use crate::http1::framing::{BodyFault, ChunkScanner, Framing};
-use crate::http1::response::{self, BodyMode, Parsed2, ReuseHint};
+use crate::http1::framing::{BodyFault, Framing};
+use crate::http1::response::{self, Parsed2, ReuseHint};
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
 use crate::timeouts::{ClientTimeouts, Timeouts};
@@ -300,15 +301,7 @@ async fn attempt(
     let head = read_head(&mut bc, &mut resp, head_request, t).await?;
     let answered = super::Answered(bc.addr, started.elapsed());
     resp.advance(head.len);
-    let rest = match head.body {
-        BodyMode::Empty => Rest::Empty,
-        BodyMode::Length(n) => Rest::Length(n),
-        BodyMode::Chunked => match Framing::chunked(u64::MAX) {
-            Framing::Chunked(c) => Rest::Chunked(c, Vec::new()),
-            Framing::Length(_) => Rest::Empty,
-        },
-        BodyMode::Close => Rest::ToClose,
-    };
+    let rest = Rest::new(head.body);
     let pool = (complete && !head.reuse.close).then(|| upstream.clone());
     // An early answer: the rest of the upload lingers.
     let unread = if complete {
@@ -324,12 +317,12 @@ async fn attempt(
         reuse: head.reuse,
         gap: t.response,
         timer: None,
+        trailer: Vec::new(),
         trailers: None,
         _unread: unread,
     };
-    if matches!(body.rest, Rest::Empty | Rest::Length(0)) {
+    if body.rest.is_done() {
         // No body: h2 sends the head with END_STREAM and never polls it.
-        body.rest = Rest::Empty;
         body.finish();
     }
     let status =
@@ -549,15 +542,6 @@ fn error_response(status: u16, unread: Option<Unread>) -> Response<ProxyBody> {
     resp
 }
 
-/// How much of the backend's response body is still to come.
-enum Rest {
-    Empty,
-    Length(u64),
-    /// The scanner, and the trailer section's bytes as they arrive.
-    Chunked(ChunkScanner, Vec<u8>),
-    ToClose,
-}
-
 /// A response body on its way to an HTTP/2 client.
 // `Backend` is the common variant: boxing it would cost an allocation per
 // response to shrink the rare one.
@@ -581,6 +565,8 @@ pub struct BackendBody {
     /// Longest wait for the next bytes from the backend (`response_timeout`).
     gap: Duration,
     timer: Option<Pin<Box<Sleep>>>,
+    /// A chunked body's trailer section, as it arrives.
+    trailer: Vec<u8>,
     /// Trailers to hand on after the last data.
     trailers: Option<HeaderMap>,
     _unread: Option<Unread>,
@@ -601,36 +587,40 @@ impl BackendBody {
 
     /// The next frame from what is buffered, if any.
     fn take_buffered(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
-        match &mut self.rest {
-            Rest::Empty => None,
-            Rest::Length(n) => {
-                let k = (*n).min(self.buf.len() as u64) as usize;
-                *n -= k as u64;
-                let data = self.buf.split_to(k).freeze();
-                if *n == 0 {
-                    self.rest = Rest::Empty;
-                    self.finish();
-                }
-                (!data.is_empty()).then(|| Ok(Frame::data(data)))
-            }
-            Rest::Chunked(scanner, trailer) => {
-                let mut data = BytesMut::new();
-                let wire: &[u8] = &self.buf;
-                let used = scanner.consume_parts(wire, |r| data.extend_from_slice(&wire[r]), |b| trailer.push(b));
-                let used = match used {
-                    Ok(n) => n,
-                    Err(_) => return Some(Err("malformed chunked body from the backend".into())),
-                };
-                self.buf.advance(used);
-                if scanner.is_done() {
-                    self.trailers = parse_trailers(trailer);
-                    self.rest = Rest::Empty;
-                    self.finish();
-                }
-                (!data.is_empty()).then(|| Ok(Frame::data(data.freeze())))
-            }
-            Rest::ToClose => (!self.buf.is_empty()).then(|| Ok(Frame::data(self.buf.split().freeze()))),
+        if self.rest.is_done() {
+            return None;
         }
+        let chunked = self.rest.is_chunked();
+        let mut data = BytesMut::new();
+        let wire: &[u8] = &self.buf;
+        let trailer = &mut self.trailer;
+        let taken = self.rest.take(
+            wire,
+            |r| {
+                if chunked {
+                    data.extend_from_slice(&wire[r]);
+                }
+            },
+            |b| trailer.push(b),
+        );
+        let (used, done) = match taken {
+            Ok(t) => t,
+            Err(why) => return Some(Err(format!("{why} from the backend").into())),
+        };
+        // A body with a length or to close goes on without a copy.
+        let data = if chunked {
+            self.buf.advance(used);
+            data.freeze()
+        } else {
+            self.buf.split_to(used).freeze()
+        };
+        if done {
+            if chunked {
+                self.trailers = parse_trailers(&self.trailer);
+            }
+            self.finish();
+        }
+        (!data.is_empty()).then(|| Ok(Frame::data(data)))
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Polled {
@@ -638,7 +628,7 @@ impl BackendBody {
             if let Some(f) = self.take_buffered() {
                 return Poll::Ready(Some(f));
             }
-            if matches!(self.rest, Rest::Empty) {
+            if self.rest.is_done() {
                 return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
             }
             let Some(conn) = self.conn.as_mut() else {
@@ -646,7 +636,7 @@ impl BackendBody {
             };
             self.buf.reserve(RESP_BUF);
             match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut self.buf) {
-                Poll::Ready(Ok(0)) if matches!(self.rest, Rest::ToClose) => {
+                Poll::Ready(Ok(0)) if self.rest.ends_at_close() => {
                     self.rest = Rest::Empty;
                     self.conn = None;
                 }

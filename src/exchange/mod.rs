@@ -13,6 +13,7 @@
 //! This module never reads a client socket or writes a response: that is
 //! the two client sides'.
 
+pub mod body;
 pub mod h1;
 pub mod h2;
 pub mod upload;
