@@ -278,3 +278,41 @@ fn a_failed_connect_hands_its_slot_to_a_queued_request() {
         p.admin_get("/metrics").1
     );
 }
+
+#[test]
+fn a_health_check_reaches_a_proxy_protocol_backend_with_a_header_of_its_own() {
+    for version in ["v1", "v2"] {
+        // Like Apache with RemoteIPProxyProtocol On: a connection that does
+        // not start with a PROXY header is dropped.
+        let backend = Backend::start_with(
+            Reply::Ok,
+            BackendOpts {
+                proxy_protocol: true,
+                ..Default::default()
+            },
+        );
+        let cfg = format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{}\"]\nproxy_protocol = \"{version}\"\n\
+             health_check = {{ path = \"/health\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 2 }}\n",
+            backend.addr
+        );
+        let p = Proxy::start_args(&cfg, &[]);
+        // A third check has started: the verdicts of the first two (enough
+        // to take the address out, had they failed) are in.
+        assert!(
+            wait_until(Duration::from_secs(5), || backend.accepted() >= 3),
+            "{version}"
+        );
+        let down = format!(
+            "finguard_backend_health_transitions_total{{backend=\"app\",addr=\"{}\",to=\"down\"}}",
+            backend.addr
+        );
+        assert_eq!(p.metric(&down), 0.0, "{version}: {}", p.log());
+        let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200, "{version}: {}", p.log());
+        // The first connection is a check, with a header of its own.
+        let heads = backend.heads();
+        assert!(heads[0].starts_with("PROXY 127.0.0.1 "), "{version}: {heads:?}");
+        assert!(heads[1].starts_with("GET /health HTTP/1.1\r\n"), "{version}: {heads:?}");
+    }
+}
