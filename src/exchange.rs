@@ -119,6 +119,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
     // The whole request is in `out`: it can be sent again on a fresh connection.
     let replayable = framing.is_done();
     let mut retried = false;
+    let mut tried = crate::upstream::Tried::default();
     // The address the client reached, for a PROXY protocol header only (a
     // system call, so not for every request).
     let local = match upstream.cfg.proxy_protocol {
@@ -127,7 +128,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
     };
     loop {
         let fresh = head.upgrade || retried;
-        let bc = match upstream.checkout_raw(fresh, conn.client, local).await {
+        let bc = match upstream.checkout_raw(fresh, conn.client, local, &mut tried).await {
             Ok(c) => c,
             Err(e) => return refuse(client, &req, conn, e.into(), framing.is_done()).await,
         };

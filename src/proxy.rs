@@ -208,8 +208,9 @@ async fn send_with_retry(
     };
     let replayable = up.rest.is_none();
     let mut retried = false;
+    let mut tried = crate::upstream::Tried::default();
     loop {
-        let bc = match upstream.checkout_raw(retried, ctx.client, local).await {
+        let bc = match upstream.checkout_raw(retried, ctx.client, local, &mut tried).await {
             Ok(bc) => bc,
             Err(e) => return Err((e.into(), up.rest.map(|l| l.rest))),
         };

@@ -16,7 +16,10 @@
 //!   connection even; least-outstanding would need a shared counter on the hot
 //!   path for little gain with a handful of addresses); one that fails to
 //!   connect `eject_after` times in a row sits out `eject_cool_off`, then is
-//!   probed again.
+//!   probed again. A request never connects again to an address that
+//!   failed it while another is untried ([`Tried`], held by the request: the
+//!   round-robin counter is shared, so the next pick alone may land on the
+//!   same dead address).
 //! - Every backend connection is opened by one [`Connector`]
 //!   (`connect_timeout`, `TCP_NODELAY`, the PROXY header), health checks'
 //!   too, so a check reaches an address exactly as a request does.
@@ -53,6 +56,8 @@ pub enum UpstreamError {
     Connect(SocketAddr, std::io::Error),
     #[error("every address is down (health check)")]
     AllDown,
+    #[error("every address up was tried for this request")]
+    AllTried,
 }
 
 pub use crate::http1::response::ReuseHint;
@@ -64,6 +69,19 @@ const KEEPALIVE_MARGIN: Duration = Duration::from_millis(500);
 struct AddrHealth {
     failures: u32,
     ejected_until: Option<Instant>,
+}
+
+/// The addresses one request failed to connect to, so that its next pick
+/// (in the same checkout or a retry's) goes to another while one is left.
+/// A request holds one from its first checkout to its last; it is empty,
+/// and costs no allocation, until a connect fails.
+#[derive(Debug, Default)]
+pub struct Tried(Vec<SocketAddr>);
+
+impl Tried {
+    fn has(&self, addr: SocketAddr) -> bool {
+        self.0.contains(&addr)
+    }
 }
 
 /// Whom a new backend connection speaks for, in its PROXY header.
@@ -243,14 +261,14 @@ impl Upstream {
     }
 
     /// Picks the next address round-robin, skipping those the health check
-    /// took out (none left: `None`) and ejected ones while any other is
-    /// available.
-    fn pick_addr(&self) -> Option<usize> {
+    /// took out and those this request tried (none left: `None`), and
+    /// ejected ones while any other is available.
+    fn pick_addr(&self, tried: &Tried) -> Option<usize> {
         let n = self.cfg.addrs.len();
         let start = self.next_addr.fetch_add(1, Ordering::Relaxed);
         let health = lock(&self.health);
         let now = Instant::now();
-        let candidate = |i: &usize| !self.is_down(*i);
+        let candidate = |i: &usize| !self.is_down(*i) && !tried.has(self.cfg.addrs[*i]);
         let usable = |i: &usize| health[*i].ejected_until.is_none_or(|t| now >= t);
         let order = || (0..n).map(|k| (start + k) % n).filter(candidate);
         order()
@@ -281,12 +299,18 @@ impl Upstream {
         }
     }
 
-    /// Connects to the next usable address, trying each at most once.
-    async fn open_any(&self, speaker: Speaker) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+    /// Connects to the next usable address this request has not tried,
+    /// until one answers or none is left.
+    async fn open_any(&self, speaker: Speaker, tried: &mut Tried) -> Result<(TcpStream, SocketAddr), UpstreamError> {
         let mut last_err = None;
-        for _ in 0..self.cfg.addrs.len() {
-            let Some(i) = self.pick_addr() else {
-                return Err(UpstreamError::AllDown);
+        // Bounded: each failure adds its address to `tried`, which picks skip.
+        loop {
+            let Some(i) = self.pick_addr(tried) else {
+                return Err(match last_err {
+                    Some(e) => e,
+                    None if tried.0.is_empty() => UpstreamError::AllDown,
+                    None => UpstreamError::AllTried,
+                });
             };
             let addr = self.cfg.addrs[i];
             match self.connector.open(addr, speaker).await {
@@ -297,11 +321,11 @@ impl Upstream {
                 Err(e) => {
                     debug!(backend = %self.cfg.name, %addr, error = %e, "backend connect failed");
                     self.connect_failed(i);
+                    tried.0.push(addr);
                     last_err = Some(e);
                 }
             }
         }
-        Err(last_err.unwrap_or(UpstreamError::QueueTimeout))
     }
 
     /// Closes idle connections past their expiry or over `pool_max_idle`, and
@@ -357,7 +381,7 @@ mod ttl_tests {
 
     async fn one_idle(up: &Arc<Upstream>, l: &tokio::net::TcpListener, hint: ReuseHint) -> TcpStream {
         let me: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let c = up.checkout_raw(false, me, me).await.unwrap();
+        let c = up.checkout_raw(false, me, me, &mut Tried::default()).await.unwrap();
         let (held, _) = l.accept().await.unwrap();
         up.checkin_raw(c, hint);
         assert_eq!(up.idle_connections(), 1);
@@ -394,7 +418,7 @@ mod ttl_tests {
     async fn a_connection_the_backend_will_close_is_not_kept() {
         let (up, l) = pool("").await;
         let me: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let c = up.checkout_raw(false, me, me).await.unwrap();
+        let c = up.checkout_raw(false, me, me, &mut Tried::default()).await.unwrap();
         let _held = l.accept().await.unwrap();
         let hint = ReuseHint {
             close: true,

@@ -280,6 +280,35 @@ fn a_failed_connect_hands_its_slot_to_a_queued_request() {
 }
 
 #[test]
+fn a_request_never_tries_the_same_dead_address_twice_while_another_lives() {
+    let good = Backend::start(Reply::Ok);
+    let dead = DeadPort::new();
+    // Never ejected (a flapping address, or one that refuses only now and
+    // then): the dead address stays in the rotation all along, and no idle
+    // connection hides the choice.
+    let cfg = format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{}\", \"{}\"]\n\
+         eject_after = 1000000\npool_max_idle = 0\n",
+        dead.addr, good.addr
+    );
+    let p = Proxy::start_args(&cfg, &[]);
+    // Concurrent requests advance the shared round-robin counter between one
+    // request's picks.
+    let mut failed = Vec::new();
+    for _ in 0..16 {
+        let burst: Vec<_> = (0..16)
+            .map(|_| {
+                let a = p.addr;
+                thread::spawn(move || request(a, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").status)
+            })
+            .collect();
+        failed.extend(burst.into_iter().map(|t| t.join().unwrap()).filter(|&s| s != 200));
+    }
+    assert!(failed.is_empty(), "{} of 256 failed: {failed:?}", failed.len());
+    assert_eq!(good.accepted(), 256);
+}
+
+#[test]
 fn a_health_check_reaches_a_proxy_protocol_backend_with_a_header_of_its_own() {
     for version in ["v1", "v2"] {
         // Like Apache with RemoteIPProxyProtocol On: a connection that does

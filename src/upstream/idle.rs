@@ -12,7 +12,7 @@
 //! CLOSE_WAIT left on finguard's side) and counts why. This costs one task per
 //! thread and backend, not one per connection, and nothing per request.
 
-use super::{lock, SlotGuard, Speaker, Upstream, UpstreamError};
+use super::{lock, SlotGuard, Speaker, Tried, Upstream, UpstreamError};
 use crate::config::ProxyProtocol;
 use crate::metrics::ReapReason;
 use std::cell::Cell;
@@ -140,12 +140,15 @@ impl Upstream {
 
     /// Lends a connection for one exchange: this worker's most recent idle
     /// one (unless `fresh`), else a new one while under `max_connections`,
-    /// else waits for either until `queue_timeout`.
+    /// else waits for either until `queue_timeout`. A new one goes to an
+    /// address that `tried` (the request's, across its checkouts) does not
+    /// hold; each address that fails to connect is added to it.
     pub async fn checkout_raw(
         &self,
         fresh: bool,
         client: SocketAddr,
         local: SocketAddr,
+        tried: &mut Tried,
     ) -> Result<RawConn, UpstreamError> {
         let source = (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client);
         if self.all_down() {
@@ -170,7 +173,7 @@ impl Upstream {
             }
             if let Some(slot) = self.take_slot() {
                 let speaker = Speaker::Client { client, local };
-                return self.connect_raw(slot, source, speaker, w).await;
+                return self.connect_raw(slot, source, speaker, tried, w).await;
             }
             // Every slot is taken: only a fresh connection makes an idle one
             // give up its slot (the backend never sees more than `max_connections`).
@@ -284,9 +287,10 @@ impl Upstream {
         slot: SlotGuard,
         source: Option<SocketAddr>,
         speaker: Speaker,
+        tried: &mut Tried,
         w: usize,
     ) -> Result<RawConn, UpstreamError> {
-        let (stream, addr) = self.open_any(speaker).await?;
+        let (stream, addr) = self.open_any(speaker, tried).await?;
         self.metrics.backend_connected(&self.cfg.name);
         debug!(backend = %self.cfg.name, %addr, "opened backend connection");
         Ok(RawConn {
