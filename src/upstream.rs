@@ -20,7 +20,7 @@
 //!   failed it while another is untried ([`Tried`], held by the request: the
 //!   round-robin counter is shared, so the next pick alone may land on the
 //!   same dead address).
-//! - Every backend connection is opened by one [`Connector`]
+//! - Every backend connection is opened by one `Connector`
 //!   (`connect_timeout`, `TCP_NODELAY`, the PROXY header), health checks'
 //!   too, so a check reaches an address exactly as a request does.
 //! - With PROXY protocol, a connection speaks for one client address: it is
@@ -86,7 +86,7 @@ impl Tried {
 
 /// Whom a new backend connection speaks for, in its PROXY header.
 #[derive(Debug, Clone, Copy)]
-pub enum Speaker {
+enum Speaker {
     /// A client, and the address it reached finguard on.
     Client { client: SocketAddr, local: SocketAddr },
     /// finguard itself (a health check): the header names the connection's
@@ -102,7 +102,7 @@ pub enum Speaker {
 /// backend wants one (Apache with `RemoteIPProxyProtocol On` drops a
 /// connection without it).
 #[derive(Debug, Clone, Copy)]
-pub struct Connector {
+struct Connector {
     connect_timeout: Duration,
     proxy_protocol: ProxyProtocol,
 }
@@ -115,7 +115,7 @@ impl Connector {
         }
     }
 
-    pub async fn open(&self, addr: SocketAddr, speaker: Speaker) -> Result<TcpStream, UpstreamError> {
+    async fn open(&self, addr: SocketAddr, speaker: Speaker) -> Result<TcpStream, UpstreamError> {
         let connect = async {
             let mut stream = TcpStream::connect(addr).await?;
             let _ = stream.set_nodelay(true);
@@ -256,7 +256,7 @@ impl Upstream {
     }
 
     /// How the pool connects, for health checks to connect the same way.
-    pub fn connector(&self) -> Connector {
+    fn connector(&self) -> Connector {
         self.connector
     }
 

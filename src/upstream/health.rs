@@ -6,7 +6,7 @@
 //! bring it back; each transition is one log line and a metric. With every
 //! address out, requests get a 503 at once instead of waiting on a connect.
 //!
-//! A check connects through the pool's own [`Connector`], so it reaches an
+//! A check connects through the pool's own `Connector`, so it reaches an
 //! address as a request would: within `connect_timeout`, and with a PROXY
 //! header when the backend wants one (naming the check's own connection).
 //! Without that header Apache's `RemoteIPProxyProtocol On` drops the check,
