@@ -16,7 +16,13 @@
 //!   connection even; least-outstanding would need a shared counter on the hot
 //!   path for little gain with a handful of addresses); one that fails to
 //!   connect `eject_after` times in a row sits out `eject_cool_off`, then is
-//!   probed again.
+//!   probed again. A request never connects again to an address that
+//!   failed it while another is untried ([`Tried`], held by the request: the
+//!   round-robin counter is shared, so the next pick alone may land on the
+//!   same dead address).
+//! - Every backend connection is opened by one `Connector`
+//!   (`connect_timeout`, `TCP_NODELAY`, the PROXY header), health checks'
+//!   too, so a check reaches an address exactly as a request does.
 //! - With PROXY protocol, a connection speaks for one client address: it is
 //!   reused only for requests from that same client IP.
 //!
@@ -27,7 +33,7 @@ mod idle;
 
 pub use idle::{set_worker, RawConn};
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, ProxyProtocol};
 use crate::metrics::{Metrics, ReapReason};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -50,6 +56,8 @@ pub enum UpstreamError {
     Connect(SocketAddr, std::io::Error),
     #[error("every address is down (health check)")]
     AllDown,
+    #[error("every address up was tried for this request")]
+    AllTried,
 }
 
 pub use crate::http1::response::ReuseHint;
@@ -63,9 +71,77 @@ struct AddrHealth {
     ejected_until: Option<Instant>,
 }
 
+/// The addresses one request failed to connect to, so that its next pick
+/// (in the same checkout or a retry's) goes to another while one is left.
+/// A request holds one from its first checkout to its last; it is empty,
+/// and costs no allocation, until a connect fails.
+#[derive(Debug, Default)]
+pub struct Tried(Vec<SocketAddr>);
+
+impl Tried {
+    fn has(&self, addr: SocketAddr) -> bool {
+        self.0.contains(&addr)
+    }
+}
+
+/// Whom a new backend connection speaks for, in its PROXY header.
+#[derive(Debug, Clone, Copy)]
+enum Speaker {
+    /// A client, and the address it reached finguard on.
+    Client { client: SocketAddr, local: SocketAddr },
+    /// finguard itself (a health check): the header names the connection's
+    /// own ends, which is what a v2 `LOCAL` or v1 `UNKNOWN` header would tell
+    /// the backend to use. Not `UNKNOWN` itself: Apache 2.4's mod_remoteip
+    /// fails that short line when the request arrives in the same read
+    /// (AH03513 "have data left over").
+    Itself,
+}
+
+/// Opens backend connections the one way the pool does: within
+/// `connect_timeout`, with `TCP_NODELAY`, the PROXY header first when the
+/// backend wants one (Apache with `RemoteIPProxyProtocol On` drops a
+/// connection without it).
+#[derive(Debug, Clone, Copy)]
+struct Connector {
+    connect_timeout: Duration,
+    proxy_protocol: ProxyProtocol,
+}
+
+impl Connector {
+    fn new(cfg: &BackendConfig) -> Connector {
+        Connector {
+            connect_timeout: cfg.connect_timeout,
+            proxy_protocol: cfg.proxy_protocol,
+        }
+    }
+
+    async fn open(&self, addr: SocketAddr, speaker: Speaker) -> Result<TcpStream, UpstreamError> {
+        let connect = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            let _ = stream.set_nodelay(true);
+            if self.proxy_protocol != ProxyProtocol::Off {
+                let (src, dst) = match speaker {
+                    Speaker::Client { client, local } => (client, local),
+                    Speaker::Itself => (stream.local_addr()?, addr),
+                };
+                // A few dozen bytes a new connection's send buffer takes at once.
+                let header = crate::proxy_protocol::header(self.proxy_protocol, src, dst);
+                stream.write_all(&header).await?;
+            }
+            Ok(stream)
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(UpstreamError::Connect(addr, e)),
+            Err(_) => Err(UpstreamError::ConnectTimeout(addr)),
+        }
+    }
+}
+
 /// One backend's pool.
 pub struct Upstream {
     pub cfg: BackendConfig,
+    connector: Connector,
     slots: Arc<Semaphore>,
     /// Signalled when a connection is checked in or a slot is freed.
     freed: Arc<Notify>,
@@ -107,6 +183,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Upstream {
     pub fn new(cfg: BackendConfig, metrics: Arc<Metrics>, workers: usize) -> Arc<Self> {
         Arc::new(Upstream {
+            connector: Connector::new(&cfg),
             raw: Self::idle_lists(workers),
             slots: Arc::new(Semaphore::new(cfg.max_connections as usize)),
             freed: Arc::new(Notify::new()),
@@ -178,17 +255,22 @@ impl Upstream {
         self.metrics.backend_health(&self.cfg.name, self.cfg.addrs[i], !down);
     }
 
+    /// How the pool connects, for health checks to connect the same way.
+    fn connector(&self) -> Connector {
+        self.connector
+    }
+
     /// Picks the next address round-robin, skipping those the health check
-    /// took out (none left: `None`) and ejected ones while any other is
-    /// available.
-    fn pick_addr(&self) -> Option<usize> {
+    /// took out and those this request tried (none left: `None`), and
+    /// ejected ones while any other is available.
+    fn pick_addr(&self, tried: &Tried) -> Option<usize> {
         let n = self.cfg.addrs.len();
         let start = self.next_addr.fetch_add(1, Ordering::Relaxed);
         let health = lock(&self.health);
         let now = Instant::now();
-        let up = |i: &usize| !self.is_down(*i);
+        let candidate = |i: &usize| !self.is_down(*i) && !tried.has(self.cfg.addrs[*i]);
         let usable = |i: &usize| health[*i].ejected_until.is_none_or(|t| now >= t);
-        let order = || (0..n).map(|k| (start + k) % n).filter(up);
+        let order = || (0..n).map(|k| (start + k) % n).filter(candidate);
         order()
             .find(usable)
             .or_else(|| order().min_by_key(|&i| health[i].ejected_until))
@@ -217,19 +299,21 @@ impl Upstream {
         }
     }
 
-    /// Connects to the next usable address, trying each at most once.
-    async fn open_any(
-        &self,
-        source: Option<SocketAddr>,
-        local: SocketAddr,
-    ) -> Result<(TcpStream, SocketAddr), UpstreamError> {
+    /// Connects to the next usable address this request has not tried,
+    /// until one answers or none is left.
+    async fn open_any(&self, speaker: Speaker, tried: &mut Tried) -> Result<(TcpStream, SocketAddr), UpstreamError> {
         let mut last_err = None;
-        for _ in 0..self.cfg.addrs.len() {
-            let Some(i) = self.pick_addr() else {
-                return Err(UpstreamError::AllDown);
+        // Bounded: each failure adds its address to `tried`, which picks skip.
+        loop {
+            let Some(i) = self.pick_addr(tried) else {
+                return Err(match last_err {
+                    Some(e) => e,
+                    None if tried.0.is_empty() => UpstreamError::AllDown,
+                    None => UpstreamError::AllTried,
+                });
             };
             let addr = self.cfg.addrs[i];
-            match self.open(addr, source, local).await {
+            match self.connector.open(addr, speaker).await {
                 Ok(stream) => {
                     self.connect_ok(i);
                     return Ok((stream, addr));
@@ -237,33 +321,11 @@ impl Upstream {
                 Err(e) => {
                     debug!(backend = %self.cfg.name, %addr, error = %e, "backend connect failed");
                     self.connect_failed(i);
+                    tried.0.push(addr);
                     last_err = Some(e);
                 }
             }
         }
-        Err(last_err.unwrap_or(UpstreamError::QueueTimeout))
-    }
-
-    async fn open(
-        &self,
-        addr: SocketAddr,
-        source: Option<SocketAddr>,
-        local: SocketAddr,
-    ) -> Result<TcpStream, UpstreamError> {
-        let mut stream = match tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(addr, e)),
-            Err(_) => return Err(UpstreamError::ConnectTimeout(addr)),
-        };
-        let _ = stream.set_nodelay(true);
-        if let Some(src) = source {
-            let header = crate::proxy_protocol::header(self.cfg.proxy_protocol, src, local);
-            stream
-                .write_all(&header)
-                .await
-                .map_err(|e| UpstreamError::Connect(addr, e))?;
-        }
-        Ok(stream)
     }
 
     /// Closes idle connections past their expiry or over `pool_max_idle`, and
@@ -319,7 +381,7 @@ mod ttl_tests {
 
     async fn one_idle(up: &Arc<Upstream>, l: &tokio::net::TcpListener, hint: ReuseHint) -> TcpStream {
         let me: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let c = up.checkout_raw(false, me, me).await.unwrap();
+        let c = up.checkout_raw(false, me, me, &mut Tried::default()).await.unwrap();
         let (held, _) = l.accept().await.unwrap();
         up.checkin_raw(c, hint);
         assert_eq!(up.idle_connections(), 1);
@@ -356,7 +418,7 @@ mod ttl_tests {
     async fn a_connection_the_backend_will_close_is_not_kept() {
         let (up, l) = pool("").await;
         let me: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let c = up.checkout_raw(false, me, me).await.unwrap();
+        let c = up.checkout_raw(false, me, me, &mut Tried::default()).await.unwrap();
         let _held = l.accept().await.unwrap();
         let hint = ReuseHint {
             close: true,

@@ -84,3 +84,49 @@ fn apache_with_mod_remoteip_logs_the_client_not_finguard() {
         );
     }
 }
+
+#[test]
+fn health_checks_pass_through_apache_with_mod_remoteip() {
+    for version in ["v1", "v2"] {
+        let Some(apache) = Apache::start("KeepAliveTimeout 5\nRemoteIPProxyProtocol On") else {
+            return;
+        };
+        let cfg = format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"apache\"\naddrs = [\"127.0.0.1:1\"]\nproxy_protocol = \"{version}\"\n\
+             health_check = {{ path = \"/index.html?check\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 2 }}\n"
+        );
+        let p = Proxy::start(&cfg, apache.addr);
+        let down = format!(
+            "finguard_backend_health_transitions_total{{backend=\"apache\",addr=\"{}\",to=\"down\"}}",
+            apache.addr
+        );
+        let checks = || {
+            apache
+                .log()
+                .iter()
+                .filter(|l| l.get(4).map(String::as_str) == Some("/index.html?check"))
+                .count()
+        };
+        // Three checks Apache answered, or the address taken out.
+        assert!(
+            wait_until(Duration::from_secs(5), || checks() >= 3 || p.metric(&down) > 0.0),
+            "{version}: {}",
+            apache.file("error.log")
+        );
+        assert_eq!(
+            p.metric(&down),
+            0.0,
+            "{version}: {}\n{}",
+            apache.file("error.log"),
+            p.log()
+        );
+        let r = request(p.addr, GET);
+        assert_eq!(r.status, 200, "{version}: {}", p.log());
+        // A check speaks for itself: Apache logs finguard's own address.
+        let check = apache
+            .log()
+            .into_iter()
+            .find(|l| l.get(4).map(String::as_str) == Some("/index.html?check"));
+        assert_eq!(check.map(|l| l[0].clone()).as_deref(), Some("127.0.0.1"), "{version}");
+    }
+}

@@ -278,3 +278,70 @@ fn a_failed_connect_hands_its_slot_to_a_queued_request() {
         p.admin_get("/metrics").1
     );
 }
+
+#[test]
+fn a_request_never_tries_the_same_dead_address_twice_while_another_lives() {
+    let good = Backend::start(Reply::Ok);
+    let dead = DeadPort::new();
+    // Never ejected (a flapping address, or one that refuses only now and
+    // then): the dead address stays in the rotation all along, and no idle
+    // connection hides the choice.
+    let cfg = format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{}\", \"{}\"]\n\
+         eject_after = 1000000\npool_max_idle = 0\n",
+        dead.addr, good.addr
+    );
+    let p = Proxy::start_args(&cfg, &[]);
+    // Concurrent requests advance the shared round-robin counter between one
+    // request's picks.
+    let mut failed = Vec::new();
+    for _ in 0..16 {
+        let burst: Vec<_> = (0..16)
+            .map(|_| {
+                let a = p.addr;
+                thread::spawn(move || request(a, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").status)
+            })
+            .collect();
+        failed.extend(burst.into_iter().map(|t| t.join().unwrap()).filter(|&s| s != 200));
+    }
+    assert!(failed.is_empty(), "{} of 256 failed: {failed:?}", failed.len());
+    assert_eq!(good.accepted(), 256);
+}
+
+#[test]
+fn a_health_check_reaches_a_proxy_protocol_backend_with_a_header_of_its_own() {
+    for version in ["v1", "v2"] {
+        // Like Apache with RemoteIPProxyProtocol On: a connection that does
+        // not start with a PROXY header is dropped.
+        let backend = Backend::start_with(
+            Reply::Ok,
+            BackendOpts {
+                proxy_protocol: true,
+                ..Default::default()
+            },
+        );
+        let cfg = format!(
+            "[admin]\naddr = \"127.0.0.1:0\"\n[[backend]]\nname = \"app\"\naddrs = [\"{}\"]\nproxy_protocol = \"{version}\"\n\
+             health_check = {{ path = \"/health\", interval = \"200ms\", timeout = \"200ms\", rise = 1, fall = 2 }}\n",
+            backend.addr
+        );
+        let p = Proxy::start_args(&cfg, &[]);
+        // A third check has started: the verdicts of the first two (enough
+        // to take the address out, had they failed) are in.
+        assert!(
+            wait_until(Duration::from_secs(5), || backend.accepted() >= 3),
+            "{version}"
+        );
+        let down = format!(
+            "finguard_backend_health_transitions_total{{backend=\"app\",addr=\"{}\",to=\"down\"}}",
+            backend.addr
+        );
+        assert_eq!(p.metric(&down), 0.0, "{version}: {}", p.log());
+        let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200, "{version}: {}", p.log());
+        // The first connection is a check, with a header of its own.
+        let heads = backend.heads();
+        assert!(heads[0].starts_with("PROXY 127.0.0.1 "), "{version}: {heads:?}");
+        assert!(heads[1].starts_with("GET /health HTTP/1.1\r\n"), "{version}: {heads:?}");
+    }
+}

@@ -137,36 +137,67 @@ fn a_tunnel_whose_client_stops_reading_is_ended_and_both_sockets_closed() {
     drop(s);
 }
 
-#[test]
-fn a_python_websockets_client_round_trips_1000_echoes_and_closes_from_each_side() {
-    use std::io::BufRead;
-    let Some(python) = ["/usr/bin/python3", "python3"].into_iter().find(|py| {
+/// The Python that has `websockets`, if one does.
+fn python_websockets() -> Option<&'static str> {
+    ["/usr/bin/python3", "python3"].into_iter().find(|py| {
         std::process::Command::new(py)
             .args(["-c", "import websockets"])
             .output()
             .is_ok_and(|o| o.status.success())
-    }) else {
+    })
+}
+
+const WS_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/ws_roundtrip.py");
+
+/// The `websockets` echo server of ws_roundtrip.py, killed when dropped.
+struct EchoServer {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl EchoServer {
+    fn start(python: &str) -> EchoServer {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(python)
+            .args([WS_SCRIPT, "server"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = format!("127.0.0.1:{}", line.trim()).parse().expect("server port");
+        EchoServer { child, addr }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_python_websockets_client_round_trips_1000_echoes_and_closes_from_each_side() {
+    let Some(python) = python_websockets() else {
         require_peer("python3-websockets");
         return;
     };
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/ws_roundtrip.py");
-    let mut server = std::process::Command::new(python)
-        .args([script, "server"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python");
-    let mut line = String::new();
-    std::io::BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let backend: std::net::SocketAddr = format!("127.0.0.1:{}", line.trim()).parse().expect("server port");
+    let server = EchoServer::start(python);
+    let backend = server.addr;
     let p = Proxy::start("[admin]\naddr = \"127.0.0.1:0\"\n", backend);
     let out = std::process::Command::new(python)
-        .args([script, "client", &format!("ws://127.0.0.1:{}/echo", p.port()), "1000"])
+        .args([
+            WS_SCRIPT,
+            "client",
+            &format!("ws://127.0.0.1:{}/echo", p.port()),
+            "1000",
+        ])
         .output()
         .expect("python");
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         text.trim(),
@@ -189,4 +220,33 @@ fn a_python_websockets_client_round_trips_1000_echoes_and_closes_from_each_side(
         s
     };
     assert!(wait_until(Duration::from_secs(3), || left().is_empty()), "{:?}", left());
+}
+
+#[test]
+fn a_websocket_busy_both_ways_echoes_2000_messages_of_64_kib() {
+    let Some(python) = python_websockets() else {
+        require_peer("python3-websockets");
+        return;
+    };
+    let server = EchoServer::start(python);
+    // Short, so that a tunnel that stops both ways fails the test in seconds.
+    let p = Proxy::start(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[client]\nupgrade_idle_timeout = \"2s\"\n",
+        server.addr,
+    );
+    // The client sends while the echoes come back: each side of the tunnel
+    // writes to a peer that is itself busy writing.
+    let url = format!("ws://127.0.0.1:{}/echo", p.port());
+    let out = std::process::Command::new(python)
+        .args([WS_SCRIPT, "flood", &url, "2000", "65536"])
+        .output()
+        .expect("python");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"{"echoes": 2000}"#,
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        p.log()
+    );
+    assert_eq!(p.metric("finguard_tunnels_closed_total{outcome=\"stalled\"}"), 0.0);
 }

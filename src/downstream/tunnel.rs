@@ -1,25 +1,33 @@
 //! Upgraded connections (WebSocket and any other `Upgrade`): after the
 //! backend's 101, bytes are copied both ways on a backend connection of their
-//! own. A FIN from either side is passed on as a half-close to the other, so
-//! neither side is left in CLOSE_WAIT. The tunnel ends when both sides have
-//! closed, when both were silent for `upgrade_idle_timeout`, or when a side
-//! stops reading: every write has that same deadline, so a peer that floods
-//! one that does not read cannot pin the task and both sockets.
+//! own. The two directions progress independently: a side blocked writing to
+//! one peer never stops the other direction from being read (an echo peer
+//! that stops reading while its own writes wait would otherwise deadlock the
+//! pair). A FIN from either side is passed on as a half-close to the other,
+//! so neither side is left in CLOSE_WAIT. The tunnel ends when both sides
+//! have closed, when neither direction moved for `upgrade_idle_timeout`, or
+//! when a side stops reading: a write that makes no progress for that same
+//! time ends it, so a peer that floods one that does not read cannot pin the
+//! task and both sockets.
 
 use crate::metrics::TunnelEnd;
 use crate::registry::Entry;
 use crate::stream::ClientStream;
 use crate::upstream::RawConn;
 use bytes::BytesMut;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
 
 const CHUNK: usize = 8 * 1024;
 
-/// Tunnels until both sides closed, one failed or stalled, or both were
-/// silent for `idle`. `conn` keeps its backend pool slot until the tunnel
-/// ends; a tunnel that did not end cleanly resets both sockets.
+/// Tunnels until both sides closed, one failed or stalled, or neither
+/// direction moved for `idle`. `conn` keeps its backend pool slot until the
+/// tunnel ends; a tunnel that did not end cleanly resets both sockets.
 pub async fn run<S: ClientStream>(
     mut client: S,
     mut conn: RawConn,
@@ -28,9 +36,10 @@ pub async fn run<S: ClientStream>(
     entry: &Entry,
 ) -> TunnelEnd {
     let backend = &mut conn.stream;
-    let end = match deadline(idle, backend.write_all(&pending)).await {
-        Ok(()) => pump(&mut client, backend, idle, entry).await,
-        Err(end) => end,
+    let end = match tokio::time::timeout(idle, backend.write_all(&pending)).await {
+        Ok(Ok(())) => pump(&mut client, backend, idle, entry).await,
+        Ok(Err(_)) => TunnelEnd::Error,
+        Err(_) => TunnelEnd::Stalled,
     };
     if end != TunnelEnd::Closed {
         // Idle, stalled or broken: no orphan left behind on either side.
@@ -42,66 +51,256 @@ pub async fn run<S: ClientStream>(
     end
 }
 
-/// Runs one write with the tunnel's deadline.
-async fn deadline(
-    idle: Duration,
-    write: impl std::future::Future<Output = std::io::Result<()>>,
-) -> Result<(), TunnelEnd> {
-    match tokio::time::timeout(idle, write).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(TunnelEnd::Error),
-        Err(_) => Err(TunnelEnd::Stalled),
-    }
-}
-
-/// Copies both ways until both sides have closed, one fails or stalls, or
-/// both are silent for `idle`.
-async fn pump<A, B>(a: &mut A, b: &mut B, idle: Duration, entry: &Entry) -> TunnelEnd
+/// Copies both ways, each direction on its own, until both sides have
+/// closed, one fails, or the watch says the tunnel is idle or stalled.
+async fn pump<A, B>(client: &mut A, backend: &mut B, idle: Duration, entry: &Entry) -> TunnelEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut a_buf, mut b_buf) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-    let (mut a_open, mut b_open) = (true, true);
-    while a_open || b_open {
-        let step = tokio::select! {
-            r = a.read(&mut a_buf), if a_open => {
-                let r = r.map_err(|e| match e.kind() {
-                    std::io::ErrorKind::ConnectionReset => TunnelEnd::ClientReset,
-                    _ => TunnelEnd::Error,
-                });
-                pass_on(r, &a_buf, &mut a_open, b, &entry.bytes_in, idle).await
-            }
-            r = b.read(&mut b_buf), if b_open => {
-                pass_on(r.map_err(|_| TunnelEnd::Error), &b_buf, &mut b_open, a, &entry.bytes_out, idle).await
-            }
-            () = tokio::time::sleep(idle) => Err(TunnelEnd::IdleTimeout),
-        };
-        if let Err(end) = step {
-            return end;
-        }
+    let clock = Clock::new();
+    let mut a = Watched::new(client, Side::Client, &clock, &entry.bytes_in);
+    let mut b = Watched::new(backend, Side::Backend, &clock, &entry.bytes_out);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, CHUNK, CHUNK) => match r {
+            Ok(_) => TunnelEnd::Closed,
+            Err(_) if clock.client_reset.load(Ordering::Relaxed) => TunnelEnd::ClientReset,
+            Err(_) => TunnelEnd::Error,
+        },
+        end = clock.watch(idle) => end,
     }
-    TunnelEnd::Closed
 }
 
-/// One read from one side, passed to the other within `idle`: its bytes, or
-/// its FIN as a half-close.
-async fn pass_on<W: AsyncWrite + Unpin>(
-    read: Result<usize, TunnelEnd>,
-    buf: &[u8],
-    open: &mut bool,
-    to: &mut W,
-    counter: &AtomicU64,
-    idle: Duration,
-) -> Result<(), TunnelEnd> {
-    match read? {
-        0 => {
-            *open = false;
-            deadline(idle, to.shutdown()).await
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client = 0,
+    Backend = 1,
+}
+
+/// When the tunnel last moved and which writes are waiting, shared by both
+/// directions and the watch. One task polls them all: the atomics are there
+/// to keep the future `Send`, not for contention.
+struct Clock {
+    start: Instant,
+    /// The last byte (or FIN) read or written either way, as nanoseconds
+    /// since `start`.
+    moved: AtomicU64,
+    /// Per side, since when a write to it has made no progress (nanoseconds
+    /// since `start`, plus one; 0: none waiting).
+    blocked: [AtomicU64; 2],
+    /// The client reset its connection (as opposed to any other failure).
+    client_reset: AtomicBool,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            start: Instant::now(),
+            moved: AtomicU64::new(0),
+            blocked: [AtomicU64::new(0), AtomicU64::new(0)],
+            client_reset: AtomicBool::new(false),
         }
-        n => {
-            counter.fetch_add(n as u64, Ordering::Relaxed);
-            deadline(idle, to.write_all(&buf[..n])).await
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.start + Duration::from_nanos(nanos)
+    }
+
+    fn moved(&self) {
+        self.moved.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// A write to `side` returned: `Pending` starts (or continues) its wait,
+    /// anything else ends it.
+    fn write_polled<T>(&self, side: Side, poll: &Poll<io::Result<T>>) {
+        let blocked = &self.blocked[side as usize];
+        if poll.is_pending() {
+            if blocked.load(Ordering::Relaxed) == 0 {
+                blocked.store(self.now() + 1, Ordering::Relaxed);
+            }
+        } else {
+            blocked.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Ends the tunnel when a write waited `idle` (stalled) or, with no write
+    /// waiting, when nothing moved for `idle`.
+    async fn watch(&self, idle: Duration) -> TunnelEnd {
+        loop {
+            let oldest_write = self
+                .blocked
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .filter(|&b| b != 0)
+                .min();
+            // A write that waits is the peer's doing, not silence: it has the
+            // same time to make progress, counted from when it started waiting.
+            let (due, end) = match oldest_write {
+                Some(since) => (self.at(since - 1) + idle, TunnelEnd::Stalled),
+                None => (
+                    self.at(self.moved.load(Ordering::Relaxed)) + idle,
+                    TunnelEnd::IdleTimeout,
+                ),
+            };
+            if Instant::now() >= due {
+                return end;
+            }
+            // Whatever moves meanwhile only pushes the deadline later: waking
+            // at `due` and looking again never oversleeps one.
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
+/// One side of the tunnel, reporting its reads and writes to the clock and
+/// counting the bytes read from it.
+struct Watched<'a, T> {
+    io: &'a mut T,
+    side: Side,
+    clock: &'a Clock,
+    read: &'a AtomicU64,
+}
+
+impl<'a, T> Watched<'a, T> {
+    fn new(io: &'a mut T, side: Side, clock: &'a Clock, read: &'a AtomicU64) -> Self {
+        Watched { io, side, clock, read }
+    }
+
+    /// Notes a client reset, which the tunnel reports apart from other errors.
+    fn failed<R>(&self, poll: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if let (Side::Client, Poll::Ready(Err(e))) = (self.side, &poll) {
+            if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe) {
+                self.clock.client_reset.store(true, Ordering::Relaxed);
+            }
+        }
+        poll
+    }
+
+    /// A write, flush or shutdown to this side: its wait is timed. Bytes or
+    /// a FIN handed over are movement; a flush with nothing to do is not.
+    fn wrote<R>(&self, poll: Poll<io::Result<R>>, moved: bool) -> Poll<io::Result<R>> {
+        self.clock.write_polled(self.side, &poll);
+        if moved && matches!(poll, Poll::Ready(Ok(_))) {
+            self.clock.moved();
+        }
+        self.failed(poll)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut *self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            let n = buf.filled().len() - before;
+            self.read.fetch_add(n as u64, Ordering::Relaxed);
+            // A FIN (n = 0) moves the tunnel too.
+            self.clock.moved();
+        }
+        self.failed(poll)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut *self.io).poll_write(cx, buf);
+        self.wrote(poll, true)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.io).poll_flush(cx);
+        self.wrote(poll, false)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut *self.io).poll_shutdown(cx);
+        self.wrote(poll, true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use std::sync::Arc;
+    use tokio::io::{duplex, AsyncReadExt, DuplexStream};
+
+    const IDLE: Duration = Duration::from_secs(1);
+
+    /// A tunnel between two in-memory pipes of `buf` bytes; returns the far
+    /// ends (the client's, the backend's) and the running tunnel.
+    fn tunnel(
+        buf: usize,
+    ) -> (
+        DuplexStream,
+        DuplexStream,
+        tokio::task::JoinHandle<(TunnelEnd, Duration)>,
+    ) {
+        let (client, mut near_client) = duplex(buf);
+        let (backend, mut near_backend) = duplex(buf);
+        let track = Arc::new(Registry::new()).open("127.0.0.1:1".parse().unwrap());
+        let run = tokio::spawn(async move {
+            let start = Instant::now();
+            let end = pump(&mut near_client, &mut near_backend, IDLE, &track.entry).await;
+            (end, start.elapsed())
+        });
+        (client, backend, run)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_way_traffic_is_not_idle_and_silence_both_ways_is() {
+        let (mut client, mut backend, run) = tunnel(1024);
+        // The backend speaks every 600 ms for 3 s; the client only listens.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            backend.write_all(b"tick").await.unwrap();
+            let mut b = [0u8; 4];
+            client.read_exact(&mut b).await.unwrap();
+        }
+        let (end, lasted) = run.await.unwrap();
+        assert_eq!(end, TunnelEnd::IdleTimeout);
+        assert_eq!(lasted, Duration::from_millis(3000) + IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_side_that_stops_reading_stalls_the_tunnel_while_the_other_way_moves() {
+        let (client, mut backend, run) = tunnel(1024);
+        // The backend sends every 300 ms and never reads; the client reads
+        // all it gets and sends more than the pipe holds.
+        let talk = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                if backend.write_all(b"tick").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let (mut from_tunnel, mut to_tunnel) = tokio::io::split(client);
+        let listen =
+            tokio::spawn(async move { while matches!(from_tunnel.read(&mut [0u8; 64]).await, Ok(n) if n > 0) {} });
+        let flood = tokio::spawn(async move { while to_tunnel.write_all(&[b'x'; 1024]).await.is_ok() {} });
+        let (end, lasted) = run.await.unwrap();
+        for task in [talk, listen, flood] {
+            task.abort();
+        }
+        assert_eq!(end, TunnelEnd::Stalled);
+        assert_eq!(lasted, IDLE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_fin_is_passed_on_and_the_tunnel_closes() {
+        let (mut client, mut backend, run) = tunnel(1024);
+        client.write_all(b"bye").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        backend.shutdown().await.unwrap();
+        assert_eq!(client.read(&mut [0u8; 8]).await.unwrap(), 0);
+        assert_eq!(run.await.unwrap().0, TunnelEnd::Closed);
     }
 }

@@ -25,7 +25,7 @@ use crate::http1::forward;
 use crate::http1::head::Head;
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
-use crate::upstream::{RawConn, Upstream};
+use crate::upstream::{RawConn, Tried, Upstream};
 use std::net::SocketAddr;
 use tracing::debug;
 
@@ -48,19 +48,24 @@ pub struct Plan {
 pub struct Tries {
     plan: Plan,
     retried: bool,
+    /// Addresses this request failed to connect to: not tried again.
+    tried: Tried,
 }
 
 impl Tries {
     pub fn new(plan: Plan) -> Tries {
-        Tries { plan, retried: false }
+        Tries {
+            plan,
+            retried: false,
+            tried: Tried::default(),
+        }
     }
 
     /// A connection for the next attempt.
-    pub async fn checkout(&self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
+    pub async fn checkout(&mut self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
         let p = &self.plan;
-        Ok(upstream
-            .checkout_raw(p.fresh || self.retried, p.client, p.local)
-            .await?)
+        let fresh = p.fresh || self.retried;
+        Ok(upstream.checkout_raw(fresh, p.client, p.local, &mut self.tried).await?)
     }
 
     /// After a failed attempt on a connection (`reused` or not): `Ok` to

@@ -6,15 +6,20 @@
 //! bring it back; each transition is one log line and a metric. With every
 //! address out, requests get a 503 at once instead of waiting on a connect.
 //!
+//! A check connects through the pool's own `Connector`, so it reaches an
+//! address as a request would: within `connect_timeout`, and with a PROXY
+//! header when the backend wants one (naming the check's own connection).
+//! Without that header Apache's `RemoteIPProxyProtocol On` drops the check,
+//! and every address would go down while serving requests well.
+//!
 //! One task per backend per config generation; it ends with its generation.
 
-use super::Upstream;
+use super::{Connector, Speaker, Upstream};
 use crate::config::HealthCheck;
 use std::net::SocketAddr;
 use std::sync::Weak;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::{info, warn};
 
 /// Consecutive results of one address.
@@ -31,9 +36,9 @@ pub async fn run(up: Weak<Upstream>, hc: HealthCheck) {
     loop {
         ticker.tick().await;
         // Not held across the checks: a generation that is gone ends its task.
-        let Some((name, addrs, host)) = up.upgrade().map(|u| {
+        let Some((name, addrs, host, connector)) = up.upgrade().map(|u| {
             let host = u.cfg.addr_specs.first().cloned().unwrap_or_default();
-            (u.cfg.name.clone(), u.cfg.addrs.clone(), host)
+            (u.cfg.name.clone(), u.cfg.addrs.clone(), host, u.connector())
         }) else {
             return;
         };
@@ -45,7 +50,7 @@ pub async fn run(up: Weak<Upstream>, hc: HealthCheck) {
                 hc.path
             );
             let timeout = hc.timeout;
-            checks.spawn(async move { (i, probe(addr, request, timeout).await) });
+            checks.spawn(async move { (i, probe(connector, addr, request, timeout).await) });
         }
         while let Some(Ok((i, result))) = checks.join_next().await {
             let Some(u) = up.upgrade() else { return };
@@ -74,9 +79,9 @@ pub async fn run(up: Weak<Upstream>, hc: HealthCheck) {
 }
 
 /// One check: the status of `GET path` on a new connection, within `timeout`.
-async fn probe(addr: SocketAddr, request: String, timeout: Duration) -> Result<u16, String> {
+async fn probe(connector: Connector, addr: SocketAddr, request: String, timeout: Duration) -> Result<u16, String> {
     let check = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let mut s = connector.open(addr, Speaker::Itself).await.map_err(|e| e.to_string())?;
         s.write_all(request.as_bytes())
             .await
             .map_err(|e| format!("write: {e}"))?;

@@ -12,7 +12,7 @@
 //! CLOSE_WAIT left on finguard's side) and counts why. This costs one task per
 //! thread and backend, not one per connection, and nothing per request.
 
-use super::{lock, SlotGuard, Upstream, UpstreamError};
+use super::{lock, SlotGuard, Speaker, Tried, Upstream, UpstreamError};
 use crate::config::ProxyProtocol;
 use crate::metrics::ReapReason;
 use std::cell::Cell;
@@ -140,12 +140,15 @@ impl Upstream {
 
     /// Lends a connection for one exchange: this worker's most recent idle
     /// one (unless `fresh`), else a new one while under `max_connections`,
-    /// else waits for either until `queue_timeout`.
+    /// else waits for either until `queue_timeout`. A new one goes to an
+    /// address that `tried` (the request's, across its checkouts) does not
+    /// hold; each address that fails to connect is added to it.
     pub async fn checkout_raw(
         &self,
         fresh: bool,
         client: SocketAddr,
         local: SocketAddr,
+        tried: &mut Tried,
     ) -> Result<RawConn, UpstreamError> {
         let source = (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client);
         if self.all_down() {
@@ -169,7 +172,8 @@ impl Upstream {
                 }
             }
             if let Some(slot) = self.take_slot() {
-                return self.connect_raw(slot, source, local, w).await;
+                let speaker = Speaker::Client { client, local };
+                return self.connect_raw(slot, source, speaker, tried, w).await;
             }
             // Every slot is taken: only a fresh connection makes an idle one
             // give up its slot (the backend never sees more than `max_connections`).
@@ -244,8 +248,6 @@ impl Upstream {
         None
     }
 
-    /// Closes one idle raw connection to free its slot, from any worker's
-    /// list but `skip`'s. Returns whether one was closed.
     /// Closes every idle connection to `addr` (the health check took it out).
     pub(super) fn close_idle_to(&self, addr: SocketAddr) {
         for list in &self.raw {
@@ -261,6 +263,8 @@ impl Upstream {
         }
     }
 
+    /// Closes one idle raw connection to free its slot, from any worker's
+    /// list but `skip`'s. Returns whether one was closed.
     pub(super) fn evict_raw(&self, skip: Option<usize>) -> bool {
         for (i, list) in self.raw.iter().enumerate() {
             if Some(i) == skip {
@@ -282,10 +286,11 @@ impl Upstream {
         &self,
         slot: SlotGuard,
         source: Option<SocketAddr>,
-        local: SocketAddr,
+        speaker: Speaker,
+        tried: &mut Tried,
         w: usize,
     ) -> Result<RawConn, UpstreamError> {
-        let (stream, addr) = self.open_any(source, local).await?;
+        let (stream, addr) = self.open_any(speaker, tried).await?;
         self.metrics.backend_connected(&self.cfg.name);
         debug!(backend = %self.cfg.name, %addr, "opened backend connection");
         Ok(RawConn {

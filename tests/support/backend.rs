@@ -214,9 +214,14 @@ pub(super) fn body_framing(head: &str) -> BodyFraming {
 }
 
 /// Reads a PROXY protocol header (v1 line or v2 binary) and renders it as
-/// `PROXY <src-ip> <src-port>`.
+/// `PROXY <src-ip> <src-port>`. Anything else is `None`: the connection is
+/// dropped, as Apache's `RemoteIPProxyProtocol On` does.
 fn read_proxy_header(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    const V2: [u8; 12] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A];
     fill(s, buf, 16)?;
+    if !buf.starts_with(b"PROXY ") && !buf.starts_with(&V2) {
+        return None;
+    }
     if buf.starts_with(b"PROXY ") {
         let end = loop {
             if let Some(i) = find(buf, b"\r\n") {
