@@ -1,4 +1,4 @@
-//! One error type for a proxied HTTP/1 exchange.
+//! One error type for an exchange, over HTTP/1 and HTTP/2 alike.
 //!
 //! Each failure says which side is at fault (the client, the backend, or
 //! finguard itself) and maps, here and nowhere else, to the status the client

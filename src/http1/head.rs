@@ -4,7 +4,7 @@
 //! with its own bytes and then close the way the policy says, and so that
 //! ambiguous framing (the stuff of request smuggling) never reaches the
 //! backend. The parse yields a [`Head`]: the verdict plus byte ranges of the
-//! method, target and every header line, from which `exchange::forward`
+//! method, target and every header line, from which `http1::forward`
 //! writes the backend's request head without parsing again.
 //!
 //! This module is pure: bytes in, verdict out.
