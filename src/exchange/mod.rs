@@ -16,6 +16,7 @@
 pub mod body;
 pub mod h1;
 pub mod h2;
+mod h2_response;
 pub mod upload;
 
 pub use h1::{error_response, run, Conn, Done, Next, Request};
