@@ -730,3 +730,59 @@ fn an_http2_client_resetting_accepted_streams_gets_goaway_after_1000() {
     assert!(ended, "the connection was kept after GOAWAY");
     assert!(backend.heads().len() < 1000 + 128, "{}", backend.heads().len());
 }
+
+/// A HEADERS frame that opens stream `id` with `GET https://a.test/` (as
+/// in `PREFACE_AND_GET`).
+fn get_frame(id: u32) -> Vec<u8> {
+    let mut f = vec![0, 0, 0x0b, 0x01, 0x05];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(b"\x82\x87\x84\x41\x06a.test");
+    f
+}
+
+/// RST_STREAM(CANCEL) for stream `id`.
+fn rst_frame(id: u32) -> Vec<u8> {
+    let mut f = vec![0, 0, 4, 0x03, 0];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&8u32.to_be_bytes());
+    f
+}
+
+/// The reset flood from a client that never acks a PING, so never gets the
+/// final GOAWAY that would refuse its new streams: up to `max` streams;
+/// returns how many it sent and whether finguard ended the connection.
+async fn flood_ignoring_goaway(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, max: u32) -> (u32, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(silent_h2(cfg, addr, PREFACE).await);
+    let reader = tokio::spawn(async move {
+        let mut b = [0u8; 4096];
+        while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
+    });
+    let mut sent = 0;
+    while sent < max && !reader.is_finished() {
+        let ids: Vec<u32> = (sent..sent + 10).map(|n| 2 * n + 1).collect();
+        let heads: Vec<u8> = ids.iter().flat_map(|&id| get_frame(id)).collect();
+        if wr.write_all(&heads).await.is_err() {
+            break;
+        }
+        sent += 10;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let resets: Vec<u8> = ids.iter().flat_map(|&id| rst_frame(id)).collect();
+        if wr.write_all(&resets).await.is_err() {
+            break;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), reader).await.is_ok();
+    (sent, ended)
+}
+
+#[test]
+fn an_http2_client_that_ignores_goaway_is_reset() {
+    let backend = Backend::start(Reply::Slow(Duration::from_millis(500)));
+    let s = h2_proxy("[client]\nmax_requests_per_connection = 50\n", backend.addr);
+    let (sent, ended) = rt().block_on(flood_ignoring_goaway(s.client.clone(), s.proxy.addr, 3000));
+    assert!(ended && sent < 3000, "{sent} streams sent\n{}", s.proxy.log());
+    // GOAWAY at 50, then the 128 streams a client might have had on the way.
+    let forwarded = backend.heads().len();
+    assert!(forwarded <= 50 + 128, "{forwarded} requests reached the backend");
+}
