@@ -202,6 +202,9 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
     h2.as_mut().graceful_shutdown();
     let goaway = Instant::now();
     tokio::select! {
+        // h2 first: GOAWAY is written even when the wait below is zero
+        // (`linger_timeout` may be, outside the lingering mode).
+        biased;
         _ = h2.as_mut() => false,
         () = stall() => true,
         () = conn.flood.notified() => {
