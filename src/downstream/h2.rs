@@ -57,7 +57,7 @@ pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 /// Streams a client may reset after finguard accepted them, then GOAWAY.
 /// Each may have cost a backend request, and h2's guard above does not see
 /// them; nginx bounds the same attack with `keepalive_requests` (1,000).
-/// Below `max_requests_per_connection`, that limit comes first.
+/// A lower `max_requests_per_connection` comes first.
 pub const MAX_RESET_STREAMS: u32 = 1000;
 
 struct H2Conn {
