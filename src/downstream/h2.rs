@@ -86,6 +86,8 @@ struct H2Conn {
     streams_at_goaway: AtomicU32,
     /// The client keeps opening streams well past GOAWAY: reset the connection.
     flood: Notify,
+    /// The last open stream closed.
+    idle: Notify,
 }
 
 impl H2Conn {
@@ -148,6 +150,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         resets: AtomicU32::new(0),
         streams_at_goaway: AtomicU32::new(u32::MAX),
         flood: Notify::new(),
+        idle: Notify::new(),
     });
     if drive(&mut stream, &conn, &shared).await {
         return super::abort(stream, &shared.metrics);
@@ -238,12 +241,16 @@ async fn stall_watch(conn: &H2Conn, limit: Duration) {
 /// changes it.
 async fn quiet_for(conn: &H2Conn, since: Instant, limit: impl Fn() -> Duration) {
     loop {
-        let limit = limit();
-        let wait = if conn.track.entry.state() == ClientState::Idle {
-            limit.saturating_sub(conn.track.in_state_for().min(since.elapsed()))
-        } else {
-            limit
-        };
+        // Registered before the look at the state: the last stream may
+        // close in between.
+        let idle = conn.idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        if conn.track.entry.state() != ClientState::Idle {
+            idle.await;
+            continue;
+        }
+        let wait = limit().saturating_sub(conn.track.in_state_for().min(since.elapsed()));
         if wait.is_zero() {
             return;
         }
@@ -360,6 +367,7 @@ impl Drop for OpenStream {
         }
         if conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             conn.track.set(ClientState::Idle);
+            conn.idle.notify_waiters();
         }
     }
 }
