@@ -1,8 +1,10 @@
 //! HTTP/2 to clients under ordinary use: request bodies held to the same
 //! limits as HTTP/1, downloads that outlast the keep-alive timeout, a client
-//! that stops taking a response, and trailers both ways (HTTP/1.1 too).
-//! Real clients where they show it best: `curl --http2`, and the `h2` crate
-//! for frames curl does not send.
+//! that stops taking a response, and trailers both ways (HTTP/1.1 too);
+//! and under abuse: silent connections, too many streams on one, streams
+//! reset as soon as they are sent on. Real clients where they show it best:
+//! `curl --http2`, the `h2` crate for frames curl does not send, raw frames
+//! for a client that does not even ack a PING.
 
 mod support;
 
