@@ -1,8 +1,10 @@
 //! HTTP/2 to clients under ordinary use: request bodies held to the same
 //! limits as HTTP/1, downloads that outlast the keep-alive timeout, a client
-//! that stops taking a response, and trailers both ways (HTTP/1.1 too).
-//! Real clients where they show it best: `curl --http2`, and the `h2` crate
-//! for frames curl does not send.
+//! that stops taking a response, and trailers both ways (HTTP/1.1 too);
+//! and under abuse: silent connections, too many streams on one, streams
+//! reset as soon as they are sent on. Real clients where they show it best:
+//! `curl --http2`, the `h2` crate for frames curl does not send, raw frames
+//! for a client that does not even ack a PING.
 
 mod support;
 
@@ -63,10 +65,16 @@ struct H2Setup {
 }
 
 fn h2_proxy(extra: &str, backend: SocketAddr) -> H2Setup {
+    h2_proxy_top("", extra, backend)
+}
+
+/// `h2_proxy` with top-level keys (`top`) before the listener's table.
+fn h2_proxy_top(top: &str, extra: &str, backend: SocketAddr) -> H2Setup {
     let pki = pki();
     let files = files(&pki);
     let ca = ca_file(&pki);
-    let proxy = Proxy::start_raw(&tls_config(&files, extra), &["--backend", &backend.to_string()]);
+    let config = format!("{top}{}", tls_config(&files, extra));
+    let proxy = Proxy::start_raw(&config, &["--backend", &backend.to_string()]);
     let mut cfg = (*client(&pki)).clone();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     H2Setup {
@@ -554,4 +562,229 @@ fn a_backend_cut_at_any_offset_never_yields_an_http2_body_that_looks_complete() 
         }
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), n);
+}
+
+/// The client connection preface and an empty SETTINGS frame.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// The preface, then `GET https://a.test/` on stream 1 (HPACK: three static
+/// table entries and `:authority` as a literal).
+const PREFACE_AND_GET: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00\
+    \x00\x00\x0b\x01\x05\x00\x00\x00\x01\x82\x87\x84\x41\x06a.test";
+
+type TlsClient = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// A TLS connection that negotiates h2, sends `bytes`, then never writes
+/// again: no SETTINGS ack, no PING ack.
+async fn silent_h2(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, bytes: &[u8]) -> TlsClient {
+    use tokio::io::AsyncWriteExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(bytes).await.unwrap();
+    tls.flush().await.unwrap();
+    tls
+}
+
+/// Reads (and drops) what finguard sends until it ends the connection;
+/// `false` if it is still open after `limit`.
+async fn ended_by_finguard(mut s: TlsClient, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut b = [0u8; 4096];
+    let read_all = async { while matches!(s.read(&mut b).await, Ok(n) if n > 0) {} };
+    tokio::time::timeout(limit, read_all).await.is_ok()
+}
+
+#[test]
+fn silent_http2_clients_are_closed_and_do_not_hold_a_permit_or_the_drain() {
+    let backend = Backend::start(Reply::Ok);
+    // A drain that waited for a silent client would take the whole minute.
+    let mut s = h2_proxy_top(
+        "shutdown_timeout = \"60s\"\n",
+        "[client]\nkeepalive_timeout = \"1s\"\nheader_timeout = \"1s\"\nmax_connections = 4\n\
+         [client.close]\nlinger_timeout = \"500ms\"\n",
+        backend.addr,
+    );
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let rt = rt();
+    // Every permit held by a client that says nothing after the handshake,
+    // after the preface, or after one request whose answer it never acks.
+    let silent = rt.block_on(async {
+        let mut v = Vec::new();
+        for bytes in [&b""[..], PREFACE, PREFACE_AND_GET, PREFACE] {
+            v.push(silent_h2(cfg.clone(), addr, bytes).await);
+        }
+        v
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || backend.heads().len() == 1),
+        "{:?}\n{}",
+        backend.heads(),
+        s.proxy.log()
+    );
+    let (ended, (code, err)) = std::thread::scope(|scope| {
+        // A fifth client waits in the backlog until a silent one is closed.
+        let fifth = scope.spawn(|| curl_status(&s, &["--max-time", "20"], None));
+        let ended = rt.block_on(async {
+            let waits: Vec<_> = silent
+                .into_iter()
+                .map(|c| tokio::spawn(ended_by_finguard(c, Duration::from_secs(20))))
+                .collect();
+            let mut out = Vec::new();
+            for w in waits {
+                out.push(w.await.unwrap());
+            }
+            out
+        });
+        (ended, fifth.join().unwrap())
+    });
+    assert_eq!(ended, [true; 4], "{}", s.proxy.log());
+    assert_eq!(code, "200", "{err}\n{}", s.proxy.log());
+    // SIGTERM with a silent client connected: the drain closes it.
+    let last = rt.block_on(async {
+        let connect = silent_h2(cfg, addr, PREFACE_AND_GET);
+        tokio::time::timeout(Duration::from_secs(10), connect).await
+    });
+    let last = last.expect("a new client waited behind silent ones");
+    assert!(wait_until(Duration::from_secs(10), || backend.heads().len() == 3));
+    s.proxy.signal("TERM");
+    let exit = s.proxy.wait_exit(Duration::from_secs(20));
+    assert_eq!(exit, Some(0), "{}", s.proxy.log());
+    assert!(rt.block_on(ended_by_finguard(last, Duration::from_secs(5))));
+}
+
+/// Sends up to `max` GET requests one after another on one connection;
+/// returns how many were answered before finguard ended the connection,
+/// and whether it did.
+async fn sequential_gets(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, max: usize) -> (usize, bool) {
+    let (mut client, conn) = h2_client(cfg, addr, h2::client::Builder::new()).await;
+    let mut served = 0;
+    while served < max {
+        client = match client.ready().await {
+            Ok(c) => c,
+            Err(_) => break,
+        };
+        let req = http::Request::get("https://a.test/n").body(()).unwrap();
+        let Ok((resp, _)) = client.send_request(req, true) else {
+            break;
+        };
+        match tokio::time::timeout(Duration::from_secs(10), resp).await {
+            Ok(Ok(r)) if r.status() == 200 => served += 1,
+            _ => break,
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await.is_ok();
+    (served, ended)
+}
+
+#[test]
+fn max_requests_per_connection_ends_an_http2_connection_with_goaway() {
+    let backend = Backend::start(Reply::Ok);
+    let s = h2_proxy("[client]\nmax_requests_per_connection = 20\n", backend.addr);
+    let (served, ended) = rt().block_on(sequential_gets(s.client.clone(), s.proxy.addr, 100));
+    // 21: a request that crossed the GOAWAY on the wire is still served
+    // (it was sent below the last stream id the GOAWAY names).
+    assert!((20..=21).contains(&served), "{served} served\n{}", s.proxy.log());
+    assert!(ended, "the connection was kept after GOAWAY");
+    assert_eq!(backend.heads().len(), served);
+}
+
+/// Opens streams in batches of ten and resets each batch 20 ms later, until
+/// finguard refuses new streams or `max` were opened; returns how many were
+/// opened and whether finguard ended the connection.
+async fn reset_flood(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, max: usize) -> (usize, bool) {
+    let (mut client, conn) = h2_client(cfg, addr, h2::client::Builder::new()).await;
+    let mut opened = 0;
+    'flood: while opened < max {
+        let mut batch = Vec::new();
+        for _ in 0..10 {
+            client = match client.ready().await {
+                Ok(c) => c,
+                Err(_) => break 'flood,
+            };
+            let req = http::Request::get("https://a.test/r").body(()).unwrap();
+            match client.send_request(req, true) {
+                Ok(sent) => batch.push(sent),
+                Err(_) => break 'flood,
+            }
+            opened += 1;
+        }
+        // The attack's own pace: long enough for finguard to accept the
+        // streams and send them on.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for (_, mut stream) in batch {
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), conn).await.is_ok();
+    (opened, ended)
+}
+
+#[test]
+fn an_http2_client_resetting_accepted_streams_gets_goaway_after_1000() {
+    // Slow answers: every stream is reset while its request is at the backend.
+    let backend = Backend::start(Reply::Slow(Duration::from_millis(500)));
+    let s = h2_proxy("[client]\nmax_requests_per_connection = 1000000\n", backend.addr);
+    let (opened, ended) = rt().block_on(reset_flood(s.client.clone(), s.proxy.addr, 3000));
+    // Past the 1000th reset, at most the streams the client had on the way.
+    assert!(opened < 1000 + 128, "{opened} streams opened\n{}", s.proxy.log());
+    assert!(ended, "the connection was kept after GOAWAY");
+    assert!(backend.heads().len() < 1000 + 128, "{}", backend.heads().len());
+}
+
+/// A HEADERS frame that opens stream `id` with `GET https://a.test/` (as
+/// in `PREFACE_AND_GET`).
+fn get_frame(id: u32) -> Vec<u8> {
+    let mut f = vec![0, 0, 0x0b, 0x01, 0x05];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(b"\x82\x87\x84\x41\x06a.test");
+    f
+}
+
+/// RST_STREAM(CANCEL) for stream `id`.
+fn rst_frame(id: u32) -> Vec<u8> {
+    let mut f = vec![0, 0, 4, 0x03, 0];
+    f.extend_from_slice(&id.to_be_bytes());
+    f.extend_from_slice(&8u32.to_be_bytes());
+    f
+}
+
+/// The reset flood from a client that never acks a PING, so never gets the
+/// final GOAWAY that would refuse its new streams: up to `max` streams;
+/// returns how many it sent and whether finguard ended the connection.
+async fn flood_ignoring_goaway(cfg: Arc<rustls::ClientConfig>, addr: SocketAddr, max: u32) -> (u32, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut rd, mut wr) = tokio::io::split(silent_h2(cfg, addr, PREFACE).await);
+    let reader = tokio::spawn(async move {
+        let mut b = [0u8; 4096];
+        while matches!(rd.read(&mut b).await, Ok(n) if n > 0) {}
+    });
+    let mut sent = 0;
+    while sent < max && !reader.is_finished() {
+        let ids: Vec<u32> = (sent..sent + 10).map(|n| 2 * n + 1).collect();
+        let heads: Vec<u8> = ids.iter().flat_map(|&id| get_frame(id)).collect();
+        if wr.write_all(&heads).await.is_err() {
+            break;
+        }
+        sent += 10;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let resets: Vec<u8> = ids.iter().flat_map(|&id| rst_frame(id)).collect();
+        if wr.write_all(&resets).await.is_err() {
+            break;
+        }
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), reader).await.is_ok();
+    (sent, ended)
+}
+
+#[test]
+fn an_http2_client_that_ignores_goaway_is_reset() {
+    let backend = Backend::start(Reply::Slow(Duration::from_millis(500)));
+    let s = h2_proxy("[client]\nmax_requests_per_connection = 50\n", backend.addr);
+    let (sent, ended) = rt().block_on(flood_ignoring_goaway(s.client.clone(), s.proxy.addr, 3000));
+    assert!(ended && sent < 3000, "{sent} streams sent\n{}", s.proxy.log());
+    // GOAWAY at 50, then the 128 streams a client might have had on the way.
+    let forwarded = backend.heads().len();
+    assert!(forwarded <= 50 + 128, "{forwarded} requests reached the backend");
 }

@@ -6,22 +6,39 @@
 //! timeouts and the close mode do.
 //!
 //! A stream is open from its request until its response body is done (the
-//! body's drop), so a connection is idle — and subject to
-//! `keepalive_timeout` — only when no stream is open; a download is never cut
-//! by the idle watch or by a GOAWAY. What bounds a stream instead is
+//! body's drop), so a connection is idle only when no stream is open; a
+//! download is never cut by the idle watch or by a GOAWAY. Idle limits are
+//! HTTP/1's: the first request within `header_timeout` of the start (a client
+//! that sends no preface, or the preface and nothing else, is idle), the next
+//! ones within `keepalive_timeout`. What bounds a stream instead is
 //! progress: a response frame handed to h2 and not taken for `body_timeout`
 //! (the client stopped reading, or keeps its flow-control window shut) ends
-//! the connection with a reset, as a stuck HTTP/1 write does. Abuse limits: concurrent streams, header
-//! list size (`max_header_bytes`), and h2's own guard against rapid reset
-//! (CVE-2023-44487: streams reset before they were accepted are capped, then
-//! GOAWAY) and CONTINUATION floods (bounded by the header list size).
+//! the connection with a reset, as a stuck HTTP/1 write does.
+//!
+//! Every close but an abort starts with GOAWAY (hyper's graceful shutdown:
+//! GOAWAY and a PING, the final GOAWAY when the PING is acked) and lets the
+//! open streams end. hyper waits for that ack without a deadline, so once no
+//! stream is open a client silent for `linger_timeout` is dropped and closed
+//! the configured way: GOAWAY and its PING are HTTP/2's half of a lingering
+//! close, and a silent client must not hold its permit, or a drain, forever.
+//!
+//! Abuse limits: concurrent streams, header list size (`max_header_bytes`),
+//! `max_requests_per_connection` streams per connection, then GOAWAY (nginx's
+//! `keepalive_requests`); rapid reset (CVE-2023-44487) in both forms: h2's
+//! own guard caps streams reset before they were accepted, finguard caps
+//! those reset after (each may have cost a backend request) at
+//! [`MAX_RESET_STREAMS`], then GOAWAY; a client that keeps opening streams
+//! well past its GOAWAY is reset. CONTINUATION floods are bounded by the
+//! header list size.
 
 use super::Ending;
+use crate::config::ClientSettings;
 use crate::exchange::h2::{self as exchange, RequestCtx};
 use crate::policy::ClientPolicy;
 use crate::registry::{ClientState, Tracked};
 use crate::shared::Shared;
 use crate::stream::ClientStream;
+use crate::timeouts::ClientTimeouts;
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,7 +47,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -38,6 +55,11 @@ use tracing::debug;
 pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 /// Streams a client may reset before finguard accepted them, then GOAWAY.
 pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams a client may reset after finguard accepted them, then GOAWAY.
+/// Each may have cost a backend request, and h2's guard above does not see
+/// them; nginx bounds the same attack with `keepalive_requests` (1,000).
+/// A lower `max_requests_per_connection` comes first.
+pub const MAX_RESET_STREAMS: u32 = 1000;
 
 struct H2Conn {
     shared: Arc<Shared>,
@@ -52,8 +74,64 @@ struct H2Conn {
     /// Streams whose last frame h2 has not come back for: it waits for
     /// the client (TCP or flow-control window).
     waiting_client: AtomicU32,
-    /// Asks the connection to send GOAWAY (policy `nokeepalive`).
+    /// Asks the connection to send GOAWAY (policy `nokeepalive`, request
+    /// limit, resets).
     goaway: Notify,
+    /// When HTTP/2 began: the first request's deadline counts from here.
+    started: Instant,
+    /// Streams accepted so far.
+    streams: AtomicU32,
+    /// Streams the client reset before their response was done.
+    resets: AtomicU32,
+    /// `streams` when GOAWAY went out; `u32::MAX` before.
+    streams_at_goaway: AtomicU32,
+    /// The client keeps opening streams well past GOAWAY: reset the connection.
+    flood: Notify,
+    /// The last open stream closed.
+    idle: Notify,
+}
+
+impl H2Conn {
+    /// The policy's settings from the first request on, the base ones before.
+    fn settings(&self) -> ClientSettings {
+        self.policy
+            .get()
+            .map_or(self.shared.base_policy.settings, |p| p.settings)
+    }
+
+    /// How long the connection may have no stream: as for HTTP/1, the first
+    /// request within `header_timeout`, the next ones within `keepalive_timeout`.
+    fn idle_limit(&self) -> Duration {
+        let t = self.timeouts();
+        if self.streams.load(Ordering::Acquire) == 0 {
+            t.head
+        } else {
+            t.idle
+        }
+    }
+
+    fn timeouts(&self) -> ClientTimeouts {
+        ClientTimeouts::new(&self.settings())
+    }
+
+    /// Counts a new stream: the last one `max_requests` allows asks for
+    /// GOAWAY; one far past GOAWAY is refused and the connection reset.
+    fn admit(&self, max_requests: u32) -> Result<(), Refused> {
+        let n = self.streams.fetch_add(1, Ordering::AcqRel) + 1;
+        // More streams after GOAWAY than a client could have had on the way
+        // when it arrived: it ignores GOAWAY, and (the final GOAWAY would
+        // refuse them) keeps its PING unacked.
+        let at_goaway = self.streams_at_goaway.load(Ordering::Acquire);
+        if n > at_goaway.saturating_add(MAX_CONCURRENT_STREAMS) {
+            self.flood.notify_one();
+            return Err("stream opened long after GOAWAY");
+        }
+        if n == max_requests {
+            debug!(peer = %self.peer, streams = n, "max_requests_per_connection reached; GOAWAY");
+            self.goaway.notify_one();
+        }
+        Ok(())
+    }
 }
 
 /// Serves an HTTP/2 connection to its end, then closes it the configured way.
@@ -62,7 +140,6 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     let _ = stream.tcp().set_nodelay(true);
     let track = shared.clients.open(peer);
     track.set(ClientState::Idle);
-    let base = shared.base_policy.settings;
     let conn = Arc::new(H2Conn {
         shared: shared.clone(),
         peer,
@@ -73,12 +150,17 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         sent: AtomicU64::new(0),
         waiting_client: AtomicU32::new(0),
         goaway: Notify::new(),
+        started: Instant::now(),
+        streams: AtomicU32::new(0),
+        resets: AtomicU32::new(0),
+        streams_at_goaway: AtomicU32::new(u32::MAX),
+        flood: Notify::new(),
+        idle: Notify::new(),
     });
     if drive(&mut stream, &conn, &shared).await {
-        debug!(%peer, "HTTP/2 client stopped taking responses; aborting");
         return super::abort(stream, &shared.metrics);
     }
-    let settings = conn.policy.get().map_or(base, |p| p.settings);
+    let settings = conn.settings();
     Box::pin(super::finish(
         stream,
         Ending::Close,
@@ -90,15 +172,15 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     .await;
 }
 
-/// Runs the HTTP/2 connection until it ends, or GOAWAY (policy, drain, idle)
-/// and its open streams end. Returns `true` when the client stopped taking
-/// responses: the connection is to be aborted.
+/// Runs the HTTP/2 connection until it ends, or GOAWAY (policy, limits,
+/// drain, idle) and its open streams end. Returns `true` when the connection
+/// is to be aborted: the client stopped taking responses, or ignores GOAWAY.
 async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Shared) -> bool {
     let svc = {
         let conn = conn.clone();
         hyper::service::service_fn(move |req| {
             let conn = conn.clone();
-            Box::pin(async move { Ok::<_, std::convert::Infallible>(handle(req, conn).await) })
+            Box::pin(handle(req, conn))
         })
     };
     let base = shared.base_policy.settings;
@@ -111,22 +193,36 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         .keep_alive_interval(None);
     let h2 = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(h2);
-    let stall = || stall_watch(conn, conn.policy.get().map_or(base, |p| p.settings).body_timeout);
+    let stall = || stall_watch(conn, conn.timeouts().gap);
     let stalled = tokio::select! {
         _ = h2.as_mut() => None,
         () = conn.goaway.notified() => Some(false),
         () = shared.draining.cancelled() => Some(false),
-        () = idle_watch(conn, base.keepalive_timeout) => Some(false),
+        () = quiet_for(conn, conn.started, || conn.idle_limit()) => Some(false),
         () = stall() => Some(true),
     };
     if stalled != Some(false) {
         return stalled == Some(true);
     }
     // GOAWAY, then the open streams run to their end (or stall).
+    conn.streams_at_goaway
+        .store(conn.streams.load(Ordering::Acquire), Ordering::Release);
     h2.as_mut().graceful_shutdown();
+    let goaway = Instant::now();
     tokio::select! {
+        // h2 first: GOAWAY is written even when the wait below is zero
+        // (`linger_timeout` may be, outside the lingering mode).
+        biased;
         _ = h2.as_mut() => false,
         () = stall() => true,
+        () = conn.flood.notified() => {
+            debug!(peer = %conn.peer, "HTTP/2 client opens streams past GOAWAY; aborting");
+            true
+        }
+        () = quiet_for(conn, goaway, || conn.settings().close.linger_timeout) => {
+            debug!(peer = %conn.peer, "HTTP/2 client did not ack GOAWAY's PING; closing");
+            false
+        }
     }
 }
 
@@ -138,23 +234,39 @@ async fn stall_watch(conn: &H2Conn, limit: Duration) {
         tokio::time::sleep(limit).await;
         let now = conn.sent.load(Ordering::Relaxed);
         if now == last && conn.waiting_client.load(Ordering::Acquire) > 0 {
+            debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; aborting");
             return;
         }
         last = now;
     }
 }
 
-/// Resolves when the connection has had no stream for `keepalive_timeout`.
-async fn idle_watch(conn: &H2Conn, keepalive: Duration) {
+/// Resolves once no stream has been open for `limit()`, counted from `since`
+/// at the earliest. `limit` is asked again each turn: the first request
+/// changes it.
+async fn quiet_for(conn: &H2Conn, since: Instant, limit: impl Fn() -> Duration) {
     loop {
-        tokio::time::sleep(keepalive).await;
-        if conn.track.entry.state() == ClientState::Idle && conn.track.in_state_for() >= keepalive {
+        // Registered before the look at the state: the last stream may
+        // close in between.
+        let idle = conn.idle.notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        if conn.track.entry.state() != ClientState::Idle {
+            idle.await;
+            continue;
+        }
+        let wait = limit().saturating_sub(conn.track.in_state_for().min(since.elapsed()));
+        if wait.is_zero() {
             return;
         }
+        tokio::time::sleep(wait).await;
     }
 }
 
-async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<StreamBody> {
+/// A stream refused without a backend: hyper resets it.
+type Refused = &'static str;
+
+async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Response<StreamBody>, Refused> {
     let shared = &conn.shared;
     let policy = conn
         .policy
@@ -167,6 +279,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<Str
             super::classify(shared, &conn.track, ua)
         })
         .clone();
+    conn.admit(policy.settings.max_requests)?;
     conn.track.entry.requests.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::AcqRel);
     conn.track.set(ClientState::Active);
@@ -200,7 +313,10 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<Str
         idempotent,
     });
     // Counted open from here: the stream closes when its body is dropped.
-    let open = OpenStream(conn.clone());
+    let open = OpenStream {
+        conn: conn.clone(),
+        done: false,
+    };
     let resp = match exchange::handle(req, ctx).await {
         Ok(r) => r,
         Err(never) => match never {},
@@ -211,11 +327,11 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> http::Response<Str
     if let Some(l) = logged {
         log_request(&conn, client, &l, &resp);
     }
-    resp.map(|inner| StreamBody {
+    Ok(resp.map(|inner| StreamBody {
         inner,
         handed: false,
         open,
-    })
+    }))
 }
 
 /// What the access log needs of an HTTP/2 request.
@@ -240,13 +356,23 @@ fn log_request(conn: &H2Conn, client: SocketAddr, l: &Logged, resp: &http::Respo
     });
 }
 
-/// One open stream; closing it may leave the connection idle.
-struct OpenStream(Arc<H2Conn>);
+/// One open stream; closing it may leave the connection idle. Dropped
+/// before its response was `done`, it was reset by the client.
+struct OpenStream {
+    conn: Arc<H2Conn>,
+    done: bool,
+}
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
-        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.track.set(ClientState::Idle);
+        let conn = &self.conn;
+        if !self.done && conn.resets.fetch_add(1, Ordering::AcqRel) + 1 == MAX_RESET_STREAMS {
+            debug!(peer = %conn.peer, resets = MAX_RESET_STREAMS, "HTTP/2 client resets its streams; GOAWAY");
+            conn.goaway.notify_one();
+        }
+        if conn.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            conn.track.set(ClientState::Idle);
+            conn.idle.notify_waiters();
         }
     }
 }
@@ -263,7 +389,7 @@ pub struct StreamBody {
 impl StreamBody {
     fn taken(&mut self) {
         if std::mem::take(&mut self.handed) {
-            self.open.0.waiting_client.fetch_sub(1, Ordering::AcqRel);
+            self.open.conn.waiting_client.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
@@ -271,6 +397,8 @@ impl StreamBody {
 impl Drop for StreamBody {
     fn drop(&mut self) {
         self.taken();
+        // h2 drops a body it saw end without polling it again.
+        self.open.done |= http_body::Body::is_end_stream(&self.inner);
     }
 }
 
@@ -285,8 +413,12 @@ impl http_body::Body for StreamBody {
         let this = &mut *self;
         this.taken();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // Ended, or failed on the backend's side: not the client's reset.
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+            this.open.done = true;
+        }
         if let Poll::Ready(Some(Ok(f))) = &polled {
-            let conn = &this.open.0;
+            let conn = &this.open.conn;
             conn.sent.fetch_add(1, Ordering::Relaxed);
             if let Some(d) = f.data_ref() {
                 conn.track.entry.bytes_out.fetch_add(d.len() as u64, Ordering::Relaxed);
