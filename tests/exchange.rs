@@ -270,11 +270,11 @@ fn a_response_is_relayed_only_as_a_client_may_take_it() {
 }
 
 /// Reads a request head, then streams one header line without end (48 MiB
-/// at most) while the client is still uploading; reports how much went.
-fn endless_header_backend(mut s: TcpStream) {
+/// at most) while the client is still uploading; returns how much went.
+fn stream_endless_head(mut s: TcpStream) -> usize {
     let mut buf = Vec::new();
     if read_head(&mut s, &mut buf).is_none() {
-        return;
+        return 0;
     }
     let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Endless: ");
     let chunk = vec![b'a'; 64 * 1024];
@@ -285,7 +285,13 @@ fn endless_header_backend(mut s: TcpStream) {
         }
         sent += chunk.len();
     }
-    ENDLESS_SENT.store(sent, std::sync::atomic::Ordering::SeqCst);
+    sent
+}
+
+/// [`stream_endless_head`] for the HTTP/1 test, counted apart from the
+/// HTTP/2 one (tests run in parallel).
+fn endless_header_backend(s: TcpStream) {
+    ENDLESS_SENT.store(stream_endless_head(s), std::sync::atomic::Ordering::SeqCst);
 }
 
 static ENDLESS_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
@@ -567,20 +573,7 @@ fn a_backend_cannot_grow_finguards_memory_while_an_http2_request_goes_up() {
 
 static ENDLESS_SENT_H2: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
 
-/// As `endless_header_backend`, counted apart (tests run in parallel).
-fn endless_header_backend_h2(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    if read_head(&mut s, &mut buf).is_none() {
-        return;
-    }
-    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nX-Endless: ");
-    let chunk = vec![b'a'; 64 * 1024];
-    let mut sent = 0usize;
-    while sent < 48 << 20 {
-        if s.write_all(&chunk).is_err() {
-            break;
-        }
-        sent += chunk.len();
-    }
-    ENDLESS_SENT_H2.store(sent, std::sync::atomic::Ordering::SeqCst);
+/// [`stream_endless_head`] for the HTTP/2 test.
+fn endless_header_backend_h2(s: TcpStream) {
+    ENDLESS_SENT_H2.store(stream_endless_head(s), std::sync::atomic::Ordering::SeqCst);
 }

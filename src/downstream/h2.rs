@@ -283,10 +283,6 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
     conn.track.entry.requests.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::AcqRel);
     conn.track.set(ClientState::Active);
-    let idempotent = matches!(
-        req.method().as_str(),
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-    );
     let has_body = !http_body::Body::is_end_stream(req.body());
     let nokeepalive = !policy.allows_keepalive();
     let headers = req.headers();
@@ -310,7 +306,6 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
         local: conn.local,
         scheme: "https",
         has_body,
-        idempotent,
     });
     // Counted open from here: the stream closes when its body is dropped.
     let open = OpenStream {

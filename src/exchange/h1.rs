@@ -299,9 +299,13 @@ fn client_view(req: &Request, conn: &Conn<'_>, request_complete: bool) -> Client
         http10: req.head.http10,
         force_response_1_0: p.force_response_1_0,
         downgrade_1_0: p.downgrade_1_0,
-        // The facts of the answer are added when the response head arrives
-        // (read_response): a drain may begin while the backend works.
-        keepalive: req.keepalive.at_answer(request_complete, conn.shared).get(),
+        // A drain is looked at when the response head arrives
+        // (read_response): it may begin while the backend works.
+        keepalive: {
+            let mut ka = req.keepalive;
+            ka &= request_complete;
+            ka.get()
+        },
         head_request: req.head.method.get(&req.head_bytes) == b"HEAD",
         upgrade_requested: req.head.upgrade,
         keepalive_timeout_secs: p.settings.keepalive_timeout.as_secs(),

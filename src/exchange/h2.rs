@@ -63,7 +63,6 @@ pub struct RequestCtx {
     /// `http` or `https`.
     pub scheme: &'static str,
     pub has_body: bool,
-    pub idempotent: bool,
 }
 
 /// The hyper service: one call per request.
@@ -111,12 +110,9 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         return Err((ProxyError::NoRoute, Some(body)));
     };
     let upstream = &shared.upstreams[idx];
-    let declared = match head.framing {
-        Framing::Length(n) => Some(n),
-        Framing::Chunked(_) => None,
-    };
-    let (first, rest) = take_body(body, declared, ctx).await?;
-    let chunked = ctx.has_body && declared.is_none();
+    // Over its limit, a declared length was refused by the parse (413).
+    let (first, rest) = take_body(body, ctx).await?;
+    let chunked = matches!(head.framing, Framing::Chunked(_));
     let mut out = super::backend_head(&head_bytes, &head, &target, ctx.peer, ctx.scheme, upstream);
     let mut last_chunk = false;
     if let Some(f) = first {
@@ -134,7 +130,7 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     let head_request = parts.method == http::Method::HEAD;
     // The whole request is in `out` when `up` has no rest: it can be sent
     // again on a fresh connection.
-    send_with_retry(upstream, Bytes::from(out), up, head_request, ctx).await
+    send_with_retry(upstream, Bytes::from(out), up, head_request, head.idempotent, ctx).await
 }
 
 /// The HTTP/1.1 request head an HTTP/2 request stands for, parsed by the
@@ -195,15 +191,8 @@ pub fn h1_head(
 /// The body's first frame, read within `body_timeout` before a backend
 /// connection is taken (a client that announces a body and never sends it
 /// never costs the backend anything), and the rest of it, held to the limits.
-async fn take_body(
-    mut body: Incoming,
-    declared: Option<u64>,
-    ctx: &RequestCtx,
-) -> Result<(Option<Frame<Bytes>>, Option<Limited>), Refused> {
+async fn take_body(mut body: Incoming, ctx: &RequestCtx) -> Result<(Option<Frame<Bytes>>, Option<Limited>), Refused> {
     let settings = &ctx.policy.settings;
-    if declared.is_some_and(|n| n > settings.max_body_bytes) {
-        return Err((BodyFault::TooLarge.into(), Some(body)));
-    }
     if !ctx.has_body {
         return Ok((None, None));
     }
@@ -223,6 +212,7 @@ async fn send_with_retry(
     out: Bytes,
     mut up: Upload,
     head_request: bool,
+    idempotent: bool,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Refused> {
     let t = Timeouts::new(&ctx.policy.settings, &upstream.cfg);
@@ -234,7 +224,7 @@ async fn send_with_retry(
             _ => ctx.local,
         },
         replayable: up.rest.is_none(),
-        idempotent: ctx.idempotent,
+        idempotent,
     });
     loop {
         let bc = match tries.checkout(upstream).await {

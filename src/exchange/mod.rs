@@ -116,9 +116,11 @@ pub fn backend_head(
 /// The one keep-alive decision of a client connection, ANDed from facts as
 /// they become known (hyper's `KA`): the policy and the request head when
 /// the request is read ([`KeepAlive::for_request`]); whether the request
-/// was read to its end and whether a drain began, when the answer is
-/// written ([`KeepAlive::at_answer`]); the response's framing, when its
-/// head is shaped (`http1::response`). Once false, it stays false, and the
+/// was read to its end, and whether a drain began, when the answer is
+/// written (finguard's own: [`KeepAlive::at_answer`]; a backend's: the
+/// request's end once the upload is over, the drain each time its head is
+/// parsed, as a drain may begin while the backend works); the response's
+/// framing, when its head is shaped (`http1::response`). Once false, it stays false, and the
 /// client is told what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeepAlive(bool);
@@ -135,10 +137,9 @@ impl KeepAlive {
         )
     }
 
-    /// The facts known when the answer is written.
+    /// The facts known when finguard writes its own answer.
     pub fn at_answer(mut self, request_complete: bool, shared: &Shared) -> KeepAlive {
         self &= request_complete;
-        // A drain that began while the backend worked closes this connection.
         self &= !shared.draining.is_cancelled();
         self
     }
