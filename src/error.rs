@@ -28,6 +28,8 @@ pub enum ProxyError {
     UriTooLong,
     #[error("unsupported Expect")]
     Expectation,
+    #[error("CONNECT is not proxied")]
+    Connect,
     #[error("request body over max_body_bytes")]
     BodyTooLarge,
     #[error("request body stalled past body_timeout")]
@@ -73,6 +75,7 @@ impl From<Reject> for ProxyError {
             Reject::UriTooLong => ProxyError::UriTooLong,
             Reject::BodyTooLarge => ProxyError::BodyTooLarge,
             Reject::Expectation => ProxyError::Expectation,
+            Reject::Connect => ProxyError::Connect,
         }
     }
 }
@@ -90,6 +93,7 @@ impl ProxyError {
             | ProxyError::HeadTooLarge
             | ProxyError::UriTooLong
             | ProxyError::Expectation
+            | ProxyError::Connect
             | ProxyError::BodyTooLarge
             | ProxyError::BodyTimeout
             | ProxyError::BodyMalformed
@@ -114,6 +118,7 @@ impl ProxyError {
             ProxyError::HeadTooLarge => 431,
             ProxyError::UriTooLong => 414,
             ProxyError::Expectation => 417,
+            ProxyError::Connect => 501,
             ProxyError::BodyTimeout => 408,
             ProxyError::NoRoute => 404,
             ProxyError::Upstream(UpstreamError::QueueTimeout | UpstreamError::AllDown) => 503,
@@ -131,6 +136,7 @@ impl ProxyError {
             ProxyError::UriTooLong => "request target too long",
             ProxyError::BodyTooLarge => "request body over max_body_bytes",
             ProxyError::Expectation => "unsupported Expect",
+            ProxyError::Connect => "CONNECT is not proxied",
             ProxyError::BodyTimeout => "request body stalled past body_timeout",
             ProxyError::BodyMalformed => "malformed chunked request body",
             ProxyError::ClientClosed => "client closed inside the request body",

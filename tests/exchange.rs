@@ -8,9 +8,9 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
+use support::h2_client::*;
 use support::tls::*;
 use support::*;
 
@@ -334,64 +334,6 @@ fn a_backend_cannot_grow_finguards_memory_while_a_request_goes_up() {
 }
 
 // ---- HTTP/2: the same judgement as HTTP/1 ----
-
-struct H2Setup {
-    _files: Files,
-    client: Arc<rustls::ClientConfig>,
-    proxy: Proxy,
-}
-
-fn h2_proxy(extra: &str, backend: SocketAddr) -> H2Setup {
-    let pki = pki();
-    let files = files(&pki);
-    let proxy = Proxy::start_raw(&tls_config(&files, extra), &["--backend", &backend.to_string()]);
-    let mut cfg = (*client(&pki)).clone();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    H2Setup {
-        _files: files,
-        client: Arc::new(cfg),
-        proxy,
-    }
-}
-
-/// Sends one HTTP/2 request with these fields (repeats kept) and returns
-/// the status and the body.
-fn h2_get(s: &H2Setup, authority: &str, fields: &[(&str, &str)]) -> (u16, Vec<u8>) {
-    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
-    let uri = format!("https://{authority}/echo");
-    let fields: Vec<(String, String)> = fields.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
-        let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(conn);
-        let mut req = http::Request::get(uri).body(()).unwrap();
-        for (n, v) in &fields {
-            req.headers_mut().append(
-                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                http::HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        let (resp, _) = client.send_request(req, true).unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-            .await
-            .expect("an answer")
-            .unwrap();
-        let status = resp.status().as_u16();
-        let mut body = resp.into_body();
-        let mut out = Vec::new();
-        while let Some(Ok(d)) = body.data().await {
-            let _ = body.flow_control().release_capacity(d.len());
-            out.extend_from_slice(&d);
-        }
-        (status, out)
-    })
-}
 
 /// The header lines of a backend head echoed in `body`, lower-cased names.
 fn fields(body: &[u8]) -> Vec<(String, String)> {

@@ -183,12 +183,16 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
             Box::pin(handle(req, conn))
         })
     };
-    let base = shared.base_policy.settings;
+    // HTTP/2's own bound on a header list, before any User-Agent is known:
+    // the largest any rule allows (as an HTTP/1 connection's first head is
+    // read), plus HPACK's 32 bytes per field over the HTTP/1 line, so that
+    // the request's own rule judges it, on the head it stands for.
+    let list_limit = shared.first_head_limit + 32 * crate::http1::head::MAX_HEADERS;
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .max_header_list_size(u32::try_from(base.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(u32::try_from(list_limit).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .keep_alive_interval(None);
     let h2 = builder.serve_connection(TokioIo::new(stream), svc);

@@ -115,7 +115,11 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
     if has_body && body0.is_empty() {
         // A client that announces a body and never sends it never costs the
         // backend a connection. `Expect: 100-continue` is answered here.
-        if let Err(e) = first_body_bytes(client, buf, &mut framing, &mut body0, head, &t, conn.entry).await {
+        // Not to a client treated as HTTP/1.0 (RFC 9110 §15.2), as Apache's
+        // `downgrade-1.0` does not.
+        let p = conn.policy;
+        let send_continue = head.expect_continue && !(p.downgrade_1_0 || p.force_response_1_0);
+        if let Err(e) = first_body_bytes(client, buf, &mut framing, &mut body0, send_continue, &t, conn.entry).await {
             return refuse(client, &req, conn, e, false).await;
         }
     }
@@ -314,17 +318,17 @@ fn client_view(req: &Request, conn: &Conn<'_>, request_complete: bool) -> Client
 }
 
 /// Waits for the first bytes of an announced body (answering
-/// `Expect: 100-continue` first) and takes what belongs to the body.
+/// `Expect: 100-continue` first when `send_continue`) and takes what belongs to the body.
 async fn first_body_bytes<S: ClientStream>(
     client: &mut S,
     buf: &mut BytesMut,
     framing: &mut Framing,
     body0: &mut BytesMut,
-    head: &Head,
+    send_continue: bool,
     t: &Timeouts,
     entry: &Entry,
 ) -> Result<(), ProxyError> {
-    if head.expect_continue {
+    if send_continue {
         write_client(client, b"HTTP/1.1 100 Continue\r\n\r\n", &t.client, entry)
             .await
             .map_err(|()| ProxyError::ClientWrite)?;
@@ -396,13 +400,23 @@ async fn read_response<S: ClientStream>(
     t: &Timeouts,
 ) -> Result<Final, HeadError> {
     let entry = conn.entry;
+    let mut interims = 0;
     loop {
+        // A read that is always ready never lets `timeout_at` fire: an
+        // endless flood of 1xx is held to the deadline here.
+        if Instant::now() >= deadline {
+            return Err(HeadError::Failed(ProxyError::ResponseTimeout));
+        }
         if !resp.is_empty() {
             out.clear();
             view.keepalive &= !conn.shared.draining.is_cancelled();
             match response::parse(resp, view, out).map_err(|b| HeadError::Failed(b.into()))? {
                 Parsed::Partial => {}
                 Parsed::Interim(len) => {
+                    interims += 1;
+                    if interims > response::MAX_INTERIM {
+                        return Err(HeadError::Failed(ProxyError::BadResponse("too many interim responses")));
+                    }
                     if !out.is_empty() && write_client(client, out, &t.client, entry).await.is_err() {
                         return Err(HeadError::ClientGone);
                     }

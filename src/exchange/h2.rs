@@ -25,7 +25,7 @@ use super::{Plan, Tries};
 use crate::config::ProxyProtocol;
 use crate::error::{ProxyError, RetrySafe};
 use crate::http1::forward;
-use crate::http1::framing::{BodyFault, Framing};
+use crate::http1::framing::{forbidden_trailer, BodyFault, Framing};
 use crate::http1::response::{self, Parsed2};
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
@@ -116,7 +116,10 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     let mut out = super::backend_head(&head_bytes, &head, &target, ctx.peer, ctx.scheme, upstream);
     let mut last_chunk = false;
     if let Some(f) = first {
-        last_chunk = encode_frame(&mut out, f, chunked);
+        last_chunk = match encode_frame(&mut out, f, chunked) {
+            Ok(last) => last,
+            Err(e) => return Err((e, rest.map(|l| l.rest))),
+        };
     }
     if rest.is_none() && chunked && !last_chunk {
         out.extend_from_slice(b"0\r\n\r\n");
@@ -285,11 +288,20 @@ async fn read_head(
     t: &Timeouts,
 ) -> Result<response::Head2, Failed> {
     let deadline = Instant::now() + t.response;
+    let mut interims = 0;
     loop {
+        // An always-ready read never lets `timeout_at` fire (see h1).
+        if Instant::now() >= deadline {
+            return Err((ProxyError::ResponseTimeout, RetrySafe::No));
+        }
         if !resp.is_empty() {
             match response::parse_h2(resp, head_request).map_err(|b| (b.into(), RetrySafe::No))? {
                 Parsed2::Partial => {}
                 Parsed2::Interim(len) => {
+                    interims += 1;
+                    if interims > response::MAX_INTERIM {
+                        return Err((ProxyError::BadResponse("too many interim responses"), RetrySafe::No));
+                    }
                     resp.advance(len);
                     continue;
                 }
@@ -348,7 +360,7 @@ impl Upload {
     fn next_bytes(&mut self, f: Option<Result<Frame<Bytes>, ProxyError>>) -> Result<Bytes, ProxyError> {
         let mut next = Vec::new();
         match f {
-            Some(Ok(f)) => self.last_chunk |= encode_frame(&mut next, f, self.chunked),
+            Some(Ok(f)) => self.last_chunk |= encode_frame(&mut next, f, self.chunked)?,
             Some(Err(e)) => return Err(e),
             None => {
                 self.rest = None;
@@ -367,8 +379,9 @@ fn failed_sending(err: ProxyError, wrote: bool) -> Failed {
 }
 
 /// Appends one request body frame as the backend is to get it. Returns
-/// whether it wrote the last chunk (trailers end a chunked body).
-fn encode_frame(out: &mut Vec<u8>, f: Frame<Bytes>, chunked: bool) -> bool {
+/// whether it wrote the last chunk (trailers end a chunked body). Trailers
+/// a request may not carry are refused, as on HTTP/1 (`limit_trailers`).
+fn encode_frame(out: &mut Vec<u8>, f: Frame<Bytes>, chunked: bool) -> Result<bool, ProxyError> {
     match f.into_data() {
         Ok(d) if !chunked => out.extend_from_slice(&d),
         Ok(d) if d.is_empty() => {}
@@ -380,16 +393,19 @@ fn encode_frame(out: &mut Vec<u8>, f: Frame<Bytes>, chunked: bool) -> bool {
         Err(f) => {
             // A body with a declared length cannot carry trailers in HTTP/1.1.
             if let (true, Ok(trailers)) = (chunked, f.into_trailers()) {
+                if trailers.keys().any(|n| forbidden_trailer(n.as_str().as_bytes())) {
+                    return Err(ProxyError::BadRequest("a field the request trailers may not carry"));
+                }
                 out.extend_from_slice(b"0\r\n");
                 for (name, value) in &trailers {
                     crate::http1::put(out, name.as_str().as_bytes(), value.as_bytes());
                 }
                 out.extend_from_slice(b"\r\n");
-                return true;
+                return Ok(true);
             }
         }
     }
-    false
+    Ok(false)
 }
 
 /// Reads the first body frame within `body_timeout`.

@@ -5,6 +5,7 @@
 //! unread by an early answer, drained while the answer goes out ([`Unread`]).
 
 use super::body::Rest;
+use crate::http1::framing::forbidden_trailer;
 use crate::http1::response::ReuseHint;
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
+use tracing::debug;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -233,12 +235,24 @@ fn parse_trailers(raw: &[u8]) -> Option<HeaderMap> {
     if raw.len() <= 2 {
         return None;
     }
-    let mut fields = [httparse::EMPTY_HEADER; 32];
-    let Ok(httparse::Status::Complete((_, fields))) = httparse::parse_headers(raw, &mut fields) else {
-        return None;
+    let mut fields = [httparse::EMPTY_HEADER; crate::http1::head::MAX_HEADERS];
+    let fields = match httparse::parse_headers(raw, &mut fields) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => {
+            debug!(
+                bytes = raw.len(),
+                "backend's trailers not relayed: more than 100 fields, or malformed"
+            );
+            return None;
+        }
     };
     let mut map = HeaderMap::new();
     for f in fields {
+        // Connection-specific fields reset an HTTP/2 stream (RFC 9113
+        // §8.2.2), and the others a trailer may not carry are not relayed.
+        if forbidden_trailer(f.name.as_bytes()) {
+            continue;
+        }
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(f.name.as_bytes()),
             HeaderValue::from_bytes(f.value),

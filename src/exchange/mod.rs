@@ -194,13 +194,18 @@ impl Answer {
 pub struct Answered(pub SocketAddr, pub std::time::Duration);
 
 /// Picks the backend: routes whose host matches (exact before `*`), longest
-/// path prefix first. The host's port, if any, is ignored.
+/// path prefix first. The host's port, if any, is ignored, and so is the
+/// trailing dot of a fully qualified name (`admin.test.` is `admin.test`).
+/// The asterisk form (`OPTIONS *`) is routed as `/`.
 /// `path` is normalised ([`forward::normalize`]).
 pub fn route(shared: &Shared, host: &[u8], path: &[u8]) -> Option<usize> {
     let host = match host.iter().rposition(|&b| b == b':') {
         Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host.ends_with(b"]") => &host[..i],
         _ => host,
     };
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    // `OPTIONS *` asks about the server as a whole: the root's backend answers.
+    let path = if path == b"*" { &b"/"[..] } else { path };
     shared
         .config
         .routes

@@ -53,11 +53,13 @@ pub async fn upload<B: RequestBody + Send>(
     resp: &mut BytesMut,
     t: &Timeouts,
 ) -> Result<Sent, Failure> {
+    // Whether any byte of the request reached the backend: a failure after
+    // that is not one a retry may hide.
+    let mut wrote = false;
     // The common case: a request that fits one write, sent whole.
-    if body.is_done() && send_whole(backend, &mut pending)? {
+    if body.is_done() && send_whole(backend, &mut pending, &mut wrote)? {
         return Ok(Sent::Complete);
     }
-    let mut wrote = false;
     let (mut rd, mut wr) = backend.split();
     loop {
         if pending.is_empty() && body.is_done() {
@@ -97,12 +99,14 @@ pub async fn upload<B: RequestBody + Send>(
     }
 }
 
-/// Tries to send `pending` in one write; `true` when it all went.
-fn send_whole(backend: &TcpStream, pending: &mut Bytes) -> Result<bool, Failure> {
+/// Tries to send `pending` in one write; `true` when it all went. `wrote`
+/// is set when some of it did.
+fn send_whole(backend: &TcpStream, pending: &mut Bytes, wrote: &mut bool) -> Result<bool, Failure> {
     match backend.try_write(pending) {
         Ok(n) if n == pending.len() => Ok(true),
         Ok(n) => {
             pending.advance(n);
+            *wrote |= n > 0;
             Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),

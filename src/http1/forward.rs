@@ -32,7 +32,7 @@ pub struct ForwardCtx<'a> {
 
 /// The target and host of a request, as finguard routes it.
 pub struct Target<'a> {
-    /// Origin-form: `/path?query` (or `*`), dot segments removed.
+    /// Origin-form: `/path?query` (or `*`), normalised ([`normalize`]).
     pub path: Cow<'a, [u8]>,
     pub host: Option<&'a [u8]>,
 }
@@ -72,29 +72,34 @@ pub fn target<'a>(head_bytes: &'a [u8], head: &Head) -> Result<Target<'a>, Rejec
     })
 }
 
-/// Removes dot segments from the path of an origin-form target (RFC 3986
-/// §5.2.4), a percent-encoded dot counting as a dot: `/api/%2e%2e/admin` is
-/// `/admin`, as the backend would resolve it, so a route's prefix cannot be
-/// stepped out of. A path that climbs above the root is refused. The query
-/// and every other byte are left as they came; a target that needs nothing
-/// done is not copied.
+/// Normalises the path of an origin-form target as Apache resolves it
+/// (`ap_normalize_path` with its defaults), so that a route's prefix is
+/// matched against what the backend will serve and cannot be stepped
+/// around: percent-encoded unreserved characters are decoded (RFC 3986
+/// §6.2.2.2: `/%61dmin` is `/admin`), runs of `/` are merged (Apache's
+/// `MergeSlashes On`: `//admin` is `/admin`), and dot segments are removed
+/// (RFC 3986 §5.2.4: `/api/%2e%2e/admin` is `/admin`). A path that climbs
+/// above the root is refused. The query and every other byte (an encoded
+/// `/` or reserved character among them) are left as they came; a target
+/// that needs nothing done is not copied.
 pub fn normalize(target: &[u8]) -> Result<Cow<'_, [u8]>, Reject> {
     let end = target.iter().position(|&b| b == b'?').unwrap_or(target.len());
     let (path, query) = target.split_at(end);
-    let suspicious = path.windows(2).any(|w| w == b"/.") || path.windows(3).any(|w| w.eq_ignore_ascii_case(b"%2e"));
+    let suspicious = path.windows(2).any(|w| w == b"/." || w == b"//") || path.contains(&b'%');
     if !path.starts_with(b"/") || !suspicious {
         return Ok(Cow::Borrowed(target));
     }
+    let path = decode_unreserved(path);
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut trailing = false;
     for seg in path[1..].split(|&b| b == b'/') {
-        trailing = true;
-        match dots(seg) {
-            1 => {}
-            2 => {
+        match seg {
+            b"" | b"." => trailing = true,
+            b".." => {
                 if kept.pop().is_none() {
                     return Err(Reject::Bad("request path climbs above the root"));
                 }
+                trailing = true;
             }
             _ => {
                 kept.push(seg);
@@ -114,25 +119,32 @@ pub fn normalize(target: &[u8]) -> Result<Cow<'_, [u8]>, Reject> {
     Ok(Cow::Owned(out))
 }
 
-/// 1 for a `.` segment, 2 for `..` (either dot maybe `%2e`), else 0.
-fn dots(seg: &[u8]) -> usize {
-    let mut n = 0;
-    let mut rest = seg;
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
-            rest = &rest[1..];
-        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
-            rest = &rest[3..];
-        } else {
-            return 0;
+/// `%XX` decoded where it stands for an unreserved character (ALPHA,
+/// DIGIT, `-._~`); any other escape is kept as it came.
+fn decode_unreserved(path: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        let decoded = match path.get(i..i + 3) {
+            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h << 4 | l),
+            _ => None,
+        };
+        match decoded {
+            Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                out.push(b);
+                i += 3;
+            }
+            _ => {
+                out.push(path[i]);
+                i += 1;
+            }
         }
-        n += 1;
     }
-    if n <= 2 {
-        n
-    } else {
-        0
-    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 fn strip_prefix_ci<'a>(s: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
@@ -392,7 +404,11 @@ mod tests {
             ("/api/.%2E/admin/secret.txt", Some("/admin/secret.txt")),
             ("/a/./b/.?x=/../", Some("/a/b/?x=/../")),
             ("/a/b/..", Some("/a/")),
-            ("/a//../b", Some("/a/b")),
+            ("/a//../b", Some("/b")),
+            ("//admin/x", Some("/admin/x")),
+            ("/%61dmin/%7Eu%2Fv%20w", Some("/admin/~u%2Fv%20w")),
+            ("/a/%2E%2e/%2e/b//", Some("/b/")),
+            ("/%zz/%4", Some("/%zz/%4")),
             ("/a/...", Some("/a/...")),
             ("/a/.hidden/..x", Some("/a/.hidden/..x")),
             ("/plain/path?q", Some("/plain/path?q")),

@@ -58,7 +58,17 @@ pub struct ChunkScanner {
     /// Bytes of the trailer section so far, and its limit.
     trailer: u32,
     max_trailer: u32,
+    /// A request's trailers may not carry fields that frame, route or
+    /// authorise the request ([`forbidden_trailer`]): set by `limit_trailers`.
+    strict_trailers: bool,
+    /// The current trailer field's name, lowercased, while it is short
+    /// enough to be a forbidden one (`name_len` past the array: it is not).
+    name: [u8; NAME_MAX],
+    name_len: u8,
 }
+
+/// The longest forbidden trailer name, `proxy-authorization`, fits.
+const NAME_MAX: usize = 20;
 
 /// Chunk extensions a body may carry in all (hyper's limit): finguard
 /// ignores them, so they are bounded rather than relayed without end.
@@ -84,14 +94,19 @@ impl Framing {
             ext: 0,
             trailer: 0,
             max_trailer: DEFAULT_MAX_TRAILER,
+            strict_trailers: false,
+            name: [0; NAME_MAX],
+            name_len: 0,
         })
     }
 
-    /// Holds a chunked body's trailer section to `max` bytes (a request's
-    /// are counted against `max_header_bytes`).
+    /// Holds a request's chunked trailer section to `max` bytes (counted
+    /// against `max_header_bytes`) and refuses trailer fields a request may
+    /// not carry there ([`forbidden_trailer`]).
     pub fn limit_trailers(&mut self, max: usize) {
         if let Framing::Chunked(c) = self {
             c.max_trailer = u32::try_from(max).unwrap_or(u32::MAX);
+            c.strict_trailers = true;
         }
     }
 
@@ -193,7 +208,10 @@ impl ChunkScanner {
             // RFC 9112 §7.1.1: `chunk-size [ BWS ";" ext ]`: whitespace after
             // the size may only lead to `;` or the line end. Anything else
             // (`b /smuggled HTTP/1.1`) is a malformed body, not an extension.
-            (Size | SizeWs, b' ' | b'\t') => SizeWs,
+            (Size | SizeWs, b' ' | b'\t') => {
+                self.extension()?; // bounded as extensions are
+                SizeWs
+            }
             (Size | SizeWs | Ext, b';') => self.extension()?,
             (Size | SizeWs | Ext, b'\r') => SizeLf,
             (Ext, b) if b != b'\n' && (b == b'\t' || !b.is_ascii_control()) => self.extension()?,
@@ -205,8 +223,11 @@ impl ChunkScanner {
             // of visible bytes, spaces and tabs (RFC 9110 §5.5). A line
             // starting with whitespace (obs-fold) or a control byte, or
             // one without a colon, is no header.
-            (TrailerStart | TrailerName, b) if is_tchar(b) => TrailerName,
-            (TrailerName, b':') => TrailerValue,
+            (TrailerStart | TrailerName, b) if is_tchar(b) => {
+                self.name_byte(b);
+                TrailerName
+            }
+            (TrailerName, b':') => self.end_of_trailer_name()?,
             (TrailerValue, b'\r') => TrailerLf,
             (TrailerValue, b) if b == b'\t' || b >= 0x20 && b != 0x7f => TrailerValue,
             (TrailerLf, b'\n') => TrailerStart,
@@ -224,6 +245,22 @@ impl ChunkScanner {
         Ok(Chunk::Ext)
     }
 
+    fn name_byte(&mut self, b: u8) {
+        if let Some(slot) = self.name.get_mut(usize::from(self.name_len)) {
+            *slot = b.to_ascii_lowercase();
+        }
+        self.name_len = self.name_len.saturating_add(1);
+    }
+
+    fn end_of_trailer_name(&mut self) -> Result<Chunk, BodyFault> {
+        let name = self.name.get(..usize::from(self.name_len)).unwrap_or_default();
+        self.name_len = 0;
+        if self.strict_trailers && forbidden_trailer(name) {
+            return Err(BodyFault::Malformed);
+        }
+        Ok(Chunk::TrailerValue)
+    }
+
     fn end_of_size_line(&mut self) -> Result<Chunk, BodyFault> {
         self.digits = 0;
         if self.size == 0 {
@@ -235,6 +272,33 @@ impl ChunkScanner {
         }
         Ok(Chunk::Data)
     }
+}
+
+/// Fields that may not be sent in a trailer section (RFC 9110 §6.5.1):
+/// those that frame the message, route it, authorise it, say how to read
+/// its content, or belong to one connection. A backend that merges
+/// trailers into the head would otherwise take them as the request's.
+pub fn forbidden_trailer(name: &[u8]) -> bool {
+    const NAMES: [&[u8]; 17] = [
+        b"content-length",
+        b"transfer-encoding",
+        b"trailer",
+        b"host",
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"set-cookie",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"upgrade",
+        b"expect",
+    ];
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// A byte of a token (RFC 9110 §5.6.2): what a field name is made of.
@@ -310,10 +374,37 @@ mod tests {
         f.limit_trailers(16);
         let long = format!("0\r\nX-T: {}\r\n\r\n", "a".repeat(20));
         assert_eq!(f.consume(long.as_bytes()), Err(BodyFault::Malformed));
+        let ws = format!("1{}\r\nx\r\n", " ".repeat(MAX_EXTENSIONS as usize + 1));
+        assert_eq!(Framing::chunked(100).consume(ws.as_bytes()), Err(BodyFault::Malformed));
         let ext = format!("1;{}\r\nx\r\n", "e".repeat(MAX_EXTENSIONS as usize));
         assert_eq!(Framing::chunked(100).consume(ext.as_bytes()), Err(BodyFault::Malformed));
         let small = "1;e=1\r\nx\r\n".repeat(100) + "0\r\n\r\n";
         assert_eq!(Framing::chunked(1000).consume(small.as_bytes()), Ok(small.len()));
+    }
+
+    #[test]
+    fn a_request_trailer_may_not_frame_route_or_authorise() {
+        for name in [
+            "Host",
+            "content-length",
+            "Authorization",
+            "PROXY-AUTHORIZATION",
+            "Transfer-Encoding",
+        ] {
+            let body = format!("1\r\nx\r\n0\r\nX-Ok: 1\r\n{name}: v\r\n\r\n");
+            let mut f = Framing::chunked(100);
+            f.limit_trailers(1024);
+            assert_eq!(f.consume(body.as_bytes()), Err(BodyFault::Malformed), "{name}");
+            assert_eq!(
+                scan_bytewise(body.as_bytes(), 100).map(|_| ()),
+                Ok(()),
+                "a response's are relayed"
+            );
+        }
+        let ok = b"0\r\nX-Checksum: 1\r\nHostname-Like-But-Longer-Than-Twenty: 2\r\nHosts: 3\r\n\r\n";
+        let mut f = Framing::chunked(100);
+        f.limit_trailers(1024);
+        assert_eq!(f.consume(ok), Ok(ok.len()));
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub enum Reject {
     BodyTooLarge,
     /// 417: an `Expect` other than `100-continue`.
     Expectation,
+    /// 501: `CONNECT`. finguard is not a forward proxy; a tunnel to a
+    /// host the client names must never reach the backend, nor a backend
+    /// connection that became one be pooled.
+    Connect,
 }
 
 /// Finds the end of the head in `buf`. `Ok(None)`: not complete yet.
@@ -146,6 +150,9 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     }
     let http10 = req.version == Some(0);
     let method = req.method.unwrap_or("");
+    if method == "CONNECT" {
+        return Err(Reject::Connect);
+    }
     let base = &buf[..len];
     let mut seen = Seen {
         http10,
@@ -309,7 +316,9 @@ impl Seen {
 /// reg-name (unreserved, percent-encoded and sub-delimiter bytes) or an
 /// `[IP-literal]`, then an optional `:port`. Empty is allowed (a target
 /// without authority). `..` is refused as Apache refuses it: no host name
-/// has an empty label, and a backend may take it for a path.
+/// has an empty label, and a backend may take it for a path. `,` is
+/// refused too: it is how two `Host` fields read when joined into one, and
+/// no DNS name has it.
 pub fn valid_host(v: &[u8]) -> bool {
     let (name, port) = match v.first() {
         Some(b'[') => match v.iter().position(|&b| b == b']') {
@@ -336,21 +345,7 @@ pub fn valid_host(v: &[u8]) -> bool {
         b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
+                b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'='
             )
     });
     port_ok && name_ok && !name.windows(2).any(|w| w == b"..")

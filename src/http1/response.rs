@@ -125,6 +125,11 @@ pub enum Parsed {
     Final(Shaped),
 }
 
+/// More interim (1xx) responses than this before the final one is a bad
+/// response: a backend that floods them is broken or hostile, and no real
+/// one sends more than a few (100 Continue, 102, 103 Early Hints).
+pub const MAX_INTERIM: u32 = 32;
+
 /// Response headers never relayed as they came.
 fn hop_by_hop(name: &[u8]) -> bool {
     const NAMES: [&[u8]; 7] = [
@@ -158,9 +163,12 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     if (100..200).contains(&status) && status != 101 {
         // Rewritten as a final head is: hop-by-hop fields are not relayed
         // (RFC 9110 §7.6.1), and every line ends in CRLF.
-        if !view.http10 {
+        // Not to a client treated as HTTP/1.0 either (RFC 9110 §15.2: a
+        // server must not send 1xx to an HTTP/1.0 client), which a
+        // `downgrade_1_0` or `force_response_1_0` rule says it is.
+        if !(view.http10 || view.downgrade_1_0 || view.force_response_1_0) {
             status_line(out, "HTTP/1.1", status, resp.reason);
-            copy_headers(out, resp.headers, &named, false);
+            copy_headers(out, resp.headers, &named, Fields::Interim);
             out.extend_from_slice(b"\r\n");
         }
         return Ok(Parsed::Interim(len));
@@ -170,7 +178,7 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
             return Err(BadResponse("switched protocols without being asked"));
         }
         status_line(out, "HTTP/1.1", status, resp.reason);
-        copy_headers(out, resp.headers, &named, false);
+        copy_headers(out, resp.headers, &named, Fields::Interim);
         out.extend_from_slice(b"Connection: upgrade\r\n");
         if let Some(u) = upgrade {
             put(out, b"Upgrade", u);
@@ -183,7 +191,12 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
     reuse.close |= backend_body == BodyMode::Close;
     let keepalive = view.keepalive && !matches!(client_body, ClientBody::ChunkedDecode | ClientBody::Close);
     status_line(out, if v10 { "HTTP/1.0" } else { "HTTP/1.1" }, status, resp.reason);
-    copy_headers(out, resp.headers, &named, client_body == ClientBody::ChunkedPass);
+    let fields = match (status, client_body) {
+        (204, _) => Fields::Interim,
+        (_, ClientBody::ChunkedPass) => Fields::Chunked,
+        _ => Fields::Final,
+    };
+    copy_headers(out, resp.headers, &named, fields);
     if client_body == ClientBody::ChunkedPass {
         out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
     }
@@ -390,8 +403,8 @@ pub fn parse_h2(buf: &[u8], head_request: bool) -> Result<Parsed2, BadResponse> 
     let mut length_seen = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if is_framing(name) && std::mem::replace(&mut length_seen, true) {
-            continue; // a repeated equal length goes out once
+        if is_framing(name) && (status == 204 || std::mem::replace(&mut length_seen, true)) {
+            continue; // a repeated equal length goes out once; a 204 has none
         }
         let trailer = body == BodyMode::Chunked && name.eq_ignore_ascii_case(b"trailer");
         if (hop_by_hop(name) && !trailer) || sc.named.iter().any(|n| n.eq_ignore_ascii_case(name)) {
@@ -439,11 +452,26 @@ pub fn push_num(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-fn copy_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: &[&[u8]], keep_trailer: bool) {
+/// Which fields a relayed head may carry besides the end-to-end ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fields {
+    /// A 1xx, 101 or 204: no `Content-Length` (RFC 9110 §8.6).
+    Interim,
+    /// A final head with its length, if the backend sent one.
+    Final,
+    /// A chunked body passed on: its `Trailer` field too.
+    Chunked,
+}
+
+fn copy_headers(out: &mut Vec<u8>, headers: &[httparse::Header<'_>], named: &[&[u8]], copy: Fields) {
+    let keep_trailer = copy == Fields::Chunked;
     let mut length_seen = false;
     for h in headers {
         let name = h.name.as_bytes();
         if is_framing(name) {
+            if copy == Fields::Interim {
+                continue;
+            }
             // Repeated equal lengths (unequal ones were refused) go out as
             // one: some clients refuse a repeated Content-Length.
             if std::mem::replace(&mut length_seen, true) {

@@ -8,6 +8,7 @@
 
 pub mod apache;
 mod backend;
+pub mod h2_client;
 mod proxy;
 pub mod tls;
 mod wire;
