@@ -18,8 +18,9 @@
 //! Every close but an abort starts with GOAWAY (hyper's graceful shutdown:
 //! GOAWAY and a PING, the final GOAWAY when the PING is acked) and lets the
 //! open streams end. hyper waits for that ack without a deadline, so once no
-//! stream is open a client silent for `linger_timeout` is dropped and closed
-//! the configured way: GOAWAY and its PING are HTTP/2's half of a lingering
+//! stream is open a client silent for `linger_timeout` (`linger_time` when it
+//! was sent enough to be still reading it: see [`ack_wait`]) is dropped and
+//! closed the configured way: GOAWAY and its PING are HTTP/2's half of a lingering
 //! close, and a silent client must not hold its permit, or a drain, forever.
 //!
 //! Abuse limits: concurrent streams, header list size (`max_header_bytes`),
@@ -223,11 +224,37 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
             debug!(peer = %conn.peer, "HTTP/2 client opens streams past GOAWAY; aborting");
             true
         }
-        () = quiet_for(conn, goaway, || conn.settings().close.linger_timeout) => {
+        () = ack_wait(conn, goaway) => {
             debug!(peer = %conn.peer, "HTTP/2 client did not ack GOAWAY's PING; closing");
             false
         }
     }
+}
+
+/// Response bytes past which a client may still be reading what it was
+/// sent when it falls silent: more than a receive buffer takes at once.
+const UNREAD_ALLOWANCE: u64 = 256 * 1024;
+
+/// The wait for GOAWAY's PING to be acked, once no stream is open (counted
+/// from `since` at the earliest): `linger_timeout`, or `linger_time` for a
+/// connection that was sent more than [`UNREAD_ALLOWANCE`]. A slow reader's
+/// last response may sit in the kernel's buffers, the client's own receive
+/// buffer among them, long after h2 wrote it, and the ack cannot come
+/// before the client has read that far; nothing the server sees moves
+/// meanwhile (its window opens in rare steps). Closing after
+/// `linger_timeout` cut the tail of such downloads (or reset them when the
+/// client acked at last). A client silent after small answers is still let
+/// go after `linger_timeout`; the rest are held no longer than a lingering
+/// close would be.
+async fn ack_wait(conn: &H2Conn, since: Instant) {
+    let close = conn.settings().close;
+    let sent = conn.track.entry.bytes_out.load(Ordering::Relaxed);
+    let limit = if sent > UNREAD_ALLOWANCE {
+        close.linger_time
+    } else {
+        close.linger_timeout
+    };
+    quiet_for(conn, since, || limit).await;
 }
 
 /// Resolves when a response frame has waited for the client for `limit`
