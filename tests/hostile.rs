@@ -314,3 +314,27 @@ fn an_http2_request_gets_its_user_agent_rules_larger_head_limit() {
     assert_eq!(send("Other/1"), 431);
     assert_eq!(backend.heads().len(), 1);
 }
+
+#[test]
+fn a_fragment_or_a_stray_asterisk_in_the_target_is_refused() {
+    let admin = Backend::start(Reply::Ok);
+    let web = Backend::start(Reply::Ok);
+    let p = Proxy::start_args(&admin_routes(admin.addr, web.addr), &[]);
+    // Apache answers 400 to a `#`, nginx serves /web/x: normalised whole,
+    // it was routed to admin as /admin/x. `GET *` is a 400 in both.
+    for line in [
+        "GET /web/x#/../../admin/x",
+        "GET /web/x#frag",
+        "GET http://a/web/x#/../../admin/x",
+        "GET *",
+        "POST *",
+    ] {
+        let r = request(
+            p.addr,
+            &format!("{line} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+        );
+        assert_eq!(r.status, 400, "{line}: {}", r.head);
+    }
+    assert!(admin.heads().is_empty(), "admin got {:?}", request_lines(&admin));
+    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
+}
