@@ -338,3 +338,18 @@ fn a_fragment_or_a_stray_asterisk_in_the_target_is_refused() {
     assert!(admin.heads().is_empty(), "admin got {:?}", request_lines(&admin));
     assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
 }
+
+#[test]
+fn a_malformed_escape_cannot_become_an_escaped_dot_behind_the_route() {
+    let admin = Backend::start(Reply::Ok);
+    let web = Backend::start(Reply::Ok);
+    let p = Proxy::start_args(&admin_routes(admin.addr, web.addr), &[]);
+    // Decoded once, `%%32%65` is `%2e`: routed to web, and then Apache
+    // reads /web/%2e%2e/admin/x as /admin/x. Apache and nginx answer 400.
+    for path in ["/web/%%32%65%%32%65/admin/x", "/%%36%31dmin/x", "/web/%zz", "/web/x%4"] {
+        let r = request(p.addr, &format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert_eq!(r.status, 400, "{path}: {}", r.head);
+    }
+    assert!(admin.heads().is_empty(), "admin got {:?}", request_lines(&admin));
+    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
+}
