@@ -96,6 +96,8 @@ fn chunk_size_whitespace_is_bounded_and_request_trailers_cannot_reframe() {
         "1\r\nx\r\n0\r\nHost: admin.test\r\n\r\n".to_string(),
         "1\r\nx\r\n0\r\nContent-Length: 99\r\n\r\n".to_string(),
         "1\r\nx\r\n0\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n\r\n".to_string(),
+        "1\r\nx\r\n0\r\nX-Forwarded-For: 10.9.8.7\r\n\r\n".to_string(),
+        "1\r\nx\r\n0\r\nforwarded: for=10.9.8.7\r\n\r\n".to_string(),
     ];
     for body in &cases {
         let mut s = p.connect();
