@@ -96,6 +96,8 @@ fn chunk_size_whitespace_is_bounded_and_request_trailers_cannot_reframe() {
         "1\r\nx\r\n0\r\nHost: admin.test\r\n\r\n".to_string(),
         "1\r\nx\r\n0\r\nContent-Length: 99\r\n\r\n".to_string(),
         "1\r\nx\r\n0\r\nAuthorization: Basic YWRtaW46YWRtaW4=\r\n\r\n".to_string(),
+        "1\r\nx\r\n0\r\nX-Forwarded-For: 10.9.8.7\r\n\r\n".to_string(),
+        "1\r\nx\r\n0\r\nforwarded: for=10.9.8.7\r\n\r\n".to_string(),
     ];
     for body in &cases {
         let mut s = p.connect();
@@ -313,4 +315,43 @@ fn an_http2_request_gets_its_user_agent_rules_larger_head_limit() {
     assert_eq!(send("BigHeads/1"), 200);
     assert_eq!(send("Other/1"), 431);
     assert_eq!(backend.heads().len(), 1);
+}
+
+#[test]
+fn a_fragment_or_a_stray_asterisk_in_the_target_is_refused() {
+    let admin = Backend::start(Reply::Ok);
+    let web = Backend::start(Reply::Ok);
+    let p = Proxy::start_args(&admin_routes(admin.addr, web.addr), &[]);
+    // Apache answers 400 to a `#`, nginx serves /web/x: normalised whole,
+    // it was routed to admin as /admin/x. `GET *` is a 400 in both.
+    for line in [
+        "GET /web/x#/../../admin/x",
+        "GET /web/x#frag",
+        "GET http://a/web/x#/../../admin/x",
+        "GET *",
+        "POST *",
+    ] {
+        let r = request(
+            p.addr,
+            &format!("{line} HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+        );
+        assert_eq!(r.status, 400, "{line}: {}", r.head);
+    }
+    assert!(admin.heads().is_empty(), "admin got {:?}", request_lines(&admin));
+    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
+}
+
+#[test]
+fn a_malformed_escape_cannot_become_an_escaped_dot_behind_the_route() {
+    let admin = Backend::start(Reply::Ok);
+    let web = Backend::start(Reply::Ok);
+    let p = Proxy::start_args(&admin_routes(admin.addr, web.addr), &[]);
+    // Decoded once, `%%32%65` is `%2e`: routed to web, and then Apache
+    // reads /web/%2e%2e/admin/x as /admin/x. Apache and nginx answer 400.
+    for path in ["/web/%%32%65%%32%65/admin/x", "/%%36%31dmin/x", "/web/%zz", "/web/x%4"] {
+        let r = request(p.addr, &format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert_eq!(r.status, 400, "{path}: {}", r.head);
+    }
+    assert!(admin.heads().is_empty(), "admin got {:?}", request_lines(&admin));
+    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
 }

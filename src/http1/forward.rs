@@ -89,7 +89,7 @@ pub fn normalize(target: &[u8]) -> Result<Cow<'_, [u8]>, Reject> {
     if !path.starts_with(b"/") || !suspicious {
         return Ok(Cow::Borrowed(target));
     }
-    let path = decode_unreserved(path);
+    let path = decode_unreserved(path)?;
     let mut kept: Vec<&[u8]> = Vec::new();
     let mut trailing = false;
     for seg in path[1..].split(|&b| b == b'/') {
@@ -120,15 +120,21 @@ pub fn normalize(target: &[u8]) -> Result<Cow<'_, [u8]>, Reject> {
 }
 
 /// `%XX` decoded where it stands for an unreserved character (ALPHA,
-/// DIGIT, `-._~`); any other escape is kept as it came.
-fn decode_unreserved(path: &[u8]) -> Vec<u8> {
+/// DIGIT, `-._~`); any other escape is kept as it came. A `%` without two
+/// hex digits is refused, as Apache and nginx refuse it: decoded once,
+/// `%%32%65` became `%2e`, a dot to the backend that the route never saw.
+fn decode_unreserved(path: &[u8]) -> Result<Vec<u8>, Reject> {
     let mut out = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
         let decoded = match path.get(i..i + 3) {
-            Some([b'%', h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h << 4 | l),
+            _ if path[i] != b'%' => None,
+            Some([_, h, l]) => hex(*h).zip(hex(*l)).map(|(h, l)| h << 4 | l),
             _ => None,
         };
+        if path[i] == b'%' && decoded.is_none() {
+            return Err(Reject::Bad("malformed percent-encoding in the request path"));
+        }
         match decoded {
             Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
                 out.push(b);
@@ -140,7 +146,7 @@ fn decode_unreserved(path: &[u8]) -> Vec<u8> {
             }
         }
     }
-    out
+    Ok(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -408,7 +414,9 @@ mod tests {
             ("//admin/x", Some("/admin/x")),
             ("/%61dmin/%7Eu%2Fv%20w", Some("/admin/~u%2Fv%20w")),
             ("/a/%2E%2e/%2e/b//", Some("/b/")),
-            ("/%zz/%4", Some("/%zz/%4")),
+            ("/%zz/%4", None),
+            ("/a/%%32%65%%32%65/b", None),
+            ("/a/%25%32%65/b", Some("/a/%252e/b")),
             ("/a/...", Some("/a/...")),
             ("/a/.hidden/..x", Some("/a/.hidden/..x")),
             ("/plain/path?q", Some("/plain/path?q")),

@@ -277,9 +277,11 @@ impl ChunkScanner {
 /// Fields that may not be sent in a trailer section (RFC 9110 §6.5.1):
 /// those that frame the message, route it, authorise it, say how to read
 /// its content, or belong to one connection. A backend that merges
-/// trailers into the head would otherwise take them as the request's.
+/// trailers into the head would otherwise take them as the request's; the
+/// same goes for the client-address fields finguard itself writes in the
+/// head, which a backend may authorise on (mod_remoteip, `Require ip`).
 pub fn forbidden_trailer(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 17] = [
+    const NAMES: [&[u8]; 21] = [
         b"content-length",
         b"transfer-encoding",
         b"trailer",
@@ -297,6 +299,10 @@ pub fn forbidden_trailer(name: &[u8]) -> bool {
         b"te",
         b"upgrade",
         b"expect",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
     ];
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }

@@ -153,6 +153,18 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     if method == "CONNECT" {
         return Err(Reject::Connect);
     }
+    let target = req.path.unwrap_or("");
+    // A fragment is never sent (RFC 9112 §3.2). Apache answers 400, nginx
+    // cuts the path at `#`: normalised whole, `/web/x#/../../admin/x` would
+    // be routed as `/admin/x`, a path neither of them reads there.
+    if target.contains('#') {
+        return Err(Reject::Bad("fragment in the request target"));
+    }
+    // The asterisk form is for OPTIONS only (RFC 9112 §3.2.4), as Apache and
+    // nginx hold it.
+    if target == "*" && method != "OPTIONS" {
+        return Err(Reject::Bad("asterisk-form target on a method other than OPTIONS"));
+    }
     let base = &buf[..len];
     let mut seen = Seen {
         http10,
@@ -171,7 +183,7 @@ pub fn parse(buf: &[u8], len: usize, max_body: u64, want_ua: bool, want_referer:
     let framing = seen.framing(max_body)?;
     Ok(Head {
         method: Span::of(base, method.as_bytes()),
-        target: Span::of(base, req.path.unwrap_or("").as_bytes()),
+        target: Span::of(base, target.as_bytes()),
         headers: spans,
         host: seen.host,
         expect_continue: seen.expect_continue,
