@@ -26,6 +26,7 @@
 //! - [`metrics`]: every exported metric and label value, declared once
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
+//! - [`exposition`]: /metrics' two text formats (OpenMetrics, classic), chosen by `Accept`
 //! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
 //! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state, an inherited descriptor)
@@ -44,6 +45,7 @@ pub mod config;
 pub mod downstream;
 pub mod error;
 pub mod exchange;
+pub mod exposition;
 pub mod handoff;
 pub mod http1;
 pub mod lifecycle;
