@@ -31,6 +31,7 @@
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
 //! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state, an inherited descriptor)
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
+//! - [`compare`]: `finguard compare`: a client mix against several targets, HTML/JSON report
 //! - [`cli`]: the `finguard` command line (arguments, subcommands, exit codes)
 //! - [`handoff`]: binary upgrade: the listening sockets handed to a new process
 //! - [`lifecycle`]: a running process: runtime, signals (SIGHUP reload, SIGTERM drain)
@@ -41,6 +42,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod census;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod downstream;
 pub mod error;

@@ -100,4 +100,3 @@ async fn naive_conn(mut s: TcpStream) {
         }
     }
 }
-
