@@ -362,13 +362,11 @@ fn compare(a: CompareArgs) -> ExitCode {
     }
     let Some(rt) = runtime() else { return ExitCode::from(2) };
     let report = rt.block_on(async {
-        if let Err(e) = compare::check_reachable(&opts.targets).await {
-            return Err(e);
-        }
+        compare::check_reachable(&opts.targets).await?;
         let mut progress = compare::progress::Progress::new(opts.targets.len());
         let r = compare::run(opts, ctrl_c_token(), |t| progress.tick(t)).await;
         progress.finish();
-        Ok(r)
+        Ok::<_, String>(r)
     });
     let report = match report {
         Ok(r) => r,

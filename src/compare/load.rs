@@ -243,7 +243,7 @@ impl Worker {
             Err((Cut::Eof | Cut::Reset, true)) if reused => {
                 stats.requests.retried += 1;
                 *conn = None;
-                self.exchange(conn).await.map_or_else(|(cut, _)| fate_of(cut), |f| f)
+                self.exchange(conn).await.unwrap_or_else(|(cut, _)| fate_of(cut))
             }
             Err((cut, _)) => fate_of(cut),
             Ok(f) => f,

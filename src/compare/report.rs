@@ -50,7 +50,7 @@ pub fn html(r: &Report) -> String {
     o.push_str("<h2>TCP states over time</h2>\n");
     for t in &r.targets {
         for c in &t.census {
-            let _ = write!(o, "<figure>{}</figure>\n", plots::census(&t.name, c));
+            let _ = writeln!(o, "<figure>{}</figure>", plots::census(&t.name, c));
         }
     }
     o.push_str(&scenarios(r));
@@ -79,7 +79,7 @@ fn parameters(r: &Report) -> String {
         esc(&r.command)
     );
     for t in &r.targets {
-        let _ = write!(o, "<tr><td>{}</td><td>{}</td></tr>\n", esc(&t.name), esc(&t.addr));
+        let _ = writeln!(o, "<tr><td>{}</td><td>{}</td></tr>", esc(&t.name), esc(&t.addr));
     }
     o.push_str("</table>\n");
     o
@@ -125,9 +125,9 @@ fn scenarios(r: &Report) -> String {
     );
     for t in &r.targets {
         for s in &t.scenarios {
-            let _ = write!(
+            let _ = writeln!(
                 o,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&t.name),
                 s.scenario.name(),
                 s.connections,
