@@ -43,8 +43,9 @@ pub const MAX_LOAD_CONNECTIONS: usize = 2_000;
 pub const MAX_TARGETS: usize = 8;
 /// Connections of a scenario named in `--mix` without a count.
 pub const DEFAULT_MIX_COUNT: usize = 10;
-/// How often the census and the progress line are taken.
-const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the census is taken: fine enough to see a 1 s keep-alive
+/// timeout's effect, one small /proc read each time.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 /// How long a connect may take before the target counts as unreachable.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
@@ -121,7 +122,7 @@ pub struct TargetReport {
     pub elapsed_s: f64,
     pub requests: Requests,
     pub statuses: BTreeMap<u16, u64>,
-    /// Answered per second of the run.
+    /// Answered per second of the load's run (the duration, or less when stopped early).
     pub throughput_rps: f64,
     /// Milliseconds from the intended send time to the whole response.
     pub latency_ms: Latency,
@@ -237,6 +238,7 @@ async fn run_target(
     progress: &mut impl FnMut(&Tick),
 ) -> TargetReport {
     let ports = watched(opts, t);
+    let before = sample(&ports, 0.0);
     let start = Instant::now();
     let live = Arc::new(load::Live::default());
     let load_opts = load::LoadOptions {
@@ -247,19 +249,7 @@ async fn run_target(
         path: opts.path.clone(),
     };
     let load_task = tokio::spawn(load::run(load_opts, start, live.clone(), stop.clone()));
-    let scenario_tasks: Vec<_> = opts
-        .mix
-        .iter()
-        .map(|m| {
-            let o = simulate::Options {
-                connections: m.connections,
-                duration: opts.duration,
-                path: opts.path.clone(),
-                ..simulate::Options::new(t.addr, m.scenario)
-            };
-            tokio::spawn(simulate::run_held(o, stop.clone()))
-        })
-        .collect();
+    let scenario_tasks = spawn_scenarios(opts, t, stop);
     let work = async {
         let load = load_task.await.ok();
         let mut scenarios = Vec::new();
@@ -271,8 +261,9 @@ async fn run_target(
         (load, scenarios)
     };
     tokio::pin!(work);
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ports.len()];
+    let mut samples: Vec<Vec<Sample>> = before.into_iter().map(|s| vec![s]).collect();
     let mut tick = tokio::time::interval_at(start + SAMPLE_EVERY, SAMPLE_EVERY);
+    let mut shown = 0;
     let (load, scenarios) = loop {
         tokio::select! {
             done = &mut work => break done,
@@ -281,7 +272,10 @@ async fn run_target(
                 for (i, s) in sample(&ports, now.as_secs_f64()).into_iter().enumerate() {
                     samples[i].push(s);
                 }
-                progress(&live.tick(index, &t.name, now.min(opts.duration), opts.duration));
+                if now.as_secs() > shown {
+                    shown = now.as_secs();
+                    progress(&live.tick(index, &t.name, now.min(opts.duration), opts.duration));
+                }
             }
         }
     };
@@ -308,7 +302,29 @@ async fn run_target(
         .collect();
     drop(held_load);
     drop(scenarios); // the scenarios' sockets close now
-    target_report(t, elapsed, stats, census, outcomes)
+                     // The load's window: the scenarios' final probes may end a moment later.
+    let window = elapsed.min(opts.duration);
+    target_report(t, elapsed, window, stats, census, outcomes)
+}
+
+/// The buggy clients of the mix, each scenario with its own count.
+fn spawn_scenarios(
+    opts: &Options,
+    t: &Target,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<(simulate::Report, simulate::Held)>> {
+    opts.mix
+        .iter()
+        .map(|m| {
+            let o = simulate::Options {
+                connections: m.connections,
+                duration: opts.duration,
+                path: opts.path.clone(),
+                ..simulate::Options::new(t.addr, m.scenario)
+            };
+            tokio::spawn(simulate::run_held(o, stop.clone()))
+        })
+        .collect()
 }
 
 fn port_census(port: u16, role: &'static str, mut samples: Vec<Sample>, end: Sample) -> PortCensus {
@@ -342,6 +358,7 @@ fn ms(us: u64) -> f64 {
 fn target_report(
     t: &Target,
     elapsed: Duration,
+    window: Duration,
     stats: load::Stats,
     census: Vec<PortCensus>,
     scenarios: Vec<ScenarioOutcome>,
@@ -368,6 +385,7 @@ fn target_report(
             .collect()
     };
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let window_s = window.as_secs_f64().max(1e-9);
     let scenario_responses_lost = scenarios
         .iter()
         .map(|s| s.responses_lost_to_reset + s.responses_missing)
@@ -376,7 +394,7 @@ fn target_report(
         name: t.name.clone(),
         addr: t.addr.to_string(),
         elapsed_s: (secs * 1000.0).round() / 1000.0,
-        throughput_rps: (stats.requests.answered as f64 / secs * 10.0).round() / 10.0,
+        throughput_rps: (stats.requests.answered as f64 / window_s * 10.0).round() / 10.0,
         requests: stats.requests,
         statuses: stats.statuses,
         latency_ms,

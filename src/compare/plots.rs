@@ -96,7 +96,7 @@ fn linear(l: &Lines, integer_y: bool) -> String {
             .x_desc(l.x_desc)
             .y_desc(l.y_desc)
             .axis_desc_style(("sans-serif", 16))
-            .label_style(("sans-serif", 13))
+            .label_style(("sans-serif", 14))
             .y_label_formatter(&|v| if integer_y { format!("{v:.0}") } else { format!("{v}") })
             .draw();
         draw_series(&mut c, &l.series);
@@ -141,7 +141,7 @@ pub fn latency(targets: &[TargetReport]) -> String {
             .x_desc("percentile (%)")
             .y_desc("latency (ms, log scale)")
             .axis_desc_style(("sans-serif", 16))
-            .label_style(("sans-serif", 13))
+            .label_style(("sans-serif", 14))
             .x_labels(6)
             .x_label_formatter(&|x| {
                 let p = 100.0 * (1.0 - 10f64.powf(-x));
