@@ -79,14 +79,16 @@ fn linear(l: &Lines, integer_y: bool) -> String {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         let _ = root.fill(&WHITE);
         let (x0, x1, _, y1) = bounds(&l.series);
+        // Headroom above the highest line, where the legend sits.
         let top = if integer_y {
-            (y1 * 1.15).ceil().max(1.0)
+            (y1 * 1.45).ceil().max(2.0)
         } else {
-            y1 * 1.15
+            y1 * 1.45
         };
         let built = ChartBuilder::on(&root)
             .caption(l.caption, ("sans-serif", 20))
             .margin(15)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(x0.min(0.0)..x1, 0f64..top);
@@ -124,7 +126,8 @@ pub fn latency(targets: &[TargetReport]) -> String {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
         let _ = root.fill(&WHITE);
         let (_, _, y0, y1) = bounds(&series);
-        let y: plotters::coord::combinators::LogCoord<f64> = (y0.max(0.001) * 0.8..y1 * 1.5).log_scale().into();
+        let y: plotters::coord::combinators::LogCoord<f64> =
+            (y0.max(0.001) * 0.8..y1 * 1.5).log_scale().base(2.0).into();
         let x: RangedCoordf64 = (0f64..5.0).into();
         let built = ChartBuilder::on(&root)
             .caption(
@@ -132,6 +135,7 @@ pub fn latency(targets: &[TargetReport]) -> String {
                 ("sans-serif", 20),
             )
             .margin(15)
+            .margin_right(40)
             .x_label_area_size(50)
             .y_label_area_size(70)
             .build_cartesian_2d(x, y);
@@ -143,11 +147,12 @@ pub fn latency(targets: &[TargetReport]) -> String {
             .axis_desc_style(("sans-serif", 16))
             .label_style(("sans-serif", 14))
             .x_labels(6)
+            .y_labels(12)
             .x_label_formatter(&|x| {
                 let p = 100.0 * (1.0 - 10f64.powf(-x));
                 format!("{}", (p * 1000.0).round() / 1000.0)
             })
-            .y_label_formatter(&|v| format!("{v}"))
+            .y_label_formatter(&|v| format!("{}", (v * 1000.0).round() / 1000.0))
             .draw();
         draw_series(&mut c, &series);
         let _ = root.present();

@@ -39,7 +39,9 @@ pub fn html(r: &Report) -> String {
     o.push_str(
         "<p>Ratios are against the first target. Latency runs from the time a request was due \
          (constant arrival rate), so waiting for a free connection counts. Census: the port's \
-         server-side sockets, once a second and at the end with every client socket still open.</p>\n",
+         server-side sockets (those whose local port it is), every 250 ms and at the end with every \
+         client socket still open; it counts whatever is on the port, so a later target's census of \
+         a shared backend port also shows what an earlier run left there (TIME_WAIT lasts 60 s).</p>\n",
     );
     let _ = write!(
         o,
