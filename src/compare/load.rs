@@ -36,6 +36,18 @@ pub struct LoadOptions {
     pub path: String,
 }
 
+impl LoadOptions {
+    pub fn new(o: &super::Options, target: SocketAddr) -> Self {
+        LoadOptions {
+            target,
+            rate: o.rate,
+            duration: o.duration,
+            connections: o.connections,
+            path: o.path.clone(),
+        }
+    }
+}
+
 /// Counters read by the progress line while the run goes on.
 #[derive(Debug, Default)]
 pub struct Live {

@@ -241,13 +241,7 @@ async fn run_target(
     let before = sample(&ports, 0.0);
     let start = Instant::now();
     let live = Arc::new(load::Live::default());
-    let load_opts = load::LoadOptions {
-        target: t.addr,
-        rate: opts.rate,
-        duration: opts.duration,
-        connections: opts.connections,
-        path: opts.path.clone(),
-    };
+    let load_opts = load::LoadOptions::new(opts, t.addr);
     let load_task = tokio::spawn(load::run(load_opts, start, live.clone(), stop.clone()));
     let scenario_tasks = spawn_scenarios(opts, t, stop);
     let work = async {
@@ -289,22 +283,24 @@ async fn run_target(
         .map(|(((port, role), samples), end)| port_census(*port, role, samples, end))
         .collect();
     let (stats, held_load) = load.unwrap_or_default();
-    let outcomes: Vec<ScenarioOutcome> = scenarios
-        .iter()
-        .map(|(r, _)| ScenarioOutcome {
-            scenario: r.scenario,
-            connections: r.connections,
-            requests_sent: r.requests_sent,
-            responses_complete: r.responses_complete,
-            responses_lost_to_reset: r.responses_lost_to_reset,
-            responses_missing: r.responses_missing,
-        })
-        .collect();
+    let outcomes = scenarios.iter().map(|(r, _)| outcome(r)).collect();
+    // Only now may the client sockets close.
     drop(held_load);
-    drop(scenarios); // the scenarios' sockets close now
-                     // The load's window: the scenarios' final probes may end a moment later.
+    drop(scenarios);
+    // The load's window: the scenarios' final probes may end a moment later.
     let window = elapsed.min(opts.duration);
     target_report(t, elapsed, window, stats, census, outcomes)
+}
+
+fn outcome(r: &simulate::Report) -> ScenarioOutcome {
+    ScenarioOutcome {
+        scenario: r.scenario,
+        connections: r.connections,
+        requests_sent: r.requests_sent,
+        responses_complete: r.responses_complete,
+        responses_lost_to_reset: r.responses_lost_to_reset,
+        responses_missing: r.responses_missing,
+    }
 }
 
 /// The buggy clients of the mix, each scenario with its own count.
