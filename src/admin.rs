@@ -6,6 +6,7 @@
 //! never on the request path.
 
 use crate::census;
+use crate::exposition;
 use crate::metrics::SocketSide;
 use crate::shared::{Current, Shared};
 use bytes::Bytes;
@@ -67,11 +68,14 @@ fn route(req: Request<Incoming>, shared: &Shared, listeners: &[SocketAddr]) -> R
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/metrics" => {
             refresh_gauges(shared, listeners);
-            reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                shared.metrics.render(),
-            )
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = exposition::negotiate(accept);
+            let text = shared.metrics.render();
+            let body = match format {
+                exposition::Format::OpenMetrics => text,
+                exposition::Format::Classic => exposition::to_classic(&text),
+            };
+            reply(StatusCode::OK, format.content_type(), body)
         }
         "/census" => {
             let c = census::sides(&census::sockets(), listeners, &backend_addrs(shared));

@@ -35,6 +35,8 @@ enum Cmd {
     Simulate(SimulateArgs),
     /// Zero-setup demonstration on loopback: a naive backend, with and without finguard.
     Demo(DemoArgs),
+    /// A load-testing comparison of several targets under the same client mix, with an HTML report.
+    Compare(CompareArgs),
     /// Write the man page and shell completions (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
@@ -69,6 +71,40 @@ struct SimulateArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args, Debug)]
+struct CompareArgs {
+    /// A server to test, NAME=HOST:PORT (repeatable; run in this order, the
+    /// first is the baseline of the ratios). Only these addresses are contacted.
+    #[arg(long = "target", value_name = "NAME=HOST:PORT", required = true, value_parser = crate::compare::parse_target)]
+    targets: Vec<crate::compare::Target>,
+    /// Buggy clients run alongside the load: simulator scenarios with
+    /// connection counts, e.g. "never-close:20,half-close,slowloris:5" (10 each when no count).
+    #[arg(long, value_name = "SCENARIO[:N],...")]
+    mix: Option<String>,
+    /// Well-behaved GET requests per second, at a constant arrival rate (capped at 50000).
+    #[arg(long, default_value_t = crate::compare::DEFAULT_RATE)]
+    rate: f64,
+    /// How long each target runs, e.g. "10s" (capped at 10m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration_arg)]
+    duration: std::time::Duration,
+    /// Keep-alive connections the well-behaved load may use (capped at 2000).
+    #[arg(long, default_value_t = crate::compare::DEFAULT_LOAD_CONNECTIONS)]
+    connections: usize,
+    /// Path requested.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Count this port's server-side sockets for target NAME, e.g. the
+    /// backend's port behind a front (repeatable; default: the target's port).
+    #[arg(long = "census-port", value_name = "NAME=PORT", value_parser = crate::compare::parse_census_port)]
+    census_ports: Vec<(String, u16)>,
+    /// Write the self-contained HTML report here.
+    #[arg(long, value_name = "FILE.html")]
+    report: Option<PathBuf>,
+    /// Write the numbers as JSON here.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -177,6 +213,7 @@ pub fn main() -> ExitCode {
         Some(Cmd::Health(a)) => health(a),
         Some(Cmd::Simulate(a)) => simulate(a),
         Some(Cmd::Demo(a)) => demo(a),
+        Some(Cmd::Compare(a)) => compare(a),
         Some(Cmd::Generate(a)) => generate(&a.out),
     }
 }
@@ -281,6 +318,82 @@ fn demo(a: DemoArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The command line as typed, quoted where a shell would need it.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b));
+            if plain {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn compare(a: CompareArgs) -> ExitCode {
+    use crate::compare;
+    let mix = match compare::parse_mix(a.mix.as_deref().unwrap_or("")) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("finguard compare: --mix: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let opts = compare::Options {
+        mix,
+        rate: a.rate,
+        duration: a.duration,
+        connections: a.connections,
+        path: a.path,
+        census_ports: a.census_ports.into_iter().collect(),
+        command: command_line(),
+        ..compare::Options::new(a.targets)
+    };
+    if let Err(e) = opts.validate() {
+        eprintln!("finguard compare: {e}");
+        return ExitCode::from(1);
+    }
+    let Some(rt) = runtime() else { return ExitCode::from(2) };
+    let report = rt.block_on(async {
+        compare::check_reachable(&opts.targets).await?;
+        let mut progress = compare::progress::Progress::new(opts.targets.len());
+        let r = compare::run(opts, ctrl_c_token(), |t| progress.tick(t)).await;
+        progress.finish();
+        Ok::<_, String>(r)
+    });
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("finguard compare: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    print!("{}", compare::summary::table(&report));
+    let mut code = ExitCode::SUCCESS;
+    if let Some(path) = &a.json {
+        let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("finguard compare: --json {}: {e}", path.display());
+            code = ExitCode::from(2);
+        }
+    }
+    if let Some(path) = &a.report {
+        match std::fs::write(path, compare::report::html(&report)) {
+            Ok(()) => eprintln!("finguard compare: report written to {}", path.display()),
+            Err(e) => {
+                eprintln!("finguard compare: --report {}: {e}", path.display());
+                code = ExitCode::from(2);
+            }
+        }
+    }
+    code
 }
 
 fn census(a: CensusArgs) -> ExitCode {

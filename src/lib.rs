@@ -26,10 +26,12 @@
 //! - [`metrics`]: every exported metric and label value, declared once
 //! - [`census`]: TCP sockets by state from /proc/net/tcp{,6}
 //! - [`admin`]: /healthz, /metrics, /census, /connections
+//! - [`exposition`]: /metrics' two text formats (OpenMetrics, classic), chosen by `Accept`
 //! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
 //! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state, an inherited descriptor)
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
+//! - [`compare`]: `finguard compare`: a client mix against several targets, HTML/JSON report
 //! - [`cli`]: the `finguard` command line (arguments, subcommands, exit codes)
 //! - [`handoff`]: binary upgrade: the listening sockets handed to a new process
 //! - [`lifecycle`]: a running process: runtime, signals (SIGHUP reload, SIGTERM drain)
@@ -40,10 +42,12 @@ pub mod accesslog;
 pub mod admin;
 pub mod census;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod downstream;
 pub mod error;
 pub mod exchange;
+pub mod exposition;
 pub mod handoff;
 pub mod http1;
 pub mod lifecycle;

@@ -253,3 +253,65 @@ fn sighup_applies_a_new_rule_to_new_connections_and_ignores_a_broken_file() {
     assert!(p.log().contains("user_agent[0].match"), "{}", p.log());
     assert_eq!(ua_get(&p).1.as_deref(), Some("close"));
 }
+
+/// `/metrics` speaks the format the scraper asks for: the classic text
+/// format by default (which `promtool check metrics` lints), OpenMetrics
+/// when `Accept` asks for it as Prometheus does; both name each counter
+/// family as its samples, so no family lacks its help or type.
+#[test]
+fn a_live_scrape_passes_promtool_and_prometheus_gets_openmetrics() {
+    let found = Command::new("sh")
+        .args(["-c", "command -v promtool"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        return require_peer("promtool (Debian prometheus)");
+    }
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(ADMIN, backend.addr);
+    for _ in 0..3 {
+        let r = request(p.addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert_eq!(r.status, 200);
+    }
+    let scrape = |accept: &str| {
+        let admin = p.admin.expect("admin listener");
+        request(
+            admin,
+            &format!("GET /metrics HTTP/1.1\r\nHost: admin\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let classic = scrape("*/*");
+    assert_eq!(
+        classic.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let text = String::from_utf8(classic.body).unwrap();
+    assert!(text.contains("finguard_requests_total{code=\"2xx\"} 3"), "{text}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool: {said}\n{text}");
+    assert_eq!(said.trim(), "", "promtool found problems:\n{text}");
+
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let om = scrape(prometheus);
+    assert_eq!(
+        om.header("content-type").as_deref(),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    let text = String::from_utf8(om.body).unwrap();
+    assert!(text.contains("# TYPE finguard_requests counter\n"), "{text}");
+    assert!(text.contains("finguard_requests_total{code=\"2xx\"} 3"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+}

@@ -7,104 +7,20 @@
 //! finguard. Every number printed is measured; everything runs on loopback
 //! and ends by itself.
 
+use super::naive::Naive;
 use super::{run, Options, Report, Scenario};
 use crate::config::{self, Overrides};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// How long each scenario runs (per side).
 const SCENARIO_TIME: Duration = Duration::from_millis(2500);
 const CONNECTIONS: usize = 20;
-/// The naive backend's keep-alive timeout.
-const NAIVE_KEEPALIVE: Duration = Duration::from_secs(1);
-/// How long the naive backend leaves a socket in CLOSE_WAIT after the client's FIN.
-const NAIVE_CLOSE_DELAY: Duration = Duration::from_secs(20);
 
-/// The embedded naive backend.
-struct Naive {
-    addr: SocketAddr,
-    accepted: Arc<AtomicU64>,
-    stop: CancellationToken,
-}
-
-impl Naive {
-    async fn start() -> std::io::Result<Naive> {
-        let l = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = l.local_addr()?;
-        let accepted = Arc::new(AtomicU64::new(0));
-        let stop = CancellationToken::new();
-        let (count, st) = (accepted.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let conn = tokio::select! {
-                    c = l.accept() => c,
-                    () = st.cancelled() => return,
-                };
-                if let Ok((s, _)) = conn {
-                    count.fetch_add(1, Ordering::Relaxed);
-                    let st = st.clone();
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            () = naive_conn(s) => {}
-                            () = st.cancelled() => {}
-                        }
-                    });
-                }
-            }
-        });
-        Ok(Naive { addr, accepted, stop })
-    }
-}
-
-impl Drop for Naive {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// A server without lingering close and with a slow close after the peer's FIN.
-async fn naive_conn(mut s: TcpStream) {
-    let mut buf = Vec::new();
-    loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 8192];
-            match tokio::time::timeout(NAIVE_KEEPALIVE, s.read(&mut chunk)).await {
-                Err(_) => return, // keep-alive timeout: close outright
-                Ok(Ok(0)) => {
-                    // The client's FIN: this server gets round to closing much later.
-                    tokio::time::sleep(NAIVE_CLOSE_DELAY).await;
-                    return;
-                }
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                Ok(Err(_)) => return,
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        let malformed = head.lines().skip(1).any(|l| !l.is_empty() && !l.contains(':'));
-        let reply: &[u8] = if malformed {
-            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
-        } else if head.starts_with("POST") {
-            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\nunauthorized\n"
-        } else {
-            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
-        };
-        if s.write_all(reply).await.is_err() || reply.starts_with(b"HTTP/1.1 4") {
-            return; // closes at once, unread request bytes and all
-        }
-    }
-}
-
-fn finguard_config(backend: SocketAddr) -> Result<config::Config, config::ConfigError> {
+/// The finguard the demo puts in front of the naive backend.
+pub fn finguard_config(backend: SocketAddr) -> Result<config::Config, config::ConfigError> {
     let text = format!(
         r#"shutdown_timeout = "2s"
 [[listener]]
@@ -190,7 +106,7 @@ pub async fn run_demo(stop: CancellationToken, mut progress: impl FnMut(&str)) -
         progress(&format!("{:<18} direct to the naive backend ...", scenario.name()));
         let naive = Naive::start().await?;
         let direct = run(opts(naive.addr), stop.clone()).await;
-        let direct_side = side(&direct, naive.accepted.load(Ordering::Relaxed));
+        let direct_side = side(&direct, naive.accepted());
         drop(naive);
 
         progress(&format!("{:<18} through finguard ...", scenario.name()));
@@ -202,7 +118,7 @@ pub async fn run_demo(stop: CancellationToken, mut progress: impl FnMut(&str)) -
         let mut o = opts(running.addrs[0]);
         o.also_census = Some(naive.addr.port());
         let via = run(o, stop.clone()).await;
-        let via_side = side(&via, naive.accepted.load(Ordering::Relaxed));
+        let via_side = side(&via, naive.accepted());
         running.drain(Duration::from_secs(2)).await;
         drop(naive);
         rows.push(Row {

@@ -7,7 +7,7 @@
 //! ends the run early and the report is still printed.
 
 mod scenarios;
-mod wire;
+pub(crate) mod wire;
 
 use crate::census::{self, Counts};
 use serde::Serialize;
@@ -52,6 +52,11 @@ impl Scenario {
         Scenario::IdleHold,
         Scenario::WellBehaved,
     ];
+
+    /// The scenario of that name (`ALL` and `name` are the one list).
+    pub fn from_name(name: &str) -> Option<Scenario> {
+        Scenario::ALL.into_iter().find(|s| s.name() == name)
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -170,8 +175,21 @@ pub fn server_side(port: u16) -> Counts {
     )
 }
 
+/// The client sockets of a finished run, kept open until this is dropped,
+/// so that a census taken meanwhile sees what the server left behind.
+#[must_use = "dropping it closes the run's sockets"]
+pub struct Held(#[allow(dead_code)] Vec<ConnOutcome>);
+
 /// Runs one scenario to its end (or until `stop`).
 pub async fn run(opts: Options, stop: CancellationToken) -> Report {
+    let (report, held) = run_held(opts, stop).await;
+    drop(held); // now the sockets may close
+    report
+}
+
+/// [`run`], with the client sockets handed back still open (`finguard
+/// compare` takes its census when every scenario of the mix has ended).
+pub async fn run_held(opts: Options, stop: CancellationToken) -> (Report, Held) {
     let opts = opts.bounded();
     let before = server_side(opts.target.port());
     let started = Instant::now();
@@ -194,8 +212,7 @@ pub async fn run(opts: Options, stop: CancellationToken) -> Report {
     report.census_before = before;
     report.census_after = after;
     report.also_census_after = also;
-    drop(outcomes); // now the sockets may close
-    report
+    (report, Held(outcomes))
 }
 
 fn summarize(opts: &Options, outcomes: &[ConnOutcome], elapsed: Duration) -> Report {
@@ -304,3 +321,4 @@ pub fn table(r: &Report) -> String {
 }
 
 pub mod demo;
+pub mod naive;

@@ -1,0 +1,102 @@
+//! The *naive* backend of `finguard demo` and of the tests: it answers
+//! early and closes outright (no lingering close), closes idle keep-alive
+//! connections after a second, and is slow to close after a client's FIN
+//! (the CLOSE_WAIT leak of the field report). Loopback only, ends when
+//! dropped.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// The naive backend's keep-alive timeout.
+const NAIVE_KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long the naive backend leaves a socket in CLOSE_WAIT after the client's FIN.
+const NAIVE_CLOSE_DELAY: Duration = Duration::from_secs(20);
+
+/// The embedded naive backend.
+pub struct Naive {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    stop: CancellationToken,
+}
+
+impl Naive {
+    /// Listens on 127.0.0.1, an ephemeral port.
+    pub async fn start() -> std::io::Result<Naive> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let accepted = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let (count, st) = (accepted.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = l.accept() => c,
+                    () = st.cancelled() => return,
+                };
+                if let Ok((s, _)) = conn {
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let st = st.clone();
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            () = naive_conn(s) => {}
+                            () = st.cancelled() => {}
+                        }
+                    });
+                }
+            }
+        });
+        Ok(Naive { addr, accepted, stop })
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Naive {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A server without lingering close and with a slow close after the peer's FIN.
+async fn naive_conn(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            match tokio::time::timeout(NAIVE_KEEPALIVE, s.read(&mut chunk)).await {
+                Err(_) => return, // keep-alive timeout: close outright
+                Ok(Ok(0)) => {
+                    // The client's FIN: this server gets round to closing much later.
+                    tokio::time::sleep(NAIVE_CLOSE_DELAY).await;
+                    return;
+                }
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(_)) => return,
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let malformed = head.lines().skip(1).any(|l| !l.is_empty() && !l.contains(':'));
+        let reply: &[u8] = if malformed {
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
+        } else if head.starts_with("POST") {
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 13\r\nConnection: close\r\n\r\nunauthorized\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nhello\n"
+        };
+        if s.write_all(reply).await.is_err() || reply.starts_with(b"HTTP/1.1 4") {
+            return; // closes at once, unread request bytes and all
+        }
+    }
+}
