@@ -29,6 +29,7 @@
 //! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
 //! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state, an inherited descriptor)
+//! - [`spool`]: a body held for a slow side: memory, then an unlinked temporary file, within budgets
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
 //! - [`cli`]: the `finguard` command line (arguments, subcommands, exit codes)
 //! - [`handoff`]: binary upgrade: the listening sockets handed to a new process
@@ -55,6 +56,7 @@ pub mod registry;
 pub mod server;
 pub mod shared;
 pub mod simulate;
+pub mod spool;
 pub mod stream;
 pub mod sys;
 pub mod timeouts;
