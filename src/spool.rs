@@ -291,6 +291,12 @@ impl Drop for Writer {
     }
 }
 
+enum Next {
+    Ready(Option<Result<Bytes, &'static str>>),
+    File(Arc<File>, u64, usize),
+    Wait,
+}
+
 /// The reading end.
 pub struct Reader {
     inner: Arc<Inner>,
@@ -302,33 +308,35 @@ impl Reader {
     pub async fn next(&mut self) -> Option<Result<Bytes, &'static str>> {
         loop {
             let data = self.inner.data.notified();
-            let (f, off, n) = {
-                let mut st = self.inner.lock();
-                if let Some((b, counted)) = st.mem.pop_front() {
-                    st.mem_len -= b.len();
-                    if counted {
-                        st.budgeted -= b.len() as u64;
-                        self.inner.metrics.buffer.release(Held::Memory, b.len() as u64);
-                    }
-                    self.inner.space.notify_one();
-                    return Some(Ok(b));
-                }
-                match (&st.file, st.file_ready > st.file_read) {
-                    (Some(f), true) => {
-                        let n = (st.file_ready - st.file_read).min(FILE_READ as u64);
-                        (f.clone(), st.file_read, n as usize)
-                    }
-                    _ => match st.end {
-                        Some(end) => return end.err().map(Err),
-                        None => {
-                            drop(st);
-                            data.await;
-                            continue;
-                        }
-                    },
-                }
-            };
-            return Some(self.read_file(f, off, n).await);
+            match self.poll_state() {
+                Next::Ready(r) => return r,
+                Next::File(f, off, n) => return Some(self.read_file(f, off, n).await),
+                Next::Wait => data.await,
+            }
+        }
+    }
+
+    /// What the spool holds for the reader now.
+    fn poll_state(&self) -> Next {
+        let mut st = self.inner.lock();
+        if let Some((b, counted)) = st.mem.pop_front() {
+            st.mem_len -= b.len();
+            if counted {
+                st.budgeted -= b.len() as u64;
+                self.inner.metrics.buffer.release(Held::Memory, b.len() as u64);
+            }
+            self.inner.space.notify_one();
+            return Next::Ready(Some(Ok(b)));
+        }
+        match (&st.file, st.file_ready > st.file_read) {
+            (Some(f), true) => {
+                let n = (st.file_ready - st.file_read).min(FILE_READ as u64);
+                Next::File(f.clone(), st.file_read, n as usize)
+            }
+            _ => match st.end {
+                Some(end) => Next::Ready(end.err().map(Err)),
+                None => Next::Wait,
+            },
         }
     }
 

@@ -21,6 +21,7 @@
 //! request: after an error the connection closes.
 
 use super::body::Rest;
+use super::pump::Pump;
 use super::upload::{self, Failure, RequestBody, Sent, RESP_BUF};
 use super::{Plan, Tries};
 use crate::error::{ProxyError, RetrySafe};
@@ -107,10 +108,11 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
         Ok(t) => t,
         Err(r) => return refuse(client, &req, conn, r.into(), false).await,
     };
-    let Some(idx) = super::route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
+    let Some(route) = super::find_route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
         return refuse(client, &req, conn, ProxyError::NoRoute, framing.is_done()).await;
     };
-    let upstream = &conn.shared.upstreams[idx];
+    let buffering = super::Buffering::of(conn.shared, route, conn.policy);
+    let upstream = &conn.shared.upstreams[route.backend];
     let t = Timeouts::new(&conn.policy.settings, &upstream.cfg);
     if has_body && body0.is_empty() {
         // A client that announces a body and never sends it never costs the
@@ -142,7 +144,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             Err(err) => return refuse(client, &req, conn, err, framing.is_done()).await,
         };
         let reused = bc.reused();
-        let (err, retry_safe) = match attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t).await {
+        let (err, retry_safe) = match attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t, buffering).await {
             Attempt::Done(done) => return done,
             Attempt::Failed { err, retry_safe } => (err, retry_safe),
         };
@@ -173,6 +175,7 @@ async fn attempt<S: ClientStream>(
     conn: &Conn<'_>,
     upstream: &Arc<Upstream>,
     t: &Timeouts,
+    buffering: super::Buffering,
 ) -> Attempt {
     let mut resp = BytesMut::with_capacity(RESP_BUF);
     let mut body = H1Body {
@@ -202,7 +205,8 @@ async fn attempt<S: ClientStream>(
     };
     resp.advance(shaped.len);
     let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
-    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry).await;
+    let spool = (buffering.responses && !shaped.unbuffered).then_some(conn.shared);
+    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry, spool).await;
     Attempt::Done(Done {
         status: shaped.status,
         backend,
@@ -444,6 +448,7 @@ async fn relay<S: ClientStream>(
     mut first: Vec<u8>,
     t: &Timeouts,
     entry: &Entry,
+    spool: Option<&Arc<Shared>>,
 ) -> Result<(), Relay> {
     let mut rest = Rest::new(shaped.backend_body);
     let decode = shaped.client_body == ClientBody::ChunkedDecode;
@@ -465,6 +470,20 @@ async fn relay<S: ClientStream>(
             )
             .map_err(Relay::Backend)?;
         let decoded = decode;
+        if let (false, Some(shared), Some(conn)) = (done, spool, bc.take_if(|_| !done && spool.is_some())) {
+            let pump = Pump {
+                conn,
+                buf: resp.split_off(take),
+                rest,
+                pool: pool.cloned(),
+                reuse: shaped.reuse,
+                data_only: decode,
+                gap: t.response,
+            };
+            let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
+            let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
+            return drain_spool(client, reader, &mut first, part, &t.client, entry).await;
+        }
         if done {
             let conn = bc.take();
             if let (Some(pool), Some(conn), true) = (pool, conn, resp.len() == take) {
@@ -492,6 +511,26 @@ async fn relay<S: ClientStream>(
             return Ok(());
         }
     }
+}
+
+/// Writes the head and the first part, then what the pump spools, as fast
+/// as the client takes it.
+async fn drain_spool<S: ClientStream>(
+    client: &mut S,
+    mut reader: crate::spool::Reader,
+    head: &mut Vec<u8>,
+    part: &[u8],
+    t: &ClientTimeouts,
+    entry: &Entry,
+) -> Result<(), Relay> {
+    write_head_and(client, head, part, t, entry)
+        .await
+        .map_err(|()| Relay::Client)?;
+    while let Some(next) = reader.next().await {
+        let bytes = next.map_err(Relay::Backend)?;
+        write_client(client, &bytes, t, entry).await.map_err(|()| Relay::Client)?;
+    }
+    Ok(())
 }
 
 /// Reads the next part of the response body; `true` when the body ended
