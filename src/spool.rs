@@ -168,6 +168,25 @@ impl Writer {
         }
     }
 
+    /// Appends `b` without waiting for the reader (who is not reading
+    /// yet: request buffering): memory, else the file at once. Gives `b`
+    /// back when it would have to wait; `None` when it was lost.
+    pub async fn push_now(&mut self, mut b: Bytes) -> Result<(), Option<Bytes>> {
+        self.inner.lock().impatient = true;
+        loop {
+            match self.place(&b) {
+                Place::Taken => return Ok(()),
+                Place::Gone | Place::Wait(_) => return Err(Some(b)),
+                Place::File(f, off) => match self.write_file(f, off, b).await {
+                    Ok(()) => return Ok(()),
+                    Err(Some(back)) => b = back,
+                    Err(None) => return Err(None),
+                },
+                Place::NewFile => self.make_file().await,
+            }
+        }
+    }
+
     fn place(&self, b: &Bytes) -> Place {
         let (cfg, m) = (&self.inner.cfg, &self.inner.metrics.buffer);
         let mut st = self.inner.lock();

@@ -274,3 +274,166 @@ fn x_accel_buffering_no_is_honoured_and_not_relayed() {
     assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// One backend connection at most, and a short wait for it.
+fn one_connection(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "{}[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:1\"]\nmax_connections = 1\npool_max_idle = 1\nqueue_timeout = \"1s\"\n",
+        config(dir, extra)
+    )
+}
+
+/// Starts a slow upload of `len` bytes: the head and 1000 bytes, then
+/// nothing until the test goes on; returns once finguard serves it.
+fn start_upload(p: &Proxy, len: usize) -> TcpStream {
+    let mut up = p.connect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
+    up.write_all(head.as_bytes()).unwrap();
+    up.write_all(&vec![b'x'; 1000]).unwrap();
+    assert!(wait_until(LIMIT, || p.metric("finguard_client_connections{state=\"active\"}") >= 1.0));
+    up
+}
+
+#[test]
+fn a_slow_upload_holds_no_backend_connection() {
+    const LEN: usize = 300_000;
+    let b = Backend::start(Reply::CountBody);
+    let dir = temp_dir("slow-post");
+    let p = Proxy::start(&one_connection(&dir, ""), b.addr);
+    let mut up = start_upload(&p, LEN);
+    // The one backend connection is free for another client meanwhile.
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "a good client waited for the slow upload");
+    // The upload, finished, reaches the backend whole.
+    up.write_all(&vec![b'x'; LEN - 1000]).unwrap();
+    let mut buf = Vec::new();
+    let resp = read_response(&mut up, &mut buf).expect("the upload's response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(String::from_utf8_lossy(&resp.body).trim(), LEN.to_string());
+    assert!(p.metric("finguard_buffer_spills_total") >= 1.0);
+    assert_eq!(b.max_open.load(Ordering::SeqCst), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_request_buffering_the_slow_upload_holds_the_backend() {
+    // The control: unbuffered, the upload takes the one connection and
+    // the good client gets 503 after queue_timeout.
+    let b = Backend::start(Reply::CountBody);
+    let dir = temp_dir("slow-post-control");
+    let p = Proxy::start(&one_connection(&dir, "requests = false"), b.addr);
+    let _up = start_upload(&p, 300_000);
+    assert!(wait_until(LIMIT, || b.accepted() == 1));
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 503);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_route_and_a_user_agent_rule_can_turn_request_buffering_off() {
+    let b = Backend::start(Reply::CountBody);
+    let dir = temp_dir("route-off");
+    let cfg = one_connection(&dir, "").replace("127.0.0.1:1", &b.addr.to_string())
+        + "[[route]]\npath_prefix = \"/up\"\nbackend = \"b\"\nrequest_buffering = false\n"
+        + "[[route]]\npath_prefix = \"/\"\nbackend = \"b\"\n";
+    let p = Proxy::start_args(&cfg, &[]);
+    let _up = start_upload(&p, 300_000);
+    assert!(wait_until(LIMIT, || b.accepted() == 1), "the unbuffered route's upload never reached the backend");
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 503);
+    // `finguard check` prints the keys back, the rule's too.
+    let rule = "[[user_agent]]\nmatch = \"uploader\"\nrequest_buffering = false\n";
+    let file = TempFile::new("check.toml", &(cfg.clone() + rule));
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&file.0)
+        .args(["--user-agent", "uploader/1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("request_buffering = false"), "{text}");
+    assert!(text.contains("[buffer]"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_names_a_buffer_dir_that_is_not_there() {
+    let file = TempFile::new("check.toml", "[buffer]\ndir = \"/nonexistent/finguard-spool\"\n");
+    let out = std::process::Command::new(BIN).args(["check", "-c"]).arg(&file.0).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("buffer.dir") && err.contains("/nonexistent/finguard-spool"), "{err}");
+}
+
+/// An `h2` client connection to finguard (TLS, ALPN h2) whose streams'
+/// windows stay shut: it never takes a byte of a body.
+async fn h2_shut_client(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    let mut builder = h2::client::Builder::new();
+    builder.initial_window_size(0);
+    let (client, conn) = builder.handshake(tls).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+#[test]
+fn http2_streams_with_shut_windows_hold_no_backend_connection() {
+    use support::tls::*;
+    const STREAMS: usize = 4;
+    let body = Arc::new(pattern(4 * 1024 * 1024));
+    let b = body_backend(body);
+    let dir = temp_dir("h2");
+    let pki = pki();
+    let f = files(&pki);
+    let extra = format!(
+        "[buffer]\ndir = \"{}\"\n[[backend]]\nname = \"b\"\naddrs = [\"{}\"]\nmax_connections = {STREAMS}\npool_max_idle = {STREAMS}\n",
+        dir.display(),
+        b.addr
+    );
+    let p = Proxy::start_raw(&tls_config(&f, &extra), &[]);
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (cfg, addr) = (Arc::new(cfg), p.addr);
+    let written = b.written.clone();
+    let hold = || p.metric("finguard_backend_hold_seconds_count");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let finished = rt.block_on(async move {
+        let (mut client, _conn) = h2_shut_client(cfg, addr).await;
+        let mut streams = Vec::new();
+        for _ in 0..STREAMS {
+            let req = http::Request::get("https://a.test/big").body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            streams.push(resp);
+        }
+        // The responses are kept (dropped, h2 would reset their streams).
+        let mut kept = Vec::new();
+        for r in streams {
+            let r = r.await.unwrap();
+            assert_eq!(r.status(), 200);
+            kept.push(r);
+        }
+        // Every backend wrote its whole response and every connection went
+        // back, while no stream took a byte.
+        let done = tokio::task::spawn_blocking(move || {
+            wait_until(LIMIT, || written.load(Ordering::SeqCst) == STREAMS)
+        });
+        done.await.unwrap()
+    });
+    assert!(
+        finished,
+        "the backends could not finish while the streams were shut: {}\n{}",
+        p.admin_get("/metrics").1.lines().filter(|l| l.contains("buffer") || l.contains("hold_seconds_count")).collect::<Vec<_>>().join("\n"),
+        p.log()
+    );
+    assert!(wait_until(LIMIT, || hold() >= STREAMS as f64));
+    assert!(p.metric("finguard_buffer_spills_total") >= STREAMS as f64);
+    let _ = std::fs::remove_dir_all(&dir);
+}

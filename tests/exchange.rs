@@ -299,7 +299,9 @@ static ENDLESS_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 #[test]
 fn a_backend_cannot_grow_finguards_memory_while_a_request_goes_up() {
     let (backend, _) = raw_backend(endless_header_backend);
-    let p = Proxy::start("[client]\nbody_timeout = \"5s\"\n", backend);
+    // The upload streams (request buffering off): that is the path where a
+    // backend answers while the request goes up.
+    let p = Proxy::start("[client]\nbody_timeout = \"5s\"\n[buffer]\nrequests = false\n", backend);
     let mut s = p.connect();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\nfirst")

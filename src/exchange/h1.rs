@@ -22,6 +22,7 @@
 
 use super::body::Rest;
 use super::pump::Pump;
+use super::request_spool::{self, Prefixed};
 use super::upload::{self, Failure, RequestBody, Sent, RESP_BUF};
 use super::{Plan, Tries};
 use crate::error::{ProxyError, RetrySafe};
@@ -121,6 +122,23 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             return refuse(client, &req, conn, e, false).await;
         }
     }
+    // Request buffering: the rest of the body is taken before a backend
+    // connection is (a body complete in the first read goes out at once).
+    let mut pre = None;
+    if buffering.requests && !framing.is_done() {
+        let mut live = H1Body {
+            client: &mut *client,
+            buf: &mut *buf,
+            framing: &mut framing,
+            gap: t.client.gap,
+            entry: conn.entry,
+        };
+        let (cfg, metrics) = (conn.shared.config.buffer.clone(), conn.shared.metrics.clone());
+        match request_spool::take(&mut live, cfg, metrics).await {
+            Ok(p) => pre = Some(p),
+            Err(e) => return refuse(client, &req, conn, e, false).await,
+        }
+    }
     let mut out = super::backend_head(hb, head, &target, conn.peer, conn.scheme, upstream);
     out.extend_from_slice(&body0);
     let out = Bytes::from(out);
@@ -134,7 +152,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             _ => client.tcp().local_addr().unwrap_or(conn.peer),
         },
         // The whole request is in `out`: it can be sent again on a fresh connection.
-        replayable: framing.is_done(),
+        replayable: framing.is_done() && pre.is_none(),
         idempotent: head.idempotent,
     };
     let mut tries = Tries::new(plan);
@@ -144,7 +162,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             Err(err) => return refuse(client, &req, conn, err, framing.is_done()).await,
         };
         let reused = bc.reused();
-        let (err, retry_safe) = match attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t, buffering).await {
+        let (err, retry_safe) = match attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t, buffering, &mut pre).await {
             Attempt::Done(done) => return done,
             Attempt::Failed { err, retry_safe } => (err, retry_safe),
         };
@@ -176,14 +194,18 @@ async fn attempt<S: ClientStream>(
     upstream: &Arc<Upstream>,
     t: &Timeouts,
     buffering: super::Buffering,
+    pre: &mut Option<request_spool::Prefix>,
 ) -> Attempt {
     let mut resp = BytesMut::with_capacity(RESP_BUF);
-    let mut body = H1Body {
-        client: &mut *client,
-        buf,
-        framing,
-        gap: t.client.gap,
-        entry: conn.entry,
+    let mut body = Prefixed {
+        pre: pre.take(),
+        live: H1Body {
+            client: &mut *client,
+            buf,
+            framing,
+            gap: t.client.gap,
+            entry: conn.entry,
+        },
     };
     let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
     let request_complete = match sent {

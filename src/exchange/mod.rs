@@ -15,6 +15,7 @@
 
 pub mod body;
 pub mod pump;
+pub mod request_spool;
 pub mod h1;
 pub mod h2;
 mod h2_response;
