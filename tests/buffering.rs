@@ -129,7 +129,9 @@ fn a_slow_reader_gets_the_whole_file_while_the_backend_is_released_early() {
     let (mut c2, mut got2) = get_start(&p, 0);
     read_rest(&mut c2, &mut got2, BIG);
     assert!(got2 == *body);
-    assert!(wait_until(LIMIT, || p.metric("finguard_buffered_bytes{where=\"disk\"}") == 0.0));
+    assert!(wait_until(LIMIT, || p
+        .metric("finguard_buffered_bytes{where=\"disk\"}")
+        == 0.0));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -290,7 +292,9 @@ fn start_upload(p: &Proxy, len: usize) -> TcpStream {
     let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
     up.write_all(head.as_bytes()).unwrap();
     up.write_all(&vec![b'x'; 1000]).unwrap();
-    assert!(wait_until(LIMIT, || p.metric("finguard_client_connections{state=\"active\"}") >= 1.0));
+    assert!(wait_until(LIMIT, || p
+        .metric("finguard_client_connections{state=\"active\"}")
+        >= 1.0));
     up
 }
 
@@ -338,7 +342,10 @@ fn a_route_and_a_user_agent_rule_can_turn_request_buffering_off() {
         + "[[route]]\npath_prefix = \"/\"\nbackend = \"b\"\n";
     let p = Proxy::start_args(&cfg, &[]);
     let _up = start_upload(&p, 300_000);
-    assert!(wait_until(LIMIT, || b.accepted() == 1), "the unbuffered route's upload never reached the backend");
+    assert!(
+        wait_until(LIMIT, || b.accepted() == 1),
+        "the unbuffered route's upload never reached the backend"
+    );
     let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 503);
     // `finguard check` prints the keys back, the rule's too.
@@ -360,10 +367,17 @@ fn a_route_and_a_user_agent_rule_can_turn_request_buffering_off() {
 #[test]
 fn check_names_a_buffer_dir_that_is_not_there() {
     let file = TempFile::new("check.toml", "[buffer]\ndir = \"/nonexistent/finguard-spool\"\n");
-    let out = std::process::Command::new(BIN).args(["check", "-c"]).arg(&file.0).output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("buffer.dir") && err.contains("/nonexistent/finguard-spool"), "{err}");
+    assert!(
+        err.contains("buffer.dir") && err.contains("/nonexistent/finguard-spool"),
+        "{err}"
+    );
 }
 
 /// An `h2` client connection to finguard (TLS, ALPN h2) whose streams'
@@ -384,17 +398,18 @@ async fn h2_shut_client(
     (client, tokio::spawn(conn))
 }
 
-#[test]
-fn http2_streams_with_shut_windows_hold_no_backend_connection() {
+/// An HTTP/2 client opens `STREAMS` downloads of 16 MiB on one connection
+/// and never opens their windows; whether every backend could write its
+/// whole response (within `wait`), and finguard's metrics after.
+fn shut_streams(buffer: &str, wait: Duration) -> (bool, Proxy, std::path::PathBuf) {
     use support::tls::*;
-    const STREAMS: usize = 4;
-    let body = Arc::new(pattern(4 * 1024 * 1024));
+    let body = Arc::new(pattern(16 * 1024 * 1024));
     let b = body_backend(body);
-    let dir = temp_dir("h2");
+    let dir = temp_dir(&format!("h2-{}", buffer.len()));
     let pki = pki();
     let f = files(&pki);
     let extra = format!(
-        "[buffer]\ndir = \"{}\"\n[[backend]]\nname = \"b\"\naddrs = [\"{}\"]\nmax_connections = {STREAMS}\npool_max_idle = {STREAMS}\n",
+        "[buffer]\ndir = \"{}\"\n{buffer}\n[[backend]]\nname = \"b\"\naddrs = [\"{}\"]\nmax_connections = {STREAMS}\npool_max_idle = {STREAMS}\n",
         dir.display(),
         b.addr
     );
@@ -403,8 +418,10 @@ fn http2_streams_with_shut_windows_hold_no_backend_connection() {
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let (cfg, addr) = (Arc::new(cfg), p.addr);
     let written = b.written.clone();
-    let hold = || p.metric("finguard_backend_hold_seconds_count");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let finished = rt.block_on(async move {
         let (mut client, _conn) = h2_shut_client(cfg, addr).await;
         let mut streams = Vec::new();
@@ -420,20 +437,77 @@ fn http2_streams_with_shut_windows_hold_no_backend_connection() {
             assert_eq!(r.status(), 200);
             kept.push(r);
         }
-        // Every backend wrote its whole response and every connection went
-        // back, while no stream took a byte.
-        let done = tokio::task::spawn_blocking(move || {
-            wait_until(LIMIT, || written.load(Ordering::SeqCst) == STREAMS)
-        });
-        done.await.unwrap()
+        let done = tokio::task::spawn_blocking(move || wait_until(wait, || written.load(Ordering::SeqCst) == STREAMS));
+        let finished = done.await.unwrap();
+        drop(kept);
+        finished
     });
-    assert!(
-        finished,
-        "the backends could not finish while the streams were shut: {}\n{}",
-        p.admin_get("/metrics").1.lines().filter(|l| l.contains("buffer") || l.contains("hold_seconds_count")).collect::<Vec<_>>().join("\n"),
-        p.log()
-    );
-    assert!(wait_until(LIMIT, || hold() >= STREAMS as f64));
+    (finished, p, dir)
+}
+
+const STREAMS: usize = 4;
+
+#[test]
+fn http2_streams_with_shut_windows_hold_no_backend_connection() {
+    let (finished, p, dir) = shut_streams("", LIMIT);
+    assert!(finished, "the backends could not finish while the streams were shut");
+    assert!(wait_until(LIMIT, || p.metric("finguard_backend_hold_seconds_count")
+        >= STREAMS as f64));
     assert!(p.metric("finguard_buffer_spills_total") >= STREAMS as f64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_buffering_http2_streams_with_shut_windows_hold_their_backends() {
+    // The control: unbuffered, each stream keeps its backend writing.
+    let (finished, p, dir) = shut_streams("responses = false", Duration::from_secs(2));
+    assert!(!finished);
+    assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `finguard simulate` with a slow scenario; its JSON report.
+fn simulate_slow(target: SocketAddr, scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--json",
+            "--target",
+            &target.to_string(),
+            "--scenario",
+            scenario,
+        ])
+        .args(["--connections", "4", "--duration", "3s"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_slow_scenarios_run_and_complete_through_finguard() {
+    // slow-read: 1 MiB read 64 KiB every 10 ms by four clients.
+    let body = Arc::new(pattern(1024 * 1024));
+    let b = body_backend(body);
+    let dir = temp_dir("simulate");
+    let p = Proxy::start(&config(&dir, ""), b.addr);
+    let r = simulate_slow(
+        p.addr,
+        "slow-read",
+        &["--path", "/big", "--step-bytes", "64KiB", "--step-every", "10ms"],
+    );
+    assert_eq!(r["responses_complete"], 4, "{r}");
+    assert_eq!(r["statuses"]["200"], 4, "{r}");
+    // slow-post: 20 KiB posted 2 KiB every 10 ms; each body arrives whole.
+    let counting = Backend::start(Reply::CountBody);
+    let p2 = Proxy::start(&config(&dir, ""), counting.addr);
+    let r = simulate_slow(
+        p2.addr,
+        "slow-post",
+        &["--body-bytes", "20KiB", "--step-bytes", "2KiB", "--step-every", "10ms"],
+    );
+    assert_eq!(r["responses_complete"], 4, "{r}");
+    assert_eq!(r["statuses"]["200"], 4, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }

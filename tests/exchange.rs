@@ -533,7 +533,8 @@ fn an_http2_access_log_line_names_its_backend_as_an_http1_line_does() {
 #[test]
 fn a_backend_cannot_grow_finguards_memory_while_an_http2_request_goes_up() {
     let (backend, _) = raw_backend(endless_header_backend_h2);
-    let s = h2_proxy("[client]\nbody_timeout = \"5s\"\n", backend);
+    // The upload streams (request buffering off), as in the HTTP/1 case.
+    let s = h2_proxy("[client]\nbody_timeout = \"5s\"\n[buffer]\nrequests = false\n", backend);
     let (cfg, addr) = (s.client.clone(), s.proxy.addr);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -70,10 +70,7 @@ impl Default for BufferConfig {
 
 impl BufferConfig {
     /// From the file's table; `err(key, reason)` makes the error.
-    pub fn from_raw(
-        raw: &RawBuffer,
-        err: impl Fn(&str, String) -> ConfigError,
-    ) -> Result<BufferConfig, ConfigError> {
+    pub fn from_raw(raw: &RawBuffer, err: impl Fn(&str, String) -> ConfigError) -> Result<BufferConfig, ConfigError> {
         let d = BufferConfig::default();
         let size = |v: Option<ConfSize>, def: u64| v.map_or(def, |s| s.0);
         let c = BufferConfig {

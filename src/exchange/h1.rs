@@ -162,7 +162,21 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             Err(err) => return refuse(client, &req, conn, err, framing.is_done()).await,
         };
         let reused = bc.reused();
-        let (err, retry_safe) = match attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t, buffering, &mut pre).await {
+        let (err, retry_safe) = match attempt(
+            client,
+            buf,
+            bc,
+            &out,
+            &mut framing,
+            &req,
+            conn,
+            upstream,
+            &t,
+            buffering,
+            &mut pre,
+        )
+        .await
+        {
             Attempt::Done(done) => return done,
             Attempt::Failed { err, retry_safe } => (err, retry_safe),
         };
@@ -550,7 +564,9 @@ async fn drain_spool<S: ClientStream>(
         .map_err(|()| Relay::Client)?;
     while let Some(next) = reader.next().await {
         let bytes = next.map_err(Relay::Backend)?;
-        write_client(client, &bytes, t, entry).await.map_err(|()| Relay::Client)?;
+        write_client(client, &bytes, t, entry)
+            .await
+            .map_err(|()| Relay::Client)?;
     }
     Ok(())
 }

@@ -19,9 +19,9 @@
 
 use super::body::Rest;
 use super::h2_response::{error_response, BackendBody, SpooledBody, Unread};
+pub use super::h2_response::{BoxError, ProxyBody};
 use super::pump::Pump;
 use super::request_spool::{self, Prefixed};
-pub use super::h2_response::{BoxError, ProxyBody};
 use super::upload::{self, Failure, RequestBody, Sent};
 use super::{Plan, Tries};
 use crate::config::ProxyProtocol;

@@ -5,8 +5,8 @@
 //! unread by an early answer, drained while the answer goes out ([`Unread`]).
 
 use super::body::Rest;
-use crate::spool::Reader;
 use crate::http1::response::ReuseHint;
+use crate::spool::Reader;
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};

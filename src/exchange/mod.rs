@@ -14,11 +14,11 @@
 //! the two client sides'.
 
 pub mod body;
-pub mod pump;
-pub mod request_spool;
 pub mod h1;
 pub mod h2;
 mod h2_response;
+pub mod pump;
+pub mod request_spool;
 pub mod upload;
 
 pub use h1::{error_response, run, Conn, Done, Next, Request};

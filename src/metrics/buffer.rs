@@ -79,11 +79,8 @@ fn buckets() -> impl Iterator<Item = f64> {
 impl BufferMetrics {
     pub(super) fn new() -> BufferMetrics {
         let bytes_family: Family<WhereLabel, Gauge> = Family::default();
-        let bytes = [Held::Memory, Held::Disk].map(|h| {
-            bytes_family
-                .get_or_create(&WhereLabel { r#where: h.as_str() })
-                .clone()
-        });
+        let bytes =
+            [Held::Memory, Held::Disk].map(|h| bytes_family.get_or_create(&WhereLabel { r#where: h.as_str() }).clone());
         BufferMetrics {
             bytes,
             bytes_family,
@@ -149,7 +146,9 @@ impl BufferMetrics {
     }
 
     pub fn fell_back(&self, why: Fallback) {
-        self.fallbacks.get_or_create(&FallbackLabel { reason: why.as_str() }).inc();
+        self.fallbacks
+            .get_or_create(&FallbackLabel { reason: why.as_str() })
+            .inc();
     }
 
     pub fn held_backend(&self, d: Duration) {

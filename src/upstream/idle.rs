@@ -77,8 +77,9 @@ pub struct RawConn {
     /// The worker whose list it belongs to.
     home: usize,
     wake: Arc<IdleWake>,
-    /// Times the exchange that holds it (`finguard_backend_hold_seconds`).
-    hold: Hold,
+    /// Times the exchange that holds it (`finguard_backend_hold_seconds`);
+    /// boxed once per connection, so that a lent connection stays small.
+    hold: Box<Hold>,
     _slot: SlotGuard,
 }
 
@@ -338,10 +339,10 @@ impl Upstream {
                 flagged: AtomicBool::new(false),
                 signal: self.raw[w].signal.clone(),
             }),
-            hold: Hold {
+            hold: Box::new(Hold {
                 since: None,
                 metrics: self.metrics.clone(),
-            },
+            }),
             _slot: slot,
         })
     }
