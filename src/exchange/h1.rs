@@ -89,6 +89,8 @@ pub struct Done {
     pub status: u16,
     /// The backend address and the time to its response head.
     pub backend: Option<(SocketAddr, Duration)>,
+    /// How long the exchange held its backend connection.
+    pub held: Option<Duration>,
     pub next: Next,
 }
 
@@ -221,6 +223,7 @@ async fn attempt<S: ClientStream>(
             entry: conn.entry,
         },
     };
+    let lent = Instant::now();
     let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
     let request_complete = match sent {
         Ok(Sent::Complete) => true,
@@ -242,10 +245,17 @@ async fn attempt<S: ClientStream>(
     resp.advance(shaped.len);
     let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
     let spool = (buffering.responses && !shaped.unbuffered).then_some(conn.shared);
-    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry, spool).await;
+    let mut held = None;
+    let ctx = RelayCtx {
+        spool,
+        lent,
+        held: &mut held,
+    };
+    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry, ctx).await;
     Attempt::Done(Done {
         status: shaped.status,
         backend,
+        held: held.or_else(|| Some(lent.elapsed())),
         next: after_relay(relayed, &shaped, conn),
     })
 }
@@ -321,6 +331,7 @@ async fn switch<S: ClientStream>(
     Done {
         status: 101,
         backend,
+        held: None,
         next: Next::Tunnel(bc),
     }
 }
@@ -329,6 +340,7 @@ fn aborted(status: u16, backend: Option<(SocketAddr, Duration)>) -> Done {
     Done {
         status,
         backend,
+        held: None,
         next: Next::Abort,
     }
 }
@@ -464,6 +476,15 @@ async fn read_response<S: ClientStream>(
     }
 }
 
+/// What a relay needs besides the bytes: whether to buffer (the shared
+/// state the pump needs), when the connection was taken, and where the
+/// hold time goes.
+struct RelayCtx<'a> {
+    spool: Option<&'a Arc<Shared>>,
+    lent: Instant,
+    held: &'a mut Option<Duration>,
+}
+
 enum Relay {
     /// The backend broke the body off (a reason for the log).
     Backend(&'static str),
@@ -484,8 +505,9 @@ async fn relay<S: ClientStream>(
     mut first: Vec<u8>,
     t: &Timeouts,
     entry: &Entry,
-    spool: Option<&Arc<Shared>>,
+    ctx: RelayCtx<'_>,
 ) -> Result<(), Relay> {
+    let RelayCtx { spool, lent, held } = ctx;
     let mut rest = Rest::new(shaped.backend_body);
     let decode = shaped.client_body == ClientBody::ChunkedDecode;
     let mut scratch = Vec::new();
@@ -515,10 +537,13 @@ async fn relay<S: ClientStream>(
                 reuse: shaped.reuse,
                 data_only: decode,
                 gap: t.response,
+                lent,
             };
-            let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
+            let mut reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
             let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
-            return drain_spool(client, reader, &mut first, part, &t.client, entry).await;
+            let drained = drain_spool(client, &mut reader, &mut first, part, &t.client, entry).await;
+            *held = reader.held();
+            return drained;
         }
         if done {
             let conn = bc.take();
@@ -553,7 +578,7 @@ async fn relay<S: ClientStream>(
 /// as the client takes it.
 async fn drain_spool<S: ClientStream>(
     client: &mut S,
-    mut reader: crate::spool::Reader,
+    reader: &mut crate::spool::Reader,
     head: &mut Vec<u8>,
     part: &[u8],
     t: &ClientTimeouts,
@@ -689,6 +714,7 @@ async fn refuse<S: ClientStream>(
     Done {
         status,
         backend: None,
+        held: None,
         next,
     }
 }
