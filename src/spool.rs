@@ -88,8 +88,6 @@ struct State {
     end: Option<Result<(), &'static str>>,
     /// A chunked body's trailer section, handed on at the end.
     trailer: Vec<u8>,
-    /// How long the source (a backend connection) was held, once let go.
-    held: Option<Duration>,
     reader_gone: bool,
     /// The memory buffer was full for longer than the patience: spill.
     impatient: bool,
@@ -292,11 +290,6 @@ impl Writer {
         }
     }
 
-    /// The source (a backend connection) was let go after `d`.
-    pub fn set_held(&self, d: Duration) {
-        self.inner.lock().held = Some(d);
-    }
-
     /// The body is over: `Ok` at its end, or why it broke off; a chunked
     /// body's trailer section goes with it.
     pub fn finish(self, end: Result<(), &'static str>, trailer: Vec<u8>) {
@@ -383,11 +376,6 @@ impl Reader {
         }
         self.inner.space.notify_one();
         Ok(Bytes::from(buf))
-    }
-
-    /// How long the source was held, once it was let go.
-    pub fn held(&self) -> Option<Duration> {
-        self.inner.lock().held
     }
 
     /// A chunked body's trailer section, once the body ended.

@@ -89,8 +89,6 @@ pub struct Done {
     pub status: u16,
     /// The backend address and the time to its response head.
     pub backend: Option<(SocketAddr, Duration)>,
-    /// How long the exchange held its backend connection.
-    pub held: Option<Duration>,
     pub next: Next,
 }
 
@@ -223,7 +221,6 @@ async fn attempt<S: ClientStream>(
             entry: conn.entry,
         },
     };
-    let lent = Instant::now();
     let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
     let request_complete = match sent {
         Ok(Sent::Complete) => true,
@@ -245,17 +242,10 @@ async fn attempt<S: ClientStream>(
     resp.advance(shaped.len);
     let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
     let spool = (buffering.responses && !shaped.unbuffered).then_some(conn.shared);
-    let mut held = None;
-    let ctx = RelayCtx {
-        spool,
-        lent,
-        held: &mut held,
-    };
-    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry, ctx).await;
+    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry, spool).await;
     Attempt::Done(Done {
         status: shaped.status,
         backend,
-        held: held.or_else(|| Some(lent.elapsed())),
         next: after_relay(relayed, &shaped, conn),
     })
 }
@@ -331,7 +321,6 @@ async fn switch<S: ClientStream>(
     Done {
         status: 101,
         backend,
-        held: None,
         next: Next::Tunnel(bc),
     }
 }
@@ -340,7 +329,6 @@ fn aborted(status: u16, backend: Option<(SocketAddr, Duration)>) -> Done {
     Done {
         status,
         backend,
-        held: None,
         next: Next::Abort,
     }
 }
@@ -476,15 +464,6 @@ async fn read_response<S: ClientStream>(
     }
 }
 
-/// What a relay needs besides the bytes: whether to buffer (the shared
-/// state the pump needs), when the connection was taken, and where the
-/// hold time goes.
-struct RelayCtx<'a> {
-    spool: Option<&'a Arc<Shared>>,
-    lent: Instant,
-    held: &'a mut Option<Duration>,
-}
-
 enum Relay {
     /// The backend broke the body off (a reason for the log).
     Backend(&'static str),
@@ -505,9 +484,8 @@ async fn relay<S: ClientStream>(
     mut first: Vec<u8>,
     t: &Timeouts,
     entry: &Entry,
-    ctx: RelayCtx<'_>,
+    spool: Option<&Arc<Shared>>,
 ) -> Result<(), Relay> {
-    let RelayCtx { spool, lent, held } = ctx;
     let mut rest = Rest::new(shaped.backend_body);
     let decode = shaped.client_body == ClientBody::ChunkedDecode;
     let mut scratch = Vec::new();
@@ -537,13 +515,10 @@ async fn relay<S: ClientStream>(
                 reuse: shaped.reuse,
                 data_only: decode,
                 gap: t.response,
-                lent,
             };
-            let mut reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
+            let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
             let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
-            let drained = drain_spool(client, &mut reader, &mut first, part, &t.client, entry).await;
-            *held = reader.held();
-            return drained;
+            return drain_spool(client, reader, &mut first, part, &t.client, entry).await;
         }
         if done {
             let conn = bc.take();
@@ -578,7 +553,7 @@ async fn relay<S: ClientStream>(
 /// as the client takes it.
 async fn drain_spool<S: ClientStream>(
     client: &mut S,
-    reader: &mut crate::spool::Reader,
+    mut reader: crate::spool::Reader,
     head: &mut Vec<u8>,
     part: &[u8],
     t: &ClientTimeouts,
@@ -714,7 +689,6 @@ async fn refuse<S: ClientStream>(
     Done {
         status,
         backend: None,
-        held: None,
         next,
     }
 }

@@ -304,7 +304,6 @@ async fn attempt(
             reuse: head.reuse,
             data_only: true,
             gap: t.response,
-            lent: Instant::now(),
         };
         let reader = pump.start(ctx.shared.config.buffer.clone(), ctx.shared.metrics.clone());
         ProxyBody::Spooled(SpooledBody::new(reader, unread))

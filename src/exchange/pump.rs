@@ -18,7 +18,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::time::Instant;
 
 /// A response body still to be read from its backend connection.
 pub struct Pump {
@@ -34,8 +33,6 @@ pub struct Pump {
     pub data_only: bool,
     /// `response_timeout`: the longest wait for the backend's next bytes.
     pub gap: Duration,
-    /// When the exchange took the connection (for the access log).
-    pub lent: Instant,
 }
 
 impl Pump {
@@ -61,7 +58,6 @@ impl Pump {
                 if let (Some(pool), true) = (self.pool.take(), self.buf.is_empty()) {
                     pool.checkin_raw(self.conn, self.reuse);
                 }
-                w.set_held(self.lent.elapsed());
                 return w.push(data).await.map_err(|_| "the client went away");
             }
             w.push(data).await.map_err(|_| "the client went away")?;
@@ -69,10 +65,7 @@ impl Pump {
             let read = tokio::time::timeout(self.gap, self.conn.stream.read_buf(&mut self.buf)).await;
             match read {
                 Err(_) => return Err("stalled inside the response body"),
-                Ok(Ok(0)) if self.rest.ends_at_close() => {
-                    w.set_held(self.lent.elapsed());
-                    return Ok(());
-                }
+                Ok(Ok(0)) if self.rest.ends_at_close() => return Ok(()),
                 Ok(Ok(0)) => return Err("closed inside the response body"),
                 Ok(Err(_)) => return Err("connection failed inside the response body"),
                 Ok(Ok(_)) => {}
