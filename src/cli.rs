@@ -65,9 +65,15 @@ struct SimulateArgs {
     /// Path to request (post-unauthorized posts to it).
     #[arg(long, default_value = "/")]
     path: String,
-    /// Body size for post-unauthorized, e.g. "4MiB".
+    /// Body size for post-unauthorized and slow-post, e.g. "4MiB".
     #[arg(long, default_value = "4MiB", value_parser = parse_size_arg)]
     body_bytes: u64,
+    /// slow-read/slow-post: bytes per step (default 4KiB read, 200 posted).
+    #[arg(long, value_parser = parse_size_arg)]
+    step_bytes: Option<u64>,
+    /// slow-read/slow-post: pause between steps (default 200ms read, 500ms posted).
+    #[arg(long, value_parser = parse_duration_arg)]
+    step_every: Option<std::time::Duration>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -289,7 +295,9 @@ fn simulate(a: SimulateArgs) -> ExitCode {
         }
     };
     let Some(rt) = runtime() else { return ExitCode::from(2) };
+    let step = step(&a);
     let opts = simulate::Options {
+        step,
         connections: a.connections,
         duration: a.duration,
         path: a.path,
@@ -303,6 +311,17 @@ fn simulate(a: SimulateArgs) -> ExitCode {
         print!("{}", simulate::table(&report));
     }
     ExitCode::SUCCESS
+}
+
+/// `--step-bytes`/`--step-every`, either defaulting to the scenario's.
+fn step(a: &SimulateArgs) -> Option<(usize, std::time::Duration)> {
+    use crate::simulate::slow_defaults;
+    if a.step_bytes.is_none() && a.step_every.is_none() {
+        return None;
+    }
+    let (bytes, every) = slow_defaults(a.scenario);
+    let bytes = a.step_bytes.map_or(bytes, |b| usize::try_from(b).unwrap_or(usize::MAX));
+    Some((bytes, a.step_every.unwrap_or(every)))
 }
 
 fn demo(a: DemoArgs) -> ExitCode {

@@ -30,6 +30,7 @@
 //! - [`accesslog`]: combined or JSON access log on stdout
 //! - [`tls`]: rustls termination: certificates, SNI, ALPN
 //! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state, an inherited descriptor)
+//! - [`spool`]: a body held for a slow side: memory, then an unlinked temporary file, within budgets
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`
 //! - [`compare`]: `finguard compare`: a client mix against several targets, HTML/JSON report
 //! - [`cli`]: the `finguard` command line (arguments, subcommands, exit codes)
@@ -59,6 +60,7 @@ pub mod registry;
 pub mod server;
 pub mod shared;
 pub mod simulate;
+pub mod spool;
 pub mod stream;
 pub mod sys;
 pub mod timeouts;

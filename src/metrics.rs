@@ -10,6 +10,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+mod buffer;
+pub use buffer::{Fallback, Held};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: &'static str,
@@ -265,6 +268,8 @@ pub struct Metrics {
     proxy_headers: Family<OutcomeLabel, Counter>,
     backend_up: Family<BackendAddrLabel, Gauge>,
     health_transitions: Family<BackendAddrToLabel, Counter>,
+    /// Request and response buffering, and backend hold times.
+    pub buffer: buffer::BufferMetrics,
 }
 
 impl Default for Metrics {
@@ -295,12 +300,14 @@ impl Metrics {
             proxy_headers: Family::default(),
             backend_up: Family::default(),
             health_transitions: Family::default(),
+            buffer: buffer::BufferMetrics::new(),
             registry: Registry::default(),
             by_class: Default::default(),
         };
         // Counters get their `_total` suffix from the encoder.
         m.register_client(&mut registry);
         m.register_backend(&mut registry);
+        m.buffer.register(&mut registry);
         let by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| m.requests.get_or_create(&CodeLabel { code }).clone());
         Metrics {
@@ -584,16 +591,16 @@ impl Metrics {
         m.reaped("b", ReapReason::Error);
         m.client_reaped();
         m.tunnel_closed(TunnelEnd::Closed);
+        m.buffer.spilled();
+        m.buffer.fell_back(Fallback::MemoryTotal);
         m.render()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|l| {
-                let (name, kind) = l.split_once(' ')?;
-                Some(if kind == "counter" {
-                    format!("{name}_total")
-                } else {
-                    name.to_string()
-                })
+            .filter_map(|l| l.split_once(' '))
+            .flat_map(|(name, kind)| match kind {
+                "counter" => vec![format!("{name}_total")],
+                "histogram" => ["_bucket", "_sum", "_count"].map(|s| format!("{name}{s}")).to_vec(),
+                _ => vec![name.to_string()],
             })
             .collect()
     }

@@ -299,7 +299,9 @@ static ENDLESS_SENT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicU
 #[test]
 fn a_backend_cannot_grow_finguards_memory_while_a_request_goes_up() {
     let (backend, _) = raw_backend(endless_header_backend);
-    let p = Proxy::start("[client]\nbody_timeout = \"5s\"\n", backend);
+    // The upload streams (request buffering off): that is the path where a
+    // backend answers while the request goes up.
+    let p = Proxy::start("[client]\nbody_timeout = \"5s\"\n[buffer]\nrequests = false\n", backend);
     let mut s = p.connect();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000\r\n\r\nfirst")
@@ -473,7 +475,8 @@ fn an_http2_access_log_line_names_its_backend_as_an_http1_line_does() {
 #[test]
 fn a_backend_cannot_grow_finguards_memory_while_an_http2_request_goes_up() {
     let (backend, _) = raw_backend(endless_header_backend_h2);
-    let s = h2_proxy("[client]\nbody_timeout = \"5s\"\n", backend);
+    // The upload streams (request buffering off), as in the HTTP/1 case.
+    let s = h2_proxy("[client]\nbody_timeout = \"5s\"\n[buffer]\nrequests = false\n", backend);
     let (cfg, addr) = (s.client.clone(), s.proxy.addr);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

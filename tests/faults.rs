@@ -186,7 +186,9 @@ fn a_backend_that_trickles_its_body_is_relayed_whole_within_the_gap_and_cut_past
 #[test]
 fn a_backend_that_stops_reading_mid_upload_is_a_504_the_client_reads() {
     let (backend, _) = raw_backend(stops_reading_backend);
-    let cfg = "[client]\nmax_body_bytes = \"64MiB\"\n[[backend]]\nname = \"app\"\naddrs = [\"127.0.0.1:1\"]\nresponse_timeout = \"1s\"\n";
+    // The upload streams (request buffering off): a buffered body would be
+    // read whole before the backend is contacted, and the connection kept.
+    let cfg = "[client]\nmax_body_bytes = \"64MiB\"\n[buffer]\nrequests = false\n[[backend]]\nname = \"app\"\naddrs = [\"127.0.0.1:1\"]\nresponse_timeout = \"1s\"\n";
     let p = Proxy::start(cfg, backend);
     let mut c = p.connect();
     let len = 32 << 20;
@@ -264,7 +266,10 @@ fn reset(c: TcpStream) {
 #[test]
 fn a_client_reset_at_any_phase_leaves_nothing_behind() {
     let (backend, _) = raw_backend(phase_backend);
-    let cfg = "[admin]\naddr = \"127.0.0.1:0\"\n[client.close]\nlinger_timeout = \"5s\"\nlinger_time = \"10s\"\n";
+    // Request buffering off: the lingering phase needs a backend that
+    // answers while the body still comes, which only an unbuffered upload
+    // meets (buffered, the body is read whole before the backend is asked).
+    let cfg = "[admin]\naddr = \"127.0.0.1:0\"\n[client.close]\nlinger_timeout = \"5s\"\nlinger_time = \"10s\"\n[buffer]\nrequests = false\n";
     let p = Proxy::start(cfg, backend);
     let post = |path: &str, len: usize| format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
     // Each phase: what the client does before it resets.

@@ -42,7 +42,12 @@ fn post_unauthorized_loses_responses_only_without_lingering_close() {
     let r = simulate(lingering.addr, "post-unauthorized", &["--path", "/upload"]);
     assert_eq!(r["responses_lost_to_reset"], 0, "{r}");
     assert_eq!(r["statuses"]["401"], 10, "{r}");
-    let immediate = Proxy::start(&format!("{LINGER}mode = \"immediate\"\n"), backend.addr);
+    // Request buffering off: buffered, finguard reads the whole body before
+    // the backend answers, so an immediate close has nothing left to reset.
+    let immediate = Proxy::start(
+        &format!("{LINGER}mode = \"immediate\"\n[buffer]\nrequests = false\n"),
+        backend.addr,
+    );
     // 64 MiB each: more than the socket buffers swallow before the close.
     let r = simulate(
         immediate.addr,

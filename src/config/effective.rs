@@ -45,6 +45,7 @@ pub fn to_toml(c: &Config) -> String {
     root.insert("backend".into(), Value::Array(backends));
     let routes = c.routes.iter().map(|r| Value::Table(route_table(c, r))).collect();
     root.insert("route".into(), Value::Array(routes));
+    root.insert("buffer".into(), Value::Table(c.buffer.to_table()));
     let mut reaper = Table::new();
     reaper.insert("interval".into(), dur(c.reaper_interval));
     root.insert("reaper".into(), Value::Table(reaper));
@@ -94,5 +95,13 @@ fn route_table(c: &Config, r: &RouteConfig) -> Table {
     );
     t.insert("path_prefix".into(), Value::String(r.path_prefix.clone()));
     t.insert("backend".into(), Value::String(c.backends[r.backend].name.clone()));
+    for (k, v) in [
+        ("request_buffering", r.request_buffering),
+        ("response_buffering", r.response_buffering),
+    ] {
+        if let Some(v) = v {
+            t.insert(k.into(), Value::Boolean(v));
+        }
+    }
     t
 }

@@ -5,6 +5,7 @@
 //! error names the file, the key and the reason. This module never touches a
 //! socket.
 
+pub mod buffer;
 pub mod policy;
 mod raw;
 pub mod settings;
@@ -208,6 +209,9 @@ pub struct RouteConfig {
     pub path_prefix: String,
     /// Index into `Config::backends`.
     pub backend: usize,
+    /// `None`: as `[buffer]` (and the User-Agent rules) say.
+    pub request_buffering: Option<bool>,
+    pub response_buffering: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -243,6 +247,7 @@ pub struct Config {
     /// `None`: stdout.
     pub access_file: Option<std::path::PathBuf>,
     pub log_level: String,
+    pub buffer: std::sync::Arc<buffer::BufferConfig>,
 }
 
 impl Config {

@@ -17,6 +17,9 @@ pub struct UaRule {
     pub nokeepalive: Option<bool>,
     pub downgrade_1_0: Option<bool>,
     pub force_response_1_0: Option<bool>,
+    /// `[[route]]`'s keys of the same names, per User-Agent.
+    pub request_buffering: Option<bool>,
+    pub response_buffering: Option<bool>,
     pub overrides: SettingsOverride,
 }
 
@@ -30,6 +33,8 @@ impl UaRule {
             ("nokeepalive", self.nokeepalive),
             ("downgrade_1_0", self.downgrade_1_0),
             ("force_response_1_0", self.force_response_1_0),
+            ("request_buffering", self.request_buffering),
+            ("response_buffering", self.response_buffering),
         ] {
             if let Some(v) = v {
                 t.insert(k.into(), Value::Boolean(v));
@@ -50,6 +55,9 @@ pub struct ClientPolicy {
     pub downgrade_1_0: bool,
     /// Answer with an `HTTP/1.0` status line.
     pub force_response_1_0: bool,
+    /// Set by a rule: overrides `[buffer]` (see `config::buffer::decide`).
+    pub request_buffering: Option<bool>,
+    pub response_buffering: Option<bool>,
     /// Indices of the rules that matched, in file order.
     pub matched: Vec<usize>,
 }
@@ -61,6 +69,8 @@ impl ClientPolicy {
             nokeepalive: false,
             downgrade_1_0: false,
             force_response_1_0: false,
+            request_buffering: None,
+            response_buffering: None,
             matched: Vec::new(),
         }
     }
@@ -113,6 +123,8 @@ impl RuleSet {
             if let Some(v) = r.force_response_1_0 {
                 p.force_response_1_0 = v;
             }
+            p.request_buffering = r.request_buffering.or(p.request_buffering);
+            p.response_buffering = r.response_buffering.or(p.response_buffering);
             p.matched.push(i);
         }
         p

@@ -26,6 +26,8 @@ pub struct RawConfig {
     pub reaper: RawReaper,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub buffer: super::buffer::RawBuffer,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,6 +93,8 @@ macro_rules! define_client_structs {
             pub nokeepalive: Option<bool>,
             pub downgrade_1_0: Option<bool>,
             pub force_response_1_0: Option<bool>,
+            pub request_buffering: Option<bool>,
+            pub response_buffering: Option<bool>,
             $(pub $key: Option<$ty>,)*
             /// `[client.close]` keys may be written flat in the rule or in a `close` table.
             $(pub $ckey: Option<$cty>,)*
@@ -166,6 +170,8 @@ pub struct RawRoute {
     pub host: Option<String>,
     pub path_prefix: Option<String>,
     pub backend: String,
+    pub request_buffering: Option<bool>,
+    pub response_buffering: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

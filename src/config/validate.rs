@@ -82,7 +82,9 @@ impl Validator<'_> {
         if max_connections == 0 {
             return Err(self.err("client.max_connections", "must be at least 1"));
         }
+        let buffer = std::sync::Arc::new(buffer::BufferConfig::from_raw(&raw.buffer, |k, why| self.err(k, why))?);
         Ok(Config {
+            buffer,
             source: self.file.to_string(),
             shutdown_timeout: raw.shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
             workers: match raw.workers.unwrap_or(0) {
@@ -240,6 +242,8 @@ impl Validator<'_> {
             nokeepalive: r.nokeepalive,
             downgrade_1_0: r.downgrade_1_0,
             force_response_1_0: r.force_response_1_0,
+            request_buffering: r.request_buffering,
+            response_buffering: r.response_buffering,
             overrides,
         })
     }
@@ -293,6 +297,8 @@ impl Validator<'_> {
             host: None,
             path_prefix: "/".into(),
             backend: 0,
+            request_buffering: None,
+            response_buffering: None,
         };
         Ok((vec![b], vec![route]))
     }
@@ -315,6 +321,8 @@ impl Validator<'_> {
                 host,
                 path_prefix,
                 backend: idx,
+                request_buffering: r.request_buffering,
+                response_buffering: r.response_buffering,
             });
         }
         if routes.is_empty() {
@@ -325,6 +333,8 @@ impl Validator<'_> {
                 host: None,
                 path_prefix: "/".into(),
                 backend: 0,
+                request_buffering: None,
+                response_buffering: None,
             });
         }
         Ok(routes)

@@ -21,6 +21,8 @@
 //! request: after an error the connection closes.
 
 use super::body::Rest;
+use super::pump::Pump;
+use super::request_spool::{self, Prefixed};
 use super::upload::{self, Failure, RequestBody, Sent, RESP_BUF};
 use super::{Plan, Tries};
 use crate::error::{ProxyError, RetrySafe};
@@ -107,10 +109,11 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
         Ok(t) => t,
         Err(r) => return refuse(client, &req, conn, r.into(), false).await,
     };
-    let Some(idx) = super::route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
+    let Some(route) = super::find_route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
         return refuse(client, &req, conn, ProxyError::NoRoute, framing.is_done()).await;
     };
-    let upstream = &conn.shared.upstreams[idx];
+    let buffering = super::Buffering::of(conn.shared, route, conn.policy);
+    let upstream = &conn.shared.upstreams[route.backend];
     let t = Timeouts::new(&conn.policy.settings, &upstream.cfg);
     if has_body && body0.is_empty() {
         // A client that announces a body and never sends it never costs the
@@ -121,6 +124,23 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
         let send_continue = head.expect_continue && !(p.downgrade_1_0 || p.force_response_1_0);
         if let Err(e) = first_body_bytes(client, buf, &mut framing, &mut body0, send_continue, &t, conn.entry).await {
             return refuse(client, &req, conn, e, false).await;
+        }
+    }
+    // Request buffering: the rest of the body is taken before a backend
+    // connection is (a body complete in the first read goes out at once).
+    let mut pre = None;
+    if buffering.requests && !framing.is_done() {
+        let mut live = H1Body {
+            client: &mut *client,
+            buf: &mut *buf,
+            framing: &mut framing,
+            gap: t.client.gap,
+            entry: conn.entry,
+        };
+        let (cfg, metrics) = (conn.shared.config.buffer.clone(), conn.shared.metrics.clone());
+        match request_spool::take(&mut live, cfg, metrics).await {
+            Ok(p) => pre = Some(p),
+            Err(e) => return refuse(client, &req, conn, e, false).await,
         }
     }
     let mut out = super::backend_head(hb, head, &target, conn.peer, conn.scheme, upstream);
@@ -136,7 +156,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             _ => client.tcp().local_addr().unwrap_or(conn.peer),
         },
         // The whole request is in `out`: it can be sent again on a fresh connection.
-        replayable: framing.is_done(),
+        replayable: framing.is_done() && pre.is_none(),
         idempotent: head.idempotent,
     };
     let mut tries = Tries::new(plan);
@@ -146,7 +166,21 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
             Err(err) => return refuse(client, &req, conn, err, framing.is_done()).await,
         };
         let reused = bc.reused();
-        let (err, retry_safe) = match attempt(client, buf, bc, &out, &mut framing, &req, conn, upstream, &t).await {
+        let (err, retry_safe) = match attempt(
+            client,
+            buf,
+            bc,
+            &out,
+            &mut framing,
+            &req,
+            conn,
+            upstream,
+            &t,
+            buffering,
+            &mut pre,
+        )
+        .await
+        {
             Attempt::Done(done) => return done,
             Attempt::Failed { err, retry_safe } => (err, retry_safe),
         };
@@ -177,14 +211,19 @@ async fn attempt<S: ClientStream>(
     conn: &Conn<'_>,
     upstream: &Arc<Upstream>,
     t: &Timeouts,
+    buffering: super::Buffering,
+    pre: &mut Option<request_spool::Prefix>,
 ) -> Attempt {
     let mut resp = BytesMut::with_capacity(RESP_BUF);
-    let mut body = H1Body {
-        client: &mut *client,
-        buf,
-        framing,
-        gap: t.client.gap,
-        entry: conn.entry,
+    let mut body = Prefixed {
+        pre: pre.take(),
+        live: H1Body {
+            client: &mut *client,
+            buf,
+            framing,
+            gap: t.client.gap,
+            entry: conn.entry,
+        },
     };
     let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
     let request_complete = match sent {
@@ -206,7 +245,8 @@ async fn attempt<S: ClientStream>(
     };
     resp.advance(shaped.len);
     let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
-    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry).await;
+    let spool = (buffering.responses && !shaped.unbuffered).then_some(conn.shared);
+    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry, spool).await;
     Attempt::Done(Done {
         status: shaped.status,
         backend,
@@ -458,6 +498,7 @@ async fn relay<S: ClientStream>(
     mut first: Vec<u8>,
     t: &Timeouts,
     entry: &Entry,
+    spool: Option<&Arc<Shared>>,
 ) -> Result<(), Relay> {
     let mut rest = Rest::new(shaped.backend_body);
     let decode = shaped.client_body == ClientBody::ChunkedDecode;
@@ -479,6 +520,20 @@ async fn relay<S: ClientStream>(
             )
             .map_err(Relay::Backend)?;
         let decoded = decode;
+        if let (false, Some(shared), Some(conn)) = (done, spool, bc.take_if(|_| !done && spool.is_some())) {
+            let pump = Pump {
+                conn,
+                buf: resp.split_off(take),
+                rest,
+                pool: pool.cloned(),
+                reuse: shaped.reuse,
+                data_only: decode,
+                gap: t.response,
+            };
+            let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
+            let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
+            return drain_spool(client, reader, &mut first, part, &t.client, entry).await;
+        }
         if done {
             let conn = bc.take();
             if let (Some(pool), Some(conn), true) = (pool, conn, resp.len() == take) {
@@ -506,6 +561,28 @@ async fn relay<S: ClientStream>(
             return Ok(());
         }
     }
+}
+
+/// Writes the head and the first part, then what the pump spools, as fast
+/// as the client takes it.
+async fn drain_spool<S: ClientStream>(
+    client: &mut S,
+    mut reader: crate::spool::Reader,
+    head: &mut Vec<u8>,
+    part: &[u8],
+    t: &ClientTimeouts,
+    entry: &Entry,
+) -> Result<(), Relay> {
+    write_head_and(client, head, part, t, entry)
+        .await
+        .map_err(|()| Relay::Client)?;
+    while let Some(next) = reader.next().await {
+        let bytes = next.map_err(Relay::Backend)?;
+        write_client(client, &bytes, t, entry)
+            .await
+            .map_err(|()| Relay::Client)?;
+    }
+    Ok(())
 }
 
 /// Reads the next part of the response body; `true` when the body ended

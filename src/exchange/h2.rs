@@ -18,8 +18,10 @@
 //! line here.
 
 use super::body::Rest;
-use super::h2_response::{error_response, BackendBody, Unread};
+use super::h2_response::{error_response, BackendBody, SpooledBody, Unread};
 pub use super::h2_response::{BoxError, ProxyBody};
+use super::pump::Pump;
+use super::request_spool::{self, Prefixed};
 use super::upload::{self, Failure, RequestBody, Sent};
 use super::{Plan, Tries};
 use crate::config::ProxyProtocol;
@@ -49,6 +51,14 @@ use tokio::time::{Instant, Sleep};
 
 /// The backend's response is read in steps of this much.
 const RESP_BUF: usize = 16 * 1024;
+
+/// How one request is sent and its answer taken.
+#[derive(Clone, Copy)]
+struct How {
+    head_request: bool,
+    idempotent: bool,
+    buffer_response: bool,
+}
 
 /// What the proxy knows about one request besides the request itself.
 pub struct RequestCtx {
@@ -106,10 +116,11 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
         Ok(t) => t,
         Err(r) => return Err((r.into(), Some(body))),
     };
-    let Some(idx) = super::route(shared, target.host.unwrap_or_default(), &target.path) else {
+    let Some(route) = super::find_route(shared, target.host.unwrap_or_default(), &target.path) else {
         return Err((ProxyError::NoRoute, Some(body)));
     };
-    let upstream = &shared.upstreams[idx];
+    let buffering = super::Buffering::of(shared, route, &ctx.policy);
+    let upstream = &shared.upstreams[route.backend];
     // Over its limit, a declared length was refused by the parse (413).
     let (first, rest) = take_body(body, ctx).await?;
     let chunked = matches!(head.framing, Framing::Chunked(_));
@@ -124,16 +135,33 @@ async fn forward(parts: &mut request::Parts, body: Incoming, ctx: &RequestCtx) -
     if rest.is_none() && chunked && !last_chunk {
         out.extend_from_slice(b"0\r\n\r\n");
     }
-    let up = Upload {
-        rest,
-        chunked,
-        last_chunk,
-        linger: settings.close.linger_time,
+    let mut up = Prefixed {
+        pre: None,
+        live: Upload {
+            rest,
+            chunked,
+            last_chunk,
+            linger: settings.close.linger_time,
+        },
     };
+    // Request buffering: the rest of the body is taken before a backend
+    // connection is (a body complete in its first frame goes out at once).
+    if buffering.requests && !up.live.is_done() {
+        let (cfg, metrics) = (shared.config.buffer.clone(), shared.metrics.clone());
+        match request_spool::take(&mut up.live, cfg, metrics).await {
+            Ok(pre) => up.pre = Some(pre),
+            Err(e) => return Err((e, up.live.rest.take().map(|l| l.rest))),
+        }
+    }
     let head_request = parts.method == http::Method::HEAD;
     // The whole request is in `out` when `up` has no rest: it can be sent
     // again on a fresh connection.
-    send_with_retry(upstream, Bytes::from(out), up, head_request, head.idempotent, ctx).await
+    let how = How {
+        head_request,
+        idempotent: head.idempotent,
+        buffer_response: buffering.responses,
+    };
+    send_with_retry(upstream, Bytes::from(out), up, how, ctx).await
 }
 
 /// The HTTP/1.1 request head an HTTP/2 request stands for, parsed by the
@@ -213,9 +241,8 @@ async fn take_body(mut body: Incoming, ctx: &RequestCtx) -> Result<(Option<Frame
 async fn send_with_retry(
     upstream: &Arc<Upstream>,
     out: Bytes,
-    mut up: Upload,
-    head_request: bool,
-    idempotent: bool,
+    mut up: Prefixed<Upload>,
+    how: How,
     ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Refused> {
     let t = Timeouts::new(&ctx.policy.settings, &upstream.cfg);
@@ -226,21 +253,21 @@ async fn send_with_retry(
             ProxyProtocol::Off => ctx.peer,
             _ => ctx.local,
         },
-        replayable: up.rest.is_none(),
-        idempotent,
+        replayable: up.live.rest.is_none() && up.pre.is_none(),
+        idempotent: how.idempotent,
     });
     loop {
         let bc = match tries.checkout(upstream).await {
             Ok(bc) => bc,
-            Err(e) => return Err((e, up.rest.map(|l| l.rest))),
+            Err(e) => return Err((e, up.live.rest.map(|l| l.rest))),
         };
         let reused = bc.reused();
-        let (err, retry_safe) = match attempt(bc, out.clone(), &mut up, head_request, upstream, &t).await {
+        let (err, retry_safe) = match attempt(bc, out.clone(), &mut up, how, upstream, &t, ctx).await {
             Ok(resp) => return Ok(resp),
             Err(failed) => failed,
         };
         if let Err(err) = tries.again(upstream, &ctx.shared.metrics, reused, err, retry_safe) {
-            return Err((err, up.rest.map(|l| l.rest)));
+            return Err((err, up.live.rest.map(|l| l.rest)));
         }
     }
 }
@@ -251,15 +278,16 @@ type Failed = (ProxyError, RetrySafe);
 async fn attempt(
     mut bc: RawConn,
     out: Bytes,
-    up: &mut Upload,
-    head_request: bool,
+    up: &mut Prefixed<Upload>,
+    how: How,
     upstream: &Arc<Upstream>,
     t: &Timeouts,
+    ctx: &RequestCtx,
 ) -> Result<Response<ProxyBody>, Failed> {
     let mut resp = BytesMut::with_capacity(RESP_BUF);
     let complete = send(&mut bc, out, up, &mut resp, t).await?;
     let started = Instant::now();
-    let head = read_head(&mut bc, &mut resp, head_request, t).await?;
+    let head = read_head(&mut bc, &mut resp, how.head_request, t).await?;
     let answered = super::Answered(bc.addr, started.elapsed());
     resp.advance(head.len);
     let rest = Rest::new(head.body);
@@ -268,12 +296,26 @@ async fn attempt(
     let unread = if complete {
         None
     } else {
-        Unread::new(up.rest.take().map(|l| l.rest), up.linger)
+        Unread::new(up.live.rest.take().map(|l| l.rest), up.live.linger)
     };
-    let body = BackendBody::new(bc, resp, rest, pool, head.reuse, t.response, unread);
+    let body = if how.buffer_response && !head.unbuffered && !rest.is_done() {
+        let pump = Pump {
+            conn: bc,
+            buf: resp,
+            rest,
+            pool,
+            reuse: head.reuse,
+            data_only: true,
+            gap: t.response,
+        };
+        let reader = pump.start(ctx.shared.config.buffer.clone(), ctx.shared.metrics.clone());
+        ProxyBody::Spooled(SpooledBody::new(reader, unread))
+    } else {
+        ProxyBody::Backend(BackendBody::new(bc, resp, rest, pool, head.reuse, t.response, unread))
+    };
     let status =
         StatusCode::from_u16(head.status).map_err(|_| (ProxyError::BadResponse("bad status"), RetrySafe::No))?;
-    let mut out = Response::new(ProxyBody::Backend(body));
+    let mut out = Response::new(body);
     *out.status_mut() = status;
     *out.headers_mut() = head.headers;
     out.extensions_mut().insert(answered);
@@ -328,7 +370,7 @@ async fn read_head(
 async fn send(
     bc: &mut RawConn,
     out: Bytes,
-    up: &mut Upload,
+    up: &mut Prefixed<Upload>,
     resp: &mut BytesMut,
     t: &Timeouts,
 ) -> Result<bool, Failed> {

@@ -7,6 +7,7 @@
 use super::body::Rest;
 use crate::http1::framing::forbidden_trailer;
 use crate::http1::response::ReuseHint;
+use crate::spool::Reader;
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -82,6 +83,65 @@ pub enum ProxyBody {
     /// finguard's own answer, and the request body it did not read.
     Full(Option<Bytes>, Option<Unread>),
     Backend(BackendBody),
+    /// Read from the backend by a pump at the backend's speed (response
+    /// buffering): the stream drains it as h2 asks.
+    Spooled(SpooledBody),
+}
+
+type NextFut = Pin<Box<dyn Future<Output = (Reader, Option<Result<Bytes, &'static str>>)> + Send>>;
+
+/// A response body drained from its spool ([`super::pump`]).
+pub struct SpooledBody {
+    reader: Option<Reader>,
+    next: Option<NextFut>,
+    /// Trailers to hand on after the last data; `done` once they went.
+    trailers: Option<HeaderMap>,
+    done: bool,
+    _unread: Option<Unread>,
+}
+
+impl SpooledBody {
+    pub(super) fn new(reader: Reader, unread: Option<Unread>) -> SpooledBody {
+        SpooledBody {
+            reader: Some(reader),
+            next: None,
+            trailers: None,
+            done: false,
+            _unread: unread,
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Polled {
+        if self.done {
+            return Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))));
+        }
+        if self.next.is_none() {
+            let Some(mut reader) = self.reader.take() else {
+                return Poll::Ready(None);
+            };
+            self.next = Some(Box::pin(async move {
+                let r = reader.next().await;
+                (reader, r)
+            }));
+        }
+        let Some(fut) = self.next.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let (mut reader, r) = std::task::ready!(fut.as_mut().poll(cx));
+        self.next = None;
+        match r {
+            Some(Ok(b)) => {
+                self.reader = Some(reader);
+                Poll::Ready(Some(Ok(Frame::data(b))))
+            }
+            Some(Err(why)) => Poll::Ready(Some(Err(format!("{why} from the backend").into()))),
+            None => {
+                self.done = true;
+                self.trailers = parse_trailers(&reader.take_trailer());
+                Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+        }
+    }
 }
 
 /// A response body read from its backend connection as h2 asks for it.
@@ -271,6 +331,7 @@ impl Body for ProxyBody {
         match &mut *self {
             ProxyBody::Full(b, _) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Backend(b) => b.poll_next(cx),
+            ProxyBody::Spooled(b) => b.poll_next(cx),
         }
     }
 
@@ -278,6 +339,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Full(b, _) => b.is_none(),
             ProxyBody::Backend(b) => matches!(b.rest, Rest::Empty) && b.buf.is_empty() && b.trailers.is_none(),
+            ProxyBody::Spooled(b) => b.done && b.trailers.is_none(),
         }
     }
 
@@ -290,6 +352,7 @@ impl Body for ProxyBody {
                 Rest::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
             },
+            ProxyBody::Spooled(_) => SizeHint::default(),
         }
     }
 }

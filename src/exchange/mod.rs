@@ -17,6 +17,8 @@ pub mod body;
 pub mod h1;
 pub mod h2;
 mod h2_response;
+pub mod pump;
+pub mod request_spool;
 pub mod upload;
 
 pub use h1::{error_response, run, Conn, Done, Next, Request};
@@ -199,6 +201,11 @@ pub struct Answered(pub SocketAddr, pub std::time::Duration);
 /// The asterisk form (`OPTIONS *`) is routed as `/`.
 /// `path` is normalised ([`forward::normalize`]).
 pub fn route(shared: &Shared, host: &[u8], path: &[u8]) -> Option<usize> {
+    find_route(shared, host, path).map(|r| r.backend)
+}
+
+/// The route [`route`] picks, with its own settings.
+pub fn find_route<'s>(shared: &'s Shared, host: &[u8], path: &[u8]) -> Option<&'s crate::config::RouteConfig> {
     let host = match host.iter().rposition(|&b| b == b':') {
         Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host.ends_with(b"]") => &host[..i],
         _ => host,
@@ -217,5 +224,23 @@ pub fn route(shared: &Shared, host: &[u8], path: &[u8]) -> Option<usize> {
         })
         .filter(|r| path.starts_with(r.path_prefix.as_bytes()))
         .max_by_key(|r| (r.host.is_some(), r.path_prefix.len()))
-        .map(|r| r.backend)
+}
+
+/// Whether an exchange's request and response are buffered: `[buffer]`,
+/// its route and its client's User-Agent rules (`config::buffer::decide`).
+#[derive(Debug, Clone, Copy)]
+pub struct Buffering {
+    pub requests: bool,
+    pub responses: bool,
+}
+
+impl Buffering {
+    pub fn of(shared: &Shared, route: &crate::config::RouteConfig, policy: &ClientPolicy) -> Buffering {
+        use crate::config::buffer::decide;
+        let b = &shared.config.buffer;
+        Buffering {
+            requests: decide(b.requests, route.request_buffering, policy.request_buffering),
+            responses: decide(b.responses, route.response_buffering, policy.response_buffering),
+        }
+    }
 }

@@ -111,6 +111,8 @@ pub struct Shaped {
     /// The client connection stays open after this response.
     pub keepalive: bool,
     pub reuse: ReuseHint,
+    /// `X-Accel-Buffering: no`: relayed at the client's pace.
+    pub unbuffered: bool,
 }
 
 #[derive(Debug)]
@@ -132,7 +134,7 @@ pub const MAX_INTERIM: u32 = 32;
 
 /// Response headers never relayed as they came.
 fn hop_by_hop(name: &[u8]) -> bool {
-    const NAMES: [&[u8]; 7] = [
+    const NAMES: [&[u8]; 8] = [
         b"connection",
         b"keep-alive",
         b"proxy-connection",
@@ -140,6 +142,8 @@ fn hop_by_hop(name: &[u8]) -> bool {
         b"transfer-encoding",
         b"upgrade",
         b"trailer",
+        // finguard's instruction (nginx's convention), not the client's.
+        b"x-accel-buffering",
     ];
     NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
@@ -159,6 +163,7 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         reuse,
         named,
         upgrade,
+        unbuffered,
     } = scan(resp.headers, resp.version == Some(0))?;
     if (100..200).contains(&status) && status != 101 {
         // Rewritten as a final head is: hop-by-hop fields are not relayed
@@ -208,6 +213,7 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         client_body,
         keepalive,
         reuse,
+        unbuffered,
     }))
 }
 
@@ -297,6 +303,7 @@ struct Scan<'a> {
     /// Header names listed in `Connection` (hop by hop, not relayed).
     named: Vec<&'a [u8]>,
     upgrade: Option<&'a [u8]>,
+    unbuffered: bool,
 }
 
 fn scan<'a>(headers: &[httparse::Header<'a>], backend10: bool) -> Result<Scan<'a>, BadResponse> {
@@ -306,6 +313,7 @@ fn scan<'a>(headers: &[httparse::Header<'a>], backend10: bool) -> Result<Scan<'a
         reuse: ReuseHint::default(),
         named: Vec::new(),
         upgrade: None,
+        unbuffered: false,
     };
     let mut backend_keepalive = false;
     for h in headers {
@@ -335,6 +343,8 @@ fn scan<'a>(headers: &[httparse::Header<'a>], backend10: bool) -> Result<Scan<'a
             s.reuse.read_keep_alive(h.value);
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             s.upgrade = Some(h.value);
+        } else if name.eq_ignore_ascii_case(b"x-accel-buffering") {
+            s.unbuffered = h.value.trim_ascii().eq_ignore_ascii_case(b"no");
         }
     }
     // RFC 9112 §6.1: an HTTP/1.0 message with Transfer-Encoding has
@@ -369,6 +379,8 @@ pub struct Head2 {
     pub headers: http::HeaderMap,
     pub body: BodyMode,
     pub reuse: ReuseHint,
+    /// `X-Accel-Buffering: no`.
+    pub unbuffered: bool,
 }
 
 #[derive(Debug)]
@@ -424,6 +436,7 @@ pub fn parse_h2(buf: &[u8], head_request: bool) -> Result<Parsed2, BadResponse> 
         headers: out,
         body,
         reuse,
+        unbuffered: sc.unbuffered,
     }))
 }
 

@@ -7,6 +7,7 @@
 //! ends the run early and the report is still printed.
 
 mod scenarios;
+mod slow;
 pub(crate) mod wire;
 
 use crate::census::{self, Counts};
@@ -40,6 +41,10 @@ pub enum Scenario {
     IdleHold,
     /// Plain keep-alive GETs: the control group.
     WellBehaved,
+    /// Downloads a large response a few KiB at a time.
+    SlowRead,
+    /// Sends a request body a few hundred bytes at a time.
+    SlowPost,
 }
 
 impl Scenario {
@@ -67,7 +72,17 @@ impl Scenario {
             Scenario::Slowloris => "slowloris",
             Scenario::IdleHold => "idle-hold",
             Scenario::WellBehaved => "well-behaved",
+            Scenario::SlowRead => "slow-read",
+            Scenario::SlowPost => "slow-post",
         }
+    }
+}
+
+/// A slow scenario's own pace (bytes per step, pause between steps).
+pub fn slow_defaults(s: Scenario) -> (usize, Duration) {
+    match s {
+        Scenario::SlowPost => slow::DEFAULT_POST_STEP,
+        _ => slow::DEFAULT_READ_STEP,
     }
 }
 
@@ -85,6 +100,9 @@ pub struct Options {
     /// Another port whose server-side sockets are counted too (the backend
     /// behind a proxy under test).
     pub also_census: Option<u16>,
+    /// `slow-read`/`slow-post`: bytes per step and the pause between
+    /// steps; `None`: the scenario's own default.
+    pub step: Option<(usize, Duration)>,
 }
 
 impl Options {
@@ -97,6 +115,7 @@ impl Options {
             path: "/".into(),
             body_bytes: 4 << 20,
             also_census: None,
+            step: None,
         }
     }
 

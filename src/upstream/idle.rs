@@ -77,7 +77,35 @@ pub struct RawConn {
     /// The worker whose list it belongs to.
     home: usize,
     wake: Arc<IdleWake>,
+    /// Times the exchange that holds it (`finguard_backend_hold_seconds`);
+    /// boxed once per connection, so that a lent connection stays small.
+    hold: Box<Hold>,
     _slot: SlotGuard,
+}
+
+/// Since when an exchange holds a connection: observed when it comes back
+/// to the pool or is dropped, whichever path its exchange took.
+struct Hold {
+    since: Option<Instant>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Hold {
+    fn start(&mut self) {
+        self.since = Some(Instant::now());
+    }
+
+    fn stop(&mut self) {
+        if let Some(t) = self.since.take() {
+            self.metrics.buffer.held_backend(t.elapsed());
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl std::fmt::Debug for RawConn {
@@ -94,6 +122,12 @@ impl RawConn {
     pub fn reused(&self) -> bool {
         self.uses > 0
     }
+}
+
+/// A connection handed to an exchange: its hold begins.
+fn lent(mut c: RawConn) -> RawConn {
+    c.hold.start();
+    c
 }
 
 /// Arms an idle connection's readiness with its own waker; says whether the
@@ -163,17 +197,17 @@ impl Upstream {
             notified.as_mut().enable();
             if !fresh {
                 if let Some(c) = self.pop_raw(w, source) {
-                    return Ok(c);
+                    return Ok(lent(c));
                 }
                 // Few warm connections beat a new one: another worker's idle
                 // connection moves over to this one.
                 if let Some(c) = self.steal(w, source) {
-                    return Ok(c);
+                    return Ok(lent(c));
                 }
             }
             if let Some(slot) = self.take_slot() {
                 let speaker = Speaker::Client { client, local };
-                return self.connect_raw(slot, source, speaker, tried, w).await;
+                return self.connect_raw(slot, source, speaker, tried, w).await.map(lent);
             }
             // Every slot is taken: only a fresh connection makes an idle one
             // give up its slot (the backend never sees more than `max_connections`).
@@ -305,6 +339,10 @@ impl Upstream {
                 flagged: AtomicBool::new(false),
                 signal: self.raw[w].signal.clone(),
             }),
+            hold: Box::new(Hold {
+                since: None,
+                metrics: self.metrics.clone(),
+            }),
             _slot: slot,
         })
     }
@@ -312,6 +350,7 @@ impl Upstream {
     /// Returns a connection after a complete exchange, unless the backend
     /// said it will not take another request on it.
     pub fn checkin_raw(self: &Arc<Self>, mut c: RawConn, hint: super::ReuseHint) {
+        c.hold.stop();
         c.uses += 1;
         if let Some(m) = hint.max {
             // The backend's count already includes this request.

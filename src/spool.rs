@@ -1,0 +1,392 @@
+//! A spool: the bytes of one body in transit between a fast side and a slow
+//! one, first in memory, then in a temporary file, in order (one writer, one
+//! reader). Response buffering writes the backend's body into it at the
+//! backend's speed while the client side reads it at the client's; request
+//! buffering fills one from the client before the backend is contacted.
+//!
+//! - Memory first, up to `memory_per_exchange`. When that is full the writer
+//!   waits [`SPILL_PATIENCE`] for the reader; a client that keeps up never
+//!   makes it spill. Then an unlinked temporary file in `dir`
+//!   (`tempfile::tempfile_in`: nothing is left behind after a crash), up to
+//!   `file_per_exchange`; past it the writer waits for the reader, as an
+//!   unbuffered relay would.
+//! - While the file holds unread bytes everything new goes behind them into
+//!   the file; once it is drained, memory again. The file only grows
+//!   (offsets are never reused), so `file_per_exchange` caps what one
+//!   exchange may ever write to disk.
+//! - The process-wide budgets (`memory_total`, `file_total`) are the
+//!   `finguard_buffered_bytes` gauges themselves. When one is out the
+//!   exchange falls back to streaming (one chunk in hand, the writer waits
+//!   for the reader), counted once in `finguard_buffer_fallbacks_total`;
+//!   a full buffer is never an error.
+//! - File reads and writes run on the blocking pool (`spawn_blocking`,
+//!   positioned `pread`/`pwrite`): the event loop never waits on the disk.
+//!
+//! The spool never touches a socket; who fills and who drains it decide
+//! the deadlines (the writer waits on the reader only while the reader is
+//! alive, and a reader bounded by its client's deadlines drops it).
+
+use crate::config::buffer::BufferConfig;
+use crate::metrics::{Fallback, Held, Metrics};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long a full memory buffer waits for its reader before it spills to
+/// disk: a client that keeps up takes a chunk in microseconds, so only a
+/// client really slower than its backend costs disk I/O (nginx spills as
+/// soon as its few buffers fill).
+pub const SPILL_PATIENCE: Duration = Duration::from_millis(20);
+/// One read from the temporary file takes at most this much: a few socket
+/// writes' worth, one trip to the blocking pool.
+const FILE_READ: usize = 64 * 1024;
+
+/// The reader is gone: nothing more is wanted.
+#[derive(Debug)]
+pub struct Gone;
+
+/// Makes an empty spool: its writing and its reading end.
+pub fn channel(cfg: Arc<BufferConfig>, metrics: Arc<Metrics>) -> (Writer, Reader) {
+    let inner = Arc::new(Inner {
+        state: Mutex::new(State::default()),
+        data: Notify::new(),
+        space: Notify::new(),
+        cfg,
+        metrics,
+    });
+    (Writer { inner: inner.clone() }, Reader { inner })
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Woken when bytes (or the end) arrive.
+    data: Notify,
+    /// Woken when the reader took bytes or left.
+    space: Notify,
+    cfg: Arc<BufferConfig>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Chunks in order; `true`: counted in the memory budget.
+    mem: VecDeque<(Bytes, bool)>,
+    mem_len: usize,
+    /// Held from the memory budget.
+    budgeted: u64,
+    file: Option<Arc<File>>,
+    /// Reserved (being written) end, written end, read position.
+    file_end: u64,
+    file_ready: u64,
+    file_read: u64,
+    /// Held from the disk budget (the file's size).
+    disk_held: u64,
+    end: Option<Result<(), &'static str>>,
+    /// A chunked body's trailer section, handed on at the end.
+    trailer: Vec<u8>,
+    reader_gone: bool,
+    /// The memory buffer was full for longer than the patience: spill.
+    impatient: bool,
+    /// No (more) file: it failed, or reached `file_per_exchange`.
+    no_file: bool,
+    spilled: bool,
+    fell_back: bool,
+}
+
+impl State {
+    fn file_pending(&self) -> bool {
+        self.file_end > self.file_read
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counted once per spool.
+    fn fall_back(&self, st: &mut State, why: Fallback) {
+        if !std::mem::replace(&mut st.fell_back, true) {
+            self.metrics.buffer.fell_back(why);
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let st = self.lock();
+        let (mem, disk) = (st.budgeted, st.disk_held);
+        drop(st);
+        self.metrics.buffer.release(Held::Memory, mem);
+        self.metrics.buffer.release(Held::Disk, disk);
+    }
+}
+
+/// Where the next chunk goes.
+enum Place {
+    Taken,
+    Gone,
+    File(Arc<File>, u64),
+    NewFile,
+    /// For the reader; `true`: at most the patience, then spill.
+    Wait(bool),
+}
+
+/// The writing end.
+pub struct Writer {
+    inner: Arc<Inner>,
+}
+
+impl Writer {
+    /// Appends `b`; waits while the spool cannot take it.
+    pub async fn push(&mut self, mut b: Bytes) -> Result<(), Gone> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        loop {
+            let space = self.inner.space.notified();
+            match self.place(&b) {
+                Place::Taken => return Ok(()),
+                Place::Gone => return Err(Gone),
+                Place::File(f, off) => match self.write_file(f, off, b).await {
+                    Ok(()) => return Ok(()),
+                    Err(Some(back)) => b = back,
+                    Err(None) => return Err(Gone),
+                },
+                Place::NewFile => self.make_file().await,
+                Place::Wait(true) => {
+                    if tokio::time::timeout(SPILL_PATIENCE, space).await.is_err() {
+                        self.inner.lock().impatient = true;
+                    }
+                }
+                Place::Wait(false) => space.await,
+            }
+        }
+    }
+
+    /// Appends `b` without waiting for the reader (who is not reading
+    /// yet: request buffering): memory, else the file at once. Gives `b`
+    /// back when it would have to wait; `None` when it was lost.
+    pub async fn push_now(&mut self, mut b: Bytes) -> Result<(), Option<Bytes>> {
+        self.inner.lock().impatient = true;
+        loop {
+            match self.place(&b) {
+                Place::Taken => return Ok(()),
+                Place::Gone | Place::Wait(_) => return Err(Some(b)),
+                Place::File(f, off) => match self.write_file(f, off, b).await {
+                    Ok(()) => return Ok(()),
+                    Err(Some(back)) => b = back,
+                    Err(None) => return Err(None),
+                },
+                Place::NewFile => self.make_file().await,
+            }
+        }
+    }
+
+    fn place(&self, b: &Bytes) -> Place {
+        let (cfg, m) = (&self.inner.cfg, &self.inner.metrics.buffer);
+        let mut st = self.inner.lock();
+        if st.reader_gone {
+            return Place::Gone;
+        }
+        let len = b.len();
+        if !st.file_pending() {
+            let fits = st.mem_len == 0 || st.mem_len + len <= cfg.memory_per_exchange;
+            if fits && m.try_hold(Held::Memory, len as u64, cfg.memory_total) {
+                return self.to_memory(&mut st, b.clone(), true);
+            }
+            if fits {
+                self.inner.fall_back(&mut st, Fallback::MemoryTotal);
+            }
+            if st.mem_len == 0 {
+                // Streaming: one chunk in hand, as an unbuffered relay holds.
+                return self.to_memory(&mut st, b.clone(), false);
+            }
+            if !st.impatient {
+                return Place::Wait(true);
+            }
+        }
+        if st.no_file || !cfg.uses_disk() {
+            return Place::Wait(false);
+        }
+        if st.file_end + len as u64 > cfg.file_per_exchange {
+            st.no_file = true;
+            return Place::Wait(false);
+        }
+        let Some(f) = st.file.clone() else {
+            return Place::NewFile;
+        };
+        if !m.try_hold(Held::Disk, len as u64, cfg.file_total) {
+            self.inner.fall_back(&mut st, Fallback::FileTotal);
+            return Place::Wait(false);
+        }
+        st.disk_held += len as u64;
+        let off = st.file_end;
+        st.file_end += len as u64;
+        if !std::mem::replace(&mut st.spilled, true) {
+            m.spilled();
+        }
+        Place::File(f, off)
+    }
+
+    fn to_memory(&self, st: &mut State, b: Bytes, counted: bool) -> Place {
+        st.mem_len += b.len();
+        if counted {
+            st.budgeted += b.len() as u64;
+        }
+        st.mem.push_back((b, counted));
+        self.inner.data.notify_one();
+        Place::Taken
+    }
+
+    /// Writes `b` at `off`; on failure gives it back (the file is given
+    /// up, `b` goes behind what the file still holds for the reader), or
+    /// `None` when it was lost with the blocking task (at shutdown).
+    async fn write_file(&self, f: Arc<File>, off: u64, b: Bytes) -> Result<(), Option<Bytes>> {
+        let len = b.len() as u64;
+        let res = tokio::task::spawn_blocking(move || {
+            let r = f.write_all_at(&b, off);
+            (b, r)
+        })
+        .await;
+        let mut st = self.inner.lock();
+        match res {
+            Ok((_, Ok(()))) => {
+                st.file_ready = off + len;
+                self.inner.data.notify_one();
+                Ok(())
+            }
+            Ok((b, Err(e))) => {
+                tracing::warn!(error = %e, "temporary file write failed; relaying at the client's pace");
+                // Writes are in order: everything before `off` is written.
+                st.file_end = off;
+                st.disk_held -= len;
+                self.inner.metrics.buffer.release(Held::Disk, len);
+                st.no_file = true;
+                self.inner.fall_back(&mut st, Fallback::FileError);
+                Err(Some(b))
+            }
+            Err(_) => Err(None),
+        }
+    }
+
+    /// Makes the temporary file (unlinked at once) on the blocking pool.
+    async fn make_file(&self) {
+        let dir = self.inner.cfg.dir.clone();
+        let made = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir)).await;
+        let mut st = self.inner.lock();
+        match made {
+            Ok(Ok(f)) => st.file = Some(Arc::new(f)),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, dir = %self.inner.cfg.dir.display(), "cannot make a temporary file; relaying at the client's pace");
+                st.no_file = true;
+                self.inner.fall_back(&mut st, Fallback::FileError);
+            }
+            Err(_) => st.no_file = true,
+        }
+    }
+
+    /// The body is over: `Ok` at its end, or why it broke off; a chunked
+    /// body's trailer section goes with it.
+    pub fn finish(self, end: Result<(), &'static str>, trailer: Vec<u8>) {
+        let mut st = self.inner.lock();
+        st.end = Some(end);
+        st.trailer = trailer;
+        self.inner.data.notify_one();
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        if st.end.is_none() {
+            st.end = Some(Err("the body's source went away"));
+        }
+        self.inner.data.notify_one();
+    }
+}
+
+enum Next {
+    Ready(Option<Result<Bytes, &'static str>>),
+    File(Arc<File>, u64, usize),
+    Wait,
+}
+
+/// The reading end.
+pub struct Reader {
+    inner: Arc<Inner>,
+}
+
+impl Reader {
+    /// The next bytes in order; `None` at a clean end, `Err` when the body
+    /// broke off.
+    pub async fn next(&mut self) -> Option<Result<Bytes, &'static str>> {
+        loop {
+            let data = self.inner.data.notified();
+            match self.poll_state() {
+                Next::Ready(r) => return r,
+                Next::File(f, off, n) => return Some(self.read_file(f, off, n).await),
+                Next::Wait => data.await,
+            }
+        }
+    }
+
+    /// What the spool holds for the reader now.
+    fn poll_state(&self) -> Next {
+        let mut st = self.inner.lock();
+        if let Some((b, counted)) = st.mem.pop_front() {
+            st.mem_len -= b.len();
+            if counted {
+                st.budgeted -= b.len() as u64;
+                self.inner.metrics.buffer.release(Held::Memory, b.len() as u64);
+            }
+            self.inner.space.notify_one();
+            return Next::Ready(Some(Ok(b)));
+        }
+        match (&st.file, st.file_ready > st.file_read) {
+            (Some(f), true) => {
+                let n = (st.file_ready - st.file_read).min(FILE_READ as u64);
+                Next::File(f.clone(), st.file_read, n as usize)
+            }
+            _ => match st.end {
+                Some(end) => Next::Ready(end.err().map(Err)),
+                None => Next::Wait,
+            },
+        }
+    }
+
+    async fn read_file(&self, f: Arc<File>, off: u64, n: usize) -> Result<Bytes, &'static str> {
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            f.read_exact_at(&mut buf, off).map(|()| buf)
+        })
+        .await;
+        let Ok(Ok(buf)) = read else {
+            return Err("temporary file read failed");
+        };
+        let mut st = self.inner.lock();
+        st.file_read += n as u64;
+        if !st.file_pending() {
+            // Drained: memory again, with patience again.
+            st.impatient = false;
+        }
+        self.inner.space.notify_one();
+        Ok(Bytes::from(buf))
+    }
+
+    /// A chunked body's trailer section, once the body ended.
+    pub fn take_trailer(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.inner.lock().trailer)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.inner.lock().reader_gone = true;
+        self.inner.space.notify_one();
+    }
+}

@@ -1,0 +1,513 @@
+//! Request and response buffering: a slow client never holds a backend
+//! connection. Backends here are the test's own threads, so what they saw
+//! (the whole response written, the next request) is the oracle, beside
+//! finguard's metrics; nothing waits on a clock to decide an outcome.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// The byte at offset `i` of a test body: a pattern that shows any
+/// reordering or loss.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ ((i / 251) % 256) as u8).collect()
+}
+
+/// A backend that answers every request on every connection with `body`
+/// (keep-alive), and notes when a response was written whole.
+struct BodyBackend {
+    addr: SocketAddr,
+    written: Arc<AtomicUsize>,
+}
+
+fn body_backend(body: Arc<Vec<u8>>) -> BodyBackend {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let w = written.clone();
+    thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            let (body, w) = (body.clone(), w.clone());
+            thread::spawn(move || serve_body(s, &body, &w));
+        }
+    });
+    BodyBackend { addr, written }
+}
+
+fn serve_body(mut s: TcpStream, body: &[u8], written: &AtomicUsize) {
+    let mut buf = Vec::new();
+    while read_head(&mut s, &mut buf).is_some() {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+            return;
+        }
+        written.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A directory of the test's own for temporary files.
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("finguard-buf-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn config(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[buffer]\ndir = \"{}\"\n{extra}\n",
+        dir.display()
+    )
+}
+
+/// Sends a GET and reads the head and `n` bytes of body at most.
+fn get_start(p: &Proxy, n: usize) -> (TcpStream, Vec<u8>) {
+    let mut c = p.connect();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf).expect("response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    while buf.len() < n {
+        let mut chunk = [0u8; 4096];
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+    (c, buf)
+}
+
+fn read_rest(c: &mut TcpStream, buf: &mut Vec<u8>, len: usize) {
+    let mut chunk = vec![0u8; 65536];
+    while buf.len() < len {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+    }
+}
+
+/// Larger than the loopback socket buffers on both of finguard's sides.
+const BIG: usize = 24 * 1024 * 1024;
+
+#[test]
+fn a_slow_reader_gets_the_whole_file_while_the_backend_is_released_early() {
+    let body = Arc::new(pattern(BIG));
+    let b = body_backend(body.clone());
+    let dir = temp_dir("slow-read");
+    let p = Proxy::start(&config(&dir, ""), b.addr);
+    // The client takes 64 KiB and then nothing.
+    let (mut c, mut got) = get_start(&p, 64 * 1024);
+    // The backend wrote the whole response although the client holds
+    // almost all of it unread: finguard took it.
+    assert!(
+        wait_until(LIMIT, || b.written.load(Ordering::SeqCst) == 1),
+        "the backend could not write its response while the client was slow"
+    );
+    // And its connection went back to the pool: the exchange's hold ended.
+    assert!(wait_until(LIMIT, || p.metric("finguard_backend_hold_seconds_count") >= 1.0));
+    assert!(p.metric("finguard_buffer_spills_total") >= 1.0);
+    assert!(p.metric("finguard_buffered_bytes{where=\"disk\"}") > 0.0);
+    // The spill lives in an unlinked file: the directory is empty, the
+    // descriptor points at a deleted file in it.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let fds = deleted_files_in(p.child.id(), &dir);
+    assert!(fds >= 1, "no unlinked temporary file open in {}", dir.display());
+    // The whole body arrives, in order.
+    read_rest(&mut c, &mut got, BIG);
+    assert_eq!(got.len(), BIG);
+    assert!(got == *body, "the body arrived altered");
+    // The pooled connection serves the next request.
+    let (mut c2, mut got2) = get_start(&p, 0);
+    read_rest(&mut c2, &mut got2, BIG);
+    assert!(got2 == *body);
+    assert!(wait_until(LIMIT, || p
+        .metric("finguard_buffered_bytes{where=\"disk\"}")
+        == 0.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Open descriptors of `pid` that point at deleted files in `dir`.
+fn deleted_files_in(pid: u32, dir: &std::path::Path) -> usize {
+    let prefix = dir.display().to_string();
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|t| t.display().to_string())
+        .filter(|t| t.starts_with(&prefix) && t.ends_with("(deleted)"))
+        .count()
+}
+
+#[test]
+fn without_response_buffering_the_slow_reader_holds_the_backend() {
+    // The control: the same exchange with buffering off keeps the backend
+    // writing at the client's pace.
+    let body = Arc::new(pattern(BIG));
+    let b = body_backend(body.clone());
+    let dir = temp_dir("control");
+    let p = Proxy::start(&config(&dir, "responses = false"), b.addr);
+    let (mut c, mut got) = get_start(&p, 64 * 1024);
+    assert!(!wait_until(Duration::from_secs(2), || b.written.load(Ordering::SeqCst) == 1));
+    assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
+    read_rest(&mut c, &mut got, BIG);
+    assert!(got == *body);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn no_temporary_file_remains_after_sigkill_mid_transfer() {
+    let body = Arc::new(pattern(BIG));
+    let b = body_backend(body);
+    let dir = temp_dir("sigkill");
+    let mut p = Proxy::start(&config(&dir, ""), b.addr);
+    let (_c, _) = get_start(&p, 64 * 1024);
+    assert!(wait_until(LIMIT, || p.metric("finguard_buffer_spills_total") >= 1.0));
+    assert!(deleted_files_in(p.child.id(), &dir) >= 1);
+    p.signal("KILL");
+    let _ = p.wait_exit(LIMIT);
+    assert!(p.child.try_wait().unwrap().is_some(), "finguard outlived SIGKILL");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn when_the_budgets_run_out_exchanges_stream_and_nothing_fails() {
+    const LEN: usize = 3 * 1024 * 1024;
+    let body = Arc::new(pattern(LEN));
+    let b = body_backend(body.clone());
+    let dir = temp_dir("budget");
+    let p = Proxy::start(&config(&dir, "memory_total = 1\nfile_total = 1"), b.addr);
+    for _ in 0..3 {
+        let (mut c, mut got) = get_start(&p, 0);
+        read_rest(&mut c, &mut got, LEN);
+        assert!(got == *body, "a body arrived altered or short: {} bytes", got.len());
+    }
+    assert!(p.metric("finguard_buffer_fallbacks_total{reason=\"memory_total\"}") >= 1.0);
+    assert_eq!(p.metric("finguard_requests_total{code=\"5xx\"}"), 0.0);
+    assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_streamed_response_reaches_the_client_event_by_event() {
+    // The backend sends event N+1 only once the client has seen event N:
+    // a buffer that held bytes back would stop the stream here.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (ack_tx, ack_rx) = mpsc::channel::<usize>();
+    let stalled = Arc::new(AtomicBool::new(false));
+    let st = stalled.clone();
+    thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        read_head(&mut s, &mut buf).unwrap();
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        for i in 0..5 {
+            let ev = format!("data: event {i}\n\n");
+            s.write_all(format!("{:x}\r\n{ev}\r\n", ev.len()).as_bytes()).unwrap();
+            if ack_rx.recv_timeout(LIMIT) != Ok(i) {
+                st.store(true, Ordering::SeqCst);
+                return;
+            }
+        }
+        s.write_all(b"0\r\n\r\n").unwrap();
+        let _ = s.read(&mut [0u8; 64]);
+    });
+    let dir = temp_dir("stream");
+    let p = Proxy::start(&config(&dir, ""), addr);
+    let mut c = p.connect();
+    c.write_all(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf).expect("head");
+    assert!(head.contains("chunked"), "{head}");
+    for i in 0..5 {
+        let want = format!("data: event {i}\n");
+        while find(&buf, want.as_bytes()).is_none() {
+            let mut chunk = [0u8; 1024];
+            let n = c.read(&mut chunk).expect("event {i} never arrived");
+            assert!(n > 0, "closed before event {i}");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        ack_tx.send(i).unwrap();
+    }
+    assert!(!stalled.load(Ordering::SeqCst));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn x_accel_buffering_no_is_honoured_and_not_relayed() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let written = Arc::new(AtomicBool::new(false));
+    let w = written.clone();
+    thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = Vec::new();
+        read_head(&mut s, &mut buf).unwrap();
+        let body = pattern(BIG);
+        let head = format!("HTTP/1.1 200 OK\r\nX-Accel-Buffering: no\r\nContent-Length: {BIG}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        if s.write_all(&body).is_ok() {
+            w.store(true, Ordering::SeqCst);
+        }
+    });
+    let dir = temp_dir("accel");
+    let p = Proxy::start(&config(&dir, ""), addr);
+    let mut c = p.connect();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf).expect("head");
+    assert!(!head.to_ascii_lowercase().contains("x-accel-buffering"), "{head}");
+    // A slow reader: the backend was told to wait for it, so it does.
+    read_rest(&mut c, &mut buf, 64 * 1024);
+    assert!(!wait_until(Duration::from_secs(2), || written.load(Ordering::SeqCst)));
+    read_rest(&mut c, &mut buf, BIG);
+    assert_eq!(buf.len(), BIG);
+    assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One backend connection at most, and a short wait for it.
+fn one_connection(dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        "{}[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:1\"]\nmax_connections = 1\npool_max_idle = 1\nqueue_timeout = \"1s\"\n",
+        config(dir, extra)
+    )
+}
+
+/// Starts a slow upload of `len` bytes: the head and 1000 bytes, then
+/// nothing until the test goes on; returns once finguard serves it.
+fn start_upload(p: &Proxy, len: usize) -> TcpStream {
+    let mut up = p.connect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {len}\r\n\r\n");
+    up.write_all(head.as_bytes()).unwrap();
+    up.write_all(&vec![b'x'; 1000]).unwrap();
+    assert!(wait_until(LIMIT, || p
+        .metric("finguard_client_connections{state=\"active\"}")
+        >= 1.0));
+    up
+}
+
+#[test]
+fn a_slow_upload_holds_no_backend_connection() {
+    const LEN: usize = 300_000;
+    let b = Backend::start(Reply::CountBody);
+    let dir = temp_dir("slow-post");
+    let p = Proxy::start(&one_connection(&dir, ""), b.addr);
+    let mut up = start_upload(&p, LEN);
+    // The one backend connection is free for another client meanwhile.
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "a good client waited for the slow upload");
+    // The upload, finished, reaches the backend whole.
+    up.write_all(&vec![b'x'; LEN - 1000]).unwrap();
+    let mut buf = Vec::new();
+    let resp = read_response(&mut up, &mut buf).expect("the upload's response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(String::from_utf8_lossy(&resp.body).trim(), LEN.to_string());
+    assert!(p.metric("finguard_buffer_spills_total") >= 1.0);
+    assert_eq!(b.max_open.load(Ordering::SeqCst), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_request_buffering_the_slow_upload_holds_the_backend() {
+    // The control: unbuffered, the upload takes the one connection and
+    // the good client gets 503 after queue_timeout.
+    let b = Backend::start(Reply::CountBody);
+    let dir = temp_dir("slow-post-control");
+    let p = Proxy::start(&one_connection(&dir, "requests = false"), b.addr);
+    let _up = start_upload(&p, 300_000);
+    assert!(wait_until(LIMIT, || b.accepted() == 1));
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 503);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_route_and_a_user_agent_rule_can_turn_request_buffering_off() {
+    let b = Backend::start(Reply::CountBody);
+    let dir = temp_dir("route-off");
+    let cfg = one_connection(&dir, "").replace("127.0.0.1:1", &b.addr.to_string())
+        + "[[route]]\npath_prefix = \"/up\"\nbackend = \"b\"\nrequest_buffering = false\n"
+        + "[[route]]\npath_prefix = \"/\"\nbackend = \"b\"\n";
+    let p = Proxy::start_args(&cfg, &[]);
+    let _up = start_upload(&p, 300_000);
+    assert!(
+        wait_until(LIMIT, || b.accepted() == 1),
+        "the unbuffered route's upload never reached the backend"
+    );
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 503);
+    // `finguard check` prints the keys back, the rule's too.
+    let rule = "[[user_agent]]\nmatch = \"uploader\"\nrequest_buffering = false\n";
+    let file = TempFile::new("check.toml", &(cfg.clone() + rule));
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&file.0)
+        .args(["--user-agent", "uploader/1"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("request_buffering = false"), "{text}");
+    assert!(text.contains("[buffer]"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_names_a_buffer_dir_that_is_not_there() {
+    let file = TempFile::new("check.toml", "[buffer]\ndir = \"/nonexistent/finguard-spool\"\n");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("buffer.dir") && err.contains("/nonexistent/finguard-spool"),
+        "{err}"
+    );
+}
+
+/// An `h2` client connection to finguard (TLS, ALPN h2) whose streams'
+/// windows stay shut: it never takes a byte of a body.
+async fn h2_shut_client(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    let mut builder = h2::client::Builder::new();
+    builder.initial_window_size(0);
+    let (client, conn) = builder.handshake(tls).await.unwrap();
+    (client, tokio::spawn(conn))
+}
+
+/// An HTTP/2 client opens `STREAMS` downloads of 16 MiB on one connection
+/// and never opens their windows; whether every backend could write its
+/// whole response (within `wait`), and finguard's metrics after.
+fn shut_streams(buffer: &str, wait: Duration) -> (bool, Proxy, std::path::PathBuf) {
+    use support::tls::*;
+    let body = Arc::new(pattern(16 * 1024 * 1024));
+    let b = body_backend(body);
+    let dir = temp_dir(&format!("h2-{}", buffer.len()));
+    let pki = pki();
+    let f = files(&pki);
+    let extra = format!(
+        "[buffer]\ndir = \"{}\"\n{buffer}\n[[backend]]\nname = \"b\"\naddrs = [\"{}\"]\nmax_connections = {STREAMS}\npool_max_idle = {STREAMS}\n",
+        dir.display(),
+        b.addr
+    );
+    let p = Proxy::start_raw(&tls_config(&f, &extra), &[]);
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (cfg, addr) = (Arc::new(cfg), p.addr);
+    let written = b.written.clone();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let finished = rt.block_on(async move {
+        let (mut client, _conn) = h2_shut_client(cfg, addr).await;
+        let mut streams = Vec::new();
+        for _ in 0..STREAMS {
+            let req = http::Request::get("https://a.test/big").body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            streams.push(resp);
+        }
+        // The responses are kept (dropped, h2 would reset their streams).
+        let mut kept = Vec::new();
+        for r in streams {
+            let r = r.await.unwrap();
+            assert_eq!(r.status(), 200);
+            kept.push(r);
+        }
+        let done = tokio::task::spawn_blocking(move || wait_until(wait, || written.load(Ordering::SeqCst) == STREAMS));
+        let finished = done.await.unwrap();
+        drop(kept);
+        finished
+    });
+    (finished, p, dir)
+}
+
+const STREAMS: usize = 4;
+
+#[test]
+fn http2_streams_with_shut_windows_hold_no_backend_connection() {
+    let (finished, p, dir) = shut_streams("", LIMIT);
+    assert!(finished, "the backends could not finish while the streams were shut");
+    assert!(wait_until(LIMIT, || p.metric("finguard_backend_hold_seconds_count")
+        >= STREAMS as f64));
+    assert!(p.metric("finguard_buffer_spills_total") >= STREAMS as f64);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn without_buffering_http2_streams_with_shut_windows_hold_their_backends() {
+    // The control: unbuffered, each stream keeps its backend writing.
+    let (finished, p, dir) = shut_streams("responses = false", Duration::from_secs(2));
+    assert!(!finished);
+    assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `finguard simulate` with a slow scenario; its JSON report.
+fn simulate_slow(target: SocketAddr, scenario: &str, extra: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(BIN)
+        .args([
+            "simulate",
+            "--json",
+            "--target",
+            &target.to_string(),
+            "--scenario",
+            scenario,
+        ])
+        .args(["--connections", "4", "--duration", "3s"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn the_slow_scenarios_run_and_complete_through_finguard() {
+    // slow-read: 1 MiB read 64 KiB every 10 ms by four clients.
+    let body = Arc::new(pattern(1024 * 1024));
+    let b = body_backend(body);
+    let dir = temp_dir("simulate");
+    let p = Proxy::start(&config(&dir, ""), b.addr);
+    let r = simulate_slow(
+        p.addr,
+        "slow-read",
+        &["--path", "/big", "--step-bytes", "64KiB", "--step-every", "10ms"],
+    );
+    assert_eq!(r["responses_complete"], 4, "{r}");
+    assert_eq!(r["statuses"]["200"], 4, "{r}");
+    // slow-post: 20 KiB posted 2 KiB every 10 ms; each body arrives whole.
+    let counting = Backend::start(Reply::CountBody);
+    let p2 = Proxy::start(&config(&dir, ""), counting.addr);
+    let r = simulate_slow(
+        p2.addr,
+        "slow-post",
+        &["--body-bytes", "20KiB", "--step-bytes", "2KiB", "--step-every", "10ms"],
+    );
+    assert_eq!(r["responses_complete"], 4, "{r}");
+    assert_eq!(r["statuses"]["200"], 4, "{r}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
