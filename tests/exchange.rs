@@ -24,14 +24,6 @@ fn two_routes(api: SocketAddr, web: SocketAddr) -> String {
     )
 }
 
-/// The request line each backend head starts with.
-fn request_lines(b: &Backend) -> Vec<String> {
-    b.heads()
-        .iter()
-        .map(|h| h.lines().next().unwrap_or("").to_string())
-        .collect()
-}
-
 #[test]
 fn a_route_prefix_cannot_be_stepped_out_of_with_dot_segments() {
     let api = Backend::start(Reply::Ok);
@@ -46,8 +38,8 @@ fn a_route_prefix_cannot_be_stepped_out_of_with_dot_segments() {
         let r = request(p.addr, &format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert_eq!(r.status, 200, "{path}");
     }
-    assert!(api.heads().is_empty(), "api got {:?}", request_lines(&api));
-    assert_eq!(request_lines(&web), vec!["GET /admin/secret.txt HTTP/1.1"; 4]);
+    assert!(api.heads().is_empty(), "api got {:?}", api.request_lines());
+    assert_eq!(web.request_lines(), vec!["GET /admin/secret.txt HTTP/1.1"; 4]);
     // Above the root: refused, sent nowhere.
     for path in ["/api/../../etc/passwd", "/%2e%2e/x"] {
         let r = request(p.addr, &format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
@@ -57,7 +49,7 @@ fn a_route_prefix_cannot_be_stepped_out_of_with_dot_segments() {
     // A normal path under the prefix still goes to api, unchanged.
     let r = request(p.addr, "GET /api/v1/./items?q=../x HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(request_lines(&api), vec!["GET /api/v1/items?q=../x HTTP/1.1"]);
+    assert_eq!(api.request_lines(), vec!["GET /api/v1/items?q=../x HTTP/1.1"]);
 }
 
 #[test]
@@ -79,7 +71,7 @@ fn an_absolute_target_with_an_empty_path_is_forwarded_with_the_root() {
     let p = Proxy::start("", backend.addr);
     let r = request(p.addr, "GET http://a?x=1 HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(request_lines(&backend), vec!["GET /?x=1 HTTP/1.1"]);
+    assert_eq!(backend.request_lines(), vec!["GET /?x=1 HTTP/1.1"]);
 }
 
 #[test]
@@ -439,7 +431,7 @@ fn http2_route_prefixes_are_matched_on_the_normalised_path() {
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{}", proxy.log());
     assert!(api.heads().is_empty(), "{:?}", api.heads());
-    assert_eq!(request_lines(&web), vec!["GET /admin/secret.txt HTTP/1.1"]);
+    assert_eq!(web.request_lines(), vec!["GET /admin/secret.txt HTTP/1.1"]);
 }
 
 #[test]

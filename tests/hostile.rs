@@ -23,13 +23,6 @@ fn admin_routes(admin: SocketAddr, web: SocketAddr) -> String {
     )
 }
 
-fn request_lines(b: &Backend) -> Vec<String> {
-    b.heads()
-        .iter()
-        .map(|h| h.lines().next().unwrap_or("").to_string())
-        .collect()
-}
-
 #[test]
 fn a_route_cannot_be_walked_around_with_slashes_escapes_or_a_trailing_dot() {
     let admin = Backend::start(Reply::Ok);
@@ -47,19 +40,19 @@ fn a_route_cannot_be_walked_around_with_slashes_escapes_or_a_trailing_dot() {
         let r = request(p.addr, &format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert_eq!(r.status, 200, "{path}");
     }
-    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
-    assert_eq!(request_lines(&admin), vec!["GET /admin/x HTTP/1.1"; 5]);
+    assert!(web.heads().is_empty(), "web got {:?}", web.request_lines());
+    assert_eq!(admin.request_lines(), vec!["GET /admin/x HTTP/1.1"; 5]);
     // A fully qualified host name is the same host.
     for host in ["admin.test.", "ADMIN.test.:8080"] {
         let r = request(p.addr, &format!("GET /page HTTP/1.1\r\nHost: {host}\r\n\r\n"));
         assert_eq!(r.status, 200, "{host}");
     }
-    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
+    assert!(web.heads().is_empty(), "web got {:?}", web.request_lines());
     assert_eq!(admin.heads().len(), 7);
     // Escapes of reserved characters stay as they came.
     let r = request(p.addr, "GET /a%2Fb%20c HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.status, 200);
-    assert_eq!(request_lines(&web), vec!["GET /a%2Fb%20c HTTP/1.1"]);
+    assert_eq!(web.request_lines(), vec!["GET /a%2Fb%20c HTTP/1.1"]);
 }
 
 #[test]
@@ -83,7 +76,7 @@ fn a_comma_in_host_is_refused_and_options_asterisk_reaches_the_backend() {
     assert!(backend.heads().is_empty(), "{:?}", backend.heads());
     let r = request(p.addr, "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
     assert_eq!(r.status, 200, "{}", r.head);
-    assert_eq!(request_lines(&backend), vec!["OPTIONS * HTTP/1.1"]);
+    assert_eq!(backend.request_lines(), vec!["OPTIONS * HTTP/1.1"]);
 }
 
 #[test]
@@ -337,8 +330,8 @@ fn a_fragment_or_a_stray_asterisk_in_the_target_is_refused() {
         );
         assert_eq!(r.status, 400, "{line}: {}", r.head);
     }
-    assert!(admin.heads().is_empty(), "admin got {:?}", request_lines(&admin));
-    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
+    assert!(admin.heads().is_empty(), "admin got {:?}", admin.request_lines());
+    assert!(web.heads().is_empty(), "web got {:?}", web.request_lines());
 }
 
 #[test]
@@ -352,6 +345,6 @@ fn a_malformed_escape_cannot_become_an_escaped_dot_behind_the_route() {
         let r = request(p.addr, &format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n"));
         assert_eq!(r.status, 400, "{path}: {}", r.head);
     }
-    assert!(admin.heads().is_empty(), "admin got {:?}", request_lines(&admin));
-    assert!(web.heads().is_empty(), "web got {:?}", request_lines(&web));
+    assert!(admin.heads().is_empty(), "admin got {:?}", admin.request_lines());
+    assert!(web.heads().is_empty(), "web got {:?}", web.request_lines());
 }

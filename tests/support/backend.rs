@@ -94,6 +94,14 @@ impl Backend {
         self.accepted.load(Ordering::SeqCst)
     }
 
+    /// The request line each recorded head starts with.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.heads()
+            .iter()
+            .map(|h| h.lines().next().unwrap_or("").to_string())
+            .collect()
+    }
+
     pub fn heads(&self) -> Vec<String> {
         self.heads.lock().unwrap().clone()
     }
