@@ -86,7 +86,7 @@ fn route(req: Request<Incoming>, shared: &Shared, listeners: &[SocketAddr]) -> R
             )
         }
         "/connections" => {
-            let v = shared.clients.snapshot();
+            let v = shared.clients.snapshot(shared.config.pressure.grace);
             reply(
                 StatusCode::OK,
                 "application/json",
@@ -109,6 +109,7 @@ fn backend_addrs(shared: &Shared) -> Vec<SocketAddr> {
 fn refresh_gauges(shared: &Shared, listeners: &[SocketAddr]) {
     let m = &shared.metrics;
     m.set_client_states(&shared.clients.count_by_state());
+    m.pressure.set_level(shared.pressure.level());
     for u in &shared.upstreams {
         let idle = u.idle_connections();
         let busy = u.open_connections().saturating_sub(idle);

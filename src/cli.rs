@@ -514,6 +514,7 @@ fn explain(cfg: &Config, ua: &str) -> String {
     t.insert("nokeepalive".into(), Value::Boolean(p.nokeepalive));
     t.insert("downgrade_1_0".into(), Value::Boolean(p.downgrade_1_0));
     t.insert("force_response_1_0".into(), Value::Boolean(p.force_response_1_0));
+    t.insert("reclaim_first".into(), Value::Boolean(p.reclaim_first));
     let h2 = if p.nokeepalive {
         "nokeepalive: GOAWAY after the first response; downgrade_1_0 and force_response_1_0 do not apply"
     } else {

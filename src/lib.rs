@@ -20,7 +20,8 @@
 //! - [`timeouts`]: every deadline of an exchange, from config
 //! - [`upstream`]: the bounded backend pool (raw connections, lent whole)
 //! - [`reaper`]: the timer that sweeps idle pools and stuck lingering clients
-//! - [`registry`]: open client connections (`/connections`, state gauges)
+//! - [`registry`]: open client connections (`/connections`, state gauges, who is closed to make room)
+//! - [`pressure`]: a full house: occupancy, keep-alive scaling, eviction triggers (`[client.pressure]`)
 //! - [`stream`]: a client byte stream, plain TCP or TLS
 //! - [`proxy_protocol`]: PROXY protocol v1/v2 headers, written to backends and read on listeners
 //! - [`metrics`]: every exported metric and label value, declared once
@@ -54,6 +55,7 @@ pub mod http1;
 pub mod lifecycle;
 pub mod metrics;
 pub use config::policy;
+pub mod pressure;
 pub mod proxy_protocol;
 pub mod reaper;
 pub mod registry;

@@ -11,7 +11,9 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 mod buffer;
+mod pressure;
 pub use buffer::{Fallback, Held};
+pub use pressure::{EvictReason, NO_RULE};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
@@ -270,6 +272,8 @@ pub struct Metrics {
     health_transitions: Family<BackendAddrToLabel, Counter>,
     /// Request and response buffering, and backend hold times.
     pub buffer: buffer::BufferMetrics,
+    /// Occupancy, evictions, admission waits.
+    pub pressure: pressure::PressureMetrics,
 }
 
 impl Default for Metrics {
@@ -301,6 +305,7 @@ impl Metrics {
             backend_up: Family::default(),
             health_transitions: Family::default(),
             buffer: buffer::BufferMetrics::new(),
+            pressure: pressure::PressureMetrics::new(),
             registry: Registry::default(),
             by_class: Default::default(),
         };
@@ -308,6 +313,7 @@ impl Metrics {
         m.register_client(&mut registry);
         m.register_backend(&mut registry);
         m.buffer.register(&mut registry);
+        m.pressure.register(&mut registry);
         let by_class =
             ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| m.requests.get_or_create(&CodeLabel { code }).clone());
         Metrics {
@@ -593,6 +599,9 @@ impl Metrics {
         m.tunnel_closed(TunnelEnd::Closed);
         m.buffer.spilled();
         m.buffer.fell_back(Fallback::MemoryTotal);
+        m.pressure.set_level(0.0);
+        m.pressure.evicted(EvictReason::Idle, NO_RULE);
+        m.pressure.admission_waited();
         m.render()
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

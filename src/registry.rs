@@ -2,6 +2,14 @@
 //! the `finguard_client_connections{state}` gauge counts, and what the reaper
 //! checks. Each connection holds a [`Tracked`] guard whose `Drop` removes it,
 //! so no path can leak an entry or a gauge count.
+//!
+//! It is also where room is made when the house is full ([`Registry::evict`]):
+//! idle HTTP/1 connections are asked to close, in the order of
+//! [`EvictReason`] (a `reclaim_first` rule's clients, then connections that
+//! never sent a byte, then the longest idle), never one that is reading,
+//! active or lingering, and never one within `grace` of its last response.
+//! The registry only asks (each entry's `evict` notification); the
+//! connection decides at its idle wait and closes itself.
 
 use serde::Serialize;
 use std::collections::HashMap;
@@ -12,7 +20,14 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::metrics::ClientState;
+pub use crate::metrics::{ClientState, EvictReason};
+
+/// An HTTP/1 connection whose idle wait listens for [`Entry::evict`].
+const EVICTABLE: u8 = 1;
+/// Its client matched a `reclaim_first` rule.
+const RECLAIM_FIRST: u8 = 2;
+/// Asked to close; not asked again (nor counted as idle room) meanwhile.
+const EVICTING: u8 = 4;
 
 /// One open client connection, as `/connections` shows it.
 pub struct Entry {
@@ -28,6 +43,11 @@ pub struct Entry {
     pub rules: OnceLock<Vec<String>>,
     /// Cancelled by the reaper to end a connection stuck past its deadline.
     pub kill: CancellationToken,
+    /// `EVICTABLE`, `RECLAIM_FIRST`, `EVICTING`.
+    flags: AtomicU8,
+    /// Wakes the idle wait of a connection asked to make room (a waker,
+    /// not a `Notify`: the wait's future is in every idle connection's task).
+    evict: atomic_waker::AtomicWaker,
 }
 
 /// Every open client connection. The state gauges are counted from it at
@@ -78,6 +98,8 @@ impl Registry {
             user_agent: OnceLock::new(),
             rules: OnceLock::new(),
             kill: CancellationToken::new(),
+            flags: AtomicU8::new(0),
+            evict: atomic_waker::AtomicWaker::new(),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, entry.clone());
@@ -88,11 +110,69 @@ impl Registry {
         }
     }
 
-    /// A snapshot for `/connections`.
-    pub fn snapshot(&self) -> Vec<ConnView> {
-        let mut v: Vec<ConnView> = self.lock().values().map(|e| e.view()).collect();
+    /// A snapshot for `/connections`: each connection that would be closed
+    /// to make room now carries its place in line (`evict_rank`, 1 first).
+    pub fn snapshot(&self, grace: Duration) -> Vec<ConnView> {
+        let now = Instant::now();
+        let conns = self.lock();
+        let mut line: Vec<(u64, Candidate)> = conns
+            .iter()
+            .filter_map(|(id, e)| e.candidate(now, grace).map(|c| (*id, c)))
+            .collect();
+        line.sort_unstable_by_key(|(_, c)| c.key());
+        let ranks: HashMap<u64, (usize, EvictReason)> = line
+            .iter()
+            .enumerate()
+            .map(|(rank, (id, c))| (*id, (rank + 1, c.reason)))
+            .collect();
+        let mut v: Vec<ConnView> = conns
+            .iter()
+            .map(|(id, e)| {
+                let mut view = e.view();
+                if let Some(&(rank, reason)) = ranks.get(id) {
+                    view.evict_rank = Some(rank);
+                    view.evict_reason = Some(reason.as_str());
+                }
+                view
+            })
+            .collect();
+        drop(conns);
         v.sort_by_key(|c| std::cmp::Reverse(c.age_ms));
         v
+    }
+
+    /// Asks up to `need` idle connections to close, first in line first
+    /// ([`Candidate::key`]), counting those already asked and not yet gone
+    /// against `need`. The connections close themselves (and count their
+    /// eviction) when their idle wait sees the request.
+    pub fn evict(&self, need: usize, grace: Duration) -> Eviction {
+        let now = Instant::now();
+        let mut pending = 0;
+        let mut line: Vec<(Candidate, Arc<Entry>)> = Vec::new();
+        {
+            let conns = self.lock();
+            for e in conns.values() {
+                if e.flags.load(Ordering::Relaxed) & EVICTING != 0 {
+                    pending += 1;
+                } else if let Some(c) = e.candidate(now, grace) {
+                    line.push((c, e.clone()));
+                }
+            }
+        }
+        let take = need.saturating_sub(pending).min(line.len());
+        if take > 0 && take < line.len() {
+            line.select_nth_unstable_by_key(take - 1, |(c, _)| c.key());
+        }
+        line.truncate(take);
+        line.sort_unstable_by_key(|(c, _)| c.key());
+        for (_, e) in &line {
+            e.flags.fetch_or(EVICTING, Ordering::Release);
+            e.evict.wake();
+        }
+        Eviction {
+            pending,
+            requested: line.len(),
+        }
     }
 
     /// Cancels connections that have been lingering longer than `limit`;
@@ -117,6 +197,53 @@ impl Entry {
         ClientState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
+    /// Where this connection stands in the line of those that may be
+    /// closed to make room now; `None`: it may not be.
+    fn candidate(&self, now: Instant, grace: Duration) -> Option<Candidate> {
+        let flags = self.flags.load(Ordering::Relaxed);
+        if flags & (EVICTABLE | EVICTING) != EVICTABLE {
+            return None;
+        }
+        let waited = self.in_state_for(now);
+        if waited < grace {
+            return None;
+        }
+        let reason = match self.state() {
+            ClientState::Idle if flags & RECLAIM_FIRST != 0 => EvictReason::ReclaimFirst,
+            ClientState::Idle => EvictReason::Idle,
+            ClientState::Reading
+                if self.requests.load(Ordering::Relaxed) == 0 && self.bytes_in.load(Ordering::Relaxed) == 0 =>
+            {
+                EvictReason::NeverUsed
+            }
+            _ => return None,
+        };
+        Some(Candidate { reason, waited })
+    }
+
+    /// Resolves when this connection is asked to make room (at once if it
+    /// was asked before the wait began). One connection waits on it at a time.
+    pub fn eviction_wanted(&self) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(|cx| {
+            self.evict.register(cx.waker());
+            // Looked at after registering: a request made meanwhile wakes it.
+            if self.flags.load(Ordering::Acquire) & EVICTING != 0 {
+                return std::task::Poll::Ready(());
+            }
+            std::task::Poll::Pending
+        })
+    }
+
+    /// It was asked to make room, but a request is arriving: it stays.
+    pub fn decline_eviction(&self) {
+        self.flags.fetch_and(!EVICTING, Ordering::Relaxed);
+    }
+
+    /// Whether its client matched a `reclaim_first` rule.
+    pub fn reclaim_first(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & RECLAIM_FIRST != 0
+    }
+
     fn in_state_for(&self, now: Instant) -> Duration {
         let since = Duration::from_millis(self.state_since_ms.load(Ordering::Relaxed));
         now.saturating_duration_since(self.started + since)
@@ -132,7 +259,40 @@ impl Entry {
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             user_agent: self.user_agent.get().cloned(),
             rules: self.rules.get().cloned().unwrap_or_default(),
+            evict_rank: None,
+            evict_reason: None,
         }
+    }
+}
+
+/// A connection that may be closed to make room.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    reason: EvictReason,
+    /// How long it has been idle (or, never used, open).
+    waited: Duration,
+}
+
+impl Candidate {
+    /// Sorts first in line first: by reason, then the longest waiting.
+    fn key(&self) -> (EvictReason, std::cmp::Reverse<Duration>) {
+        (self.reason, std::cmp::Reverse(self.waited))
+    }
+}
+
+/// What one [`Registry::evict`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Eviction {
+    /// Connections asked before, not gone yet.
+    pub pending: usize,
+    /// Connections asked now.
+    pub requested: usize,
+}
+
+impl Eviction {
+    /// Whether any slot is on its way to being freed.
+    pub fn room_coming(&self) -> bool {
+        self.pending + self.requested > 0
     }
 }
 
@@ -147,6 +307,12 @@ pub struct ConnView {
     pub bytes_out: u64,
     pub user_agent: Option<String>,
     pub rules: Vec<String>,
+    /// Its place in line to be closed to make room (1: next), when it may be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evict_rank: Option<usize>,
+    /// Why it would be: `reclaim_first`, `never_used` or `idle`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evict_reason: Option<&'static str>,
 }
 
 /// A connection's membership in the registry; dropping it removes the entry.
@@ -160,6 +326,16 @@ impl Tracked {
     /// How long the connection has been in its current state.
     pub fn in_state_for(&self) -> Duration {
         self.entry.in_state_for(Instant::now())
+    }
+
+    /// An HTTP/1 connection: its idle wait listens for eviction.
+    pub fn set_evictable(&self) {
+        self.entry.flags.fetch_or(EVICTABLE, Ordering::Relaxed);
+    }
+
+    /// Its client matched a `reclaim_first` rule.
+    pub fn set_reclaim_first(&self) {
+        self.entry.flags.fetch_or(RECLAIM_FIRST, Ordering::Relaxed);
     }
 
     pub fn set(&self, state: ClientState) {
@@ -200,5 +376,91 @@ mod tests {
         // The next sweeps do not count it again while it winds down.
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(r.reap_lingering(limit), 0);
+    }
+
+    fn evictable(r: &Arc<Registry>, state: ClientState, served: bool) -> Tracked {
+        let t = r.open("127.0.0.1:1".parse().unwrap());
+        t.set_evictable();
+        if served {
+            t.entry.requests.store(1, Ordering::Relaxed);
+            t.entry.bytes_in.store(40, Ordering::Relaxed);
+        }
+        t.set(state);
+        t
+    }
+
+    fn asked(t: &Tracked) -> bool {
+        t.entry.flags.load(Ordering::Relaxed) & EVICTING != 0
+    }
+
+    /// Reclaimable clients first, then never-used connections, then the
+    /// longest idle; never one reading, active, lingering, not HTTP/1 or
+    /// within the grace window.
+    #[tokio::test(start_paused = true)]
+    async fn victims_go_in_order_of_reason_then_idle_time() {
+        let r = Arc::new(Registry::new());
+        let grace = Duration::from_secs(1);
+        let idle_old = evictable(&r, ClientState::Idle, true);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let never_used = evictable(&r, ClientState::Reading, false);
+        let idle_young = evictable(&r, ClientState::Idle, true);
+        let crawler = evictable(&r, ClientState::Idle, true);
+        crawler.set_reclaim_first();
+        let reading = evictable(&r, ClientState::Reading, true);
+        let active = evictable(&r, ClientState::Active, true);
+        let lingering = evictable(&r, ClientState::Lingering, true);
+        let h2 = r.open("127.0.0.1:1".parse().unwrap());
+        h2.set(ClientState::Idle);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let just_answered = evictable(&r, ClientState::Idle, true);
+        just_answered.set_reclaim_first();
+        tokio::time::advance(Duration::from_millis(500)).await;
+
+        let ranks: Vec<(Option<usize>, Option<&str>)> = {
+            let v = r.snapshot(grace);
+            let mut by_age: Vec<_> = v.iter().map(|c| (c.age_ms, c.evict_rank, c.evict_reason)).collect();
+            by_age.sort_by_key(|(age, _, _)| std::cmp::Reverse(*age));
+            by_age.into_iter().map(|(_, rank, why)| (rank, why)).collect()
+        };
+        assert_eq!(ranks[0], (Some(3), Some("idle")), "the oldest idle: {ranks:?}");
+        let listed = ranks.iter().filter(|(rank, _)| rank.is_some()).count();
+        assert_eq!(listed, 4, "{ranks:?}");
+
+        let first = r.evict(2, grace);
+        assert_eq!(
+            first,
+            Eviction {
+                pending: 0,
+                requested: 2
+            }
+        );
+        assert!(asked(&crawler) && asked(&never_used));
+        assert!(!asked(&idle_old) && !asked(&idle_young));
+        // Those asked count against the next need until they are gone.
+        assert_eq!(
+            r.evict(2, grace),
+            Eviction {
+                pending: 2,
+                requested: 0
+            }
+        );
+        drop((crawler, never_used));
+        assert_eq!(
+            r.evict(1, grace),
+            Eviction {
+                pending: 0,
+                requested: 1
+            }
+        );
+        assert!(asked(&idle_old) && !asked(&idle_young));
+        drop(idle_old);
+        assert_eq!(r.evict(32, grace).requested, 1);
+        assert!(asked(&idle_young));
+        for t in [&reading, &active, &lingering, &h2, &just_answered] {
+            assert!(!asked(t), "never asked");
+        }
+        // One that declined (its request arrived) may be asked again.
+        idle_young.entry.decline_eviction();
+        assert_eq!(r.evict(1, grace).requested, 1);
     }
 }

@@ -13,11 +13,14 @@
 //!
 //! The accept loop never dies on a transient error: on descriptor exhaustion
 //! (EMFILE/ENFILE) it backs off instead of spinning, and the connections in the
-//! backlog wait for a permit rather than being refused. A socket is accepted
-//! from only while a connection slot is free, and the slot is taken after the
-//! accept: a slot held by a loop waiting in `accept` would be one that no
-//! other worker's socket could use (with `SO_REUSEPORT` the kernel, not
-//! finguard, picks the socket a connection waits on).
+//! backlog wait for a permit rather than being refused. The slot is taken
+//! after the accept: a slot held by a loop waiting in `accept` would be one
+//! that no other worker's socket could use (with `SO_REUSEPORT` the kernel,
+//! not finguard, picks the socket a connection waits on). Before a newcomer
+//! takes its slot, at `[client.pressure] high_water` or with no slot free,
+//! idle keep-alive connections are asked to close to make room (see
+//! `crate::pressure`); only when nothing idle is left does it wait, one per
+//! accept loop, the rest in the backlog.
 //!
 //! A connection refused before its first request (over
 //! `max_connections_per_ip`, a bad PROXY header) holds no connection slot
@@ -131,15 +134,17 @@ pub async fn start(
             path: config.access_file.clone().unwrap_or_default(),
             source,
         })?;
-    let slots = config.max_connections as usize;
     let endpoints: Endpoints = Arc::new(RwLock::new(config.listeners.iter().map(Endpoint::new).collect()));
-    let current: Current = Arc::new(RwLock::new(Shared::first(config, log)));
+    let slots = config.max_connections as usize;
+    let first = Shared::first(config, log);
+    let permits = first.pressure.permits().clone();
+    let current: Current = Arc::new(RwLock::new(first));
     let tracker = TaskTracker::new();
     let stop_accepting = CancellationToken::new();
     let accepting = Accepting {
         current: current.clone(),
         endpoints: endpoints.clone(),
-        permits: Arc::new(Semaphore::new(slots)),
+        permits,
         refusals: Arc::new(Semaphore::new(slots)),
         stop: stop_accepting.clone(),
     };
@@ -304,11 +309,8 @@ impl Running {
 async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker: TaskTracker) {
     let mut starved = false;
     loop {
-        // Past `max_connections`, clients wait in the backlog.
-        tokio::select! {
-            free = slot_free(&ctx.permits) => if !free { return },
-            () = ctx.stop.cancelled() => return,
-        }
+        // Taken from the backlog even when every slot is taken: the newcomer
+        // is what tells idle connections to make room (`take_slot`).
         let accepted = tokio::select! {
             r = listener.accept() => r,
             () = ctx.stop.cancelled() => return,
@@ -358,11 +360,9 @@ async fn admit(stream: TcpStream, peer: SocketAddr, idx: usize, ctx: &Accepting,
         };
         Some(guard)
     };
-    // Another worker may have taken the last slot since `slot_free`: this
-    // one connection then waits for the next, as it would have in the
-    // backlog. Not cut short by a drain: slots free as connections end, and
-    // it is answered (with `Connection: close`).
-    let Ok(permit) = ctx.permits.clone().acquire_owned().await else {
+    // Not cut short by a drain: slots free as connections end, and it is
+    // answered (with `Connection: close`).
+    let Some(permit) = take_slot(&ctx.permits, &shared).await else {
         return false;
     };
     let (tls, refusals) = (endpoint.tls, ctx.refusals.clone());
@@ -373,10 +373,31 @@ async fn admit(stream: TcpStream, peer: SocketAddr, idx: usize, ctx: &Accepting,
     true
 }
 
-/// Waits until a connection slot is free, without holding it. `false`: the
-/// semaphore is gone (never, while the process runs).
-async fn slot_free(permits: &Semaphore) -> bool {
-    permits.acquire().await.is_ok()
+/// A connection slot for a newcomer, room made first when the house is
+/// full (`crate::pressure`). When no slot is free and nothing idle is on
+/// its way out, the newcomer waits — counted once — and looks again every
+/// [`RECHECK`](crate::pressure::RECHECK) (grace windows expire). `None`:
+/// the semaphore is gone (never, while the process runs).
+async fn take_slot(permits: &Arc<Semaphore>, shared: &Shared) -> Option<OwnedSemaphorePermit> {
+    let (pressure, t) = (&shared.pressure, &shared.config.pressure);
+    let mut room = pressure.make_room(&shared.clients, t);
+    if let Ok(p) = permits.clone().try_acquire_owned() {
+        return Some(p);
+    }
+    let mut counted = false;
+    loop {
+        if !counted && !room.room_coming() {
+            counted = true;
+            shared.metrics.pressure.admission_waited();
+            debug!("every connection slot taken and nothing idle to close; waiting");
+        }
+        tokio::select! {
+            p = permits.clone().acquire_owned() => return p.ok(),
+            () = tokio::time::sleep(crate::pressure::RECHECK) => {
+                room = pressure.make_room(&shared.clients, t);
+            }
+        }
+    }
 }
 
 /// `serve_accepted` in a span per connection: every log line of it carries

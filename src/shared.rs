@@ -23,6 +23,8 @@ pub struct Shared {
     pub draining: CancellationToken,
     pub metrics: Arc<Metrics>,
     pub clients: Arc<Registry>,
+    /// The connection slots and how full they are.
+    pub pressure: Arc<crate::pressure::Pressure>,
     pub access: crate::accesslog::Logger,
     /// Open connections per client IP (`max_connections_per_ip`).
     pub(crate) per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
@@ -40,11 +42,13 @@ pub type Current = Arc<RwLock<Arc<Shared>>>;
 impl Shared {
     pub(crate) fn first(config: Config, log: Arc<crate::accesslog::Writer>) -> Arc<Shared> {
         let metrics = Arc::new(Metrics::new());
+        let pressure = Arc::new(crate::pressure::Pressure::new(&config));
         Shared::build(
             config,
             log,
             metrics.clone(),
             Arc::new(Registry::new()),
+            pressure,
             CancellationToken::new(),
             Arc::default(),
         )
@@ -55,6 +59,7 @@ impl Shared {
         log: Arc<crate::accesslog::Writer>,
         metrics: Arc<Metrics>,
         clients: Arc<Registry>,
+        pressure: Arc<crate::pressure::Pressure>,
         draining: CancellationToken,
         per_ip: Arc<Mutex<HashMap<IpAddr, u32>>>,
     ) -> Arc<Shared> {
@@ -81,6 +86,7 @@ impl Shared {
             upstreams,
             metrics,
             clients,
+            pressure,
             draining,
             per_ip,
             alive: Arc::new(()),
@@ -105,6 +111,7 @@ impl Shared {
             self.access.writer().clone(),
             self.metrics.clone(),
             self.clients.clone(),
+            self.pressure.clone(),
             self.draining.clone(),
             self.per_ip.clone(),
         )
@@ -112,6 +119,12 @@ impl Shared {
 }
 
 impl Shared {
+    /// Whether a response may keep its connection alive, as far as the
+    /// process is concerned: not while draining, nor near saturation.
+    pub fn keepalive_allowed(&self) -> bool {
+        !self.draining.is_cancelled() && !self.pressure.saturated(&self.config.pressure)
+    }
+
     /// What this generation's reaper sweeps.
     fn reaper_handles(&self) -> crate::reaper::Handles {
         let max_linger = self

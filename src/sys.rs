@@ -19,6 +19,18 @@ pub fn unsent_bytes(sock: &impl AsRawFd) -> Option<u32> {
     (rc == 0).then(|| u32::try_from(n).unwrap_or(0))
 }
 
+/// Bytes the peer sent that `sock` has not read yet (the receive queue,
+/// `FIONREAD`). `None` where the kernel does not say.
+pub fn unread_bytes(sock: &impl AsRawFd) -> Option<u32> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `ioctl(fd, FIONREAD, int*)` writes one `int` through the
+    // pointer, which points at `n`, a live, aligned `c_int` on this stack
+    // frame. The fd is borrowed from a live socket for the duration of the
+    // call; on any failure the kernel writes nothing and we return `None`.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) };
+    (rc == 0).then(|| u32::try_from(n).unwrap_or(0))
+}
+
 /// `TCP_CLOSE` in the kernel's `enum tcp_state` (`include/net/tcp_states.h`);
 /// the libc crate does not name it.
 const TCP_CLOSE: u8 = 7;

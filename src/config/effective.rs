@@ -32,6 +32,7 @@ pub fn to_toml(c: &Config) -> String {
     );
     let trusted = c.trusted_proxies.iter().map(|n| Value::String(n.to_string())).collect();
     client.insert("trusted_proxies".into(), Value::Array(trusted));
+    client.insert("pressure".into(), Value::Table(c.pressure.to_table()));
     root.insert("client".into(), Value::Table(client));
     let rules: Vec<Value> = c.rules.rules().iter().map(|r| Value::Table(r.to_table())).collect();
     if !rules.is_empty() {

@@ -7,6 +7,7 @@
 
 pub mod buffer;
 pub mod policy;
+pub mod pressure;
 mod raw;
 pub mod settings;
 pub mod units;
@@ -235,6 +236,8 @@ pub struct Config {
     pub admin: Option<SocketAddr>,
     pub client: ClientSettings,
     pub max_connections: u32,
+    /// `[client.pressure]`: what happens as connections near the limit.
+    pub pressure: pressure::PressureConfig,
     /// `None`: unlimited (0 in the file).
     pub max_connections_per_ip: Option<std::num::NonZeroU32>,
     pub rules: RuleSet,

@@ -20,6 +20,8 @@ pub struct UaRule {
     /// `[[route]]`'s keys of the same names, per User-Agent.
     pub request_buffering: Option<bool>,
     pub response_buffering: Option<bool>,
+    /// Closed before other idle connections when room must be made.
+    pub reclaim_first: Option<bool>,
     pub overrides: SettingsOverride,
 }
 
@@ -35,6 +37,7 @@ impl UaRule {
             ("force_response_1_0", self.force_response_1_0),
             ("request_buffering", self.request_buffering),
             ("response_buffering", self.response_buffering),
+            ("reclaim_first", self.reclaim_first),
         ] {
             if let Some(v) = v {
                 t.insert(k.into(), Value::Boolean(v));
@@ -58,6 +61,8 @@ pub struct ClientPolicy {
     /// Set by a rule: overrides `[buffer]` (see `config::buffer::decide`).
     pub request_buffering: Option<bool>,
     pub response_buffering: Option<bool>,
+    /// Idle, it is closed before any other when room must be made.
+    pub reclaim_first: bool,
     /// Indices of the rules that matched, in file order.
     pub matched: Vec<usize>,
 }
@@ -71,6 +76,7 @@ impl ClientPolicy {
             force_response_1_0: false,
             request_buffering: None,
             response_buffering: None,
+            reclaim_first: false,
             matched: Vec::new(),
         }
     }
@@ -125,6 +131,9 @@ impl RuleSet {
             }
             p.request_buffering = r.request_buffering.or(p.request_buffering);
             p.response_buffering = r.response_buffering.or(p.response_buffering);
+            if let Some(v) = r.reclaim_first {
+                p.reclaim_first = v;
+            }
             p.matched.push(i);
         }
         p

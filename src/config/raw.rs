@@ -83,6 +83,8 @@ macro_rules! define_client_structs {
             pub trusted_proxies: Option<Vec<String>>,
             #[serde(default)]
             pub close: RawClose,
+            #[serde(default)]
+            pub pressure: super::pressure::RawPressure,
         }
 
         #[derive(Debug, Deserialize)]
@@ -95,6 +97,8 @@ macro_rules! define_client_structs {
             pub force_response_1_0: Option<bool>,
             pub request_buffering: Option<bool>,
             pub response_buffering: Option<bool>,
+            /// Closed first when idle connections must make room.
+            pub reclaim_first: Option<bool>,
             $(pub $key: Option<$ty>,)*
             /// `[client.close]` keys may be written flat in the rule or in a `close` table.
             $(pub $ckey: Option<$cty>,)*

@@ -82,6 +82,7 @@ impl Validator<'_> {
         if max_connections == 0 {
             return Err(self.err("client.max_connections", "must be at least 1"));
         }
+        let pressure = pressure::PressureConfig::from_raw(&raw.client.pressure, |k, why| self.err(k, why))?;
         let buffer = std::sync::Arc::new(buffer::BufferConfig::from_raw(&raw.buffer, |k, why| self.err(k, why))?);
         Ok(Config {
             buffer,
@@ -95,6 +96,7 @@ impl Validator<'_> {
             admin,
             client,
             max_connections,
+            pressure,
             max_connections_per_ip: raw.client.max_connections_per_ip.and_then(std::num::NonZeroU32::new),
             rules,
             backends,
@@ -244,6 +246,7 @@ impl Validator<'_> {
             force_response_1_0: r.force_response_1_0,
             request_buffering: r.request_buffering,
             response_buffering: r.response_buffering,
+            reclaim_first: r.reclaim_first,
             overrides,
         })
     }

@@ -47,12 +47,16 @@ pub(super) enum Ending {
     /// The backend switched protocols: tunnel bytes both ways (the bytes
     /// the client sent past its request go first).
     Tunnel(crate::upstream::RawConn, BytesMut),
+    /// Idle, and asked to make room for a newcomer: closed at once (FIN;
+    /// nothing is in flight and nothing unread, so no lingering).
+    Evicted,
 }
 
 /// Serves one client connection to its end.
 pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.tcp().set_nodelay(true);
     let track = shared.clients.open(peer);
+    track.set_evictable();
     let accepted = Instant::now();
     // Allocated when bytes arrive, released while idle: an idle keep-alive
     // connection costs its socket and a small task, not a buffer.
@@ -74,10 +78,11 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         let t = ClientTimeouts::new(settings);
         // The first head must be complete `header_timeout` after accept; later
         // ones may idle `keepalive_timeout`, then have `header_timeout`.
+        // Under pressure the keep-alive timeout shrinks (`[client.pressure]`).
         let idle_until = if conn.served == 0 {
             accepted + t.head
         } else {
-            Instant::now() + t.idle
+            Instant::now() + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
         };
         track.set(if buf.is_empty() && conn.served > 0 {
             ClientState::Idle
@@ -226,6 +231,9 @@ fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, 
 pub(super) fn classify(shared: &Shared, track: &registry::Tracked, ua: &str) -> Arc<ClientPolicy> {
     let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
     let _ = track.entry.user_agent.set(ua.to_string());
+    if p.reclaim_first {
+        track.set_reclaim_first();
+    }
     if !p.matched.is_empty() {
         let rules: Vec<String> = p
             .matched
@@ -288,20 +296,36 @@ async fn wait_head<S: ClientStream>(
         } else {
             idle_until
         };
-        if buf.is_empty() {
+        let idle = buf.is_empty();
+        if idle {
             *buf = BytesMut::new();
             let ready = tokio::select! {
-                r = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => r,
+                biased;
+                r = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => Some(r),
                 () = shared.draining.cancelled(), if served_before => return Err(Ending::Close),
+                () = track.entry.eviction_wanted() => None,
             };
             match ready {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Ending::Close),
-                Err(_) => return Err(Ending::Close),
+                Some(Ok(Ok(()))) => {}
+                Some(_) => return Err(Ending::Close),
+                None if goes_to_make_room(stream.tcp(), track) => return Err(Ending::Evicted),
+                None => {}
             }
         }
         buf.reserve(2048);
-        let read = tokio::time::timeout_at(deadline, stream.read_buf(buf)).await;
+        let read = if idle && S::ENCRYPTED {
+            // A TLS stream is always "ready": its idle wait is this read.
+            // Boxed: a plain connection's task does not carry its size.
+            Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
+        } else {
+            Some(tokio::time::timeout_at(deadline, stream.read_buf(buf)).await)
+        };
+        let Some(read) = read else {
+            if goes_to_make_room(stream.tcp(), track) {
+                return Err(Ending::Evicted);
+            }
+            continue;
+        };
         match read {
             Ok(Ok(0)) if buf.is_empty() => return Err(Ending::ClientClosed),
             Ok(Ok(0)) => return Err(Ending::Reply(400, "client closed inside the request head")),
@@ -317,6 +341,56 @@ async fn wait_head<S: ClientStream>(
             Err(_) => return Err(Ending::Reply(408, "request head not received in time")),
         }
     }
+}
+
+/// A read bounded by `deadline`; `None` when the connection is asked to
+/// make room first.
+async fn read_unless_evicted<S: ClientStream>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    deadline: Instant,
+    entry: &registry::Entry,
+) -> Option<Result<std::io::Result<usize>, tokio::time::error::Elapsed>> {
+    tokio::select! {
+        biased;
+        r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => Some(r),
+        () = entry.eviction_wanted() => None,
+    }
+}
+
+/// An idle connection asked to make room: whether it goes. It stays (and
+/// is read) when the client's next request has begun to arrive.
+fn goes_to_make_room(tcp: &tokio::net::TcpStream, track: &registry::Tracked) -> bool {
+    if crate::sys::unread_bytes(tcp).is_some_and(|n| n > 0) {
+        trace!(peer = %track.entry.peer, "asked to make room, but a request is arriving");
+        track.entry.decline_eviction();
+        return false;
+    }
+    true
+}
+
+/// Closes an evicted connection (FIN: TLS `close_notify` first, nothing in
+/// flight, nothing unread) and counts it by reason and User-Agent rule.
+async fn evicted<S: ClientStream>(stream: S, shared: &Shared, track: &registry::Tracked) {
+    use crate::metrics::{EvictReason, NO_RULE};
+    let rules = shared.config.rules.rules();
+    let matched = track.entry.rules.get().map_or(&[][..], |r| r.as_slice());
+    let (reason, rule) = if track.entry.reclaim_first() {
+        let reclaims = |m: &&String| rules.iter().any(|r| &r.pattern == *m && r.reclaim_first == Some(true));
+        (EvictReason::ReclaimFirst, matched.iter().rev().find(reclaims))
+    } else if track.entry.requests.load(Ordering::Relaxed) == 0 {
+        (EvictReason::NeverUsed, None)
+    } else {
+        (EvictReason::Idle, matched.last())
+    };
+    let rule = rule.map_or(NO_RULE, String::as_str);
+    let peer = track.entry.peer;
+    debug!(%peer, reason = reason.as_str(), rule, "closing an idle connection to make room");
+    shared.metrics.pressure.evicted(reason, rule);
+    drop(stream.into_tcp().await);
+    shared.metrics.closed(CloseOutcome::Immediate, 0);
+    let requests = track.entry.requests.load(Ordering::Relaxed);
+    shared.access.close(peer, "evicted", requests, 0);
 }
 
 /// Ends a connection with RST (no TLS `close_notify`: nothing may look
@@ -379,6 +453,9 @@ pub(super) async fn finish<S: ClientStream>(
         }
         other => other,
     };
+    if let Ending::Evicted = ending {
+        return evicted(stream, shared, track).await;
+    }
     if let Ending::Abort = ending {
         trace!(%peer, "aborting the client connection");
         return abort(stream, metrics);

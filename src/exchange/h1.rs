@@ -449,7 +449,7 @@ async fn read_response<S: ClientStream>(
         }
         if !resp.is_empty() {
             out.clear();
-            view.keepalive &= !conn.shared.draining.is_cancelled();
+            view.keepalive &= conn.shared.keepalive_allowed();
             match response::parse(resp, view, out).map_err(|b| HeadError::Failed(b.into()))? {
                 Parsed::Partial => {}
                 Parsed::Interim(len) => {

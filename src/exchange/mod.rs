@@ -121,7 +121,9 @@ pub fn backend_head(
 /// was read to its end, and whether a drain began, when the answer is
 /// written (finguard's own: [`KeepAlive::at_answer`]; a backend's: the
 /// request's end once the upload is over, the drain each time its head is
-/// parsed, as a drain may begin while the backend works); the response's
+/// parsed, as a drain may begin while the backend works); near saturation
+/// (`[client.pressure]`: at `high_water` with nothing idle left to close),
+/// looked at with the drain; the response's
 /// framing, when its head is shaped (`http1::response`). Once false, it stays false, and the
 /// client is told what it says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +144,7 @@ impl KeepAlive {
     /// The facts known when finguard writes its own answer.
     pub fn at_answer(mut self, request_complete: bool, shared: &Shared) -> KeepAlive {
         self &= request_complete;
-        self &= !shared.draining.is_cancelled();
+        self &= shared.keepalive_allowed();
         self
     }
 
