@@ -74,6 +74,16 @@ struct SimulateArgs {
     /// slow-read/slow-post: pause between steps (default 200ms read, 500ms posted).
     #[arg(long, value_parser = parse_duration_arg)]
     step_every: Option<std::time::Duration>,
+    /// hoard: keep-alive connections per client (--connections counts clients; capped at 256).
+    #[arg(long, default_value_t = crate::simulate::hoard::DEFAULT_POOL)]
+    pool: usize,
+    /// hoard: pause between two requests on one connection.
+    #[arg(long, default_value = "3s", value_parser = parse_duration_arg)]
+    every: std::time::Duration,
+    /// hoard: new clients per second (one connection, one GET, 2 s to be answered),
+    /// from a quarter of the run to its end; 0: none (capped at 1000).
+    #[arg(long, default_value_t = 0.0)]
+    newcomers: f64,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -302,6 +312,9 @@ fn simulate(a: SimulateArgs) -> ExitCode {
         duration: a.duration,
         path: a.path,
         body_bytes: usize::try_from(a.body_bytes).unwrap_or(usize::MAX),
+        pool: a.pool,
+        every: a.every,
+        newcomers: if a.newcomers.is_finite() { a.newcomers } else { 0.0 },
         ..simulate::Options::new(target, a.scenario)
     };
     let report = rt.block_on(async { simulate::run(opts, ctrl_c_token()).await });

@@ -77,12 +77,36 @@ fn slowloris_and_half_close_against_finguard() {
 }
 
 #[test]
+fn hoarders_keep_their_pools_and_newcomers_are_counted() {
+    let _one_at_a_time = serial();
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        "[client]\nmax_connections = 10\nkeepalive_timeout = \"5s\"\n",
+        backend.addr,
+    );
+    let r = simulate(
+        p.addr,
+        "hoard",
+        &["--pool", "2", "--every", "500ms", "--newcomers", "10"],
+    );
+    // Ten clients of two connections each, twice finguard's limit.
+    assert_eq!(r["connections"], 20, "{r}");
+    assert!(r["requests_sent"].as_u64().unwrap() >= 20, "{r}");
+    assert_eq!(r["responses_lost_to_reset"], 0, "{r}");
+    assert_eq!(r["responses_missing"], 0, "{r}");
+    let newcomers = &r["newcomers"];
+    assert!(newcomers["sent"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(newcomers["sent"], newcomers["answered"], "{r}");
+    assert_eq!(r["census_after"].get("FIN_WAIT2"), None, "{r}");
+}
+
+#[test]
 fn the_demo_shows_the_damage_directly_and_none_through_finguard() {
     let _one_at_a_time = serial();
     let out = Command::new(BIN).args(["demo", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.len(), 7);
+    assert_eq!(rows.len(), 8);
     let damage = |side: &serde_json::Value| {
         [
             "responses_lost",
@@ -100,6 +124,20 @@ fn the_demo_shows_the_damage_directly_and_none_through_finguard() {
     for r in &rows {
         assert_eq!(damage(&r["finguard"]), 0, "{}", r);
     }
+    // A full house: a front at its connection limit locks the newcomers
+    // out; finguard with the same limit lets them in.
+    let hoard = rows.iter().find(|r| r["scenario"] == "hoard").unwrap();
+    let (direct, via) = (&hoard["direct"], &hoard["finguard"]);
+    let sent = via["newcomers_sent"].as_u64().unwrap();
+    assert!(sent > 0, "{hoard}");
+    assert!(
+        direct["newcomers_answered"].as_u64().unwrap() * 2 < direct["newcomers_sent"].as_u64().unwrap(),
+        "{hoard}"
+    );
+    assert!(
+        via["newcomers_answered"].as_u64().unwrap() * 100 >= sent * 99,
+        "{hoard}"
+    );
     let slow = rows.iter().find(|r| r["scenario"] == "slowloris").unwrap();
     assert_eq!(
         slow["finguard"]["backend_connections"], 0,

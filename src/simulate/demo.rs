@@ -6,9 +6,17 @@
 //! report) — faces each simulator scenario directly, then behind an embedded
 //! finguard. Every number printed is measured; everything runs on loopback
 //! and ends by itself.
+//!
+//! The `hoard` row is about a full house: crawlers holding twice as many
+//! keep-alive connections as a front allows, and newcomers arriving. The
+//! naive server there is a front with [`HOARD_SLOTS`] connections (a
+//! prefork Apache, or any front at its limit): the hoarders hold every slot
+//! and the newcomers wait in its backlog. finguard, with the same limit
+//! and the same 5 s keep-alive, closes idle hoarders to let them in.
 
 use super::naive::Naive;
 use super::{run, Options, Report, Scenario};
+use crate::config::ConfigError;
 use crate::config::{self, Overrides};
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -18,6 +26,38 @@ use tokio_util::sync::CancellationToken;
 /// How long each scenario runs (per side).
 const SCENARIO_TIME: Duration = Duration::from_millis(2500);
 const CONNECTIONS: usize = 20;
+/// The `hoard` row: the connection limit of both fronts ...
+pub const HOARD_SLOTS: usize = 20;
+/// ... held by hoarders with twice as many connections, a GET on each every 2 s ...
+const HOARD_CLIENTS: usize = 10;
+const HOARD_POOL: usize = 4;
+const HOARD_EVERY: Duration = Duration::from_secs(2);
+/// ... while newcomers arrive at this rate, for three quarters of the run.
+const HOARD_NEWCOMERS: f64 = 20.0;
+const HOARD_TIME: Duration = Duration::from_secs(4);
+
+/// The finguard of the `hoard` row: the same connection limit and
+/// keep-alive timeout as the front it is compared with.
+pub fn hoard_config(backend: SocketAddr) -> Result<config::Config, ConfigError> {
+    let text = format!(
+        r#"shutdown_timeout = "2s"
+[[listener]]
+addr = "127.0.0.1:0"
+[client]
+max_connections = {HOARD_SLOTS}
+keepalive_timeout = "5s"
+[[backend]]
+name = "front"
+addrs = ["{backend}"]
+max_connections = 16
+pool_max_idle = 16
+[log]
+access = "off"
+level = "off"
+"#
+    );
+    config::parse("<demo>", &text, &Overrides::default())
+}
 
 /// The finguard the demo puts in front of the naive backend.
 pub fn finguard_config(backend: SocketAddr) -> Result<config::Config, config::ConfigError> {
@@ -73,6 +113,11 @@ pub struct Side {
     pub backend_connections: u64,
     pub p99_ms: Option<f64>,
     pub requests_per_sec: Option<f64>,
+    /// `hoard`: newcomers that came, and those answered within 2 s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newcomers_sent: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newcomers_answered: Option<u64>,
 }
 
 fn side(r: &Report, backend_connections: u64) -> Side {
@@ -88,7 +133,50 @@ fn side(r: &Report, backend_connections: u64) -> Side {
         backend_connections,
         p99_ms: r.latency.as_ref().map(|l| l.p99_ms),
         requests_per_sec: r.requests_per_sec,
+        newcomers_sent: r.newcomers.map(|n| n.sent),
+        newcomers_answered: r.newcomers.map(|n| n.answered),
     }
+}
+
+/// The `hoard` row's load against `target`.
+fn hoard_opts(target: SocketAddr) -> Options {
+    Options {
+        connections: HOARD_CLIENTS,
+        pool: HOARD_POOL,
+        every: HOARD_EVERY,
+        newcomers: HOARD_NEWCOMERS,
+        duration: HOARD_TIME,
+        ..Options::new(target, Scenario::Hoard)
+    }
+}
+
+/// The `hoard` row: a front with [`HOARD_SLOTS`] connections, directly
+/// and behind a finguard with the same limit.
+async fn hoard_row(stop: &CancellationToken, progress: &mut impl FnMut(&str)) -> std::io::Result<Row> {
+    let name = Scenario::Hoard.name();
+    progress(&format!("{name:<18} direct to a {HOARD_SLOTS}-connection front ..."));
+    let front = Naive::limited(HOARD_SLOTS).await?;
+    let direct = run(hoard_opts(front.addr), stop.clone()).await;
+    let direct_side = side(&direct, front.accepted());
+    drop(front);
+
+    progress(&format!("{name:<18} through finguard ({HOARD_SLOTS} connections) ..."));
+    let front = Naive::limited(HOARD_SLOTS).await?;
+    let cfg = hoard_config(front.addr).map_err(std::io::Error::other)?;
+    let running = crate::server::start(cfg, None, false)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut o = hoard_opts(running.addrs[0]);
+    o.also_census = Some(front.addr.port());
+    let via = run(o, stop.clone()).await;
+    let via_side = side(&via, front.accepted());
+    running.drain(Duration::from_secs(2)).await;
+    drop(front);
+    Ok(Row {
+        scenario: Scenario::Hoard,
+        direct: direct_side,
+        finguard: via_side,
+    })
 }
 
 /// Runs every scenario directly and through finguard; `progress` gets a line per phase.
@@ -97,6 +185,10 @@ pub async fn run_demo(stop: CancellationToken, mut progress: impl FnMut(&str)) -
     for scenario in Scenario::ALL {
         if stop.is_cancelled() {
             break;
+        }
+        if scenario == Scenario::Hoard {
+            rows.push(hoard_row(&stop, &mut progress).await?);
+            continue;
         }
         let opts = |target| Options {
             connections: CONNECTIONS,
@@ -167,6 +259,23 @@ pub fn table(rows: &[Row]) -> String {
         };
         o.push_str(&format!(
             "\nwell-behaved clients: direct {}  |  through finguard {}\n",
+            fmt(&r.direct),
+            fmt(&r.finguard)
+        ));
+    }
+    if let Some(r) = rows.iter().find(|r| r.scenario == Scenario::Hoard) {
+        let fmt = |s: &Side| {
+            format!(
+                "{} of {}",
+                s.newcomers_answered.unwrap_or(0),
+                s.newcomers_sent.unwrap_or(0)
+            )
+        };
+        o.push_str(&format!(
+            "hoarders ({} keep-alive connections, a GET every {}s) at a {HOARD_SLOTS}-connection limit:\n  \
+             newcomers answered within 2 s: direct {}  |  through finguard {}\n",
+            HOARD_CLIENTS * HOARD_POOL,
+            HOARD_EVERY.as_secs(),
             fmt(&r.direct),
             fmt(&r.finguard)
         ));

@@ -6,6 +6,7 @@
 //! [`MAX_DURATION`]; every await has a deadline; Ctrl-C (the `stop` token)
 //! ends the run early and the report is still printed.
 
+pub mod hoard;
 mod scenarios;
 mod slow;
 pub(crate) mod wire;
@@ -45,10 +46,13 @@ pub enum Scenario {
     SlowRead,
     /// Sends a request body a few hundred bytes at a time.
     SlowPost,
+    /// Keeps a pool of keep-alive connections and sends a request on each
+    /// every few seconds, as crawlers do.
+    Hoard,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::NeverClose,
         Scenario::HalfClose,
         Scenario::PostUnauthorized,
@@ -56,6 +60,7 @@ impl Scenario {
         Scenario::Slowloris,
         Scenario::IdleHold,
         Scenario::WellBehaved,
+        Scenario::Hoard,
     ];
 
     /// The scenario of that name (`ALL` and `name` are the one list).
@@ -74,6 +79,7 @@ impl Scenario {
             Scenario::WellBehaved => "well-behaved",
             Scenario::SlowRead => "slow-read",
             Scenario::SlowPost => "slow-post",
+            Scenario::Hoard => "hoard",
         }
     }
 }
@@ -103,6 +109,13 @@ pub struct Options {
     /// `slow-read`/`slow-post`: bytes per step and the pause between
     /// steps; `None`: the scenario's own default.
     pub step: Option<(usize, Duration)>,
+    /// `hoard`: connections per client (`connections` counts clients).
+    pub pool: usize,
+    /// `hoard`: the pause between two requests on one connection.
+    pub every: Duration,
+    /// `hoard`: new clients per second (one connection, one GET each)
+    /// arriving from a quarter of the run to its end; 0: none.
+    pub newcomers: f64,
 }
 
 impl Options {
@@ -116,6 +129,9 @@ impl Options {
             body_bytes: 4 << 20,
             also_census: None,
             step: None,
+            pool: hoard::DEFAULT_POOL,
+            every: hoard::DEFAULT_EVERY,
+            newcomers: 0.0,
         }
     }
 
@@ -123,7 +139,17 @@ impl Options {
     pub fn bounded(mut self) -> Self {
         self.connections = self.connections.clamp(1, MAX_CONNECTIONS);
         self.duration = self.duration.min(MAX_DURATION);
+        self.pool = self.pool.clamp(1, hoard::MAX_POOL);
+        self.newcomers = self.newcomers.clamp(0.0, hoard::MAX_NEWCOMER_RATE);
         self
+    }
+
+    /// The connections the run opens: `hoard` keeps a pool per client.
+    pub fn sockets(&self) -> usize {
+        match self.scenario {
+            Scenario::Hoard => (self.connections * self.pool).min(MAX_CONNECTIONS),
+            _ => self.connections,
+        }
     }
 }
 
@@ -146,6 +172,9 @@ pub struct ConnOutcome {
     /// Requests that got no response without a reset (cut by FIN or timeout).
     pub missing: u64,
     pub statuses: Vec<u16>,
+    /// Requests sent again on a new connection after the server had closed
+    /// the idle one (nothing came back on it).
+    pub retried: u64,
     pub latencies: Vec<Duration>,
     pub end: End,
     /// Held until the census is taken, so that it sees the sockets' states.
@@ -171,7 +200,12 @@ pub struct Report {
     pub responses_complete: u64,
     pub responses_lost_to_reset: u64,
     pub responses_missing: u64,
+    /// Requests sent again after the server closed an idle connection.
+    pub requests_retried: u64,
     pub statuses: BTreeMap<u16, u64>,
+    /// `hoard` with newcomers: how many came and were answered in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub newcomers: Option<hoard::Newcomers>,
     pub server_closed_fin: u64,
     pub server_closed_rst: u64,
     pub server_left_open: u64,
@@ -214,20 +248,30 @@ pub async fn run_held(opts: Options, stop: CancellationToken) -> (Report, Held) 
     let started = Instant::now();
     let deadline = started + opts.duration;
     let mut set = tokio::task::JoinSet::new();
-    for i in 0..opts.connections {
+    for i in 0..opts.sockets() {
         let (o, stop) = (opts.clone(), stop.clone());
         set.spawn(async move { scenarios::one(&o, i, deadline, stop).await });
     }
-    let mut outcomes = Vec::with_capacity(opts.connections);
+    let arrivals = (opts.scenario == Scenario::Hoard && opts.newcomers > 0.0).then(|| {
+        let (o, stop) = (opts.clone(), stop.clone());
+        let from = started + opts.duration / 4;
+        tokio::spawn(async move { hoard::newcomers(&o, from, deadline, &stop).await })
+    });
+    let mut outcomes = Vec::with_capacity(opts.sockets());
     while let Some(r) = set.join_next().await {
         if let Ok(o) = r {
             outcomes.push(o);
         }
     }
+    let newcomers = match arrivals {
+        Some(a) => a.await.ok(),
+        None => None,
+    };
     let elapsed = started.elapsed();
     let after = server_side(opts.target.port());
     let also = opts.also_census.map(server_side);
     let mut report = summarize(&opts, &outcomes, elapsed);
+    report.newcomers = newcomers;
     report.census_before = before;
     report.census_after = after;
     report.also_census_after = also;
@@ -238,13 +282,15 @@ fn summarize(opts: &Options, outcomes: &[ConnOutcome], elapsed: Duration) -> Rep
     let mut r = Report {
         scenario: opts.scenario,
         target: opts.target.to_string(),
-        connections: opts.connections,
+        connections: opts.sockets(),
         elapsed_ms: elapsed.as_millis() as u64,
         requests_sent: 0,
         responses_complete: 0,
         responses_lost_to_reset: 0,
         responses_missing: 0,
+        requests_retried: 0,
         statuses: BTreeMap::new(),
+        newcomers: None,
         server_closed_fin: 0,
         server_closed_rst: 0,
         server_left_open: 0,
@@ -260,6 +306,7 @@ fn summarize(opts: &Options, outcomes: &[ConnOutcome], elapsed: Duration) -> Rep
         r.responses_complete += o.complete;
         r.responses_lost_to_reset += o.lost_reset;
         r.responses_missing += o.missing;
+        r.requests_retried += o.retried;
         for s in &o.statuses {
             *r.statuses.entry(*s).or_default() += 1;
         }
@@ -315,6 +362,18 @@ pub fn table(r: &Report) -> String {
         r.responses_lost_to_reset
     ));
     o.push_str(&format!("  responses missing          {:>8}\n", r.responses_missing));
+    if r.requests_retried > 0 {
+        o.push_str(&format!(
+            "  requests retried           {:>8}   (the server had closed the idle connection)\n",
+            r.requests_retried
+        ));
+    }
+    if let Some(n) = &r.newcomers {
+        o.push_str(&format!(
+            "  newcomers answered in 2s   {:>8} of {}\n",
+            n.answered, n.sent
+        ));
+    }
     o.push_str(&format!(
         "  server closed              FIN {}  RST {}  still open {}\n",
         r.server_closed_fin, r.server_closed_rst, r.server_left_open

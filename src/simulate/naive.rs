@@ -3,6 +3,10 @@
 //! connections after a second, and is slow to close after a client's FIN
 //! (the CLOSE_WAIT leak of the field report). Loopback only, ends when
 //! dropped.
+//!
+//! [`Naive::limited`] is a small front of its own kind (a prefork server,
+//! or any front at its connection limit): at most a few connections at a
+//! time, Apache's 5 s keep-alive, the rest waiting in the backlog.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +21,26 @@ const NAIVE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long the naive backend leaves a socket in CLOSE_WAIT after the client's FIN.
 const NAIVE_CLOSE_DELAY: Duration = Duration::from_secs(20);
 
+/// How a naive server treats its connections.
+#[derive(Debug, Clone, Copy)]
+pub struct NaiveOpts {
+    /// At most this many connections at a time; the rest wait in the backlog.
+    pub slots: Option<usize>,
+    pub keepalive: Duration,
+    /// How long it leaves a socket in CLOSE_WAIT after the client's FIN.
+    pub close_delay: Duration,
+}
+
+impl Default for NaiveOpts {
+    fn default() -> Self {
+        NaiveOpts {
+            slots: None,
+            keepalive: NAIVE_KEEPALIVE,
+            close_delay: NAIVE_CLOSE_DELAY,
+        }
+    }
+}
+
 /// The embedded naive backend.
 pub struct Naive {
     pub addr: SocketAddr,
@@ -27,13 +51,37 @@ pub struct Naive {
 impl Naive {
     /// Listens on 127.0.0.1, an ephemeral port.
     pub async fn start() -> std::io::Result<Naive> {
+        Naive::start_with(NaiveOpts::default()).await
+    }
+
+    /// A front with `slots` connections at a time and Apache's 5 s
+    /// keep-alive, which closes promptly after a client's FIN.
+    pub async fn limited(slots: usize) -> std::io::Result<Naive> {
+        Naive::start_with(NaiveOpts {
+            slots: Some(slots),
+            keepalive: Duration::from_secs(5),
+            close_delay: Duration::ZERO,
+        })
+        .await
+    }
+
+    pub async fn start_with(opts: NaiveOpts) -> std::io::Result<Naive> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let addr = l.local_addr()?;
         let accepted = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let (count, st) = (accepted.clone(), stop.clone());
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            opts.slots.unwrap_or(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         tokio::spawn(async move {
             loop {
+                // A slot first: without one, clients wait in the backlog.
+                let slot = tokio::select! {
+                    s = slots.clone().acquire_owned() => s,
+                    () = st.cancelled() => return,
+                };
+                let Ok(slot) = slot else { return };
                 let conn = tokio::select! {
                     c = l.accept() => c,
                     () = st.cancelled() => return,
@@ -43,9 +91,10 @@ impl Naive {
                     let st = st.clone();
                     tokio::spawn(async move {
                         tokio::select! {
-                            () = naive_conn(s) => {}
+                            () = naive_conn(s, opts) => {}
                             () = st.cancelled() => {}
                         }
+                        drop(slot);
                     });
                 }
             }
@@ -66,7 +115,7 @@ impl Drop for Naive {
 }
 
 /// A server without lingering close and with a slow close after the peer's FIN.
-async fn naive_conn(mut s: TcpStream) {
+async fn naive_conn(mut s: TcpStream, opts: NaiveOpts) {
     let mut buf = Vec::new();
     loop {
         let end = loop {
@@ -74,11 +123,11 @@ async fn naive_conn(mut s: TcpStream) {
                 break i + 4;
             }
             let mut chunk = [0u8; 8192];
-            match tokio::time::timeout(NAIVE_KEEPALIVE, s.read(&mut chunk)).await {
+            match tokio::time::timeout(opts.keepalive, s.read(&mut chunk)).await {
                 Err(_) => return, // keep-alive timeout: close outright
                 Ok(Ok(0)) => {
                     // The client's FIN: this server gets round to closing much later.
-                    tokio::time::sleep(NAIVE_CLOSE_DELAY).await;
+                    tokio::time::sleep(opts.close_delay).await;
                     return;
                 }
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),

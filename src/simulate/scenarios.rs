@@ -30,6 +30,7 @@ pub async fn one(o: &Options, i: usize, deadline: Instant, stop: CancellationTok
         Scenario::Slowloris => slowloris(o, i, &mut s, &mut out, deadline, &stop).await,
         Scenario::IdleHold => idle_hold(o, &mut s, &mut out, deadline, &stop).await,
         Scenario::WellBehaved => return well_behaved(o, s, out, deadline, &stop).await,
+        Scenario::Hoard => return super::hoard::hoard(o, i, s, deadline, &stop).await,
         Scenario::SlowRead => super::slow::slow_read(o, &mut s, &mut out, deadline, &stop).await,
         Scenario::SlowPost => super::slow::slow_post(o, &mut s, &mut out, deadline, &stop).await,
     }
