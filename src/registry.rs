@@ -261,6 +261,7 @@ impl Entry {
             rules: self.rules.get().cloned().unwrap_or_default(),
             evict_rank: None,
             evict_reason: None,
+            evicting: self.flags.load(Ordering::Relaxed) & EVICTING != 0,
         }
     }
 }
@@ -313,6 +314,9 @@ pub struct ConnView {
     /// Why it would be: `reclaim_first`, `never_used` or `idle`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evict_reason: Option<&'static str>,
+    /// Asked to make room and not gone yet.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub evicting: bool,
 }
 
 /// A connection's membership in the registry; dropping it removes the entry.

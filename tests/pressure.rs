@@ -126,11 +126,13 @@ reclaim_first = true
     for i in 0..22 {
         let h = Hoarder::open(p.addr, BROWSER, limit).unwrap_or_else(|| panic!("late hoarder {i} was locked out"));
         late.push(h);
-        // Settled: every connection closed so far was counted.
+        // Settled: nothing asked to close is still open, and every
+        // connection closed so far was counted.
         assert!(wait_until(limit, || {
+            let (_, body) = p.admin_get("/connections");
             let all = bots.iter().chain(browsers.iter()).chain(late.iter());
             let seen = all.filter(|h| h.closed()).count();
-            seen as f64 == all_evictions(&p)
+            !body.contains("\"evicting\"") && seen as f64 == all_evictions(&p)
         }));
         let bots_left = bots.iter().filter(|h| !h.closed()).count();
         let browsers_gone = browsers.iter().filter(|h| h.closed()).count();
@@ -146,7 +148,7 @@ reclaim_first = true
     assert!(bots.iter().all(|h| h.closed()));
     assert!(evictions(&p, "idle", "none") >= 1.0);
 
-    // Now everyone hoards: a request every 500 ms on each connection, and
+    // Now everyone hoards: a request every second on each connection, and
     // a new one when finguard closes it; newcomers arrive at 25/s.
     let stop = Arc::new(AtomicBool::new(false));
     let hoarders_answered = Arc::new(AtomicUsize::new(0));
@@ -159,7 +161,7 @@ reclaim_first = true
         threads.push(thread::spawn(move || {
             let mut reconnects = 0;
             while !stop.load(Ordering::Relaxed) {
-                thread::sleep(Duration::from_millis(500));
+                thread::sleep(Duration::from_secs(1));
                 match h.ask() {
                     Some(200) => {
                         answered.fetch_add(1, Ordering::Relaxed);
