@@ -388,6 +388,23 @@ grace = "60s"
     assert_eq!(p.metric("finguard_client_admission_waits_total"), 1.0);
 }
 
+/// The thresholds reload on SIGHUP: a grace cut from a minute to nothing
+/// puts the idle connections in line at once.
+#[test]
+fn the_thresholds_reload() {
+    let backend = Backend::start(Reply::Ok);
+    let text = |grace: &str| {
+        format!("[admin]\naddr = \"127.0.0.1:0\"\n[client]\nkeepalive_timeout = \"60s\"\n[client.pressure]\ngrace = \"{grace}\"\n")
+    };
+    let p = Proxy::start(&text("60s"), backend.addr);
+    let _idle = Hoarder::open(p.addr, BROWSER, Duration::from_secs(5)).unwrap();
+    let in_line = || p.admin_get("/connections").1.contains("\"evict_rank\": 1");
+    assert!(!in_line());
+    std::fs::write(&p.config.0, text("0s")).unwrap();
+    p.signal("HUP");
+    assert!(wait_until(Duration::from_secs(5), in_line));
+}
+
 fn check(config: &str) -> (bool, String, String) {
     let f = TempFile::new("pressure.toml", config);
     let out = Command::new(BIN).arg("check").arg("-c").arg(&f.0).output().unwrap();
