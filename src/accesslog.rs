@@ -137,6 +137,11 @@ pub struct Record<'a> {
     pub user_agent: Option<&'a str>,
     pub rules: &'a [String],
     pub backend: Option<(SocketAddr, Duration)>,
+    /// How long the exchange held its backend connections (buffering lets
+    /// them go before the client has the response).
+    pub backend_hold: Option<Duration>,
+    /// Request head read to the response's last byte taken by the client.
+    pub client_time: Option<Duration>,
 }
 
 #[derive(Serialize)]
@@ -151,6 +156,8 @@ struct JsonRequest<'a> {
     rules: &'a [String],
     backend: Option<String>,
     upstream_ms: Option<f64>,
+    backend_hold_ms: Option<f64>,
+    client_ms: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -170,6 +177,11 @@ impl Logger {
 
     pub fn enabled(&self) -> bool {
         self.format != AccessLog::Off
+    }
+
+    /// JSON lines (they carry finguard's own fields).
+    pub fn json(&self) -> bool {
+        self.format == AccessLog::Json
     }
 
     pub fn writer(&self) -> &Arc<Writer> {
@@ -206,7 +218,9 @@ impl Logger {
                     user_agent: r.user_agent,
                     rules: r.rules,
                     backend: r.backend.map(|(a, _)| a.to_string()),
-                    upstream_ms: r.backend.map(|(_, d)| d.as_secs_f64() * 1000.0),
+                    upstream_ms: r.backend.map(|(_, d)| ms(d)),
+                    backend_hold_ms: r.backend_hold.map(ms),
+                    client_ms: r.client_time.map(ms),
                 };
                 serde_json::to_string(&j).unwrap_or_default() + "\n"
             }
@@ -229,6 +243,10 @@ impl Logger {
         };
         self.send(serde_json::to_string(&j).unwrap_or_default() + "\n");
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 /// Quotes and control bytes escaped, as Apache does.

@@ -31,7 +31,7 @@
 pub mod health;
 mod idle;
 
-pub use idle::{set_worker, RawConn};
+pub use idle::{set_worker, HoldCell, RawConn};
 
 use crate::config::{BackendConfig, ProxyProtocol};
 use crate::metrics::{Metrics, ReapReason};

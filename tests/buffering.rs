@@ -511,3 +511,56 @@ fn the_slow_scenarios_run_and_complete_through_finguard() {
     assert_eq!(r["statuses"]["200"], 4, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The JSON access-log line of each request, once written.
+fn json_lines(p: &Proxy, n: usize) -> Vec<serde_json::Value> {
+    assert!(wait_until(LIMIT, || p.stdout.lock().unwrap().len() >= n), "{}", p.log());
+    let lines = p.stdout.lock().unwrap().clone();
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v.get("request").is_some())
+        .collect()
+}
+
+#[test]
+fn the_access_log_shows_the_backend_released_before_the_slow_client_finished() {
+    let body = Arc::new(pattern(BIG));
+    let b = body_backend(body.clone());
+    let dir = temp_dir("log-times");
+    let p = Proxy::start(&config(&dir, "[log]\naccess = \"json\""), b.addr);
+    let (mut c, mut got) = get_start(&p, 64 * 1024);
+    // The client reads the rest only once the backend connection was let go.
+    assert!(wait_until(LIMIT, || p.metric("finguard_backend_hold_seconds_count") >= 1.0));
+    read_rest(&mut c, &mut got, BIG);
+    assert!(got == *body);
+    let req = &json_lines(&p, 1)[0];
+    assert_eq!(req["status"], 200, "{req}");
+    assert!(req["bytes_out"].as_u64().is_some_and(|n| n > BIG as u64), "{req}");
+    let hold = req["backend_hold_ms"].as_f64().expect("backend_hold_ms");
+    let client = req["client_ms"].as_f64().expect("client_ms");
+    assert!(
+        hold > 0.0 && hold < client,
+        "held {hold} ms of the client's {client} ms: {req}"
+    );
+    assert!(p.metric("finguard_client_exchange_seconds_count") >= 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_http2_stream_is_logged_when_it_ends_with_the_bytes_it_sent() {
+    let body = Arc::new(pattern(2 * 1024 * 1024));
+    let b = body_backend(body.clone());
+    let dir = temp_dir("h2-log");
+    let cfg = format!("[buffer]\ndir = \"{}\"\n[log]\naccess = \"json\"\n", dir.display());
+    let s = h2_client::h2_proxy(&cfg, b.addr);
+    let (status, got) = h2_client::h2_get(&s, "a.test", &[]);
+    assert_eq!(status, 200);
+    assert!(got == *body);
+    let req = &json_lines(&s.proxy, 1)[0];
+    assert_eq!(req["request"], "GET /echo HTTP/2.0", "{req}");
+    assert_eq!(req["bytes_out"].as_u64(), Some(body.len() as u64), "{req}");
+    assert!(req["backend_hold_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{req}");
+    assert!(req["client_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{req}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

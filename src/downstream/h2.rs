@@ -329,6 +329,11 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
             user_agent: text(http::header::USER_AGENT),
         }
     });
+    let hold = shared
+        .access
+        .json()
+        .then(|| Arc::new(crate::upstream::HoldCell::default()));
+    let started = tokio::time::Instant::now();
     let ctx = Arc::new(RequestCtx {
         shared: shared.clone(),
         policy,
@@ -337,6 +342,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
         local: conn.local,
         scheme: "https",
         has_body,
+        hold: hold.clone(),
     });
     // Counted open from here: the stream closes when its body is dropped.
     let open = OpenStream {
@@ -350,13 +356,26 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
     if nokeepalive {
         conn.goaway.notify_one();
     }
-    if let Some(l) = logged {
-        log_request(&conn, client, &l, &resp);
-    }
+    // Written when the stream ends, with what the client took and when.
+    let log = logged.map(|l| {
+        Box::new(PendingLog {
+            logged: l,
+            client,
+            status: resp.status().as_u16(),
+            backend: resp.extensions().get::<crate::exchange::Answered>().map(|a| (a.0, a.1)),
+            hold,
+            started,
+            bytes_out: 0,
+        })
+    });
+    let proxied = resp.extensions().get::<crate::exchange::Answered>().is_some();
     Ok(resp.map(|inner| StreamBody {
         inner,
         handed: false,
         open,
+        log,
+        proxied,
+        started,
     }))
 }
 
@@ -367,19 +386,34 @@ struct Logged {
     user_agent: Option<String>,
 }
 
-/// The access-log line of an HTTP/2 request, written when its response head
-/// goes out (the body's length when the response announces one).
-fn log_request(conn: &H2Conn, client: SocketAddr, l: &Logged, resp: &http::Response<exchange::ProxyBody>) {
-    conn.shared.access.request(&crate::accesslog::Record {
-        peer: client,
-        request_line: &l.request_line,
-        status: resp.status().as_u16(),
-        bytes_out: http_body::Body::size_hint(resp.body()).exact().unwrap_or(0),
-        referer: l.referer.as_deref(),
-        user_agent: l.user_agent.as_deref(),
-        rules: conn.track.entry.rules.get().map_or(&[][..], |r| r.as_slice()),
-        backend: resp.extensions().get::<crate::exchange::Answered>().map(|a| (a.0, a.1)),
-    });
+/// An HTTP/2 request's access-log line, written when its stream ends: the
+/// bytes the client took, how long it took them, how long the backend was held.
+struct PendingLog {
+    logged: Logged,
+    client: SocketAddr,
+    status: u16,
+    backend: Option<(SocketAddr, std::time::Duration)>,
+    hold: Option<Arc<crate::upstream::HoldCell>>,
+    started: tokio::time::Instant,
+    bytes_out: u64,
+}
+
+impl PendingLog {
+    fn write(&self, conn: &H2Conn) {
+        let l = &self.logged;
+        conn.shared.access.request(&crate::accesslog::Record {
+            peer: self.client,
+            request_line: &l.request_line,
+            status: self.status,
+            bytes_out: self.bytes_out,
+            referer: l.referer.as_deref(),
+            user_agent: l.user_agent.as_deref(),
+            rules: conn.track.entry.rules.get().map_or(&[][..], |r| r.as_slice()),
+            backend: self.backend,
+            backend_hold: self.hold.as_ref().and_then(|h| h.get()),
+            client_time: Some(self.started.elapsed()),
+        });
+    }
 }
 
 /// One open stream; closing it may leave the connection idle. Dropped
@@ -410,6 +444,10 @@ pub struct StreamBody {
     /// The last frame went to h2 and h2 has not asked for more yet.
     handed: bool,
     open: OpenStream,
+    log: Option<Box<PendingLog>>,
+    /// Answered by a backend (timed in `finguard_client_exchange_seconds`).
+    proxied: bool,
+    started: tokio::time::Instant,
 }
 
 impl StreamBody {
@@ -425,6 +463,13 @@ impl Drop for StreamBody {
         self.taken();
         // h2 drops a body it saw end without polling it again.
         self.open.done |= http_body::Body::is_end_stream(&self.inner);
+        let conn = &self.open.conn;
+        if self.proxied {
+            conn.shared.metrics.buffer.client_took(self.started.elapsed());
+        }
+        if let Some(l) = &self.log {
+            l.write(conn);
+        }
     }
 }
 
@@ -448,6 +493,9 @@ impl http_body::Body for StreamBody {
             conn.sent.fetch_add(1, Ordering::Relaxed);
             if let Some(d) = f.data_ref() {
                 conn.track.entry.bytes_out.fetch_add(d.len() as u64, Ordering::Relaxed);
+                if let Some(l) = &mut this.log {
+                    l.bytes_out += d.len() as u64;
+                }
             }
             if !this.inner.is_end_stream() {
                 this.handed = true;

@@ -23,6 +23,7 @@ use crate::registry::{self, ClientState};
 use crate::shared::Shared;
 use crate::stream::ClientStream;
 use crate::timeouts::ClientTimeouts;
+use crate::upstream::HoldCell;
 use bytes::BytesMut;
 use linger::CloseOutcome;
 use std::net::SocketAddr;
@@ -174,6 +175,8 @@ async fn serve_request<S: ClientStream>(
         keepalive,
         remaining: policy.settings.max_requests - conn.served,
     };
+    // Only a JSON line has a place for the hold time.
+    let hold = shared.access.json().then(|| Arc::new(HoldCell::default()));
     let cx = exchange::Conn {
         shared,
         policy,
@@ -181,9 +184,15 @@ async fn serve_request<S: ClientStream>(
         client,
         scheme: S::SCHEME,
         entry: &track.entry,
+        hold: hold.as_ref(),
     };
+    let started = Instant::now();
     let done = exchange::run(stream, buf, req, &cx).await;
+    let took = started.elapsed();
     shared.metrics.response(done.status);
+    if done.backend.is_some() {
+        shared.metrics.buffer.client_took(took);
+    }
     if logging {
         let logged = Logged {
             client,
@@ -191,6 +200,8 @@ async fn serve_request<S: ClientStream>(
             referer: referer.as_deref(),
             user_agent: user_agent.as_deref(),
             bytes_before,
+            backend_hold: hold.and_then(|h| h.get()),
+            client_time: took,
         };
         log_request(shared, track, &logged, &done);
     }
@@ -210,6 +221,8 @@ struct Logged<'a> {
     user_agent: Option<&'a str>,
     /// The connection's byte count before the response.
     bytes_before: u64,
+    backend_hold: Option<Duration>,
+    client_time: Duration,
 }
 
 fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, done: &exchange::Done) {
@@ -223,6 +236,8 @@ fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, 
         user_agent: logged.user_agent,
         rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
         backend: done.backend,
+        backend_hold: logged.backend_hold,
+        client_time: Some(logged.client_time),
     });
 }
 
@@ -423,6 +438,8 @@ async fn reply<S: ClientStream>(
         user_agent: track.entry.user_agent.get().map(String::as_str),
         rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
         backend: None,
+        backend_hold: None,
+        client_time: None,
     });
     let written = tokio::time::timeout(ClientTimeouts::new(settings).gap, stream.write_all(&bytes)).await;
     if matches!(written, Ok(Ok(()))) {

@@ -61,6 +61,8 @@ pub struct Conn<'a> {
     pub client: SocketAddr,
     pub scheme: &'static str,
     pub entry: &'a Entry,
+    /// Where the exchange's backend hold time goes (the access log's).
+    pub hold: Option<&'a Arc<crate::upstream::HoldCell>>,
 }
 
 /// A parsed request head and what the connection allows after it.
@@ -160,6 +162,7 @@ pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Reque
         idempotent: head.idempotent,
     };
     let mut tries = Tries::new(plan);
+    tries.hold = conn.hold.cloned();
     loop {
         let bc = match tries.checkout(upstream).await {
             Ok(bc) => bc,

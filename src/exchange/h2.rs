@@ -73,6 +73,8 @@ pub struct RequestCtx {
     /// `http` or `https`.
     pub scheme: &'static str,
     pub has_body: bool,
+    /// Where the backend hold time goes (the access log's).
+    pub hold: Option<Arc<crate::upstream::HoldCell>>,
 }
 
 /// The hyper service: one call per request.
@@ -256,6 +258,7 @@ async fn send_with_retry(
         replayable: up.live.rest.is_none() && up.pre.is_none(),
         idempotent: how.idempotent,
     });
+    tries.hold = ctx.hold.clone();
     loop {
         let bc = match tries.checkout(upstream).await {
             Ok(bc) => bc,

@@ -28,8 +28,9 @@ use crate::http1::forward;
 use crate::http1::head::Head;
 use crate::policy::ClientPolicy;
 use crate::shared::Shared;
-use crate::upstream::{RawConn, Tried, Upstream};
+use crate::upstream::{HoldCell, RawConn, Tried, Upstream};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tracing::debug;
 
 /// How one request may be tried on a backend.
@@ -53,6 +54,8 @@ pub struct Tries {
     retried: bool,
     /// Addresses this request failed to connect to: not tried again.
     tried: Tried,
+    /// Where the backend hold time goes, for the access log.
+    pub hold: Option<Arc<HoldCell>>,
 }
 
 impl Tries {
@@ -61,6 +64,7 @@ impl Tries {
             plan,
             retried: false,
             tried: Tried::default(),
+            hold: None,
         }
     }
 
@@ -68,7 +72,11 @@ impl Tries {
     pub async fn checkout(&mut self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
         let p = &self.plan;
         let fresh = p.fresh || self.retried;
-        Ok(upstream.checkout_raw(fresh, p.client, p.local, &mut self.tried).await?)
+        let mut c = upstream.checkout_raw(fresh, p.client, p.local, &mut self.tried).await?;
+        if let Some(cell) = &self.hold {
+            c.report_hold(cell.clone());
+        }
+        Ok(c)
     }
 
     /// After a failed attempt on a connection (`reused` or not): `Ok` to

@@ -18,9 +18,10 @@ use crate::metrics::ReapReason;
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -88,6 +89,28 @@ pub struct RawConn {
 struct Hold {
     since: Option<Instant>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// The exchange's own record of it (its access-log line), if it asked.
+    report: Option<Arc<HoldCell>>,
+}
+
+/// What one exchange held its backend connections for, summed over its
+/// attempts: written as each connection is released (back to the pool or
+/// dropped), read when the exchange's access-log line is written.
+#[derive(Debug, Default)]
+pub struct HoldCell(AtomicU64);
+
+impl HoldCell {
+    fn add(&self, d: Duration) {
+        // 0 means "never held": a hold adds at least one microsecond.
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.0.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// The total, once a connection was held and released.
+    pub fn get(&self) -> Option<Duration> {
+        let us = self.0.load(Ordering::Relaxed);
+        (us > 0).then(|| Duration::from_micros(us))
+    }
 }
 
 impl Hold {
@@ -97,7 +120,11 @@ impl Hold {
 
     fn stop(&mut self) {
         if let Some(t) = self.since.take() {
-            self.metrics.buffer.held_backend(t.elapsed());
+            let d = t.elapsed();
+            self.metrics.buffer.held_backend(d);
+            if let Some(r) = self.report.take() {
+                r.add(d);
+            }
         }
     }
 }
@@ -121,6 +148,11 @@ impl RawConn {
     /// It carried a request before: a failure may be a stale-connection race.
     pub fn reused(&self) -> bool {
         self.uses > 0
+    }
+
+    /// Adds this exchange's hold of the connection to `cell` when it ends.
+    pub fn report_hold(&mut self, cell: Arc<HoldCell>) {
+        self.hold.report = Some(cell);
     }
 }
 
@@ -340,6 +372,7 @@ impl Upstream {
                 signal: self.raw[w].signal.clone(),
             }),
             hold: Box::new(Hold {
+                report: None,
                 since: None,
                 metrics: self.metrics.clone(),
             }),
