@@ -34,8 +34,9 @@ pub struct Entry {
     pub peer: SocketAddr,
     started: Instant,
     state: AtomicU8,
-    /// Milliseconds after `started` at which the current state began.
-    state_since_ms: AtomicU64,
+    /// Microseconds after `started` at which the current state began
+    /// (the line of idle connections is ordered by it).
+    state_since_us: AtomicU64,
     pub requests: AtomicU32,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
@@ -91,7 +92,7 @@ impl Registry {
             peer,
             started: Instant::now(),
             state: AtomicU8::new(ClientState::Reading as u8),
-            state_since_ms: AtomicU64::new(0),
+            state_since_us: AtomicU64::new(0),
             requests: AtomicU32::new(0),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
@@ -245,7 +246,7 @@ impl Entry {
     }
 
     fn in_state_for(&self, now: Instant) -> Duration {
-        let since = Duration::from_millis(self.state_since_ms.load(Ordering::Relaxed));
+        let since = Duration::from_micros(self.state_since_us.load(Ordering::Relaxed));
         now.saturating_duration_since(self.started + since)
     }
 
@@ -345,8 +346,8 @@ impl Tracked {
     pub fn set(&self, state: ClientState) {
         let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
         if old != state as u8 {
-            let ms = self.entry.started.elapsed().as_millis() as u64;
-            self.entry.state_since_ms.store(ms, Ordering::Relaxed);
+            let us = self.entry.started.elapsed().as_micros() as u64;
+            self.entry.state_since_us.store(us, Ordering::Relaxed);
             tracing::trace!(peer = %self.entry.peer, from = ClientState::from_u8(old).as_str(), to = state.as_str(), "client state");
         }
     }

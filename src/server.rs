@@ -323,6 +323,9 @@ async fn accept_loop(idx: usize, listener: TcpListener, ctx: Accepting, tracker:
                 x
             }
             Err(e) => {
+                if is_out_of_descriptors(&e) {
+                    free_descriptors(&ctx);
+                }
                 if !accept_failed(&e, &mut starved, &ctx.stop).await {
                     return;
                 }
@@ -501,6 +504,17 @@ async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls
     // The socket went with the handshake future: closed, with RST if the
     // client's bytes were unread.
     shared.metrics.tls_handshake(outcome);
+}
+
+/// Out of descriptors before the occupancy said so (more files or backend
+/// connections than the reserve allowed for): an idle connection past its
+/// grace, if any, is asked to close, one per try of the accept.
+fn free_descriptors(ctx: &Accepting) {
+    let shared = ctx.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let e = shared.clients.evict(1, shared.config.pressure.grace);
+    if e.requested > 0 {
+        debug!("out of descriptors; closing an idle connection to make room");
+    }
 }
 
 /// A failed accept. Out of descriptors: one log line per episode, then a

@@ -27,6 +27,8 @@ struct Hoarder {
     s: TcpStream,
     buf: Vec<u8>,
     ua: &'static str,
+    /// The last answer said `Connection: close`.
+    told_close: bool,
 }
 
 impl Hoarder {
@@ -34,14 +36,21 @@ impl Hoarder {
     fn open(addr: SocketAddr, ua: &'static str, limit: Duration) -> Option<Hoarder> {
         let s = TcpStream::connect(addr).ok()?;
         s.set_read_timeout(Some(limit)).ok()?;
-        let mut h = Hoarder { s, buf: Vec::new(), ua };
+        let mut h = Hoarder {
+            s,
+            buf: Vec::new(),
+            ua,
+            told_close: false,
+        };
         (h.ask()? == 200).then_some(h)
     }
 
     /// One request and its response; `None` when the connection ended first.
     fn ask(&mut self) -> Option<u16> {
         self.s.write_all(get(self.ua, false).as_bytes()).ok()?;
-        read_response(&mut self.s, &mut self.buf).map(|r| r.status)
+        let r = read_response(&mut self.s, &mut self.buf)?;
+        self.told_close = r.header("connection").is_some_and(|v| v.contains("close"));
+        Some(r.status)
     }
 
     /// Whether finguard has closed it (FIN) by now; a reset is a failure.
@@ -98,12 +107,24 @@ reclaim_first = true
     let limit = Duration::from_secs(5);
     // The longest idle: nine browsers; then nine crawlers. The house is at
     // high water (18 of 20).
-    let browsers: Vec<Hoarder> = (0..9)
-        .map(|_| Hoarder::open(p.addr, BROWSER, limit).expect("a slot was free"))
-        .collect();
-    let bots: Vec<Hoarder> = (0..9)
-        .map(|_| Hoarder::open(p.addr, BOT, limit).expect("a slot was free"))
-        .collect();
+    // Each is idle on finguard's side before the next one comes: the line
+    // is ordered by when finguard finished their responses.
+    let idle_after = |ua| {
+        let h = Hoarder::open(p.addr, ua, limit).expect("a slot was free");
+        let port = h.s.local_addr().unwrap().port();
+        assert!(wait_until(limit, || {
+            let (_, body) = p.admin_get("/connections");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            let mine = format!("127.0.0.1:{port}");
+            v.as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["peer"] == mine.as_str() && c["state"] == "idle")
+        }));
+        h
+    };
+    let browsers: Vec<Hoarder> = (0..9).map(|_| idle_after(BROWSER)).collect();
+    let bots: Vec<Hoarder> = (0..9).map(|_| idle_after(BOT)).collect();
     // Past the grace window, all eighteen are in line, crawlers first.
     assert!(wait_until(limit, || {
         let (_, body) = p.admin_get("/connections");
@@ -142,7 +163,12 @@ reclaim_first = true
         );
         // The browsers go longest idle first: those gone are the first opened.
         let gone: Vec<bool> = browsers.iter().map(|h| h.closed()).collect();
-        assert!(gone.windows(2).all(|w| w[0] || !w[1]), "{gone:?}");
+        if !gone.windows(2).all(|w| w[0] || !w[1]) {
+            let ports: Vec<u16> = browsers.iter().map(|h| h.s.local_addr().unwrap().port()).collect();
+            let log = p.log();
+            let room: Vec<&str> = log.lines().filter(|l| l.contains("room")).collect();
+            panic!("{gone:?} {ports:?} {room:#?}");
+        }
     }
     assert_eq!(evictions(&p, "reclaim_first", "HoardBot"), 9.0);
     assert!(bots.iter().all(|h| h.closed()));
@@ -165,6 +191,10 @@ reclaim_first = true
                 match h.ask() {
                     Some(200) => {
                         answered.fetch_add(1, Ordering::Relaxed);
+                        if h.told_close {
+                            // As clients do: the slot goes back at once.
+                            let _ = h.s.shutdown(std::net::Shutdown::Both);
+                        }
                     }
                     Some(s) => panic!("a hoarder got {s}"),
                     // Closed while idle (its request never reached the
@@ -386,6 +416,48 @@ grace = "60s"
     assert_eq!(read_response(&mut c, &mut Vec::new()).map(|r| r.status), Some(200));
     // Counted once, not once per look.
     assert_eq!(p.metric("finguard_client_admission_waits_total"), 1.0);
+}
+
+/// Out of descriptors before the occupancy says so (the limit lowered
+/// under a running finguard, `prlimit`): each failed accept asks an idle
+/// connection past its grace to close, and the newcomers get in.
+#[test]
+fn out_of_descriptors_idle_connections_make_room() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        // The pooled backend connections stay: a newcomer needs no new descriptor for one.
+        "[admin]\naddr = \"127.0.0.1:0\"\n[client]\nkeepalive_timeout = \"60s\"\n[client.pressure]\ngrace = \"200ms\"\n\
+         [[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:1\"]\npool_idle_timeout = \"60s\"\n",
+        backend.addr,
+    );
+    let idle: Vec<Hoarder> = (0..10)
+        .map(|_| Hoarder::open(p.addr, BROWSER, Duration::from_secs(5)).unwrap())
+        .collect();
+    assert!(wait_until(Duration::from_secs(5), || {
+        p.admin_get("/connections").1.matches("\"evict_rank\"").count() == 10
+    }));
+    // Fewer descriptors than it holds: none to spare until three are freed.
+    let pid = p.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = format!("--nofile={}", open - 3);
+    let ok = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .status();
+    if !ok.is_ok_and(|s| s.success()) {
+        return require_peer("prlimit");
+    }
+    let answered = (0..6)
+        .filter(|_| {
+            let mut s = TcpStream::connect(p.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(get("curl/8", true).as_bytes()).unwrap();
+            read_response(&mut s, &mut Vec::new()).is_some_and(|r| r.status == 200)
+        })
+        .count();
+    assert_eq!(answered, 6);
+    let gone = idle.iter().filter(|h| h.closed()).count();
+    assert!(gone >= 1, "no idle connection made room");
+    assert_eq!(evictions(&p, "idle", "none"), gone as f64);
 }
 
 /// The thresholds reload on SIGHUP: a grace cut from a minute to nothing

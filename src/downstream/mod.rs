@@ -332,6 +332,15 @@ async fn wait_head<S: ClientStream>(
             // A TLS stream is always "ready": its idle wait is this read.
             // Boxed: a plain connection's task does not carry its size.
             Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
+        } else if idle {
+            // The readiness may be stale (only a read that would block
+            // clears it): such a read goes back to the wait above, where
+            // a connection can be asked to make room, rather than idling
+            // in a read that cannot be.
+            match stream.tcp().try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                r => Some(Ok(r)),
+            }
         } else {
             Some(tokio::time::timeout_at(deadline, stream.read_buf(buf)).await)
         };
@@ -377,7 +386,7 @@ async fn read_unless_evicted<S: ClientStream>(
 /// is read) when the client's next request has begun to arrive.
 fn goes_to_make_room(tcp: &tokio::net::TcpStream, track: &registry::Tracked) -> bool {
     if crate::sys::unread_bytes(tcp).is_some_and(|n| n > 0) {
-        trace!(peer = %track.entry.peer, "asked to make room, but a request is arriving");
+        debug!(peer = %track.entry.peer, "asked to make room, but a request is arriving");
         track.entry.decline_eviction();
         return false;
     }
