@@ -318,3 +318,34 @@ fn a_backend_cut_mid_body_is_an_abort_over_tls_without_close_notify() {
         assert!(got.len() < 10_000 + 100, "{req:?}");
     }
 }
+
+/// A full house on a TLS listener: an idle TLS connection is asked to make
+/// room for a newcomer and closes cleanly (`close_notify`, then FIN).
+#[test]
+fn an_idle_tls_connection_makes_room_with_a_clean_close() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::Ok);
+    let extra = "[client]\nmax_connections = 1\nkeepalive_timeout = \"60s\"\n\
+                 [client.pressure]\nmin_keepalive_timeout = \"60s\"\ngrace = \"100ms\"\n";
+    let p = Proxy::start_raw(&tls_config(&f, extra), &["--backend", &backend.addr.to_string()]);
+    let cfg = client(&pki);
+    let get = b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n";
+    let mut idle = connect(&cfg, p.addr, "a.test");
+    idle.write_all(get).unwrap();
+    assert!(read_tls_response(&mut idle).is_some());
+    assert!(wait_until(Duration::from_secs(5), || {
+        p.admin_get("/connections").1.contains("\"evict_rank\": 1")
+    }));
+    // The only slot is taken: the newcomer gets it all the same.
+    let mut newcomer = connect(&cfg, p.addr, "a.test");
+    newcomer.write_all(get).unwrap();
+    let (head, _) = read_tls_response(&mut newcomer).expect("the newcomer was answered");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut b = [0u8; 64];
+    assert_eq!(idle.read(&mut b).map_err(|e| e.kind()), Ok(0), "not a clean close");
+    assert_eq!(
+        p.metric("finguard_client_evictions_total{reason=\"idle\",rule=\"none\"}"),
+        1.0
+    );
+}
