@@ -66,8 +66,8 @@ const FINGUARD_WORKERS: usize = 2;
 /// it is all of them.
 const BUSY_MAX: usize = 2 + FINGUARD_WORKERS + 1;
 
-/// The two tests share the machine's two cores only with each other's
-/// absence: one at a time.
+/// The two tests take turns: neither's load falls into the other's
+/// measurements.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The good client over one window.
