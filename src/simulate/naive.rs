@@ -3,19 +3,33 @@
 //! connections after a second, and is slow to close after a client's FIN
 //! (the CLOSE_WAIT leak of the field report). Loopback only, ends when
 //! dropped.
+//!
+//! Started with a number of workers it is also a small prefork server: a
+//! connection holds a worker for its whole life (keep-alive waits
+//! included), the others wait in the listen queue. `GET /big` answers
+//! [`BIG_BYTES`] and `POST /upload` reads its whole body before answering,
+//! so a slow reader or uploader holds its worker as long as it likes.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 /// The naive backend's keep-alive timeout.
 const NAIVE_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long the naive backend leaves a socket in CLOSE_WAIT after the client's FIN.
 const NAIVE_CLOSE_DELAY: Duration = Duration::from_secs(20);
+/// `GET /big`: more than the socket buffers between a worker and a client.
+pub const BIG_BYTES: usize = 4 << 20;
+/// A worker-limited backend's send buffer, fixed (as a server that sets
+/// `SO_SNDBUF` has): what the kernel takes off a worker's hands is known.
+const SEND_BUFFER: u32 = 64 * 1024;
+/// The longest wait for the next piece of a request body (Apache's `Timeout`).
+const BODY_WAIT: Duration = Duration::from_secs(30);
 
 /// The embedded naive backend.
 pub struct Naive {
@@ -25,15 +39,36 @@ pub struct Naive {
 }
 
 impl Naive {
-    /// Listens on 127.0.0.1, an ephemeral port.
+    /// Listens on 127.0.0.1, an ephemeral port; no limit on connections.
     pub async fn start() -> std::io::Result<Naive> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = l.local_addr()?;
+        Ok(Self::serve(l, None))
+    }
+
+    /// As a prefork server with `workers` workers (at least one).
+    pub async fn start_workers(workers: usize) -> std::io::Result<Naive> {
+        let sock = TcpSocket::new_v4()?;
+        sock.set_send_buffer_size(SEND_BUFFER)?;
+        sock.bind(([127, 0, 0, 1], 0).into())?;
+        let l = sock.listen(1024)?;
+        Ok(Self::serve(l, Some(Arc::new(Semaphore::new(workers.max(1))))))
+    }
+
+    fn serve(l: TcpListener, workers: Option<Arc<Semaphore>>) -> Naive {
+        let addr = l.local_addr().unwrap_or_else(|_| ([127, 0, 0, 1], 0).into());
         let accepted = Arc::new(AtomicU64::new(0));
         let stop = CancellationToken::new();
         let (count, st) = (accepted.clone(), stop.clone());
         tokio::spawn(async move {
             loop {
+                // A free worker first: until then connections wait in the listen queue.
+                let worker = match &workers {
+                    Some(w) => tokio::select! {
+                        p = w.clone().acquire_owned() => p.ok(),
+                        () = st.cancelled() => return,
+                    },
+                    None => None,
+                };
                 let conn = tokio::select! {
                     c = l.accept() => c,
                     () = st.cancelled() => return,
@@ -42,6 +77,7 @@ impl Naive {
                     count.fetch_add(1, Ordering::Relaxed);
                     let st = st.clone();
                     tokio::spawn(async move {
+                        let _worker = worker;
                         tokio::select! {
                             () = naive_conn(s) => {}
                             () = st.cancelled() => {}
@@ -50,7 +86,7 @@ impl Naive {
                 }
             }
         });
-        Ok(Naive { addr, accepted, stop })
+        Naive { addr, accepted, stop }
     }
 
     /// Connections accepted so far.
@@ -88,6 +124,31 @@ async fn naive_conn(mut s: TcpStream) {
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
         let malformed = head.lines().skip(1).any(|l| !l.is_empty() && !l.contains(':'));
+        if !malformed && head.starts_with("GET /big ") {
+            if send_big(&mut s).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if !malformed && head.starts_with("POST /upload ") {
+            // The whole body first, however slowly it comes (a CGI reading stdin).
+            let mut left = content_length(&head).saturating_sub(buf.len());
+            buf.clear();
+            let mut chunk = [0u8; 8192];
+            while left > 0 {
+                match tokio::time::timeout(BODY_WAIT, s.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                    _ => return,
+                }
+            }
+            if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
         let reply: &[u8] = if malformed {
             b"HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
         } else if head.starts_with("POST") {
@@ -99,4 +160,27 @@ async fn naive_conn(mut s: TcpStream) {
             return; // closes at once, unread request bytes and all
         }
     }
+}
+
+/// The request head's `Content-Length` (0 when absent or unreadable).
+fn content_length(head: &str) -> usize {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// `GET /big`: [`BIG_BYTES`], written as fast as the peer takes them.
+async fn send_big(s: &mut TcpStream) -> std::io::Result<()> {
+    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG_BYTES}\r\n\r\n");
+    s.write_all(head.as_bytes()).await?;
+    let block = [b'b'; 64 * 1024];
+    let mut left = BIG_BYTES;
+    while left > 0 {
+        let n = left.min(block.len());
+        s.write_all(&block[..n]).await?;
+        left -= n;
+    }
+    Ok(())
 }
