@@ -10,6 +10,11 @@
 //!   FINGUARD_LOAD_OUT=dir                  # where report.md / report.svg go (default target/load)
 //!   FINGUARD_LOAD_ONLY="12 B,16 KiB"       # only workloads whose name contains one of these
 //!   FINGUARD_LOAD_ROUNDS=1 FINGUARD_LOAD_SECS=3   # override rounds and seconds per cell
+//!   FINGUARD_LOAD_ONLY=slow                # only the slow-client group
+//!
+//! Then the slow-client group (`load/slow.rs`): each proxy with its defaults
+//! in front of a real Apache prefork with 16 workers, slow readers or slow
+//! uploaders outnumbering them, and the good client's fate beside them.
 //!
 //! TLS workloads terminate TLS at the proxy (a certificate made at run time);
 //! the backend stays plain HTTP, so they have no direct ceiling. `h2` runs
@@ -17,7 +22,11 @@
 //! per-request log.
 //!
 //! Needs nginx, haproxy, wrk, h2load and taskset (Debian packages); says
-//! SKIPPED and exits 0 when one is missing.
+//! SKIPPED and exits 0 when one is missing. The slow group also needs apache2
+//! and says SKIPPED on its own when it is missing.
+
+#[path = "load/slow.rs"]
+mod slow;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -478,6 +487,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == slow::GOOD_CLIENT_ARG) {
+        slow::good_client_main(&args[i + 1..]);
+        return;
+    }
     let smoke = args.iter().any(|a| a == "--smoke") || std::env::var_os("FINGUARD_LOAD_SMOKE").is_some();
     let missing: Vec<&str> = ["nginx", "haproxy", "wrk", "taskset"]
         .into_iter()
@@ -570,7 +583,14 @@ fn main() {
         }
     }
     drop(procs);
-    let report = render(&samples, &rss, rounds, secs, idle_n);
+    let mut report = render(&samples, &rss, rounds, secs, idle_n);
+    if only
+        .as_deref()
+        .is_none_or(|o| o.split(',').any(|k| "slow".contains(k.trim())))
+    {
+        report.push('\n');
+        report.push_str(&slow::run(&dir, &slow::Plan::new(smoke)));
+    }
     std::fs::write(out_dir.join("report.md"), &report).unwrap();
     std::fs::write(out_dir.join("report.svg"), chart(&samples)).unwrap();
     println!("{report}");

@@ -106,7 +106,7 @@ fn the_demo_shows_the_damage_directly_and_none_through_finguard() {
     let out = Command::new(BIN).args(["demo", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.len(), 8);
+    assert_eq!(rows.len(), 10);
     let damage = |side: &serde_json::Value| {
         [
             "responses_lost",
@@ -138,6 +138,14 @@ fn the_demo_shows_the_damage_directly_and_none_through_finguard() {
         via["newcomers_answered"].as_u64().unwrap() * 100 >= sent * 99,
         "{hoard}"
     );
+    // A few-worker backend: slow readers and uploaders starve the good
+    // client beside them directly, never through finguard.
+    for name in ["slow-read", "slow-post"] {
+        let r = rows.iter().find(|r| r["scenario"] == name).unwrap();
+        assert_eq!(r["direct"]["responses_complete"], 0, "{r}");
+        assert!(r["direct"]["responses_lost"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["finguard"]["responses_complete"].as_u64().unwrap() > 0, "{r}");
+    }
     let slow = rows.iter().find(|r| r["scenario"] == "slowloris").unwrap();
     assert_eq!(
         slow["finguard"]["backend_connections"], 0,

@@ -13,6 +13,11 @@
 //! prefork Apache, or any front at its limit): the hoarders hold every slot
 //! and the newcomers wait in its backlog. finguard, with the same limit
 //! and the same 5 s keep-alive, closes idle hoarders to let them in.
+//!
+//! The slow rows (`slow-read`, `slow-post`) face the naive backend as a
+//! small prefork server ([`SLOW_WORKERS`] workers) with more slow clients
+//! than workers, and one well-behaved client beside them: what is counted is
+//! that good client's fate (lost: its requests left unanswered).
 
 use super::naive::Naive;
 use super::{run, Options, Report, Scenario};
@@ -26,6 +31,34 @@ use tokio_util::sync::CancellationToken;
 /// How long each scenario runs (per side).
 const SCENARIO_TIME: Duration = Duration::from_millis(2500);
 const CONNECTIONS: usize = 20;
+/// The slow rows: the backend's workers, the slow clients (more than the
+/// workers), how long they run before the good client starts, and how long
+/// the good client runs.
+const SLOW_WORKERS: usize = 4;
+const SLOW_CLIENTS: usize = 6;
+const SLOW_HEAD_START: Duration = Duration::from_millis(500);
+const GOOD_CLIENT_TIME: Duration = Duration::from_secs(2);
+/// `slow-post`'s body: at 200 B every 0.5 s it never ends within the row.
+const SLOW_POST_BYTES: usize = 64 * 1024;
+
+/// The scenarios of the table, in order.
+const ROWS: [Scenario; 10] = [
+    Scenario::NeverClose,
+    Scenario::HalfClose,
+    Scenario::PostUnauthorized,
+    Scenario::PipelineError,
+    Scenario::Slowloris,
+    Scenario::IdleHold,
+    Scenario::WellBehaved,
+    Scenario::SlowRead,
+    Scenario::SlowPost,
+    Scenario::Hoard,
+];
+
+fn is_slow(s: Scenario) -> bool {
+    matches!(s, Scenario::SlowRead | Scenario::SlowPost)
+}
+
 /// The `hoard` row: the connection limit of both fronts ...
 pub const HOARD_SLOTS: usize = 20;
 /// ... held by hoarders with twice as many connections, a GET on each every 2 s ...
@@ -182,12 +215,16 @@ async fn hoard_row(stop: &CancellationToken, progress: &mut impl FnMut(&str)) ->
 /// Runs every scenario directly and through finguard; `progress` gets a line per phase.
 pub async fn run_demo(stop: CancellationToken, mut progress: impl FnMut(&str)) -> std::io::Result<Vec<Row>> {
     let mut rows = Vec::new();
-    for scenario in Scenario::ALL {
+    for scenario in ROWS {
         if stop.is_cancelled() {
             break;
         }
         if scenario == Scenario::Hoard {
             rows.push(hoard_row(&stop, &mut progress).await?);
+            continue;
+        }
+        if is_slow(scenario) {
+            rows.push(slow_row(scenario, &stop, &mut progress).await?);
             continue;
         }
         let opts = |target| Options {
@@ -220,6 +257,79 @@ pub async fn run_demo(stop: CancellationToken, mut progress: impl FnMut(&str)) -
         });
     }
     Ok(rows)
+}
+
+/// A slow row: the slow clients and the good client, directly against a
+/// few-worker backend, then through finguard.
+async fn slow_row(
+    scenario: Scenario,
+    stop: &CancellationToken,
+    progress: &mut impl FnMut(&str),
+) -> std::io::Result<Row> {
+    progress(&format!(
+        "{:<18} direct to a backend with {SLOW_WORKERS} workers ...",
+        scenario.name()
+    ));
+    let naive = Naive::start_workers(SLOW_WORKERS).await?;
+    let good = beside_slow_clients(scenario, naive.addr, None, stop).await;
+    let direct = side(&good, naive.accepted());
+    drop(naive);
+
+    progress(&format!("{:<18} through finguard ...", scenario.name()));
+    let naive = Naive::start_workers(SLOW_WORKERS).await?;
+    let cfg = finguard_config(naive.addr).map_err(std::io::Error::other)?;
+    let running = crate::server::start(cfg, None, false)
+        .await
+        .map_err(std::io::Error::other)?;
+    let good = beside_slow_clients(scenario, running.addrs[0], Some(naive.addr.port()), stop).await;
+    let finguard = side(&good, naive.accepted());
+    running.drain(Duration::from_secs(2)).await;
+    drop(naive);
+    Ok(Row {
+        scenario,
+        direct,
+        finguard,
+    })
+}
+
+/// Starts the slow clients, gives them a head start to take the workers,
+/// then runs one well-behaved client; its report. The slow clients are
+/// stopped when it is done.
+async fn beside_slow_clients(
+    scenario: Scenario,
+    target: SocketAddr,
+    backend: Option<u16>,
+    stop: &CancellationToken,
+) -> Report {
+    let slow = Options {
+        connections: SLOW_CLIENTS,
+        duration: SLOW_HEAD_START + GOOD_CLIENT_TIME + Duration::from_secs(2),
+        path: if scenario == Scenario::SlowPost {
+            "/upload"
+        } else {
+            "/big"
+        }
+        .into(),
+        body_bytes: SLOW_POST_BYTES,
+        ..Options::new(target, scenario)
+    };
+    let slow_stop = stop.child_token();
+    let slow = tokio::spawn(run(slow, slow_stop.clone()));
+    tokio::select! {
+        () = tokio::time::sleep(SLOW_HEAD_START) => {}
+        () = stop.cancelled() => {}
+    }
+    let good = Options {
+        connections: 1,
+        duration: GOOD_CLIENT_TIME,
+        also_census: backend,
+        ..Options::new(target, Scenario::WellBehaved)
+    };
+    let mut report = run(good, stop.clone()).await;
+    slow_stop.cancel();
+    let _ = slow.await;
+    report.scenario = scenario;
+    report
 }
 
 /// The side-by-side table.
@@ -263,6 +373,22 @@ pub fn table(rows: &[Row]) -> String {
             fmt(&r.finguard)
         ));
     }
+    for r in rows.iter().filter(|r| is_slow(r.scenario)) {
+        let fmt = |s: &Side| {
+            format!(
+                "{} answered, {} unanswered ({:.0} req/s)",
+                s.responses_complete,
+                s.responses_lost,
+                s.requests_per_sec.unwrap_or(0.0)
+            )
+        };
+        o.push_str(&format!(
+            "{} ({SLOW_CLIENTS} clients, backend with {SLOW_WORKERS} workers), the good client beside them: direct {}  |  through finguard {}\n",
+            r.scenario.name(),
+            fmt(&r.direct),
+            fmt(&r.finguard)
+        ));
+    }
     if let Some(r) = rows.iter().find(|r| r.scenario == Scenario::Hoard) {
         let fmt = |s: &Side| {
             format!(
@@ -281,7 +407,7 @@ pub fn table(rows: &[Row]) -> String {
         ));
     }
     o.push_str(
-        "\nlost: responses lost to a reset or never received; FW2 / CW: sockets left in FIN_WAIT_2 / CLOSE_WAIT\n\
+        "\nlost: responses lost to a reset or never received (slow rows: the good client's requests left unanswered); FW2 / CW: sockets left in FIN_WAIT_2 / CLOSE_WAIT\n\
          right after the run (f/b: finguard's client side / the backend); conns: connections the backend accepted.\n",
     );
     o

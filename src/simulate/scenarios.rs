@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest wait for a response the scenario expects.
 const RESPONSE_WAIT: Duration = Duration::from_secs(5);
+/// How long past the run's end a well-behaved client waits for its last answer.
+const LAST_ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// A slowloris client's pace.
 const DRIP: Duration = Duration::from_millis(100);
 
@@ -255,9 +257,18 @@ async fn well_behaved(
     let req = get(o, false);
     let mut buf = Vec::new();
     while Instant::now() < deadline && !stop.is_cancelled() {
-        match exchange(&mut s, req.as_bytes(), &mut out, &mut buf).await {
-            Ok(r) if !r.closes => continue,
-            _ => {
+        // A server that has stopped answering does not keep the run going.
+        let answer = tokio::time::timeout_at(
+            deadline + LAST_ANSWER_GRACE,
+            exchange(&mut s, req.as_bytes(), &mut out, &mut buf),
+        );
+        match answer.await {
+            Err(_) => {
+                out.missing += 1;
+                break;
+            }
+            Ok(Ok(r)) if !r.closes => continue,
+            Ok(_) => {
                 // The server closed: a well-behaved client reconnects.
                 let Ok(Ok(n)) = tokio::time::timeout(RESPONSE_WAIT, TcpStream::connect(o.target)).await else {
                     break;
