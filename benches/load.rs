@@ -40,6 +40,9 @@ const FINGUARD: &str = env!("CARGO_BIN_EXE_finguard");
 const PROXY_CORE: &str = "1";
 const LOAD_CORE: &str = "0";
 const IDLE_CONNS: usize = 2000;
+/// The download rows' file: larger than every socket buffer and than
+/// finguard's per-exchange memory, so a buffering proxy's disk path is in it.
+const DOWNLOAD_BYTES: u64 = 200 << 20;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Proxy {
@@ -70,10 +73,12 @@ enum Workload {
     BesideBuggyClients,
     TlsKeepAlive,
     TlsH2,
+    Download,
+    DownloadStreamed,
 }
 
 impl Workload {
-    const ALL: [Workload; 7] = [
+    const ALL: [Workload; 9] = [
         Workload::KeepAliveSmall,
         Workload::KeepAlive16k,
         Workload::NewConnection,
@@ -81,6 +86,8 @@ impl Workload {
         Workload::BesideBuggyClients,
         Workload::TlsKeepAlive,
         Workload::TlsH2,
+        Workload::Download,
+        Workload::DownloadStreamed,
     ];
 
     fn tls(self) -> bool {
@@ -95,6 +102,8 @@ impl Workload {
             Workload::BesideBuggyClients => "50 clients beside 2000 idle-hold",
             Workload::TlsKeepAlive => "TLS 1.3 keep-alive, 12 B",
             Workload::TlsH2 => "TLS h2, 50 conns x 10 streams",
+            Workload::Download => "200 MiB download, one client",
+            Workload::DownloadStreamed => "200 MiB download, finguard buffering off",
         }
     }
 }
@@ -213,6 +222,12 @@ fn start_backend(dir: &Path, port: u16) -> Child {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("small"), "hello world\n").unwrap();
     std::fs::write(www.join("16k"), vec![b'x'; 16 * 1024]).unwrap();
+    // The download rows: one file, under two paths (finguard buffers
+    // responses on one route and streams them on the other).
+    let big = std::fs::File::create(www.join("200m")).unwrap();
+    big.set_len(DOWNLOAD_BYTES).unwrap();
+    std::fs::create_dir_all(www.join("streamed")).unwrap();
+    std::fs::hard_link(www.join("200m"), www.join("streamed/200m")).unwrap();
     let d = dir.display();
     let conf = format!(
         "worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err;\n\
@@ -253,7 +268,9 @@ fn start_proxy(p: Proxy, dir: &Path, port: u16, tls_port: u16, backend: u16) -> 
                 "[[listener]]\naddr = \"127.0.0.1:{port}\"\n[[listener]]\naddr = \"127.0.0.1:{tls_port}\"\n\
                  tls = {{ cert = \"{cert}\", key = \"{key}\" }}\n[client]\nmax_requests_per_connection = 1000000\nkeepalive_timeout = \"60s\"\n\
                  max_connections = 20000\n[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:{backend}\"]\nmax_connections = 1024\n\
-                 pool_max_idle = 1024\npool_idle_timeout = \"30s\"\n[log]\naccess = \"off\"\nlevel = \"error\"\n"
+                 pool_max_idle = 1024\npool_idle_timeout = \"30s\"\n\
+                 [[route]]\npath_prefix = \"/streamed/\"\nbackend = \"b\"\nresponse_buffering = false\n\
+                 [[route]]\npath_prefix = \"/\"\nbackend = \"b\"\n[log]\naccess = \"off\"\nlevel = \"error\"\n"
             );
             std::fs::write(dir.join("finguard.toml"), conf).unwrap();
             pinned(PROXY_CORE, FINGUARD)
@@ -414,6 +431,8 @@ fn run_cell(w: Workload, port: u16, secs: u64) -> Sample {
         Workload::KeepAlive16k => wrk(port, "/16k", 50, secs, &[]),
         Workload::NewConnection => wrk(port, "/small", 50, secs, &["-H", "Connection: close"]),
         Workload::Concurrent1000 => wrk(port, "/small", 1000, secs, &[]),
+        Workload::Download => wrk(port, "/200m", 1, secs, &[]),
+        Workload::DownloadStreamed => wrk(port, "/streamed/200m", 1, secs, &[]),
         Workload::BesideBuggyClients => {
             let mut sim = pinned(LOAD_CORE, FINGUARD)
                 .args([
@@ -475,6 +494,15 @@ fn rss_per_idle(pid: u32, port: u16, n: usize) -> Option<f64> {
     // Let the server notice the closes before the next measurement.
     std::thread::sleep(Duration::from_millis(300));
     Some((after.saturating_sub(before) as f64 * 1024.0) / n as f64)
+}
+
+/// Requests per second: whole numbers, except for the few large downloads.
+fn rate(rps: f64) -> String {
+    if rps < 100.0 {
+        format!("{rps:.2}")
+    } else {
+        format!("{rps:.0}")
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -635,10 +663,10 @@ fn render(
             let s = med(samples, w, p);
             let _ = writeln!(
                 o,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
                 w.name(),
                 p.name(),
-                s.rps,
+                rate(s.rps),
                 s.rps / n.rps.max(1e-9),
                 s.p50_ms,
                 s.p99_ms,
@@ -649,6 +677,13 @@ fn render(
             );
         }
     }
+    let _ = writeln!(
+        o,
+        "\nDownload rows: each request is {} MiB (req/s × {} = MiB/s); finguard buffers responses \
+         (on the first row) or streams them (second row, a route with `response_buffering = false`).",
+        DOWNLOAD_BYTES >> 20,
+        DOWNLOAD_BYTES >> 20
+    );
     let _ = writeln!(
         o,
         "\n| proxy | RSS per idle keep-alive connection ({idle_n} held) | × nginx |"
