@@ -11,6 +11,7 @@
 //!   FINGUARD_LOAD_ONLY="12 B,16 KiB"       # only workloads whose name contains one of these
 //!   FINGUARD_LOAD_ROUNDS=1 FINGUARD_LOAD_SECS=3   # override rounds and seconds per cell
 //!   FINGUARD_LOAD_ONLY=slow                # only the slow-client group
+//!   FINGUARD_LOAD_ONLY=hoard               # only the full-house row (`load/hoard.rs`)
 //!
 //! Then the slow-client group (`load/slow.rs`): each proxy with its defaults
 //! in front of a real Apache prefork with 16 workers, slow readers or slow
@@ -25,6 +26,8 @@
 //! SKIPPED and exits 0 when one is missing. The slow group also needs apache2
 //! and says SKIPPED on its own when it is missing.
 
+#[path = "load/hoard.rs"]
+mod hoard;
 #[path = "load/slow.rs"]
 mod slow;
 
@@ -610,12 +613,18 @@ fn main() {
             }
         }
     }
+    let in_only = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|k| name.contains(k.trim())))
+    };
+    let full_house = in_only("hoard").then(|| hoard::run(&dir, backend_port, &hoard::Plan::new(smoke)));
     drop(procs);
     let mut report = render(&samples, &rss, rounds, secs, idle_n);
-    if only
-        .as_deref()
-        .is_none_or(|o| o.split(',').any(|k| "slow".contains(k.trim())))
-    {
+    if let Some(h) = full_house {
+        report.push('\n');
+        report.push_str(&h);
+    }
+    if in_only("slow") {
         report.push('\n');
         report.push_str(&slow::run(&dir, &slow::Plan::new(smoke)));
     }
@@ -677,13 +686,18 @@ fn render(
             );
         }
     }
-    let _ = writeln!(
-        o,
-        "\nDownload rows: each request is {} MiB (req/s × {} = MiB/s); finguard buffers responses \
+    let downloads = samples
+        .keys()
+        .any(|(w, _)| matches!(w, Workload::Download | Workload::DownloadStreamed));
+    if downloads {
+        let _ = writeln!(
+            o,
+            "\nDownload rows: each request is {} MiB (req/s × {} = MiB/s); finguard buffers responses \
          (on the first row) or streams them (second row, a route with `response_buffering = false`).",
-        DOWNLOAD_BYTES >> 20,
-        DOWNLOAD_BYTES >> 20
-    );
+            DOWNLOAD_BYTES >> 20,
+            DOWNLOAD_BYTES >> 20
+        );
+    }
     let _ = writeln!(
         o,
         "\n| proxy | RSS per idle keep-alive connection ({idle_n} held) | × nginx |"

@@ -172,6 +172,9 @@ pub struct Newcomers {
     pub sent: u64,
     /// Answered (any status) within [`NEWCOMER_DEADLINE`].
     pub answered: u64,
+    /// Of the answered: connect to the whole response, 50th and 99th percentile.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
 }
 
 /// New clients at `rate` per second from `from` to `until`: each a new
@@ -189,22 +192,34 @@ pub async fn newcomers(o: &Options, from: Instant, until: Instant, stop: &Cancel
         tokio::time::sleep_until(at).await;
         let (target, req) = (o.target, get(o, true));
         set.spawn(async move {
-            let give_up = Instant::now() + NEWCOMER_DEADLINE;
+            let began = Instant::now();
+            let give_up = began + NEWCOMER_DEADLINE;
             let answered = tokio::time::timeout_at(give_up, async {
                 let mut s = TcpStream::connect(target).await.ok()?;
                 s.write_all(req.as_bytes()).await.ok()?;
                 wire::read_response(&mut s, &mut Vec::new(), give_up).await.ok()
             })
             .await;
-            matches!(answered, Ok(Some(_)))
+            matches!(answered, Ok(Some(_))).then(|| began.elapsed())
         });
         result.sent += 1;
         at += gap;
     }
+    let mut took = Vec::new();
     while let Some(r) = set.join_next().await {
-        if matches!(r, Ok(true)) {
-            result.answered += 1;
+        if let Ok(Some(t)) = r {
+            took.push(t);
         }
+    }
+    took.sort_unstable();
+    result.answered = took.len() as u64;
+    let pct = |q: f64| {
+        let i = ((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1;
+        took[i].as_secs_f64() * 1000.0
+    };
+    if !took.is_empty() {
+        result.p50_ms = Some(pct(0.50));
+        result.p99_ms = Some(pct(0.99));
     }
     result
 }

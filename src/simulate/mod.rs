@@ -369,8 +369,9 @@ pub fn table(r: &Report) -> String {
         ));
     }
     if let Some(n) = &r.newcomers {
+        let p99 = n.p99_ms.map_or(String::new(), |p| format!("   (p99 {p:.1} ms)"));
         o.push_str(&format!(
-            "  newcomers answered in 2s   {:>8} of {}\n",
+            "  newcomers answered in 2s   {:>8} of {}{p99}\n",
             n.answered, n.sent
         ));
     }
