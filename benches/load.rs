@@ -71,6 +71,7 @@ impl Proxy {
 enum Workload {
     KeepAliveSmall,
     KeepAlive16k,
+    KeepAlive16kStreamed,
     NewConnection,
     Concurrent1000,
     BesideBuggyClients,
@@ -81,9 +82,10 @@ enum Workload {
 }
 
 impl Workload {
-    const ALL: [Workload; 9] = [
+    const ALL: [Workload; 10] = [
         Workload::KeepAliveSmall,
         Workload::KeepAlive16k,
+        Workload::KeepAlive16kStreamed,
         Workload::NewConnection,
         Workload::Concurrent1000,
         Workload::BesideBuggyClients,
@@ -100,6 +102,7 @@ impl Workload {
         match self {
             Workload::KeepAliveSmall => "keep-alive, 12 B",
             Workload::KeepAlive16k => "keep-alive, 16 KiB",
+            Workload::KeepAlive16kStreamed => "keep-alive, 16 KiB, finguard buffering off",
             Workload::NewConnection => "new connection per request",
             Workload::Concurrent1000 => "1000 concurrent connections",
             Workload::BesideBuggyClients => "50 clients beside 2000 idle-hold",
@@ -225,12 +228,13 @@ fn start_backend(dir: &Path, port: u16) -> Child {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("small"), "hello world\n").unwrap();
     std::fs::write(www.join("16k"), vec![b'x'; 16 * 1024]).unwrap();
-    // The download rows: one file, under two paths (finguard buffers
-    // responses on one route and streams them on the other).
+    // The 16 KiB and download rows: each file under two paths (finguard
+    // buffers responses on one route and streams them on the other).
     let big = std::fs::File::create(www.join("200m")).unwrap();
     big.set_len(DOWNLOAD_BYTES).unwrap();
     std::fs::create_dir_all(www.join("streamed")).unwrap();
     std::fs::hard_link(www.join("200m"), www.join("streamed/200m")).unwrap();
+    std::fs::hard_link(www.join("16k"), www.join("streamed/16k")).unwrap();
     let d = dir.display();
     let conf = format!(
         "worker_processes 1; daemon off; pid {d}/backend.pid; error_log {d}/backend.err;\n\
@@ -432,6 +436,7 @@ fn run_cell(w: Workload, port: u16, secs: u64) -> Sample {
         Workload::TlsH2 => h2load(port, secs),
         Workload::KeepAliveSmall => wrk(port, "/small", 50, secs, &[]),
         Workload::KeepAlive16k => wrk(port, "/16k", 50, secs, &[]),
+        Workload::KeepAlive16kStreamed => wrk(port, "/streamed/16k", 50, secs, &[]),
         Workload::NewConnection => wrk(port, "/small", 50, secs, &["-H", "Connection: close"]),
         Workload::Concurrent1000 => wrk(port, "/small", 1000, secs, &[]),
         Workload::Download => wrk(port, "/200m", 1, secs, &[]),
@@ -686,14 +691,18 @@ fn render(
             );
         }
     }
-    let downloads = samples
-        .keys()
-        .any(|(w, _)| matches!(w, Workload::Download | Workload::DownloadStreamed));
+    let downloads = samples.keys().any(|(w, _)| {
+        matches!(
+            w,
+            Workload::Download | Workload::DownloadStreamed | Workload::KeepAlive16kStreamed
+        )
+    });
     if downloads {
         let _ = writeln!(
             o,
-            "\nDownload rows: each request is {} MiB (req/s × {} = MiB/s); finguard buffers responses \
-         (on the first row) or streams them (second row, a route with `response_buffering = false`).",
+            "\nDownload rows: each request is {} MiB (req/s × {} = MiB/s). Rows marked \"finguard buffering off\" \
+         go through a finguard route with `response_buffering = false` (the other proxies serve them as usual): \
+         what buffering costs a fast client.",
             DOWNLOAD_BYTES >> 20,
             DOWNLOAD_BYTES >> 20
         );
