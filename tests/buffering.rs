@@ -891,3 +891,148 @@ fn a_trickling_backend_costs_the_memory_it_is_counted_for() {
     assert!(wait_until(LIMIT, || p.metric(mem) == 0.0));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A backend that reads each request's body (or, not `read`, none of it:
+/// an early answer), notes it, then answers with `len` bytes of
+/// [`pattern`] (blocking while its reader is slow); a 401 when it did not
+/// read the body, then it closes.
+fn read_then_answer(len: usize, read: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let bodies = Arc::new(AtomicUsize::new(0));
+    let seen = bodies.clone();
+    let body = Arc::new(pattern(len));
+    thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            let (seen, body) = (seen.clone(), body.clone());
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                while let Some(head) = read_head(&mut s, &mut buf) {
+                    let want: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut chunk = [0u8; 65536];
+                    while read && buf.len() < want {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let status = if read { "200 OK" } else { "401 Unauthorized" };
+                    let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if s.write_all(head.as_bytes()).is_err() || s.write_all(&body).is_err() {
+                        return;
+                    }
+                    if !read {
+                        // Drained, then closed: a close with unread bytes
+                        // would reset the connection under the answer.
+                        while matches!(s.read(&mut chunk), Ok(k) if k > 0) {}
+                        return;
+                    }
+                    buf.drain(..want);
+                }
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+#[test]
+fn a_request_body_spool_is_released_once_uploaded() {
+    // Unbuffered responses: the memory gauge is the request's alone.
+    const UP: usize = 1 << 20;
+    // Past the memory limit: part of it in a temporary file.
+    const DOWN: usize = 16 << 20;
+    let (backend, bodies) = read_then_answer(DOWN, true);
+    let dir = temp_dir("release-up");
+    let p = Proxy::start(&config(&dir, "responses = false"), backend);
+    let mem = "finguard_buffered_bytes{where=\"memory\"}";
+    let disk = "finguard_buffered_bytes{where=\"disk\"}";
+    let up = pattern(UP);
+    let mut c = p.connect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {UP}\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&up[..1000]).unwrap();
+    assert!(wait_until(LIMIT, || p
+        .metric("finguard_client_connections{state=\"active\"}")
+        >= 1.0));
+    c.write_all(&up[1000..UP - 1000]).unwrap();
+    // Held by finguard while the client has not sent it all.
+    assert!(wait_until(LIMIT, || p.metric(mem) > 0.0), "the body was not buffered");
+    c.write_all(&up[UP - 1000..]).unwrap();
+    // The backend has the body and writes its answer, which the client
+    // does not read yet: the request's spool is no longer held.
+    assert!(wait_until(LIMIT, || bodies.load(Ordering::SeqCst) == 1));
+    assert!(
+        wait_until(LIMIT, || p.metric(mem) == 0.0 && p.metric(disk) == 0.0),
+        "the request body is still counted while the response is relayed: {} {}",
+        p.metric(mem),
+        p.metric(disk)
+    );
+    // The response is still under way, and arrives whole.
+    assert_eq!(p.metric("finguard_client_connections{state=\"active\"}"), 1.0);
+    assert!(read_body_of(&mut c, DOWN) == pattern(DOWN));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads a 200 response's head and `len` bytes of body.
+fn read_body_of(c: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let head = read_head(c, &mut buf).expect("response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    read_rest(c, &mut buf, len);
+    buf
+}
+
+#[test]
+fn a_request_body_spool_is_released_when_the_backend_answers_early() {
+    // A backend answers 401 (a large body) without reading a buffered
+    // upload larger than the socket buffers between them; the client reads
+    // the answer slowly. What finguard held of the upload is given up
+    // when the answer's head arrives, not when the client has the answer.
+    const UP: usize = 32 << 20;
+    const DOWN: usize = 16 << 20;
+    let (backend, answered) = read_then_answer(DOWN, false);
+    let dir = temp_dir("release-early");
+    let p = Proxy::start(&config(&dir, "responses = false"), backend);
+    let mem = "finguard_buffered_bytes{where=\"memory\"}";
+    let disk = "finguard_buffered_bytes{where=\"disk\"}";
+    let up = Arc::new(pattern(UP));
+    let mut c = p.connect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {UP}\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    // The body goes up from a thread of its own: finguard takes it all
+    // (memory, then its file) before the backend is contacted.
+    let writer = {
+        let (mut c, up) = (c.try_clone().unwrap(), up.clone());
+        thread::spawn(move || c.write_all(&up).is_ok())
+    };
+    assert!(wait_until(LIMIT, || answered.load(Ordering::SeqCst) == 1));
+    assert!(writer.join().unwrap(), "finguard did not take the whole upload");
+    assert!(p.metric("finguard_buffer_spills_total") >= 1.0);
+    assert!(
+        wait_until(LIMIT, || p.metric(mem) == 0.0 && p.metric(disk) == 0.0),
+        "the request body is still held while the early answer is relayed: memory {} disk {}",
+        p.metric(mem),
+        p.metric(disk)
+    );
+    // The answer is relayed whole, then the connection closes.
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf).expect("response head");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    read_rest(&mut c, &mut buf, DOWN);
+    let want = pattern(DOWN);
+    let diff = buf.iter().zip(want.iter()).position(|(a, b)| a != b);
+    assert!(
+        buf == want,
+        "the answer arrived altered: {} bytes, first difference at {diff:?}",
+        buf.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -229,6 +229,10 @@ async fn attempt<S: ClientStream>(
         },
     };
     let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
+    // What is left of a buffered body (all of it but what went up, after
+    // an early answer) is given up now, not when the response is relayed:
+    // its memory and file count against the budgets.
+    drop(body);
     let request_complete = match sent {
         Ok(Sent::Complete) => true,
         Ok(Sent::Early) => false,
