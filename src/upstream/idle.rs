@@ -81,7 +81,34 @@ pub struct RawConn {
     /// Times the exchange that holds it (`finguard_backend_hold_seconds`);
     /// boxed once per connection, so that a lent connection stays small.
     hold: Box<Hold>,
+    /// It asked the pool once to make room at its backend ([`Upstream::read_answer`]).
+    asked_room: bool,
     _slot: SlotGuard,
+}
+
+/// A request waits this long for the first byte of its answer on a fresh
+/// connection before finguard suspects the backend has no worker for it:
+/// one that serves a connection per worker (Apache prefork) leaves a new
+/// connection in its listen backlog while our idle keep-alive connections
+/// hold its workers, until its keep-alive timeout (5 s by default) frees
+/// one. nginx, which closes upstream connections after each request by
+/// default, never meets this. A healthy backend answers a fresh
+/// connection's request well within this, and a slow one costs at most
+/// one idle connection closed per fresh connection.
+pub const STUCK_AFTER: Duration = Duration::from_millis(100);
+
+/// A close owed to a request waiting on a fresh connection: the next
+/// connection to `addr` checked in is closed, not kept idle. Withdrawn
+/// when the request's answer begins or the request goes away.
+struct Owed<'a> {
+    pool: &'a Upstream,
+    id: u64,
+}
+
+impl Drop for Owed<'_> {
+    fn drop(&mut self) {
+        lock(&self.pool.owed).retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Since when an exchange holds a connection: observed when it comes back
@@ -329,6 +356,77 @@ impl Upstream {
         }
     }
 
+    /// Reads the next bytes of a response head from `c` into `resp` until
+    /// `deadline` (`None`: it passed). A fresh connection whose answer has
+    /// not begun after [`STUCK_AFTER`] asks, once, for room at its backend:
+    /// an idle connection to the same address is closed, which frees the
+    /// backend worker it held; when none is idle, the next one checked in
+    /// is closed instead of kept, as long as this request still waits.
+    pub async fn read_answer(
+        &self,
+        c: &mut RawConn,
+        resp: &mut bytes::BytesMut,
+        deadline: Instant,
+    ) -> Option<io::Result<usize>> {
+        use tokio::io::AsyncReadExt;
+        if c.uses > 0 || c.asked_room || !resp.is_empty() {
+            return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+        }
+        let stuck = (Instant::now() + STUCK_AFTER).min(deadline);
+        let read = c.stream.read_buf(resp);
+        tokio::pin!(read);
+        tokio::select! {
+            r = &mut read => return Some(r),
+            () = tokio::time::sleep_until(stuck) => {}
+        }
+        c.asked_room = true;
+        let _owed = self.make_room(c.addr);
+        tokio::time::timeout_at(deadline, read).await.ok()
+    }
+
+    /// Closes an idle connection to `addr`, or has the next one checked
+    /// in closed while the returned claim is held.
+    fn make_room(&self, addr: SocketAddr) -> Option<Owed<'_>> {
+        if self.evict_idle_to(addr) {
+            debug!(backend = %self.cfg.name, %addr, "closed an idle connection: a request waits on a fresh one");
+            return None;
+        }
+        let id = self.owed_ids.fetch_add(1, Ordering::Relaxed);
+        lock(&self.owed).push((id, addr));
+        Some(Owed { pool: self, id })
+    }
+
+    /// Closes the oldest idle connection to `addr` of any worker's list.
+    fn evict_idle_to(&self, addr: SocketAddr) -> bool {
+        for list in &self.raw {
+            let victim = {
+                let mut idle = lock(&list.conns);
+                idle.iter().position(|c| c.addr == addr).map(|i| idle.remove(i))
+            };
+            if victim.is_some() {
+                self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a request waiting on a fresh connection to `addr` is owed
+    /// a close: then it is paid (the caller closes its connection).
+    fn pay_owed(&self, addr: SocketAddr) -> bool {
+        let mut owed = lock(&self.owed);
+        if owed.is_empty() {
+            return false;
+        }
+        match owed.iter().position(|(_, a)| *a == addr) {
+            Some(i) => {
+                owed.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Closes one idle raw connection to free its slot, from any worker's
     /// list but `skip`'s. Returns whether one was closed.
     pub(super) fn evict_raw(&self, skip: Option<usize>) -> bool {
@@ -376,6 +474,7 @@ impl Upstream {
                 since: None,
                 metrics: self.metrics.clone(),
             }),
+            asked_room: false,
             _slot: slot,
         })
     }
@@ -394,6 +493,12 @@ impl Upstream {
         }
         let ttl = self.ttl(hint);
         if ttl.is_zero() {
+            return;
+        }
+        if self.pay_owed(c.addr) {
+            // Closed: its backend worker takes the waiting connection.
+            debug!(backend = %self.cfg.name, addr = %c.addr, "closed a returning connection: a request waits on a fresh one");
+            self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
             return;
         }
         c.expires = Instant::now() + ttl;
