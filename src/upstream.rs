@@ -154,10 +154,11 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// Raw connections for HTTP/1 exchanges, idle, one list per worker thread.
     raw: Vec<idle::IdleList>,
-    /// Requests waiting on a fresh connection to an address that are owed
-    /// the close of the next connection to it checked in ([`Upstream::read_answer`]).
-    owed: Mutex<Vec<(u64, SocketAddr)>>,
-    owed_ids: std::sync::atomic::AtomicU64,
+    /// Requests waiting on a fresh connection to an address past
+    /// `idle::STUCK_AFTER`: connections to it checked in are closed
+    /// ([`Upstream::read_answer`]).
+    stuck: Mutex<Vec<(u64, SocketAddr)>>,
+    stuck_ids: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Upstream {
@@ -195,8 +196,8 @@ impl Upstream {
             health: Mutex::new(vec![AddrHealth::default(); cfg.addrs.len()]),
             down: cfg.addrs.iter().map(|_| AtomicBool::new(false)).collect(),
             down_count: AtomicUsize::new(0),
-            owed: Mutex::new(Vec::new()),
-            owed_ids: std::sync::atomic::AtomicU64::new(0),
+            stuck: Mutex::new(Vec::new()),
+            stuck_ids: std::sync::atomic::AtomicU64::new(0),
             metrics,
             cfg,
         })

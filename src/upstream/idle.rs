@@ -97,17 +97,20 @@ pub struct RawConn {
 /// one idle connection closed per fresh connection.
 pub const STUCK_AFTER: Duration = Duration::from_millis(100);
 
-/// A close owed to a request waiting on a fresh connection: the next
-/// connection to `addr` checked in is closed, not kept idle. Withdrawn
-/// when the request's answer begins or the request goes away.
-struct Owed<'a> {
+/// A request waiting on a fresh connection to `addr` past [`STUCK_AFTER`]:
+/// while it waits, connections to `addr` checked in are closed, not kept
+/// idle. Withdrawn when the request's answer begins or the request goes
+/// away. (Closing only one for it would not do: the worker it frees may
+/// take another waiter's connection from the backlog, and that one's
+/// answered connection, kept idle, holds the worker again.)
+struct Stuck<'a> {
     pool: &'a Upstream,
     id: u64,
 }
 
-impl Drop for Owed<'_> {
+impl Drop for Stuck<'_> {
     fn drop(&mut self) {
-        lock(&self.pool.owed).retain(|(id, _)| *id != self.id);
+        lock(&self.pool.stuck).retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -358,10 +361,10 @@ impl Upstream {
 
     /// Reads the next bytes of a response head from `c` into `resp` until
     /// `deadline` (`None`: it passed). A fresh connection whose answer has
-    /// not begun after [`STUCK_AFTER`] asks, once, for room at its backend:
-    /// an idle connection to the same address is closed, which frees the
-    /// backend worker it held; when none is idle, the next one checked in
-    /// is closed instead of kept, as long as this request still waits.
+    /// not begun after [`STUCK_AFTER`] asks for room at its backend: an
+    /// idle connection to the same address is closed, which frees the
+    /// backend worker it held, and while it still waits every connection to
+    /// that address checked in is closed instead of kept.
     pub async fn read_answer(
         &self,
         c: &mut RawConn,
@@ -380,20 +383,19 @@ impl Upstream {
             () = tokio::time::sleep_until(stuck) => {}
         }
         c.asked_room = true;
-        let _owed = self.make_room(c.addr);
+        let _stuck = self.make_room(c.addr);
         tokio::time::timeout_at(deadline, read).await.ok()
     }
 
-    /// Closes an idle connection to `addr`, or has the next one checked
-    /// in closed while the returned claim is held.
-    fn make_room(&self, addr: SocketAddr) -> Option<Owed<'_>> {
+    /// Closes an idle connection to `addr`, and has those checked in
+    /// closed while the returned claim is held.
+    fn make_room(&self, addr: SocketAddr) -> Stuck<'_> {
         if self.evict_idle_to(addr) {
             debug!(backend = %self.cfg.name, %addr, "closed an idle connection: a request waits on a fresh one");
-            return None;
         }
-        let id = self.owed_ids.fetch_add(1, Ordering::Relaxed);
-        lock(&self.owed).push((id, addr));
-        Some(Owed { pool: self, id })
+        let id = self.stuck_ids.fetch_add(1, Ordering::Relaxed);
+        lock(&self.stuck).push((id, addr));
+        Stuck { pool: self, id }
     }
 
     /// Closes the oldest idle connection to `addr` of any worker's list.
@@ -411,20 +413,11 @@ impl Upstream {
         false
     }
 
-    /// Whether a request waiting on a fresh connection to `addr` is owed
-    /// a close: then it is paid (the caller closes its connection).
-    fn pay_owed(&self, addr: SocketAddr) -> bool {
-        let mut owed = lock(&self.owed);
-        if owed.is_empty() {
-            return false;
-        }
-        match owed.iter().position(|(_, a)| *a == addr) {
-            Some(i) => {
-                owed.remove(i);
-                true
-            }
-            None => false,
-        }
+    /// Whether a request waits on a fresh connection to `addr` past
+    /// [`STUCK_AFTER`]: a connection to it checked in is closed.
+    fn someone_stuck(&self, addr: SocketAddr) -> bool {
+        let stuck = lock(&self.stuck);
+        !stuck.is_empty() && stuck.iter().any(|(_, a)| *a == addr)
     }
 
     /// Closes one idle raw connection to free its slot, from any worker's
@@ -495,7 +488,7 @@ impl Upstream {
         if ttl.is_zero() {
             return;
         }
-        if self.pay_owed(c.addr) {
+        if self.someone_stuck(c.addr) {
             // Closed: its backend worker takes the waiting connection.
             debug!(backend = %self.cfg.name, addr = %c.addr, "closed a returning connection: a request waits on a fresh one");
             self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
