@@ -447,3 +447,68 @@ fn a_burst_past_the_backends_workers_is_served_without_waiting_for_idle_connecti
         "a request waited for a worker until the backend's keep-alive timeout freed one"
     );
 }
+
+/// A backend that sends `100 Continue` before reading every body (asked
+/// or not), then answers 200 with the body's length.
+fn continuing_backend(mut s: std::net::TcpStream) {
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+            return;
+        }
+        let mut chunk = [0u8; 65536];
+        while buf.len() < len {
+            match std::io::Read::read(&mut s, &mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        buf.drain(..len);
+        let body = format!("{len}\n");
+        let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        if s.write_all(r.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_client_gets_one_100_continue_when_the_backend_sends_its_own() {
+    // finguard answers `Expect: 100-continue` itself (and does not pass
+    // the field on); a backend's own 100 Continue is not relayed after it.
+    let (addr, _) = raw_backend(continuing_backend);
+    for buffer in ["", "[buffer]\nrequests = false\n"] {
+        let p = Proxy::start(buffer, addr);
+        let mut s = p.connect();
+        s.write_all(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let interim = read_head(&mut s, &mut buf).unwrap();
+        assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+        s.write_all(b"hello").unwrap();
+        let mut rest = buf;
+        std::io::Read::read_to_end(&mut s, &mut rest).unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{buffer:?}: a second interim response: {rest}"
+        );
+        assert!(rest.ends_with("\r\n\r\n5\n"), "{rest}");
+        // Without `Expect`, no 100 Continue reaches the client either.
+        let r = request(
+            p.addr,
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        );
+        assert_eq!((r.status, r.body), (200, b"5\n".to_vec()));
+    }
+}
