@@ -19,6 +19,9 @@
 //!   exchange falls back to streaming (one chunk in hand, the writer waits
 //!   for the reader), counted once in `finguard_buffer_fallbacks_total`;
 //!   a full buffer is never an error.
+//! - What is counted is what is held: a small chunk is copied into a tail
+//!   buffer (grown by doubling up to 16 KiB) rather than kept as a slice
+//!   that would hold its whole read buffer allocated.
 //! - File reads and writes run on the blocking pool (`spawn_blocking`,
 //!   positioned `pread`/`pwrite`): the event loop never waits on the disk.
 //!

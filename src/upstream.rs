@@ -12,6 +12,11 @@
 //!   backend announced (`Keep-Alive: timeout=N, max=M`, `Connection: close`),
 //!   trimmed to `pool_max_idle` and expired after `pool_idle_timeout` by
 //!   [`Upstream::reap`].
+//! - A request that gets no answer within `idle::STUCK_AFTER` on a fresh
+//!   connection may sit in the listen backlog of a backend with a worker
+//!   per connection (Apache prefork) whose workers our idle connections
+//!   hold: an idle connection to that address is closed, and while the
+//!   request waits, connections to it checked in are closed, not kept.
 //! - Addresses are chosen round-robin (the pool already keeps load per
 //!   connection even; least-outstanding would need a shared counter on the hot
 //!   path for little gain with a handful of addresses); one that fails to
