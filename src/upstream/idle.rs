@@ -361,7 +361,7 @@ impl Upstream {
 
     /// Reads the next bytes of a response head from `c` into `resp` until
     /// `deadline` (`None`: it passed). A fresh connection whose answer has
-    /// not begun after [`STUCK_AFTER`] asks for room at its backend: an
+    /// not begun after `STUCK_AFTER` (100 ms) asks for room at its backend: an
     /// idle connection to the same address is closed, which frees the
     /// backend worker it held, and while it still waits every connection to
     /// that address checked in is closed instead of kept.
