@@ -19,6 +19,9 @@
 //!   exchange falls back to streaming (one chunk in hand, the writer waits
 //!   for the reader), counted once in `finguard_buffer_fallbacks_total`;
 //!   a full buffer is never an error.
+//! - What is counted is what is held: a small chunk is copied into a tail
+//!   buffer (grown by doubling up to 16 KiB) rather than kept as a slice
+//!   that would hold its whole read buffer allocated.
 //! - File reads and writes run on the blocking pool (`spawn_blocking`,
 //!   positioned `pread`/`pwrite`): the event loop never waits on the disk.
 //!
@@ -44,6 +47,20 @@ pub const SPILL_PATIENCE: Duration = Duration::from_millis(20);
 /// One read from the temporary file takes at most this much: a few socket
 /// writes' worth, one trip to the blocking pool.
 const FILE_READ: usize = 64 * 1024;
+/// A chunk smaller than this is copied into the spool's tail when it is
+/// held in memory, not kept as it came: a chunk is a slice of the read
+/// buffer it arrived in (16 KiB from a client socket, 32 KiB from a
+/// backend), which it keeps allocated whole. A client or backend that
+/// trickles 64-byte writes would otherwise make each counted 64 bytes hold
+/// a whole read buffer (RSS grew by hundreds of times what the budget
+/// counted). A larger chunk fills at least half of its buffer.
+const COALESCE_BELOW: usize = 16 * 1024;
+/// The tail grows by doubling up to this, then is queued whole and a new
+/// one begins: memory held is at most twice what is counted, and a chunk
+/// is copied at most once more than its size in reallocations.
+const TAIL_MAX: usize = 16 * 1024;
+/// The tail's first allocation, at least.
+const TAIL_MIN: usize = 512;
 
 /// The reader is gone: nothing more is wanted.
 #[derive(Debug)]
@@ -75,6 +92,9 @@ struct Inner {
 struct State {
     /// Chunks in order; `true`: counted in the memory budget.
     mem: VecDeque<(Bytes, bool)>,
+    /// Small chunks copied together, after `mem` (counted).
+    tail: Vec<u8>,
+    /// Bytes in `mem` and `tail`.
     mem_len: usize,
     /// Held from the memory budget.
     budgeted: u64,
@@ -100,6 +120,40 @@ struct State {
 impl State {
     fn file_pending(&self) -> bool {
         self.file_end > self.file_read
+    }
+
+    /// Queues the tail (when it holds anything) behind `mem`.
+    fn queue_tail(&mut self) {
+        if !self.tail.is_empty() {
+            let t = std::mem::take(&mut self.tail);
+            self.mem.push_back((Bytes::from(t), true));
+        }
+    }
+
+    /// Copies `data` into the tail, queueing each tail that is full.
+    fn coalesce(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.tail.len() == TAIL_MAX {
+                self.queue_tail();
+            }
+            let n = data.len().min(TAIL_MAX - self.tail.len());
+            if self.tail.capacity() - self.tail.len() < n {
+                let want = (self.tail.len() + n)
+                    .max(2 * self.tail.capacity())
+                    .clamp(TAIL_MIN, TAIL_MAX);
+                self.tail.reserve_exact(want - self.tail.len());
+            }
+            self.tail.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+    }
+
+    /// The oldest bytes held in memory, and whether they are counted.
+    fn pop_mem(&mut self) -> Option<(Bytes, bool)> {
+        if let Some(front) = self.mem.pop_front() {
+            return Some(front);
+        }
+        (!self.tail.is_empty()).then(|| (Bytes::from(std::mem::take(&mut self.tail)), true))
     }
 }
 
@@ -197,14 +251,14 @@ impl Writer {
         if !st.file_pending() {
             let fits = st.mem_len == 0 || st.mem_len + len <= cfg.memory_per_exchange;
             if fits && m.try_hold(Held::Memory, len as u64, cfg.memory_total) {
-                return self.to_memory(&mut st, b.clone(), true);
+                return self.to_memory(&mut st, b, true);
             }
             if fits {
                 self.inner.fall_back(&mut st, Fallback::MemoryTotal);
             }
             if st.mem_len == 0 {
                 // Streaming: one chunk in hand, as an unbuffered relay holds.
-                return self.to_memory(&mut st, b.clone(), false);
+                return self.to_memory(&mut st, b, false);
             }
             if !st.impatient {
                 return Place::Wait(true);
@@ -233,12 +287,18 @@ impl Writer {
         Place::File(f, off)
     }
 
-    fn to_memory(&self, st: &mut State, b: Bytes, counted: bool) -> Place {
+    fn to_memory(&self, st: &mut State, b: &Bytes, counted: bool) -> Place {
         st.mem_len += b.len();
         if counted {
             st.budgeted += b.len() as u64;
         }
-        st.mem.push_back((b, counted));
+        if counted && b.len() < COALESCE_BELOW {
+            // Copied: `b`'s read buffer is free again at once.
+            st.coalesce(b);
+        } else {
+            st.queue_tail();
+            st.mem.push_back((b.clone(), counted));
+        }
         self.inner.data.notify_one();
         Place::Taken
     }
@@ -338,7 +398,7 @@ impl Reader {
     /// What the spool holds for the reader now.
     fn poll_state(&self) -> Next {
         let mut st = self.inner.lock();
-        if let Some((b, counted)) = st.mem.pop_front() {
+        if let Some((b, counted)) = st.pop_mem() {
             st.mem_len -= b.len();
             if counted {
                 st.budgeted -= b.len() as u64;

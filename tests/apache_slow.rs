@@ -556,3 +556,61 @@ fn without_buffering_the_same_attack_takes_every_apache_worker() {
         );
     }
 }
+
+/// A burst of requests past Apache prefork's workers, through finguard
+/// (whose `max_connections` is higher): the requests past the workers
+/// wait in Apache's backlog while the first ones are answered; the
+/// connections those leave idle in finguard's pool hold every worker in
+/// keep-alive. finguard closes idle ones for the waiting requests, so the
+/// burst is answered before any idle connection expires or Apache's
+/// keep-alive timeout ends one.
+#[test]
+fn a_burst_past_apache_prefork_workers_does_not_wait_on_idle_pooled_connections() {
+    const PREFORK: usize = 2;
+    const BURST: usize = 6;
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(apache) = Apache::start_prefork(PREFORK, "KeepAliveTimeout 5") else {
+        return;
+    };
+    let p = Proxy::start(
+        "[admin]\naddr = \"127.0.0.1:0\"\n[reaper]\ninterval = \"100ms\"\n[[backend]]\nname = \"app\"\naddrs = [\"127.0.0.1:1\"]\nmax_connections = 16\npool_max_idle = 16\n",
+        apache.addr,
+    );
+    // Warm: Apache has forked its workers and answers through finguard;
+    // that connection, idle in the pool, holds one worker already.
+    assert!(wait_until(LIMIT, || apache.status(STATUS_PATIENCE).is_some()));
+    assert_eq!(
+        request(p.addr, "GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n").status,
+        200
+    );
+    let started = Instant::now();
+    let clients: Vec<_> = (0..BURST)
+        .map(|_| {
+            let addr = p.addr;
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(LIMIT)).unwrap();
+                s.write_all(b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                    .unwrap();
+                let mut buf = Vec::new();
+                (read_response(&mut s, &mut buf).map(|r| r.status), started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for c in clients {
+        let (status, took) = c.join().unwrap();
+        assert_eq!(status, Some(200));
+        slowest = slowest.max(took);
+    }
+    eprintln!("burst of {BURST} past {PREFORK} prefork workers: slowest answered after {slowest:?}");
+    // No idle connection had to end (finguard's expiry, Apache's
+    // keep-alive timeout) for a request of the burst to get a worker.
+    let reaped = |r: &str| {
+        p.metric(&format!(
+            "finguard_backend_reaped_total{{backend=\"app\",reason=\"{r}\"}}"
+        ))
+    };
+    assert_eq!(reaped("idle_timeout") + reaped("backend_closed"), 0.0);
+    assert!(reaped("over_max_idle") >= 1.0);
+}

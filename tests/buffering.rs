@@ -627,3 +627,419 @@ fn an_http2_stream_is_logged_when_it_ends_with_the_bytes_it_sent() {
     assert!(req["client_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{req}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A digest of a body that shows loss and reordering: its length and a
+/// position-weighted sum.
+fn digest(body: &[u8]) -> String {
+    let sum = body.iter().enumerate().fold(0u64, |s, (i, &b)| {
+        s.wrapping_mul(31).wrapping_add((i as u64 + 1) ^ u64::from(b))
+    });
+    format!("{} {sum:x}", body.len())
+}
+
+/// A backend that reads each request's body (by Content-Length) and
+/// answers with its [`digest`].
+fn digest_backend() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            thread::spawn(move || serve_digest(s));
+        }
+    });
+    addr
+}
+
+fn serve_digest(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        let mut chunk = [0u8; 65536];
+        while buf.len() < len {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        let body: Vec<u8> = buf.drain(..len).collect();
+        let d = digest(&body);
+        let resp = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{d}", d.len());
+        if s.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// The memory test's limit per exchange: small, so that what a spool
+/// holds is reached with few chunks.
+const TRICKLE_MEMORY: usize = 32 * 1024;
+/// Trickled exchanges at once, and their chunk size.
+const TRICKLERS: usize = 16;
+const TRICKLE_STEP: usize = 64;
+/// The pause between two trickled chunks (the client's behaviour): long
+/// enough that finguard reads each chunk on its own.
+const TRICKLE_PAUSE: Duration = Duration::from_micros(500);
+
+/// finguard's RSS now (`VmRSS`).
+fn rss(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS:")
+}
+
+/// What finguard's RSS may grow by beyond four times what the trickle
+/// tests count: the allocator's segments, with the other tests running
+/// (16 MiB was seen once for 0.5 MiB counted; 0 to 6 MiB when alone).
+/// Pinning a read buffer per chunk grew it by 78 MiB (uploads) and
+/// 117 MiB (downloads) in these tests.
+const TRICKLE_MARGIN: u64 = 2 * RSS_MARGIN;
+
+/// finguard's RSS growth over `base` against what its budget counts:
+/// within four times the counted bytes and a fixed margin (the allocator's
+/// segments), as it is when the bytes held are what is counted. A spool
+/// whose every small chunk pins a 16 or 32 KiB read buffer grows by
+/// a hundred times the count.
+fn assert_rss_within_count(what: &str, base: u64, now: u64, counted: f64) {
+    let grew = now.saturating_sub(base);
+    let bound = 4 * counted as u64 + TRICKLE_MARGIN;
+    eprintln!(
+        "{what}: RSS grew {} KiB while {} KiB were counted (bound {} KiB)",
+        grew >> 10,
+        counted as u64 >> 10,
+        bound >> 10
+    );
+    assert!(
+        grew <= bound,
+        "{what}: finguard's RSS grew {grew} bytes while {counted} were counted in finguard_buffered_bytes"
+    );
+}
+
+#[test]
+fn trickled_uploads_cost_the_memory_they_are_counted_for() {
+    let dir = temp_dir("trickle-up");
+    let p = Proxy::start(
+        &config(&dir, &format!("memory_per_exchange = {TRICKLE_MEMORY}")),
+        digest_backend(),
+    );
+    let pid = p.child.id();
+    let mem = "finguard_buffered_bytes{where=\"memory\"}";
+    // Warm: a buffered upload and a scrape.
+    let warm = pattern(TRICKLE_MEMORY);
+    let mut c = p.connect();
+    let head = format!(
+        "POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n",
+        warm.len() + 1
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&warm[..1000]).unwrap();
+    assert!(wait_until(LIMIT, || p
+        .metric("finguard_client_connections{state=\"active\"}")
+        >= 1.0));
+    c.write_all(&warm[1000..]).unwrap();
+    c.write_all(b"!").unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_response(&mut c, &mut buf).expect("warm-up response").status, 200);
+    drop(c);
+    assert!(wait_until(LIMIT, || p.metric(mem) == 0.0));
+    let base = rss(pid);
+    // Each client trickles all but the last byte of its body in 64-byte
+    // writes; finguard holds it all in memory (below memory_per_exchange).
+    let len = TRICKLE_MEMORY - 1;
+    let body = Arc::new(pattern(len + 1));
+    let clients: Vec<TcpStream> = (0..TRICKLERS)
+        .map(|_| {
+            let mut c = p.connect();
+            let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", len + 1);
+            c.write_all(head.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    let writers: Vec<_> = clients
+        .iter()
+        .map(|c| {
+            let (mut c, body) = (c.try_clone().unwrap(), body.clone());
+            thread::spawn(move || {
+                for step in body[..len].chunks(TRICKLE_STEP) {
+                    c.write_all(step).unwrap();
+                    thread::sleep(TRICKLE_PAUSE);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    // All of it but what came in finguard's first read of each body (a
+    // chunk or a few, sent on at once as a body complete in that read
+    // would be); then nothing more comes.
+    let want = (TRICKLERS * (len - 16 * TRICKLE_STEP)) as f64;
+    assert!(
+        wait_until(LIMIT, || p.metric(mem) >= want),
+        "finguard holds {} bytes of {want}",
+        p.metric(mem)
+    );
+    let mut last = 0.0;
+    assert!(wait_until(LIMIT, || {
+        let now = p.metric(mem);
+        std::mem::replace(&mut last, now) == now
+    }));
+    let counted = p.metric(mem);
+    assert_rss_within_count("trickled uploads", base, rss(pid), counted);
+    // Every upload, finished, reaches the backend whole and in order.
+    for mut c in clients {
+        c.write_all(&body[len..]).unwrap();
+        let mut buf = Vec::new();
+        let r = read_response(&mut c, &mut buf).expect("the upload's response");
+        assert_eq!(r.status, 200);
+        assert_eq!(String::from_utf8_lossy(&r.body), digest(&body));
+    }
+    assert!(wait_until(LIMIT, || p.metric(mem) == 0.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A backend that answers every request with `body`, written `step`
+/// bytes at a time with a pause between writes.
+fn trickling_backend(body: Arc<Vec<u8>>, step: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            let body = body.clone();
+            thread::spawn(move || {
+                s.set_nodelay(true).unwrap();
+                let mut buf = Vec::new();
+                while read_head(&mut s, &mut buf).is_some() {
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if s.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    for part in body.chunks(step) {
+                        if s.write_all(part).is_err() {
+                            return;
+                        }
+                        thread::sleep(TRICKLE_PAUSE);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_trickling_backend_costs_the_memory_it_is_counted_for() {
+    use support::tls::*;
+    // Each response fills its exchange's memory (the default 64 KiB) in
+    // 128-byte chunks; HTTP/2 streams whose windows stay shut take none of
+    // it, so the spools hold it all (but a chunk in the h2 side's hand).
+    const STEP: usize = 128;
+    const EACH: usize = 64 * 1024;
+    let body = Arc::new(pattern(EACH));
+    let backend = trickling_backend(body, STEP);
+    let dir = temp_dir("trickle-down");
+    let pki = pki();
+    let f = files(&pki);
+    let extra = format!(
+        "[buffer]\ndir = \"{}\"\n[[backend]]\nname = \"b\"\naddrs = [\"{backend}\"]\nmax_connections = {TRICKLERS}\npool_max_idle = {TRICKLERS}\n",
+        dir.display(),
+    );
+    let p = Proxy::start_raw(&tls_config(&f, &extra), &[]);
+    let pid = p.child.id();
+    let mem = "finguard_buffered_bytes{where=\"memory\"}";
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (cfg, addr) = (Arc::new(cfg), p.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // `n` shut streams of the trickled response, kept until `f` returns.
+    let shut = |n: usize, f: &dyn Fn()| {
+        rt.block_on(async {
+            let (mut client, _conn) = h2_shut_client(cfg.clone(), addr).await;
+            let mut kept = Vec::new();
+            for _ in 0..n {
+                let req = http::Request::get("https://a.test/trickle").body(()).unwrap();
+                kept.push(client.send_request(req, true).unwrap().0);
+            }
+            let mut heads = Vec::new();
+            for r in kept {
+                let r = r.await.unwrap();
+                assert_eq!(r.status(), 200);
+                heads.push(r);
+            }
+            tokio::task::block_in_place(f);
+            drop(heads);
+        })
+    };
+    let spools_full = |n: usize| {
+        assert!(
+            wait_until(LIMIT, || p.metric(mem) >= (n * (EACH - 4096)) as f64),
+            "the spools hold {} bytes in memory",
+            p.metric(mem)
+        );
+    };
+    // Warm: one such stream, and scrapes.
+    shut(1, &|| spools_full(1));
+    assert!(wait_until(LIMIT, || p.metric(mem) == 0.0));
+    let base = rss(pid);
+    let check = || {
+        spools_full(TRICKLERS);
+        let counted = p.metric(mem);
+        assert_rss_within_count("trickling backend", base, rss(pid), counted);
+    };
+    shut(TRICKLERS, &check);
+    assert!(wait_until(LIMIT, || p.metric(mem) == 0.0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A backend that reads each request's body (or, not `read`, none of it:
+/// an early answer), notes it, then answers with `len` bytes of
+/// [`pattern`] (blocking while its reader is slow); a 401 when it did not
+/// read the body, then it closes.
+fn read_then_answer(len: usize, read: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let bodies = Arc::new(AtomicUsize::new(0));
+    let seen = bodies.clone();
+    let body = Arc::new(pattern(len));
+    thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            let (seen, body) = (seen.clone(), body.clone());
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                while let Some(head) = read_head(&mut s, &mut buf) {
+                    let want: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    let mut chunk = [0u8; 65536];
+                    while read && buf.len() < want {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let status = if read { "200 OK" } else { "401 Unauthorized" };
+                    let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if s.write_all(head.as_bytes()).is_err() || s.write_all(&body).is_err() {
+                        return;
+                    }
+                    if !read {
+                        // Drained, then closed: a close with unread bytes
+                        // would reset the connection under the answer.
+                        while matches!(s.read(&mut chunk), Ok(k) if k > 0) {}
+                        return;
+                    }
+                    buf.drain(..want);
+                }
+            });
+        }
+    });
+    (addr, bodies)
+}
+
+#[test]
+fn a_request_body_spool_is_released_once_uploaded() {
+    // Unbuffered responses: the memory gauge is the request's alone.
+    const UP: usize = 1 << 20;
+    // Past the memory limit: part of it in a temporary file.
+    const DOWN: usize = 16 << 20;
+    let (backend, bodies) = read_then_answer(DOWN, true);
+    let dir = temp_dir("release-up");
+    let p = Proxy::start(&config(&dir, "responses = false"), backend);
+    let mem = "finguard_buffered_bytes{where=\"memory\"}";
+    let disk = "finguard_buffered_bytes{where=\"disk\"}";
+    let up = pattern(UP);
+    let mut c = p.connect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {UP}\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    c.write_all(&up[..1000]).unwrap();
+    assert!(wait_until(LIMIT, || p
+        .metric("finguard_client_connections{state=\"active\"}")
+        >= 1.0));
+    c.write_all(&up[1000..UP - 1000]).unwrap();
+    // Held by finguard while the client has not sent it all.
+    assert!(wait_until(LIMIT, || p.metric(mem) > 0.0), "the body was not buffered");
+    c.write_all(&up[UP - 1000..]).unwrap();
+    // The backend has the body and writes its answer, which the client
+    // does not read yet: the request's spool is no longer held.
+    assert!(wait_until(LIMIT, || bodies.load(Ordering::SeqCst) == 1));
+    assert!(
+        wait_until(LIMIT, || p.metric(mem) == 0.0 && p.metric(disk) == 0.0),
+        "the request body is still counted while the response is relayed: {} {}",
+        p.metric(mem),
+        p.metric(disk)
+    );
+    // The response is still under way, and arrives whole.
+    assert_eq!(p.metric("finguard_client_connections{state=\"active\"}"), 1.0);
+    assert!(read_body_of(&mut c, DOWN) == pattern(DOWN));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Reads a 200 response's head and `len` bytes of body.
+fn read_body_of(c: &mut TcpStream, len: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let head = read_head(c, &mut buf).expect("response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    read_rest(c, &mut buf, len);
+    buf
+}
+
+#[test]
+fn a_request_body_spool_is_released_when_the_backend_answers_early() {
+    // A backend answers 401 (a large body) without reading a buffered
+    // upload larger than the socket buffers between them; the client reads
+    // the answer slowly. What finguard held of the upload is given up
+    // when the answer's head arrives, not when the client has the answer.
+    const UP: usize = 32 << 20;
+    const DOWN: usize = 16 << 20;
+    let (backend, answered) = read_then_answer(DOWN, false);
+    let dir = temp_dir("release-early");
+    let p = Proxy::start(&config(&dir, "responses = false"), backend);
+    let mem = "finguard_buffered_bytes{where=\"memory\"}";
+    let disk = "finguard_buffered_bytes{where=\"disk\"}";
+    let up = Arc::new(pattern(UP));
+    let mut c = p.connect();
+    let head = format!("POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: {UP}\r\n\r\n");
+    c.write_all(head.as_bytes()).unwrap();
+    // The body goes up from a thread of its own: finguard takes it all
+    // (memory, then its file) before the backend is contacted.
+    let writer = {
+        let (mut c, up) = (c.try_clone().unwrap(), up.clone());
+        thread::spawn(move || c.write_all(&up).is_ok())
+    };
+    assert!(wait_until(LIMIT, || answered.load(Ordering::SeqCst) == 1));
+    assert!(writer.join().unwrap(), "finguard did not take the whole upload");
+    assert!(p.metric("finguard_buffer_spills_total") >= 1.0);
+    assert!(
+        wait_until(LIMIT, || p.metric(mem) == 0.0 && p.metric(disk) == 0.0),
+        "the request body is still held while the early answer is relayed: memory {} disk {}",
+        p.metric(mem),
+        p.metric(disk)
+    );
+    // The answer is relayed whole, then the connection closes.
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf).expect("response head");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    read_rest(&mut c, &mut buf, DOWN);
+    let want = pattern(DOWN);
+    let diff = buf.iter().zip(want.iter()).position(|(a, b)| a != b);
+    assert!(
+        buf == want,
+        "the answer arrived altered: {} bytes, first difference at {diff:?}",
+        buf.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -345,3 +345,170 @@ fn a_health_check_reaches_a_proxy_protocol_backend_with_a_header_of_its_own() {
         assert!(heads[1].starts_with("GET /health HTTP/1.1\r\n"), "{version}: {heads:?}");
     }
 }
+
+/// A backend with `workers` workers, as Apache prefork has: each takes one
+/// connection from the listener's backlog and serves it, keep-alive, until
+/// the peer closes or it has been idle for `keepalive` (not announced);
+/// connections past the workers wait in the backlog. Counts the
+/// connections a worker gave up on at its keep-alive timeout.
+struct Workers {
+    addr: std::net::SocketAddr,
+    timed_out: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn workers_backend(workers: usize, keepalive: Duration) -> Workers {
+    use std::io::Read;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let l = Arc::new(l);
+    let timed_out = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    for _ in 0..workers {
+        let (l, timed_out, served) = (l.clone(), timed_out.clone(), served.clone());
+        thread::spawn(move || {
+            while let Ok((mut s, _)) = l.accept() {
+                s.set_read_timeout(Some(keepalive)).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match s.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                            timed_out.fetch_add(1, Ordering::SeqCst);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                    while let Some(end) = find(&buf, b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        served.fetch_add(1, Ordering::SeqCst);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Workers {
+        addr,
+        timed_out,
+        served,
+    }
+}
+
+#[test]
+fn a_burst_past_the_backends_workers_is_served_without_waiting_for_idle_connections_to_expire() {
+    // Two workers; four requests at once through finguard, whose pool may
+    // open more connections than that. Two wait in the backend's backlog
+    // while the first two are answered; their connections, idle in the
+    // pool, must not keep both workers until the backend's keep-alive
+    // timeout gives them up.
+    const WORKERS: usize = 2;
+    const BURST: usize = 4;
+    const KEEPALIVE: Duration = Duration::from_secs(4);
+    let b = workers_backend(WORKERS, KEEPALIVE);
+    let p = Proxy::start(
+        &backend_cfg("max_connections = 16\npool_max_idle = 16\npool_idle_timeout = \"60s\""),
+        b.addr,
+    );
+    let started = std::time::Instant::now();
+    let clients: Vec<_> = (0..BURST)
+        .map(|_| {
+            let addr = p.addr;
+            thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+                let mut buf = Vec::new();
+                let r = read_response(&mut s, &mut buf).map(|r| r.status);
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for c in clients {
+        let (status, took) = c.join().unwrap();
+        assert_eq!(status, Some(200));
+        slowest = slowest.max(took);
+    }
+    // Observed, not asserted: the slowest of the burst.
+    eprintln!("burst of {BURST} past {WORKERS} workers: slowest answered after {slowest:?}");
+    assert_eq!(b.served.load(Ordering::SeqCst), BURST);
+    assert_eq!(
+        b.timed_out.load(Ordering::SeqCst),
+        0,
+        "a request waited for a worker until the backend's keep-alive timeout freed one"
+    );
+}
+
+/// A backend that sends `100 Continue` before reading every body (asked
+/// or not), then answers 200 with the body's length.
+fn continuing_backend(mut s: std::net::TcpStream) {
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or(0);
+        if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
+            return;
+        }
+        let mut chunk = [0u8; 65536];
+        while buf.len() < len {
+            match std::io::Read::read(&mut s, &mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+            }
+        }
+        buf.drain(..len);
+        let body = format!("{len}\n");
+        let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        if s.write_all(r.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_client_gets_one_100_continue_when_the_backend_sends_its_own() {
+    // finguard answers `Expect: 100-continue` itself (and does not pass
+    // the field on); a backend's own 100 Continue is not relayed after it.
+    let (addr, _) = raw_backend(continuing_backend);
+    for buffer in ["", "[buffer]\nrequests = false\n"] {
+        let p = Proxy::start(buffer, addr);
+        let mut s = p.connect();
+        s.write_all(
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        let mut buf = Vec::new();
+        let interim = read_head(&mut s, &mut buf).unwrap();
+        assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+        s.write_all(b"hello").unwrap();
+        let mut rest = buf;
+        std::io::Read::read_to_end(&mut s, &mut rest).unwrap();
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(
+            rest.starts_with("HTTP/1.1 200 OK\r\n"),
+            "{buffer:?}: a second interim response: {rest}"
+        );
+        assert!(rest.ends_with("\r\n\r\n5\n"), "{rest}");
+        // Without `Expect`, no 100 Continue reaches the client either.
+        let r = request(
+            p.addr,
+            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        );
+        assert_eq!((r.status, r.body), (200, b"5\n".to_vec()));
+    }
+}

@@ -253,3 +253,57 @@ fn slow_readers_get_the_whole_file_over_tcp_and_tls() {
         );
     }
 }
+
+/// The interim responses in bytes a client read: the status lines of
+/// `HTTP/1.1 1xx` heads at the start of the stream or after a head's end.
+fn interim_count(raw: &[u8], status: &str) -> usize {
+    let line = format!("HTTP/1.1 {status}");
+    let text = String::from_utf8_lossy(raw);
+    text.split("\r\n\r\n").filter(|h| h.starts_with(&line)).count()
+}
+
+#[test]
+fn expect_100_continue_is_answered_once_through_finguard_to_apache() {
+    let Some((apache, p)) = setup() else { return };
+    let url = format!("http://{}/cgi/echo", p.addr);
+    let big = random_file("expect", 4 << 20);
+    // curl: a body sent on finguard's 100 Continue; its trace shows every
+    // interim response it read.
+    for buffering in [true, false] {
+        let p2;
+        let url = if buffering {
+            url.clone()
+        } else {
+            p2 = Proxy::start("[buffer]\nrequests = false\nresponses = false\n", apache.addr);
+            format!("http://{}/cgi/echo", p2.addr)
+        };
+        let out = Command::new("curl")
+            .args(["-sS", "-v", "--max-time", "60", "-o", "-", "-H", "Expect: 100-continue"])
+            .args(["--data-binary", &format!("@{}", big.0.display()), &url])
+            .output()
+            .expect("curl");
+        let trace = String::from_utf8_lossy(&out.stderr);
+        let continues = trace.lines().filter(|l| l.starts_with("< HTTP/1.1 100")).count();
+        assert_eq!(continues, 1, "buffering {buffering}: {trace}");
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(body.trim(), format!("{} {} {}", 4 << 20, sha256(&big.0), 4 << 20));
+    }
+    // A raw client: the bytes themselves.
+    let mut s = p.connect();
+    let body = std::fs::read(&big.0).unwrap();
+    let head = format!(
+        "POST /cgi/echo HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    use std::io::{Read, Write};
+    s.write_all(head.as_bytes()).unwrap();
+    let mut buf = Vec::new();
+    let interim = read_head(&mut s, &mut buf).expect("100 Continue");
+    assert!(interim.starts_with("HTTP/1.1 100 Continue"), "{interim}");
+    s.write_all(&body).unwrap();
+    let mut raw = b"HTTP/1.1 100 Continue\r\n\r\n".to_vec();
+    raw.extend_from_slice(&buf);
+    s.read_to_end(&mut raw).unwrap();
+    assert_eq!(interim_count(&raw, "100"), 1, "{}", String::from_utf8_lossy(&raw));
+    assert_eq!(interim_count(&raw, "200"), 1);
+}

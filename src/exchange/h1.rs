@@ -44,7 +44,6 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -229,6 +228,10 @@ async fn attempt<S: ClientStream>(
         },
     };
     let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
+    // What is left of a buffered body (all of it but what went up, after
+    // an early answer) is given up now, not when the response is relayed:
+    // its memory and file count against the budgets.
+    drop(body);
     let request_complete = match sent {
         Ok(Sent::Complete) => true,
         Ok(Sent::Early) => false,
@@ -237,7 +240,19 @@ async fn attempt<S: ClientStream>(
     };
     let started = Instant::now();
     let mut chead = Vec::with_capacity(512);
-    let parsed = match response_head(client, &mut bc, &mut resp, &mut chead, req, conn, request_complete, t).await {
+    let parsed = match response_head(
+        client,
+        &mut bc,
+        upstream,
+        &mut resp,
+        &mut chead,
+        req,
+        conn,
+        request_complete,
+        t,
+    )
+    .await
+    {
         Ok(p) => p,
         Err(a) => return a,
     };
@@ -280,6 +295,7 @@ fn after_relay(relayed: Result<(), Relay>, shaped: &Shaped, conn: &Conn<'_>) -> 
 async fn response_head<S: ClientStream>(
     client: &mut S,
     bc: &mut RawConn,
+    upstream: &Upstream,
     resp: &mut BytesMut,
     chead: &mut Vec<u8>,
     req: &Request,
@@ -289,7 +305,7 @@ async fn response_head<S: ClientStream>(
 ) -> Result<Final, Attempt> {
     let mut view = client_view(req, conn, request_complete);
     let deadline = Instant::now() + t.response;
-    let parsed = read_response(client, &mut bc.stream, resp, &mut view, conn, chead, deadline, t).await;
+    let parsed = read_response(client, bc, upstream, resp, &mut view, conn, chead, deadline, t).await;
     match parsed {
         Ok(p) => Ok(p),
         Err(HeadError::Failed(err)) => {
@@ -434,7 +450,8 @@ enum Final {
 #[allow(clippy::too_many_arguments)]
 async fn read_response<S: ClientStream>(
     client: &mut S,
-    backend: &mut TcpStream,
+    backend: &mut RawConn,
+    upstream: &Upstream,
     resp: &mut BytesMut,
     view: &mut ClientView,
     conn: &Conn<'_>,
@@ -471,12 +488,12 @@ async fn read_response<S: ClientStream>(
             }
         }
         resp.reserve(RESP_BUF);
-        match tokio::time::timeout_at(deadline, backend.read_buf(resp)).await {
-            Err(_) => return Err(HeadError::Failed(ProxyError::ResponseTimeout)),
-            Ok(Ok(0)) if resp.is_empty() => return Err(HeadError::Failed(ProxyError::BackendClosed)),
-            Ok(Ok(0)) => return Err(HeadError::Failed(ProxyError::BadResponse("closed inside the head"))),
-            Ok(Err(e)) => return Err(HeadError::Failed(ProxyError::BackendIo(e))),
-            Ok(Ok(_)) => {}
+        match upstream.read_answer(backend, resp, deadline).await {
+            None => return Err(HeadError::Failed(ProxyError::ResponseTimeout)),
+            Some(Ok(0)) if resp.is_empty() => return Err(HeadError::Failed(ProxyError::BackendClosed)),
+            Some(Ok(0)) => return Err(HeadError::Failed(ProxyError::BadResponse("closed inside the head"))),
+            Some(Err(e)) => return Err(HeadError::Failed(ProxyError::BackendIo(e))),
+            Some(Ok(_)) => {}
         }
     }
 }

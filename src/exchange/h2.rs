@@ -46,7 +46,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, Sleep};
 
 /// The backend's response is read in steps of this much.
@@ -290,7 +289,7 @@ async fn attempt(
     let mut resp = BytesMut::with_capacity(RESP_BUF);
     let complete = send(&mut bc, out, up, &mut resp, t).await?;
     let started = Instant::now();
-    let head = read_head(&mut bc, &mut resp, how.head_request, t).await?;
+    let head = read_head(&mut bc, upstream, &mut resp, how.head_request, t).await?;
     let answered = super::Answered(bc.addr, started.elapsed());
     resp.advance(head.len);
     let rest = Rest::new(head.body);
@@ -328,6 +327,7 @@ async fn attempt(
 /// Reads the final response head within `response_timeout` (1xx skipped).
 async fn read_head(
     bc: &mut RawConn,
+    upstream: &Upstream,
     resp: &mut BytesMut,
     head_request: bool,
     t: &Timeouts,
@@ -354,13 +354,13 @@ async fn read_head(
             }
         }
         resp.reserve(RESP_BUF);
-        let read = tokio::time::timeout_at(deadline, bc.stream.read_buf(resp)).await;
+        let read = upstream.read_answer(bc, resp, deadline).await;
         let err = match read {
-            Ok(Ok(n)) if n > 0 => continue,
-            Err(_) => ProxyError::ResponseTimeout,
-            Ok(Ok(_)) if resp.is_empty() => ProxyError::BackendClosed,
-            Ok(Ok(_)) => ProxyError::BadResponse("closed inside the head"),
-            Ok(Err(e)) => ProxyError::BackendIo(e),
+            Some(Ok(n)) if n > 0 => continue,
+            None => ProxyError::ResponseTimeout,
+            Some(Ok(_)) if resp.is_empty() => ProxyError::BackendClosed,
+            Some(Ok(_)) => ProxyError::BadResponse("closed inside the head"),
+            Some(Err(e)) => ProxyError::BackendIo(e),
         };
         let safe = RetrySafe::while_waiting(&err, resp.is_empty());
         return Err((err, safe));

@@ -171,7 +171,11 @@ pub fn parse(buf: &[u8], view: &ClientView, out: &mut Vec<u8>) -> Result<Parsed,
         // Not to a client treated as HTTP/1.0 either (RFC 9110 §15.2: a
         // server must not send 1xx to an HTTP/1.0 client), which a
         // `downgrade_1_0` or `force_response_1_0` rule says it is.
-        if !(view.http10 || view.downgrade_1_0 || view.force_response_1_0) {
+        // Nor a 100 Continue: finguard answers `Expect: 100-continue`
+        // itself and does not pass the field on, so a backend's own 100
+        // (sent unasked, as some do before reading a body) would be a
+        // second one to a client that already had finguard's.
+        if status != 100 && !(view.http10 || view.downgrade_1_0 || view.force_response_1_0) {
             status_line(out, "HTTP/1.1", status, resp.reason);
             copy_headers(out, resp.headers, &named, Fields::Interim);
             out.extend_from_slice(b"\r\n");
@@ -623,6 +627,11 @@ mod tests {
         );
         assert!(matches!(r, Ok(Parsed::Interim(_))));
         assert_eq!(out, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
+        // A backend's 100 Continue is skipped: finguard answered the
+        // expectation itself.
+        let (r, out) = shape("HTTP/1.1 100 Continue\r\n\r\n", view());
+        assert!(matches!(r, Ok(Parsed::Interim(_))));
+        assert_eq!(out, "");
         // HTTP/1.0 with chunked framing: the connection is not reused.
         let (r, _) = shape(
             "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n",

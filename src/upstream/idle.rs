@@ -81,7 +81,37 @@ pub struct RawConn {
     /// Times the exchange that holds it (`finguard_backend_hold_seconds`);
     /// boxed once per connection, so that a lent connection stays small.
     hold: Box<Hold>,
+    /// It asked the pool once to make room at its backend ([`Upstream::read_answer`]).
+    asked_room: bool,
     _slot: SlotGuard,
+}
+
+/// A request waits this long for the first byte of its answer on a fresh
+/// connection before finguard suspects the backend has no worker for it:
+/// one that serves a connection per worker (Apache prefork) leaves a new
+/// connection in its listen backlog while our idle keep-alive connections
+/// hold its workers, until its keep-alive timeout (5 s by default) frees
+/// one. nginx, which closes upstream connections after each request by
+/// default, never meets this. A healthy backend answers a fresh
+/// connection's request well within this, and a slow one costs at most
+/// one idle connection closed per fresh connection.
+pub const STUCK_AFTER: Duration = Duration::from_millis(100);
+
+/// A request waiting on a fresh connection to `addr` past [`STUCK_AFTER`]:
+/// while it waits, connections to `addr` checked in are closed, not kept
+/// idle. Withdrawn when the request's answer begins or the request goes
+/// away. (Closing only one for it would not do: the worker it frees may
+/// take another waiter's connection from the backlog, and that one's
+/// answered connection, kept idle, holds the worker again.)
+struct Stuck<'a> {
+    pool: &'a Upstream,
+    id: u64,
+}
+
+impl Drop for Stuck<'_> {
+    fn drop(&mut self) {
+        lock(&self.pool.stuck).retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// Since when an exchange holds a connection: observed when it comes back
@@ -329,6 +359,67 @@ impl Upstream {
         }
     }
 
+    /// Reads the next bytes of a response head from `c` into `resp` until
+    /// `deadline` (`None`: it passed). A fresh connection whose answer has
+    /// not begun after `STUCK_AFTER` (100 ms) asks for room at its backend: an
+    /// idle connection to the same address is closed, which frees the
+    /// backend worker it held, and while it still waits every connection to
+    /// that address checked in is closed instead of kept.
+    pub async fn read_answer(
+        &self,
+        c: &mut RawConn,
+        resp: &mut bytes::BytesMut,
+        deadline: Instant,
+    ) -> Option<io::Result<usize>> {
+        use tokio::io::AsyncReadExt;
+        if c.uses > 0 || c.asked_room || !resp.is_empty() {
+            return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+        }
+        let stuck = (Instant::now() + STUCK_AFTER).min(deadline);
+        let read = c.stream.read_buf(resp);
+        tokio::pin!(read);
+        tokio::select! {
+            r = &mut read => return Some(r),
+            () = tokio::time::sleep_until(stuck) => {}
+        }
+        c.asked_room = true;
+        let _stuck = self.make_room(c.addr);
+        tokio::time::timeout_at(deadline, read).await.ok()
+    }
+
+    /// Closes an idle connection to `addr`, and has those checked in
+    /// closed while the returned claim is held.
+    fn make_room(&self, addr: SocketAddr) -> Stuck<'_> {
+        if self.evict_idle_to(addr) {
+            debug!(backend = %self.cfg.name, %addr, "closed an idle connection: a request waits on a fresh one");
+        }
+        let id = self.stuck_ids.fetch_add(1, Ordering::Relaxed);
+        lock(&self.stuck).push((id, addr));
+        Stuck { pool: self, id }
+    }
+
+    /// Closes the oldest idle connection to `addr` of any worker's list.
+    fn evict_idle_to(&self, addr: SocketAddr) -> bool {
+        for list in &self.raw {
+            let victim = {
+                let mut idle = lock(&list.conns);
+                idle.iter().position(|c| c.addr == addr).map(|i| idle.remove(i))
+            };
+            if victim.is_some() {
+                self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a request waits on a fresh connection to `addr` past
+    /// [`STUCK_AFTER`]: a connection to it checked in is closed.
+    fn someone_stuck(&self, addr: SocketAddr) -> bool {
+        let stuck = lock(&self.stuck);
+        !stuck.is_empty() && stuck.iter().any(|(_, a)| *a == addr)
+    }
+
     /// Closes one idle raw connection to free its slot, from any worker's
     /// list but `skip`'s. Returns whether one was closed.
     pub(super) fn evict_raw(&self, skip: Option<usize>) -> bool {
@@ -376,6 +467,7 @@ impl Upstream {
                 since: None,
                 metrics: self.metrics.clone(),
             }),
+            asked_room: false,
             _slot: slot,
         })
     }
@@ -394,6 +486,12 @@ impl Upstream {
         }
         let ttl = self.ttl(hint);
         if ttl.is_zero() {
+            return;
+        }
+        if self.someone_stuck(c.addr) {
+            // Closed: its backend worker takes the waiting connection.
+            debug!(backend = %self.cfg.name, addr = %c.addr, "closed a returning connection: a request waits on a fresh one");
+            self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
             return;
         }
         c.expires = Instant::now() + ttl;
