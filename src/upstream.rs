@@ -163,6 +163,8 @@ pub struct Upstream {
     /// `idle::STUCK_AFTER`: connections to it checked in are closed
     /// ([`Upstream::read_answer`]).
     stuck: Mutex<Vec<(u64, SocketAddr)>>,
+    /// `stuck`'s length, read without the lock on every check-in.
+    stuck_len: std::sync::atomic::AtomicUsize,
     stuck_ids: std::sync::atomic::AtomicU64,
 }
 
@@ -202,6 +204,7 @@ impl Upstream {
             down: cfg.addrs.iter().map(|_| AtomicBool::new(false)).collect(),
             down_count: AtomicUsize::new(0),
             stuck: Mutex::new(Vec::new()),
+            stuck_len: std::sync::atomic::AtomicUsize::new(0),
             stuck_ids: std::sync::atomic::AtomicU64::new(0),
             metrics,
             cfg,

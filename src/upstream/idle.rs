@@ -110,7 +110,9 @@ struct Stuck<'a> {
 
 impl Drop for Stuck<'_> {
     fn drop(&mut self) {
-        lock(&self.pool.stuck).retain(|(id, _)| *id != self.id);
+        let mut stuck = lock(&self.pool.stuck);
+        stuck.retain(|(id, _)| *id != self.id);
+        self.pool.stuck_len.store(stuck.len(), Ordering::Release);
     }
 }
 
@@ -394,7 +396,9 @@ impl Upstream {
             debug!(backend = %self.cfg.name, %addr, "closed an idle connection: a request waits on a fresh one");
         }
         let id = self.stuck_ids.fetch_add(1, Ordering::Relaxed);
-        lock(&self.stuck).push((id, addr));
+        let mut stuck = lock(&self.stuck);
+        stuck.push((id, addr));
+        self.stuck_len.store(stuck.len(), Ordering::Release);
         Stuck { pool: self, id }
     }
 
@@ -416,8 +420,8 @@ impl Upstream {
     /// Whether a request waits on a fresh connection to `addr` past
     /// [`STUCK_AFTER`]: a connection to it checked in is closed.
     fn someone_stuck(&self, addr: SocketAddr) -> bool {
-        let stuck = lock(&self.stuck);
-        !stuck.is_empty() && stuck.iter().any(|(_, a)| *a == addr)
+        // Every check-in asks: no lock while nobody waits.
+        self.stuck_len.load(Ordering::Acquire) > 0 && lock(&self.stuck).iter().any(|(_, a)| *a == addr)
     }
 
     /// Closes one idle raw connection to free its slot, from any worker's
