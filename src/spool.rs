@@ -19,6 +19,12 @@
 //!   exchange falls back to streaming (one chunk in hand, the writer waits
 //!   for the reader), counted once in `finguard_buffer_fallbacks_total`;
 //!   a full buffer is never an error.
+//! - A writer that waits for its reader waits for its progress: when the
+//!   reader takes nothing for the writer's `stall` limit (the client's
+//!   `body_timeout`), the push gives up. An HTTP/2 stream whose window
+//!   stays shut is never polled, so without this bound a spool that cannot
+//!   grow (a budget out, the file at its cap) would hold its backend
+//!   connection for as long as the client keeps the connection alive.
 //! - File reads and writes run on the blocking pool (`spawn_blocking`,
 //!   positioned `pread`/`pwrite`): the event loop never waits on the disk.
 //!
@@ -45,9 +51,25 @@ pub const SPILL_PATIENCE: Duration = Duration::from_millis(20);
 /// writes' worth, one trip to the blocking pool.
 const FILE_READ: usize = 64 * 1024;
 
-/// The reader is gone: nothing more is wanted.
-#[derive(Debug)]
-pub struct Gone;
+/// Why a push gave up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The reader is gone: nothing more is wanted.
+    Gone,
+    /// The spool could take nothing more and the reader took nothing for
+    /// the whole `stall` limit.
+    Stalled,
+}
+
+impl Refused {
+    /// For the log.
+    pub fn why(&self) -> &'static str {
+        match self {
+            Refused::Gone => "the client went away",
+            Refused::Stalled => "the client took nothing for body_timeout",
+        }
+    }
+}
 
 /// Makes an empty spool: its writing and its reading end.
 pub fn channel(cfg: Arc<BufferConfig>, metrics: Arc<Metrics>) -> (Writer, Reader) {
@@ -142,8 +164,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Appends `b`; waits while the spool cannot take it.
-    pub async fn push(&mut self, mut b: Bytes) -> Result<(), Gone> {
+    /// Appends `b`; waits while the spool cannot take it, as long as the
+    /// reader takes something within each `stall`.
+    pub async fn push(&mut self, mut b: Bytes, stall: Duration) -> Result<(), Refused> {
         if b.is_empty() {
             return Ok(());
         }
@@ -151,11 +174,11 @@ impl Writer {
             let space = self.inner.space.notified();
             match self.place(&b) {
                 Place::Taken => return Ok(()),
-                Place::Gone => return Err(Gone),
+                Place::Gone => return Err(Refused::Gone),
                 Place::File(f, off) => match self.write_file(f, off, b).await {
                     Ok(()) => return Ok(()),
                     Err(Some(back)) => b = back,
-                    Err(None) => return Err(Gone),
+                    Err(None) => return Err(Refused::Gone),
                 },
                 Place::NewFile => self.make_file().await,
                 Place::Wait(true) => {
@@ -163,7 +186,11 @@ impl Writer {
                         self.inner.lock().impatient = true;
                     }
                 }
-                Place::Wait(false) => space.await,
+                Place::Wait(false) => {
+                    if tokio::time::timeout(stall, space).await.is_err() {
+                        return Err(Refused::Stalled);
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,152 @@
+//! Response and request buffering under attack: a hostile HTTP/2 client
+//! when the buffer budgets are out, and what a backend connection carries
+//! afterwards. Backends are the test's own threads; what they saw and what
+//! the clients received are the oracles.
+
+mod support;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+use support::*;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// A keep-alive backend: `/small` gets a short body, anything else `big`
+/// bytes; counts the connections it accepted.
+struct SizedBackend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+fn sized_backend(big: usize) -> SizedBackend {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    let body = Arc::new(vec![b'x'; big]);
+    thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            a.fetch_add(1, Ordering::SeqCst);
+            let body = body.clone();
+            thread::spawn(move || serve_sized(s, &body));
+        }
+    });
+    SizedBackend { addr, accepted }
+}
+
+fn serve_sized(mut s: TcpStream, big: &[u8]) {
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        let body: &[u8] = if head.starts_with("GET /small") { b"small" } else { big };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+            return;
+        }
+    }
+}
+
+/// An `h2` client connection over TLS (ALPN h2) with the given stream
+/// window; its connection window is wide open.
+async fn h2_client(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    window: u32,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    let mut builder = h2::client::Builder::new();
+    builder.initial_window_size(window);
+    builder.initial_connection_window_size(64 * 1024 * 1024);
+    let (client, conn) = builder.handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// The buffer budgets are out, so exchanges relay at the client's pace: an
+/// HTTP/2 client keeps two streams' windows shut while it feeds a third a
+/// little at a time, so the connection as a whole keeps making progress.
+/// Each shut stream must still be bounded by `body_timeout` on its own (as
+/// a stuck HTTP/1 write is): its backend connection is freed and another
+/// client is served, not refused with 503 for as long as the attacker likes.
+#[test]
+fn http2_shut_streams_are_bounded_when_the_budgets_are_out() {
+    use support::tls::*;
+    let b = sized_backend(8 * 1024 * 1024);
+    let dir = std::env::temp_dir().join(format!("finguard-bufatk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = pki();
+    let f = files(&pki);
+    let extra = format!(
+        "[client]\nbody_timeout = \"1s\"\n\
+         [buffer]\ndir = \"{}\"\nmemory_total = \"64KiB\"\nfile_total = \"64KiB\"\n\
+         [[backend]]\nname = \"b\"\naddrs = [\"{}\"]\nmax_connections = 3\npool_max_idle = 3\nqueue_timeout = \"500ms\"\n",
+        dir.display(),
+        b.addr
+    );
+    let p = Proxy::start_raw(&tls_config(&f, &extra), &[]);
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (cfg, addr) = (Arc::new(cfg), p.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async move {
+        let mut attacker = h2_client(cfg.clone(), addr, 16 * 1024).await;
+        // Two streams whose windows never open past the first 16 KiB.
+        let mut shut = Vec::new();
+        for _ in 0..2 {
+            let req = http::Request::get("https://a.test/big").body(()).unwrap();
+            let (resp, _) = attacker.send_request(req, true).unwrap();
+            shut.push(resp.await.unwrap());
+        }
+        // The fed stream: its window opens 16 KiB at a time as it reads,
+        // so the connection keeps moving (bounded: at most 400 steps).
+        let req = http::Request::get("https://a.test/big").body(()).unwrap();
+        let (resp, _) = attacker.send_request(req, true).unwrap();
+        let mut fed_body = resp.await.unwrap().into_body();
+        let feeder = tokio::spawn(async move {
+            for _ in 0..400 {
+                let Some(Ok(d)) = fed_body.data().await else {
+                    break;
+                };
+                let _ = fed_body.flow_control().release_capacity(d.len());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        // Another client asks for a small page, again and again, within a
+        // bounded time: with the shut streams bounded it gets a backend
+        // connection once they are reset.
+        let mut other = h2_client(cfg, addr, 1024 * 1024).await;
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let mut status = 0;
+        while tokio::time::Instant::now() < deadline {
+            let req = http::Request::get("https://a.test/small").body(()).unwrap();
+            let (resp, _) = other.send_request(req, true).unwrap();
+            let resp = resp.await.unwrap();
+            status = resp.status().as_u16();
+            let mut body = resp.into_body();
+            while let Some(Ok(d)) = body.data().await {
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            if status == 200 {
+                break;
+            }
+        }
+        feeder.abort();
+        drop(shut);
+        status
+    });
+    assert_eq!(
+        status, 200,
+        "another client was refused while shut streams held the backend"
+    );
+    assert!(b.accepted.load(Ordering::SeqCst) >= 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
