@@ -150,3 +150,51 @@ fn http2_shut_streams_are_bounded_when_the_budgets_are_out() {
     assert!(b.accepted.load(Ordering::SeqCst) >= 3);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A backend whose response has no length: its body ends at its close.
+fn close_delimited_backend(len: usize) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                if read_head(&mut s, &mut buf).is_some() {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n");
+                    let _ = s.write_all(&vec![b'y'; len]);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// SIGTERM while a slow client downloads a body that ends at the close:
+/// when `shutdown_timeout` cuts the download, the client must see an abort
+/// (RST). A clean close (FIN) is the very end of such a body: the client
+/// would take the truncated response for the whole one.
+#[test]
+fn a_download_cut_by_shutdown_timeout_ends_in_a_reset() {
+    const LEN: usize = 48 * 1024 * 1024;
+    let backend = close_delimited_backend(LEN);
+    let dir = std::env::temp_dir().join(format!("finguard-bufatk-term-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = format!("shutdown_timeout = \"1s\"\n[buffer]\ndir = \"{}\"\n", dir.display());
+    let mut p = Proxy::start(&cfg, backend);
+    // A small receive buffer: the client holds the download open.
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&p.addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf).expect("response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    p.signal("TERM");
+    assert!(p.wait_exit(LIMIT).is_some(), "finguard did not exit");
+    let (rest, reset) = read_to_end_or_reset(&mut c, LIMIT);
+    let got = buf.len() + rest.len();
+    assert!(got < LEN, "the whole body arrived: the test did not cut it");
+    assert!(reset, "a body cut at {got} of {LEN} bytes ended in a clean close");
+    let _ = std::fs::remove_dir_all(&dir);
+}
