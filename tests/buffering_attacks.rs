@@ -16,13 +16,14 @@ use support::*;
 const LIMIT: Duration = Duration::from_secs(20);
 
 /// A keep-alive backend: `/small` gets a short body, anything else `big`
-/// bytes; counts the connections it accepted.
+/// bytes (with `X-Accel-Buffering: no` when `unbuffered`); counts the
+/// connections it accepted.
 struct SizedBackend {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
 }
 
-fn sized_backend(big: usize) -> SizedBackend {
+fn sized_backend(big: usize, unbuffered: bool) -> SizedBackend {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -32,17 +33,23 @@ fn sized_backend(big: usize) -> SizedBackend {
         for s in l.incoming().map_while(Result::ok) {
             a.fetch_add(1, Ordering::SeqCst);
             let body = body.clone();
-            thread::spawn(move || serve_sized(s, &body));
+            thread::spawn(move || serve_sized(s, &body, unbuffered));
         }
     });
     SizedBackend { addr, accepted }
 }
 
-fn serve_sized(mut s: TcpStream, big: &[u8]) {
+fn serve_sized(mut s: TcpStream, big: &[u8], unbuffered: bool) {
     let mut buf = Vec::new();
     while let Some(head) = read_head(&mut s, &mut buf) {
-        let body: &[u8] = if head.starts_with("GET /small") { b"small" } else { big };
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        let small = head.starts_with("GET /small");
+        let body: &[u8] = if small { b"small" } else { big };
+        let accel = if unbuffered && !small {
+            "X-Accel-Buffering: no\r\n"
+        } else {
+            ""
+        };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{accel}\r\n", body.len());
         if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
             return;
         }
@@ -75,15 +82,40 @@ async fn h2_client(
 /// client is served, not refused with 503 for as long as the attacker likes.
 #[test]
 fn http2_shut_streams_are_bounded_when_the_budgets_are_out() {
+    let status = shut_streams_then_another_client("memory_total = \"64KiB\"\nfile_total = \"64KiB\"", false);
+    assert_eq!(
+        status, 200,
+        "another client was refused while shut streams held the backend"
+    );
+}
+
+/// The same attack on responses a backend asked not to buffer
+/// (`X-Accel-Buffering: no`; a route with `response_buffering = false` is
+/// the same path): each stream's body is read from its backend connection
+/// only when h2 polls it, and h2 never polls a stream whose window is shut.
+#[test]
+#[ignore = "defect: an unbuffered HTTP/2 response body (BackendBody) is bounded only by the connection-wide \
+            stall watch; a stream kept shut while another is fed holds its backend connection indefinitely"]
+fn http2_shut_unbuffered_streams_are_bounded() {
+    let status = shut_streams_then_another_client("", true);
+    assert_eq!(
+        status, 200,
+        "another client was refused while shut streams held the backend"
+    );
+}
+
+/// Two shut streams and a fed one on one HTTP/2 connection, a backend
+/// with three connections; the status another client gets for a small page.
+fn shut_streams_then_another_client(buffer: &str, unbuffered: bool) -> u16 {
     use support::tls::*;
-    let b = sized_backend(8 * 1024 * 1024);
-    let dir = std::env::temp_dir().join(format!("finguard-bufatk-{}", std::process::id()));
+    let b = sized_backend(8 * 1024 * 1024, unbuffered);
+    let dir = std::env::temp_dir().join(format!("finguard-bufatk-{}-{unbuffered}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pki = pki();
     let f = files(&pki);
     let extra = format!(
         "[client]\nbody_timeout = \"1s\"\n\
-         [buffer]\ndir = \"{}\"\nmemory_total = \"64KiB\"\nfile_total = \"64KiB\"\n\
+         [buffer]\ndir = \"{}\"\n{buffer}\n\
          [[backend]]\nname = \"b\"\naddrs = [\"{}\"]\nmax_connections = 3\npool_max_idle = 3\nqueue_timeout = \"500ms\"\n",
         dir.display(),
         b.addr
@@ -143,12 +175,9 @@ fn http2_shut_streams_are_bounded_when_the_budgets_are_out() {
         drop(shut);
         status
     });
-    assert_eq!(
-        status, 200,
-        "another client was refused while shut streams held the backend"
-    );
     assert!(b.accepted.load(Ordering::SeqCst) >= 3);
     let _ = std::fs::remove_dir_all(&dir);
+    status
 }
 
 /// A backend whose response has no length: its body ends at its close.
