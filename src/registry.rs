@@ -14,7 +14,7 @@
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -44,6 +44,9 @@ pub struct Entry {
     pub rules: OnceLock<Vec<String>>,
     /// Cancelled by the reaper to end a connection stuck past its deadline.
     pub kill: CancellationToken,
+    /// The client socket's descriptor (-1: not known), for the abort of
+    /// what is still in flight when `shutdown_timeout` ends the process.
+    fd: AtomicI32,
     /// `EVICTABLE`, `RECLAIM_FIRST`, `EVICTING`.
     flags: AtomicU8,
     /// Wakes the idle wait of a connection asked to make room (a waker,
@@ -99,6 +102,7 @@ impl Registry {
             user_agent: OnceLock::new(),
             rules: OnceLock::new(),
             kill: CancellationToken::new(),
+            fd: AtomicI32::new(-1),
             flags: AtomicU8::new(0),
             evict: atomic_waker::AtomicWaker::new(),
         });
@@ -176,6 +180,22 @@ impl Registry {
         }
     }
 
+    /// When `shutdown_timeout` ran out: every connection still reading a
+    /// request or serving one is made to close with RST when the process
+    /// exits (a clean close would pass a cut response off as whole, one
+    /// that ends at the close above all); returns how many.
+    pub fn reset_in_flight(&self) -> usize {
+        let mut n = 0;
+        for e in self.lock().values() {
+            let fd = e.fd.load(Ordering::Relaxed);
+            if fd >= 0 && matches!(e.state(), ClientState::Reading | ClientState::Active) {
+                crate::sys::reset_on_close(fd);
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Cancels connections that have been lingering longer than `limit`;
     /// returns how many. A safety net: the lingering loop has its own deadline.
     pub fn reap_lingering(&self, limit: Duration) -> usize {
@@ -194,6 +214,11 @@ impl Registry {
 }
 
 impl Entry {
+    /// Notes the client socket's descriptor (see [`Registry::reset_in_flight`]).
+    pub fn set_fd(&self, fd: std::os::fd::RawFd) {
+        self.fd.store(fd, Ordering::Relaxed);
+    }
+
     pub fn state(&self) -> ClientState {
         ClientState::from_u8(self.state.load(Ordering::Relaxed))
     }

@@ -302,7 +302,15 @@ impl Running {
         self.stop_accepting.cancel();
         self.shared().draining.cancel();
         self.tracker.close();
-        tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok()
+        let drained = tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok();
+        if !drained {
+            let n = self.shared().clients.reset_in_flight();
+            tracing::warn!(
+                connections = n,
+                "shutdown_timeout reached: in-flight client connections are reset"
+            );
+        }
+        drained
     }
 }
 

@@ -22,6 +22,12 @@
 //! - What is counted is what is held: a small chunk is copied into a tail
 //!   buffer (grown by doubling up to 16 KiB) rather than kept as a slice
 //!   that would hold its whole read buffer allocated.
+//! - A writer that waits for its reader waits for its progress: when the
+//!   reader takes nothing for the writer's `stall` limit (the client's
+//!   `body_timeout`), the push gives up. An HTTP/2 stream whose window
+//!   stays shut is never polled, so without this bound a spool that cannot
+//!   grow (a budget out, the file at its cap) would hold its backend
+//!   connection for as long as the client keeps the connection alive.
 //! - File reads and writes run on the blocking pool (`spawn_blocking`,
 //!   positioned `pread`/`pwrite`): the event loop never waits on the disk.
 //!
@@ -62,9 +68,25 @@ const TAIL_MAX: usize = 16 * 1024;
 /// The tail's first allocation, at least.
 const TAIL_MIN: usize = 512;
 
-/// The reader is gone: nothing more is wanted.
-#[derive(Debug)]
-pub struct Gone;
+/// Why a push gave up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The reader is gone: nothing more is wanted.
+    Gone,
+    /// The spool could take nothing more and the reader took nothing for
+    /// the whole `stall` limit.
+    Stalled,
+}
+
+impl Refused {
+    /// For the log.
+    pub fn why(&self) -> &'static str {
+        match self {
+            Refused::Gone => "the client went away",
+            Refused::Stalled => "the client took nothing for body_timeout",
+        }
+    }
+}
 
 /// Makes an empty spool: its writing and its reading end.
 pub fn channel(cfg: Arc<BufferConfig>, metrics: Arc<Metrics>) -> (Writer, Reader) {
@@ -196,8 +218,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Appends `b`; waits while the spool cannot take it.
-    pub async fn push(&mut self, mut b: Bytes) -> Result<(), Gone> {
+    /// Appends `b`; waits while the spool cannot take it, as long as the
+    /// reader takes something within each `stall`.
+    pub async fn push(&mut self, mut b: Bytes, stall: Duration) -> Result<(), Refused> {
         if b.is_empty() {
             return Ok(());
         }
@@ -205,11 +228,11 @@ impl Writer {
             let space = self.inner.space.notified();
             match self.place(&b) {
                 Place::Taken => return Ok(()),
-                Place::Gone => return Err(Gone),
+                Place::Gone => return Err(Refused::Gone),
                 Place::File(f, off) => match self.write_file(f, off, b).await {
                     Ok(()) => return Ok(()),
                     Err(Some(back)) => b = back,
-                    Err(None) => return Err(Gone),
+                    Err(None) => return Err(Refused::Gone),
                 },
                 Place::NewFile => self.make_file().await,
                 Place::Wait(true) => {
@@ -217,7 +240,11 @@ impl Writer {
                         self.inner.lock().impatient = true;
                     }
                 }
-                Place::Wait(false) => space.await,
+                Place::Wait(false) => {
+                    if tokio::time::timeout(stall, space).await.is_err() {
+                        return Err(Refused::Stalled);
+                    }
+                }
             }
         }
     }

@@ -6,6 +6,33 @@
 
 use std::os::fd::AsRawFd;
 
+/// Makes the socket behind `fd` close with RST (`SO_LINGER {on, 0}`): for
+/// the client connections still in flight when `shutdown_timeout` ends the
+/// process, whose responses must not end in a clean close that would pass
+/// them off as whole. Failures (the connection closed meanwhile) are ignored.
+pub fn reset_on_close(fd: std::os::fd::RawFd) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: `setsockopt` reads `size_of::<linger>()` bytes through the
+    // pointer, which points at `linger`, a live `libc::linger` on this
+    // stack frame; no memory is written. `fd` is a raw number, not a
+    // borrowed descriptor: if its connection closed meanwhile and the
+    // number was reused, the call sets the option on (or fails with
+    // ENOTSOCK on) another descriptor of this process, which is about to
+    // exit and close them all; memory safety does not depend on it.
+    let _ = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Bytes written to `sock` that the peer has not acknowledged yet (the send
 /// queue, `SIOCOUTQ`). `None` where the kernel does not say.
 pub fn unsent_bytes(sock: &impl AsRawFd) -> Option<u32> {

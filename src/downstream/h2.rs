@@ -140,6 +140,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     let local = stream.tcp().local_addr().unwrap_or(peer);
     let _ = stream.tcp().set_nodelay(true);
     let track = shared.clients.open(peer);
+    track.entry.set_fd(std::os::fd::AsRawFd::as_raw_fd(stream.tcp()));
     track.set(ClientState::Idle);
     let conn = Arc::new(H2Conn {
         shared: shared.clone(),

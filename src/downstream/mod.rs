@@ -57,6 +57,7 @@ pub(super) enum Ending {
 pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) {
     let _ = stream.tcp().set_nodelay(true);
     let track = shared.clients.open(peer);
+    track.entry.set_fd(std::os::fd::AsRawFd::as_raw_fd(stream.tcp()));
     track.set_evictable();
     let accepted = Instant::now();
     // Allocated when bytes arrive, released while idle: an idle keep-alive

@@ -549,6 +549,7 @@ async fn relay<S: ClientStream>(
                 reuse: shaped.reuse,
                 data_only: decode,
                 gap: t.response,
+                stall: t.client.gap,
             };
             let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
             let part: &[u8] = if decoded { &scratch } else { &resp[..take] };

@@ -309,6 +309,7 @@ async fn attempt(
             reuse: head.reuse,
             data_only: true,
             gap: t.response,
+            stall: t.client.gap,
         };
         let reader = pump.start(ctx.shared.config.buffer.clone(), ctx.shared.metrics.clone());
         ProxyBody::Spooled(SpooledBody::new(reader, unread))

@@ -6,8 +6,10 @@
 //! its own pace, so a slow client holds a spool, never a backend connection.
 //!
 //! Every read of the backend has `response_timeout` as its deadline; the
-//! task waits on the client side only through the spool, whose reader is
-//! bounded by the client's deadlines (and dropping it ends this task).
+//! task waits on the client side only through the spool, and only while
+//! the client side takes something within each `body_timeout` (an HTTP/2
+//! stream whose window stays shut is never polled, so its reader alone
+//! would not bound the wait); dropping the reader ends this task.
 
 use super::body::Rest;
 use super::upload::RESP_BUF;
@@ -33,6 +35,9 @@ pub struct Pump {
     pub data_only: bool,
     /// `response_timeout`: the longest wait for the backend's next bytes.
     pub gap: Duration,
+    /// `body_timeout`: the longest wait for the client side to take
+    /// something from a spool that can take nothing more.
+    pub stall: Duration,
 }
 
 impl Pump {
@@ -58,9 +63,9 @@ impl Pump {
                 if let (Some(pool), true) = (self.pool.take(), self.buf.is_empty()) {
                     pool.checkin_raw(self.conn, self.reuse);
                 }
-                return w.push(data).await.map_err(|_| "the client went away");
+                return w.push(data, self.stall).await.map_err(|r| r.why());
             }
-            w.push(data).await.map_err(|_| "the client went away")?;
+            w.push(data, self.stall).await.map_err(|r| r.why())?;
             self.buf.reserve(RESP_BUF);
             let read = tokio::time::timeout(self.gap, self.conn.stream.read_buf(&mut self.buf)).await;
             match read {
