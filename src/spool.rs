@@ -90,12 +90,27 @@ impl Refused {
 
 /// Makes an empty spool: its writing and its reading end.
 pub fn channel(cfg: Arc<BufferConfig>, metrics: Arc<Metrics>) -> (Writer, Reader) {
+    make(cfg, metrics, false)
+}
+
+/// A spool that never buffers: one chunk in hand, the writer waiting for
+/// the reader (within each `stall`), as an unbuffered relay holds. For a
+/// response that must not be buffered (`X-Accel-Buffering: no`, a route's
+/// `response_buffering = false`) whose client side is only polled when it
+/// wants bytes (an HTTP/2 stream): the writer's task still bounds the
+/// wait, which a stream whose window stays shut never would.
+pub fn streaming(cfg: Arc<BufferConfig>, metrics: Arc<Metrics>) -> (Writer, Reader) {
+    make(cfg, metrics, true)
+}
+
+fn make(cfg: Arc<BufferConfig>, metrics: Arc<Metrics>, streaming: bool) -> (Writer, Reader) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State::default()),
         data: Notify::new(),
         space: Notify::new(),
         cfg,
         metrics,
+        streaming,
     });
     (Writer { inner: inner.clone() }, Reader { inner })
 }
@@ -108,6 +123,8 @@ struct Inner {
     space: Notify,
     cfg: Arc<BufferConfig>,
     metrics: Arc<Metrics>,
+    /// Never buffers ([`streaming`]).
+    streaming: bool,
 }
 
 #[derive(Default)]
@@ -273,6 +290,13 @@ impl Writer {
         let mut st = self.inner.lock();
         if st.reader_gone {
             return Place::Gone;
+        }
+        if self.inner.streaming {
+            return if st.mem_len == 0 {
+                self.to_memory(&mut st, b, false)
+            } else {
+                Place::Wait(false)
+            };
         }
         let len = b.len();
         if !st.file_pending() {

@@ -18,7 +18,7 @@
 //! line here.
 
 use super::body::Rest;
-use super::h2_response::{error_response, BackendBody, SpooledBody, Unread};
+use super::h2_response::{error_response, SpooledBody, Unread};
 pub use super::h2_response::{BoxError, ProxyBody};
 use super::pump::Pump;
 use super::request_spool::{self, Prefixed};
@@ -300,7 +300,12 @@ async fn attempt(
     } else {
         Unread::new(up.live.rest.take().map(|l| l.rest), up.live.linger)
     };
-    let body = if how.buffer_response && !head.unbuffered && !rest.is_done() {
+    // A body goes through a pump task, buffered or not: an HTTP/2 stream
+    // whose window stays shut never polls its body, and only the pump's
+    // own wait (`body_timeout` for the client side to take something)
+    // bounds how long it holds its backend connection.
+    let body = if !rest.is_done() {
+        let buffered = how.buffer_response && !head.unbuffered;
         let pump = Pump {
             conn: bc,
             buf: resp,
@@ -311,10 +316,20 @@ async fn attempt(
             gap: t.response,
             stall: t.client.gap,
         };
-        let reader = pump.start(ctx.shared.config.buffer.clone(), ctx.shared.metrics.clone());
+        let (cfg, metrics) = (ctx.shared.config.buffer.clone(), ctx.shared.metrics.clone());
+        let reader = if buffered {
+            pump.start(cfg, metrics)
+        } else {
+            pump.start_streaming(cfg, metrics)
+        };
         ProxyBody::Spooled(SpooledBody::new(reader, unread))
     } else {
-        ProxyBody::Backend(BackendBody::new(bc, resp, rest, pool, head.reuse, t.response, unread))
+        // No body: the connection goes back at once if nothing followed
+        // the head (h2 sends the head with END_STREAM).
+        if let (Some(pool), true) = (pool, resp.is_empty()) {
+            pool.checkin_raw(bc, head.reuse);
+        }
+        ProxyBody::Full(None, unread)
     };
     let status =
         StatusCode::from_u16(head.status).map_err(|_| (ProxyError::BadResponse("bad status"), RetrySafe::No))?;

@@ -48,6 +48,18 @@ impl Pump {
         r
     }
 
+    /// Starts relaying without buffering: one chunk in hand, the next read
+    /// only when the client side took it (within each `stall`).
+    pub fn start_streaming(
+        self,
+        cfg: Arc<crate::config::buffer::BufferConfig>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Reader {
+        let (w, r) = spool::streaming(cfg, metrics);
+        tokio::spawn(self.run(w));
+        r
+    }
+
     async fn run(self, mut w: Writer) {
         let mut trailer = Vec::new();
         let end = self.drive(&mut w, &mut trailer).await;
