@@ -13,8 +13,7 @@
 use super::{free_port, pinned, wait_port, Proxy, FINGUARD, LOAD_CORE, PROXY_CORE};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Stdio};
 
 /// Client connections each proxy may hold.
 const SLOTS: usize = 500;
@@ -110,19 +109,9 @@ fn start_proxy(p: Proxy, dir: &Path, port: u16, backend: u16, slots: usize) -> O
     Some(c)
 }
 
-fn stop(mut c: Child) {
-    let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = c.kill();
-    let _ = c.wait();
-}
-
 fn run_cell(p: Proxy, dir: &Path, backend: u16, plan: &Plan) -> Option<Cell> {
     let port = free_port();
-    let proxy = start_proxy(p, dir, port, backend, plan.slots)?;
+    let proxy = super::slow::Stop(Some(start_proxy(p, dir, port, backend, plan.slots)?));
     let out = pinned(LOAD_CORE, FINGUARD)
         .stdout(Stdio::piped())
         .args(["simulate", "--scenario", "hoard", "--json", "--path", "/small"])
@@ -132,7 +121,7 @@ fn run_cell(p: Proxy, dir: &Path, backend: u16, plan: &Plan) -> Option<Cell> {
         .args(["--newcomers", &plan.newcomers_per_sec.to_string()])
         .args(["--duration", &format!("{}s", plan.secs)])
         .output();
-    stop(proxy);
+    drop(proxy);
     let out = out.ok()?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let n = |k: &str| v[k].as_u64().unwrap_or(0);

@@ -199,7 +199,7 @@ fn start_proxy(p: Proxy, dir: &Path, port: u16, backend: u16) -> Option<Child> {
 }
 
 /// Ends a proxy the way the fast rows do: SIGTERM, then SIGKILL after 3 s.
-struct Stop(Option<Child>);
+pub struct Stop(pub Option<Child>);
 
 impl Drop for Stop {
     fn drop(&mut self) {
