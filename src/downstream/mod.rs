@@ -245,7 +245,7 @@ fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, 
 /// the connection (for `/connections`) and counted per matched rule.
 pub(super) fn classify(shared: &Shared, track: &registry::Tracked, ua: &str) -> Arc<ClientPolicy> {
     let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
-    let _ = track.entry.user_agent.set(ua.to_string());
+    let _ = track.entry.user_agent.set(shared.clients.intern(ua));
     if p.reclaim_first {
         track.set_reclaim_first();
     }
@@ -444,7 +444,7 @@ async fn reply<S: ClientStream>(
         status,
         bytes_out: bytes.len() as u64,
         referer: None,
-        user_agent: track.entry.user_agent.get().map(String::as_str),
+        user_agent: track.entry.user_agent.get().map(|a| &**a),
         rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
         backend: None,
         backend_hold: None,
@@ -505,8 +505,8 @@ pub(super) async fn finish<S: ClientStream>(
     }
     track.set(ClientState::Lingering);
     let tcp = stream.into_tcp().await;
-    let (outcome, drained) = linger::close(tcp, &settings.close, &track.entry.kill).await;
-    if track.entry.kill.is_cancelled() {
+    let (outcome, drained) = linger::close(tcp, &settings.close, track.entry.kill_wanted()).await;
+    if track.entry.killed() {
         metrics.client_reaped();
     }
     metrics.closed(outcome, drained);

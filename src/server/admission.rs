@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 /// The longest a refused connection's answer may take to write, and its
 /// lingering close's `linger_time` and `linger_timeout`. The answer is a few
@@ -98,6 +97,6 @@ pub(super) async fn refuse(
         .await
         .is_ok()
     {
-        downstream::linger::close(stream, &close, &CancellationToken::new()).await;
+        downstream::linger::close(stream, &close, std::future::pending()).await;
     }
 }
