@@ -54,6 +54,30 @@ pub struct Entry {
     /// the reaper). A waker, not a `Notify` or a `CancellationToken`: every
     /// open connection carries it.
     waker: atomic_waker::AtomicWaker,
+    /// Where it is parked without a task: 0 when it is not, else its idle
+    /// set's index plus one (high half) and its key there (low half).
+    parked: AtomicU64,
+}
+
+/// Where an idle set hears which of its parked connections are asked to
+/// make room (from any worker's accept loop).
+#[derive(Default)]
+pub struct ParkInbox {
+    wanted: Mutex<Vec<(usize, Arc<Entry>)>>,
+    /// Wakes the idle set's driver.
+    pub notify: tokio::sync::Notify,
+}
+
+impl ParkInbox {
+    fn want(&self, key: usize, e: Arc<Entry>) {
+        self.wanted.lock().unwrap_or_else(|p| p.into_inner()).push((key, e));
+        self.notify.notify_one();
+    }
+
+    /// The connections asked since the last call, with their keys.
+    pub fn take(&self) -> Vec<(usize, Arc<Entry>)> {
+        std::mem::take(&mut *self.wanted.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Every open client connection. The state gauges are counted from it at
@@ -65,6 +89,8 @@ pub struct Registry {
     /// User-Agents of open connections, each stored once, and the count
     /// past which the next insert sweeps the unused ones.
     agents: Mutex<(std::collections::HashSet<Arc<str>>, usize)>,
+    /// Each worker's idle set's inbox, by index.
+    inboxes: std::sync::RwLock<Vec<Arc<ParkInbox>>>,
 }
 
 impl Default for Registry {
@@ -79,7 +105,16 @@ impl Registry {
             next: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
             agents: Mutex::new((std::collections::HashSet::new(), UA_SWEEP_FROM)),
+            inboxes: std::sync::RwLock::new(Vec::new()),
         }
+    }
+
+    /// A new idle set's inbox and its index (what [`Entry::set_parked`] takes).
+    pub fn add_inbox(&self) -> (u32, Arc<ParkInbox>) {
+        let mut v = self.inboxes.write().unwrap_or_else(|p| p.into_inner());
+        let inbox = Arc::new(ParkInbox::default());
+        v.push(inbox.clone());
+        ((v.len() - 1) as u32, inbox)
     }
 
     /// `ua`, shared with every open connection that sent the same one:
@@ -126,6 +161,7 @@ impl Registry {
             rules: OnceLock::new(),
             flags: AtomicU8::new(0),
             waker: atomic_waker::AtomicWaker::new(),
+            parked: AtomicU64::new(0),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, entry.clone());
@@ -191,9 +227,13 @@ impl Registry {
         }
         line.truncate(take);
         line.sort_unstable_by_key(|(c, _)| c.key());
+        let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
         for (_, e) in &line {
             e.flags.fetch_or(EVICTING, Ordering::Release);
             e.waker.wake();
+            if let Some(inbox) = e.parked_at().and_then(|(i, key)| Some((inboxes.get(i as usize)?, key))) {
+                inbox.0.want(inbox.1, e.clone());
+            }
         }
         Eviction {
             pending,
@@ -273,6 +313,25 @@ impl Entry {
             }
             std::task::Poll::Pending
         })
+    }
+
+    /// Parked in idle set `inbox` under `key`, without a task: no waker
+    /// of a task that is gone may be kept (it would keep the task's memory).
+    pub fn set_parked(&self, inbox: u32, key: usize) {
+        drop(self.waker.take());
+        let at = (u64::from(inbox) + 1) << 32 | key as u64 & 0xffff_ffff;
+        self.parked.store(at, Ordering::Release);
+    }
+
+    /// Taken out of its idle set.
+    pub fn clear_parked(&self) {
+        self.parked.store(0, Ordering::Release);
+    }
+
+    /// Its idle set's index and its key there, while parked.
+    pub fn parked_at(&self) -> Option<(u32, usize)> {
+        let at = self.parked.load(Ordering::Acquire);
+        (at != 0).then(|| (((at >> 32) - 1) as u32, (at & 0xffff_ffff) as usize))
     }
 
     /// It was asked to make room, but a request is arriving: it stays.

@@ -229,6 +229,12 @@ fn worker(
     upstream::set_worker(w_index);
     rt.block_on(async move {
         let conns = TaskTracker::new();
+        let first = accepting.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((set, poll)) = downstream::parking::start(&first.clients) {
+            let (draining, stop) = (first.draining.clone(), accepting.stop.clone());
+            conns.spawn(downstream::parking::drive(set, poll, conns.clone(), draining, stop));
+        }
+        drop(first);
         for (idx, s) in socks {
             match TcpListener::from_std(s) {
                 Ok(l) => {
@@ -471,26 +477,33 @@ async fn serve_accepted(
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    _permit: OwnedSemaphorePermit,
-    _ip: IpGuard,
+    permit: OwnedSemaphorePermit,
+    ip: IpGuard,
 ) {
+    let slot = crate::shared::Slot { permit, ip };
     match tls {
-        None => downstream::serve(stream, peer, shared).await,
+        None => downstream::serve(stream, peer, shared, slot).await,
         // Boxed: the handshake and HTTP/2 states are large, and a plain
         // connection's task must not carry their size.
-        Some(tls) => Box::pin(serve_tls(stream, peer, shared, tls)).await,
+        Some(tls) => Box::pin(serve_tls(stream, peer, shared, tls, slot)).await,
     }
 }
 
 /// The TLS handshake, bounded by `handshake_timeout`, then the same client loop.
-async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: crate::tls::TlsSettings) {
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: crate::tls::TlsSettings,
+    slot: crate::shared::Slot,
+) {
     let outcome = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             shared.metrics.tls_handshake(TlsHandshake::Ok);
             if crate::stream::ClientStream::alpn(&s) == Some(b"h2") {
                 return Box::pin(downstream::h2::serve(s, peer, shared)).await;
             }
-            return downstream::serve(s, peer, shared).await;
+            return downstream::serve(s, peer, shared, slot).await;
         }
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");

@@ -38,6 +38,28 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn alpn(&self) -> Option<&[u8]> {
         None
     }
+
+    /// Whether an idle connection may be parked outside its task
+    /// (`downstream::parking`): its whole state is the socket.
+    const PARKABLE: bool = false;
+
+    /// The socket out of tokio's reactor, for parking: `Err(Ok(self))` when
+    /// this stream cannot be parked, `Err(Err(_))` when it was lost trying.
+    fn into_std(self) -> Result<std::net::TcpStream, io::Result<Self>>
+    where
+        Self: Sized,
+    {
+        Err(Ok(self))
+    }
+
+    /// A parked socket back in tokio's reactor.
+    fn from_std(sock: std::net::TcpStream) -> io::Result<Self>
+    where
+        Self: Sized,
+    {
+        drop(sock);
+        Err(io::Error::other("this stream cannot be parked"))
+    }
 }
 
 impl ClientStream for TcpStream {
@@ -58,6 +80,16 @@ impl ClientStream for TcpStream {
 
     fn into_tcp_abort(self) -> TcpStream {
         self
+    }
+
+    const PARKABLE: bool = true;
+
+    fn into_std(self) -> Result<std::net::TcpStream, io::Result<Self>> {
+        TcpStream::into_std(self).map_err(Err)
+    }
+
+    fn from_std(sock: std::net::TcpStream) -> io::Result<Self> {
+        TcpStream::from_std(sock)
     }
 }
 

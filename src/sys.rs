@@ -102,3 +102,13 @@ mod tests {
         assert!(unsent_bytes(&c).is_some_and(|n| n > 0));
     }
 }
+
+/// Watches an idle set's epoll instance for readiness in tokio's reactor.
+pub fn watch_epoll(poll: mio::Poll) -> std::io::Result<tokio::io::unix::AsyncFd<mio::Poll>> {
+    // SAFETY: `mio::Poll` owns its epoll descriptor (an `OwnedFd`) and closes
+    // it only when dropped; the `AsyncFd` takes ownership of the `Poll`, so
+    // the descriptor stays valid and unreplaced for as long as it is
+    // registered, and `AsyncFd`'s drop deregisters it before the `Poll` drops.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
