@@ -470,22 +470,25 @@ async fn serve_proxied(
     serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx).await
 }
 
-/// One accepted connection's task. Its future is what every idle connection
-/// costs in memory, so everything large is boxed and built only when needed.
-async fn serve_accepted(
+/// One accepted connection's task. Its future is what every busy (and TLS
+/// idle) connection costs in memory, so everything large is boxed and built
+/// only when needed. Not `async`: an `async fn` would keep its arguments
+/// beside the future it hands them to.
+fn serve_accepted(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
     permit: OwnedSemaphorePermit,
     ip: IpGuard,
-) {
+) -> tokio_util::either::Either<impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>> {
+    use tokio_util::either::Either;
     let slot = crate::shared::Slot { permit, ip };
     match tls {
-        None => downstream::serve(stream, peer, shared, slot).await,
+        None => Either::Left(downstream::serve(stream, peer, shared, slot)),
         // Boxed: the handshake and HTTP/2 states are large, and a plain
         // connection's task must not carry their size.
-        Some(tls) => Box::pin(serve_tls(stream, peer, shared, tls, slot)).await,
+        Some(tls) => Either::Right(Box::pin(serve_tls(stream, peer, shared, tls, slot))),
     }
 }
 
@@ -497,26 +500,41 @@ async fn serve_tls(
     tls: crate::tls::TlsSettings,
     slot: crate::shared::Slot,
 ) {
-    let outcome = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-        Ok(Ok(s)) => {
-            shared.metrics.tls_handshake(TlsHandshake::Ok);
-            if crate::stream::ClientStream::alpn(&s) == Some(b"h2") {
-                return Box::pin(downstream::h2::serve(s, peer, shared)).await;
-            }
-            return downstream::serve(s, peer, shared, slot).await;
-        }
+    // A statement of its own: the handshake's state is gone before serving.
+    let s = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
-            TlsHandshake::Error
+            // The socket went with the handshake future: closed, with RST
+            // if the client's bytes were unread.
+            return shared.metrics.tls_handshake(TlsHandshake::Error);
         }
         Err(_) => {
             debug!(%peer, "TLS handshake not finished within handshake_timeout");
-            TlsHandshake::Timeout
+            return shared.metrics.tls_handshake(TlsHandshake::Timeout);
         }
     };
-    // The socket went with the handshake future: closed, with RST if the
-    // client's bytes were unread.
-    shared.metrics.tls_handshake(outcome);
+    shared.metrics.tls_handshake(TlsHandshake::Ok);
+    after_handshake(s, peer, shared, slot).await;
+}
+
+/// HTTP/2 or the HTTP/1 loop, by ALPN. Not `async`: the stream is moved
+/// into the future that serves it, never kept beside it in the task.
+fn after_handshake(
+    s: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: crate::shared::Slot,
+) -> tokio_util::either::Either<impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>> {
+    use tokio_util::either::Either;
+    if crate::stream::ClientStream::alpn(&s) == Some(b"h2") {
+        let h2 = Box::pin(downstream::h2::serve(s, peer, shared));
+        return Either::Left(async move {
+            let _slot = slot;
+            h2.await
+        });
+    }
+    Either::Right(downstream::serve(s, peer, shared, slot))
 }
 
 /// Out of descriptors before the occupancy said so (more files or backend

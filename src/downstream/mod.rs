@@ -109,76 +109,87 @@ pub(crate) struct Held {
 
 /// The keep-alive loop, from a new connection or a parked one (`woken`:
 /// why its idle set handed it back).
-async fn keep_alive<S: ClientStream>(mut stream: S, mut held: Held, accepted: Instant, woken: Option<parking::Wake>) {
-    // Allocated when bytes arrive, released while idle: an idle keep-alive
-    // connection costs its socket and a small task, not a buffer.
-    let mut buf = BytesMut::new();
-    // A connection handed back for another reason than a readable socket
-    // ends here, as it would have in its own idle wait.
-    let early = match woken {
-        Some(parking::Wake::Timeout | parking::Wake::Drain) => Some(Ending::Close),
-        Some(parking::Wake::Evict) if goes_to_make_room(stream.tcp(), &held.track) => Some(Ending::Evicted),
-        _ => None,
-    };
-    let mut may_park = S::PARKABLE;
-    let ending = match early {
-        Some(e) => e,
-        None => loop {
-            let Held {
-                shared, track, conn, ..
-            } = &mut held;
-            // Only what the wait needs: everything held across it is in every
-            // idle connection's task.
-            let settings = &conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
-            // The first head is read before the User-Agent is known: up to the
-            // largest limit any rule allows, then held to its own rule's.
-            let max_header_bytes = match conn.policy {
-                None => shared.first_head_limit,
-                Some(_) => settings.max_header_bytes,
-            };
-            let t = ClientTimeouts::new(settings);
-            // The first head must be complete `header_timeout` after accept; later
-            // ones may idle `keepalive_timeout`, then have `header_timeout`.
-            // Under pressure the keep-alive timeout shrinks (`[client.pressure]`).
-            let now = Instant::now();
-            let idle_until = if conn.served == 0 {
-                accepted + t.head
-            } else {
-                now + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
-            };
-            let idle = buf.is_empty() && conn.served > 0;
-            track.set(if idle { ClientState::Idle } else { ClientState::Reading });
-            let wait = Wait {
-                idle_until,
-                park_at: (may_park && idle).then(|| now + parking::PARK_AFTER),
-                header_timeout: t.head,
-                max: max_header_bytes,
-                served_before: conn.served > 0,
-            };
-            let len = match wait_head(&mut stream, &mut buf, &wait, shared, track).await {
-                Ok(len) => len,
-                Err(Ending::Park(deadline)) => match park(stream, held, deadline) {
-                    Parking::Parked => return,
-                    Parking::Kept(s, h) => {
-                        (stream, held, may_park) = (s, h, false);
-                        continue;
-                    }
-                },
-                Err(e) => break e,
-            };
-            // Boxed: its state lives on the heap only while a request is served.
-            if let Some(e) = Box::pin(serve_request(&mut stream, &mut buf, len, conn, shared, track)).await {
-                break e;
-            }
-        },
-    };
-    let Held {
-        shared, track, conn, ..
-    } = &held;
-    let settings = conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
-    let force10 = conn.policy.as_deref().is_some_and(|p| p.force_response_1_0);
-    // Boxed: the drain buffer exists only while lingering, not in every idle task.
-    Box::pin(finish(stream, ending, &settings, force10, shared, track)).await;
+///
+/// Not an `async fn`: its arguments would be stored twice in every
+/// connection's task (once as arguments, once as the body's locals); an
+/// `async move` block uses what it captured in place.
+fn keep_alive<S: ClientStream>(
+    mut stream: S,
+    mut held: Held,
+    accepted: Instant,
+    woken: Option<parking::Wake>,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        // Allocated when bytes arrive, released while idle: an idle keep-alive
+        // connection costs its socket and a small task, not a buffer.
+        let mut buf = BytesMut::new();
+        // A connection handed back for another reason than a readable socket
+        // ends here, as it would have in its own idle wait.
+        let early = match woken {
+            Some(parking::Wake::Timeout | parking::Wake::Drain) => Some(Ending::Close),
+            Some(parking::Wake::Evict) if goes_to_make_room(stream.tcp(), &held.track) => Some(Ending::Evicted),
+            _ => None,
+        };
+        let mut may_park = S::PARKABLE;
+        let ending = match early {
+            Some(e) => e,
+            None => loop {
+                let Held {
+                    shared, track, conn, ..
+                } = &mut held;
+                // Only what the wait needs: everything held across it is in every
+                // idle connection's task.
+                let settings = &conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+                // The first head is read before the User-Agent is known: up to the
+                // largest limit any rule allows, then held to its own rule's.
+                let max_header_bytes = match conn.policy {
+                    None => shared.first_head_limit,
+                    Some(_) => settings.max_header_bytes,
+                };
+                let t = ClientTimeouts::new(settings);
+                // The first head must be complete `header_timeout` after accept; later
+                // ones may idle `keepalive_timeout`, then have `header_timeout`.
+                // Under pressure the keep-alive timeout shrinks (`[client.pressure]`).
+                let now = Instant::now();
+                let idle_until = if conn.served == 0 {
+                    accepted + t.head
+                } else {
+                    now + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
+                };
+                let idle = buf.is_empty() && conn.served > 0;
+                track.set(if idle { ClientState::Idle } else { ClientState::Reading });
+                let wait = Wait {
+                    idle_until,
+                    park_at: (may_park && idle).then(|| now + parking::PARK_AFTER),
+                    header_timeout: t.head,
+                    max: max_header_bytes,
+                    served_before: conn.served > 0,
+                };
+                let len = match wait_head(&mut stream, &mut buf, &wait, shared, track).await {
+                    Ok(len) => len,
+                    Err(Ending::Park(deadline)) => match park(stream, held, deadline) {
+                        Parking::Parked => return,
+                        Parking::Kept(s, h) => {
+                            (stream, held, may_park) = (s, h, false);
+                            continue;
+                        }
+                    },
+                    Err(e) => break e,
+                };
+                // Boxed: its state lives on the heap only while a request is served.
+                if let Some(e) = Box::pin(serve_request(&mut stream, &mut buf, len, conn, shared, track)).await {
+                    break e;
+                }
+            },
+        };
+        let Held {
+            shared, track, conn, ..
+        } = &held;
+        let settings = conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+        let force10 = conn.policy.as_deref().is_some_and(|p| p.force_response_1_0);
+        // Boxed: the drain buffer exists only while lingering, not in every idle task.
+        Box::pin(finish(stream, ending, &settings, force10, shared, track)).await;
+    }
 }
 
 /// What became of a connection offered to the idle set.
@@ -627,21 +638,4 @@ pub(super) async fn finish<S: ClientStream>(
     let requests = track.entry.requests.load(Ordering::Relaxed);
     shared.access.close(peer, outcome.as_str(), requests, drained);
     trace!(%peer, outcome = outcome.as_str(), drained, "client connection closed");
-}
-
-#[cfg(test)]
-mod size_probe {
-    use super::*;
-    fn fut_size<S, F: std::future::Future>(_: impl Fn(S, Held, Instant, Option<parking::Wake>) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-    #[test]
-    fn print_sizes() {
-        type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-        eprintln!("tls stream {}", std::mem::size_of::<Tls>());
-        eprintln!("keep_alive tls {}", fut_size(keep_alive::<Tls>));
-        eprintln!("keep_alive tcp {}", fut_size(keep_alive::<tokio::net::TcpStream>));
-        eprintln!("held {}", std::mem::size_of::<Held>());
-        eprintln!("ending {}", std::mem::size_of::<Ending>());
-    }
 }
