@@ -362,6 +362,7 @@ impl Entry {
             evict_rank: None,
             evict_reason: None,
             evicting: self.flags.load(Ordering::Relaxed) & EVICTING != 0,
+            parked: self.parked_at().is_some(),
         }
     }
 }
@@ -417,6 +418,9 @@ pub struct ConnView {
     /// Asked to make room and not gone yet.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub evicting: bool,
+    /// Idle and parked in its worker's idle set, without a task.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 /// A connection's membership in the registry; dropping it removes the entry.
