@@ -230,7 +230,8 @@ fn worker(
     rt.block_on(async move {
         let conns = TaskTracker::new();
         let first = accepting.current.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some((set, poll)) = downstream::parking::start(&first.clients) {
+        let room = first.config.max_connections.min(crate::shared::MAX_PRESIZED) as usize;
+        if let Some((set, poll)) = downstream::parking::start(&first.clients, room) {
             let (draining, stop) = (first.draining.clone(), accepting.stop.clone());
             conns.spawn(downstream::parking::drive(set, poll, conns.clone(), draining, stop));
         }

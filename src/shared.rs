@@ -14,6 +14,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
+/// The most connections whose room each idle set reserves up front:
+/// virtual memory, touched only as connections come (filled in order; a
+/// hash table's would not be: its entries land on every page at once).
+pub const MAX_PRESIZED: u32 = 1 << 20;
+
 /// Everything a connection task needs, shared read-only.
 pub struct Shared {
     pub config: Config,

@@ -112,3 +112,20 @@ pub fn watch_epoll(poll: mio::Poll) -> std::io::Result<tokio::io::unix::AsyncFd<
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
 }
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`,
+/// inherited by children); returns whether it took.
+pub fn disable_thp() -> bool {
+    // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes only integer
+    // arguments and touches no memory of ours; it sets a flag on the process.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    rc == 0
+}

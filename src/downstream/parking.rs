@@ -34,11 +34,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 /// How long an idle keep-alive connection waits in its task before it is
-/// parked. A busy client (a load generator, a browser fetching a page's
-/// resources) sends its next request well within it and never pays the
-/// system calls of parking and waking (four `epoll_ctl`); a client that
-/// thinks for longer costs its task only this long.
-pub const PARK_AFTER: Duration = Duration::from_millis(100);
+/// parked. A busy client sends its next request well within it and never
+/// pays the system calls of parking and waking (four `epoll_ctl` and a task
+/// spawn): measured, wrk with 50 and with 1,000 connections made no
+/// `epoll_ctl` call at all. A client that thinks for longer costs its task
+/// only this long (100 ms here left ~0.3 KiB per connection more in RSS
+/// after a burst of 2,000 new connections: the tasks of the last 100 ms).
+pub const PARK_AFTER: Duration = Duration::from_millis(10);
 
 /// Readiness events taken from the epoll instance per call.
 const EVENTS: usize = 256;
@@ -88,10 +90,12 @@ thread_local! {
     static SET: RefCell<Option<Arc<IdleSet>>> = const { RefCell::new(None) };
 }
 
-/// Starts the calling worker thread's idle set; its driver must then be run
-/// on this thread's runtime ([`drive`]). `None`: no epoll instance could be
-/// made, and connections stay in their tasks while idle.
-pub fn start(clients: &Registry) -> Option<(Arc<IdleSet>, Poll)> {
+/// Starts the calling worker thread's idle set, with room for `capacity`
+/// connections (reserved, not touched: growing by doubling would leave the
+/// old arrays' pages resident); its driver must then be run on this
+/// thread's runtime ([`drive`]). `None`: no epoll instance could be made,
+/// and connections stay in their tasks while idle.
+pub fn start(clients: &Registry, capacity: usize) -> Option<(Arc<IdleSet>, Poll)> {
     let poll = match Poll::new() {
         Ok(p) => p,
         Err(e) => {
@@ -103,7 +107,7 @@ pub fn start(clients: &Registry) -> Option<(Arc<IdleSet>, Poll)> {
     let (index, inbox) = clients.add_inbox();
     let set = Arc::new(IdleSet {
         inner: Mutex::new(Inner {
-            conns: Slab::new(),
+            conns: Slab::with_capacity(capacity),
             deadlines: BTreeSet::new(),
             closed: false,
         }),
