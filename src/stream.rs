@@ -22,8 +22,9 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn tcp(&self) -> &TcpStream;
 
     /// Ready when a read may make progress, without holding a buffer (or a
-    /// future's state: an idle connection waits here). TLS may hold
-    /// decrypted bytes already, so it is always ready.
+    /// future's state: an idle connection waits here). TLS: at once when
+    /// rustls holds decrypted bytes or the peer's `close_notify`, else when
+    /// the socket is readable (a stale readiness costs one read that waits).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
     /// Ends the stream's own protocol (TLS: `close_notify`, which also shuts
@@ -101,8 +102,12 @@ impl ClientStream for TlsStream<TcpStream> {
         self.get_ref().0
     }
 
-    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, tls) = self.get_ref();
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
     }
 
     async fn into_tcp(mut self) -> TcpStream {

@@ -78,31 +78,6 @@ pub fn inherited_listener(fd: std::os::fd::RawFd) -> std::io::Result<std::net::T
     Ok(sock.into())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn the_send_queue_of_a_socket_whose_peer_does_not_read_fills() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (_peer, _) = l.accept().unwrap();
-        assert_eq!(unsent_bytes(&c), Some(0));
-        c.set_nonblocking(true).unwrap();
-        let chunk = vec![0u8; 1 << 16];
-        // Fill until the kernel refuses: the peer never reads.
-        for _ in 0..10_000 {
-            if c.write(&chunk).is_err() {
-                break;
-            }
-        }
-        // On loopback ACKs come at once, so the queue may be acknowledged but
-        // unread by the peer; what stays unsent is what its window refused.
-        assert!(unsent_bytes(&c).is_some_and(|n| n > 0));
-    }
-}
-
 /// Watches an idle set's epoll instance for readiness in tokio's reactor.
 pub fn watch_epoll(poll: mio::Poll) -> std::io::Result<tokio::io::unix::AsyncFd<mio::Poll>> {
     // SAFETY: `mio::Poll` owns its epoll descriptor (an `OwnedFd`) and closes
@@ -128,4 +103,29 @@ pub fn disable_thp() -> bool {
         )
     };
     rc == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_send_queue_of_a_socket_whose_peer_does_not_read_fills() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (_peer, _) = l.accept().unwrap();
+        assert_eq!(unsent_bytes(&c), Some(0));
+        c.set_nonblocking(true).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        // Fill until the kernel refuses: the peer never reads.
+        for _ in 0..10_000 {
+            if c.write(&chunk).is_err() {
+                break;
+            }
+        }
+        // On loopback ACKs come at once, so the queue may be acknowledged but
+        // unread by the peer; what stays unsent is what its window refused.
+        assert!(unsent_bytes(&c).is_some_and(|n| n > 0));
+    }
 }

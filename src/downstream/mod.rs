@@ -113,6 +113,8 @@ pub(crate) struct Held {
 /// Not an `async fn`: its arguments would be stored twice in every
 /// connection's task (once as arguments, once as the body's locals); an
 /// `async move` block uses what it captured in place.
+// Clippy's `async fn` would be exactly what this avoids.
+#[allow(clippy::manual_async_fn)]
 fn keep_alive<S: ClientStream>(
     mut stream: S,
     mut held: Held,
@@ -454,7 +456,9 @@ async fn wait_head<S: ClientStream>(
         }
         buf.reserve(2048);
         let read = if idle && S::ENCRYPTED {
-            // A TLS stream is always "ready": its idle wait is this read.
+            // A TLS record may be partial, or carry no application data
+            // (a ticket, a key update): the read may still wait, so it is
+            // one a connection can be asked to make room from.
             // Boxed: a plain connection's task does not carry its size.
             Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
         } else if idle {
