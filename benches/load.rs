@@ -12,6 +12,7 @@
 //!   FINGUARD_LOAD_ROUNDS=1 FINGUARD_LOAD_SECS=3   # override rounds and seconds per cell
 //!   FINGUARD_LOAD_ONLY=slow                # only the slow-client group
 //!   FINGUARD_LOAD_ONLY=hoard               # only the full-house row (`load/hoard.rs`)
+//!   FINGUARD_LOAD_ONLY=rss                 # only the memory rows (always measured first, on fresh processes)
 //!
 //! Then the slow-client group (`load/slow.rs`): each proxy with its defaults
 //! in front of a real Apache prefork with 16 workers, slow readers or slow
@@ -253,15 +254,23 @@ fn start_backend(dir: &Path, port: u16) -> Child {
 }
 
 /// A self-signed certificate for 127.0.0.1, as PEM files in `dir`:
-/// (cert, key, cert+key for HAProxy).
-fn make_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+/// (cert, key, cert+key for HAProxy), and a client config that trusts it.
+fn make_cert(dir: &Path) -> ((PathBuf, PathBuf, PathBuf), std::sync::Arc<rustls::ClientConfig>) {
     let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
     let (cert, key) = (ck.cert.pem(), ck.key_pair.serialize_pem());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     let paths = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("both.pem"));
     std::fs::write(&paths.0, &cert).unwrap();
     std::fs::write(&paths.1, &key).unwrap();
     std::fs::write(&paths.2, format!("{cert}{key}")).unwrap();
-    paths
+    (paths, std::sync::Arc::new(client))
 }
 
 fn start_proxy(p: Proxy, dir: &Path, port: u16, tls_port: u16, backend: u16) -> Option<Child> {
@@ -483,18 +492,38 @@ fn rss_kib(pid: u32) -> Option<u64> {
     Some(own + kids)
 }
 
-/// RSS growth per idle keep-alive connection (bytes), for a proxy process.
-fn rss_per_idle(pid: u32, port: u16, n: usize) -> Option<f64> {
+/// An idle keep-alive client connection, plain or TLS.
+enum Held {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+/// RSS growth per idle keep-alive connection (bytes), for a proxy process:
+/// `n` connections that have each had one answer, held open. With `tls`,
+/// TLS connections (TLS 1.3, rustls client).
+fn rss_per_idle(pid: u32, port: u16, n: usize, tls: Option<&std::sync::Arc<rustls::ClientConfig>>) -> Option<f64> {
     let before = rss_kib(pid)?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().ok()?;
     let mut held = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut s = TcpStream::connect(addr).ok()?;
+        let s = TcpStream::connect(addr).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /small HTTP/1.1\r\nHost: b\r\n\r\n").ok()?;
+        let mut c = match tls {
+            None => Held::Plain(s),
+            Some(cfg) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost").ok()?;
+                let conn = rustls::ClientConnection::new(cfg.clone(), name).ok()?;
+                Held::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
+            }
+        };
+        let io: &mut dyn ReadWrite = match &mut c {
+            Held::Plain(s) => s,
+            Held::Tls(s) => &mut **s,
+        };
+        io.write_all(b"GET /small HTTP/1.1\r\nHost: b\r\n\r\n").ok()?;
         let mut buf = [0u8; 1024];
-        let _ = s.read(&mut buf);
-        held.push(s);
+        let _ = io.read(&mut buf);
+        held.push(c);
     }
     std::thread::sleep(Duration::from_millis(500));
     let after = rss_kib(pid)?;
@@ -512,6 +541,8 @@ fn rate(rps: f64) -> String {
         format!("{rps:.0}")
     }
 }
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -552,7 +583,7 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
 
     let backend_port = free_port();
-    make_cert(&dir);
+    let (_, tls_client) = make_cert(&dir);
     let mut procs = Procs(vec![start_backend(&dir, backend_port)]);
     let mut ports = BTreeMap::new();
     let mut tls_ports = BTreeMap::new();
@@ -572,8 +603,12 @@ fn main() {
     let mut rss = BTreeMap::new();
     for p in Proxy::ALL {
         let pid = if p == Proxy::Direct { procs.0[0].id() } else { pids[&p] };
-        if let Some(b) = rss_per_idle(pid, ports[&p], idle_n) {
-            rss.insert(p, b);
+        if let Some(b) = rss_per_idle(pid, ports[&p], idle_n, None) {
+            // The backend speaks plain HTTP only.
+            let tls = (p != Proxy::Direct)
+                .then(|| rss_per_idle(pid, tls_ports[&p], idle_n, Some(&tls_client)))
+                .flatten();
+            rss.insert(p, (b, tls));
         }
     }
     eprintln!("load: {rounds} round(s) x {secs} s per cell, proxies on core {PROXY_CORE}, backend and wrk on core {LOAD_CORE}");
@@ -653,7 +688,7 @@ fn med(samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>, w: Workload, p: Proxy
 
 fn render(
     samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>,
-    rss: &BTreeMap<Proxy, f64>,
+    rss: &BTreeMap<Proxy, (f64, Option<f64>)>,
     rounds: usize,
     secs: u64,
     idle_n: usize,
@@ -709,12 +744,23 @@ fn render(
     }
     let _ = writeln!(
         o,
-        "\n| proxy | RSS per idle keep-alive connection ({idle_n} held) | × nginx |"
+        "\n| proxy | RSS per idle keep-alive connection ({idle_n} held) | × nginx | RSS per idle TLS 1.3 connection | × nginx |"
     );
-    let _ = writeln!(o, "|---|---:|---:|");
-    let nginx = rss.get(&Proxy::Nginx).copied().unwrap_or(f64::NAN);
-    for (p, b) in rss {
-        let _ = writeln!(o, "| {} | {:.0} B | {:.2} |", p.name(), b, b / nginx);
+    let _ = writeln!(o, "|---|---:|---:|---:|---:|");
+    let (nginx, nginx_tls) = rss.get(&Proxy::Nginx).copied().unwrap_or((f64::NAN, None));
+    for (p, (b, tls)) in rss {
+        let (tls_b, tls_x) = match (tls, nginx_tls) {
+            (Some(t), Some(n)) => (format!("{t:.0} B"), format!("{:.2}", t / n)),
+            (Some(t), None) => (format!("{t:.0} B"), "-".to_string()),
+            _ => ("-".to_string(), "-".to_string()),
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {:.0} B | {:.2} | {tls_b} | {tls_x} |",
+            p.name(),
+            b,
+            b / nginx
+        );
     }
     o
 }

@@ -12,7 +12,7 @@
 //!   `server/endpoint.rs` what each listening socket speaks across reloads,
 //!   `server/admission.rs` the per-IP count and refusals
 //! - [`shared`]: a configuration generation, shared read-only by connection tasks
-//! - [`downstream`]: the client connection: keep-alive loop, lingering close, tunnel, HTTP/2
+//! - [`downstream`]: the client connection: keep-alive loop, the idle set (idle HTTP/1 connections parked without a task), lingering close, tunnel, HTTP/2
 //! - [`exchange`]: one exchange for both protocols: route, backend head, retry rules;
 //!   `exchange/h1.rs` drives an HTTP/1 client socket, `exchange/h2.rs` an HTTP/2 stream
 //! - [`http1`]: HTTP/1 on the wire: head parse, body framing, forwarded head, response shaping

@@ -7,5 +7,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // mimalloc asks for transparent huge pages: the heap then grows 2 MiB at
+    // a time, and the few hundred bytes of each idle connection show as
+    // whole huge pages (2,000 idle keep-alive connections measured 2,179 B
+    // each with them, 561 B without). A proxy's heap is small; its TLB gains
+    // nothing worth that. First thing, before the heap grows; an explicit
+    // `MIMALLOC_ALLOW_THP` is the operator's choice.
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        let _ = finguard::sys::disable_thp();
+    }
     finguard::cli::main()
 }

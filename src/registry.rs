@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 pub use crate::metrics::{ClientState, EvictReason};
 
@@ -28,6 +27,11 @@ const EVICTABLE: u8 = 1;
 const RECLAIM_FIRST: u8 = 2;
 /// Asked to close; not asked again (nor counted as idle room) meanwhile.
 const EVICTING: u8 = 4;
+/// Ended by the reaper: stuck lingering past its deadline.
+const KILLED: u8 = 8;
+/// Interned User-Agents above this count are swept of those no connection
+/// holds any more (and the mark doubles with what is left).
+const UA_SWEEP_FROM: usize = 1024;
 
 /// One open client connection, as `/connections` shows it.
 pub struct Entry {
@@ -40,18 +44,43 @@ pub struct Entry {
     pub requests: AtomicU32,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
-    pub user_agent: OnceLock<String>,
+    /// Shared by every connection that sent the same one ([`Registry::intern`]).
+    pub user_agent: OnceLock<Arc<str>>,
     pub rules: OnceLock<Vec<String>>,
-    /// Cancelled by the reaper to end a connection stuck past its deadline.
-    pub kill: CancellationToken,
     /// The client socket's descriptor (-1: not known), for the abort of
     /// what is still in flight when `shutdown_timeout` ends the process.
     fd: AtomicI32,
-    /// `EVICTABLE`, `RECLAIM_FIRST`, `EVICTING`.
+    /// `EVICTABLE`, `RECLAIM_FIRST`, `EVICTING`, `KILLED`.
     flags: AtomicU8,
-    /// Wakes the idle wait of a connection asked to make room (a waker,
-    /// not a `Notify`: the wait's future is in every idle connection's task).
-    evict: atomic_waker::AtomicWaker,
+    /// Wakes the one wait of this connection that a registry request ends:
+    /// its idle wait (asked to make room) or its lingering close (killed by
+    /// the reaper). A waker, not a `Notify` or a `CancellationToken`: every
+    /// open connection carries it.
+    waker: atomic_waker::AtomicWaker,
+    /// Where it is parked without a task: 0 when it is not, else its idle
+    /// set's index plus one (high half) and its key there (low half).
+    parked: AtomicU64,
+}
+
+/// Where an idle set hears which of its parked connections are asked to
+/// make room (from any worker's accept loop).
+#[derive(Default)]
+pub struct ParkInbox {
+    wanted: Mutex<Vec<(usize, Arc<Entry>)>>,
+    /// Wakes the idle set's driver.
+    pub notify: tokio::sync::Notify,
+}
+
+impl ParkInbox {
+    fn want(&self, key: usize, e: Arc<Entry>) {
+        self.wanted.lock().unwrap_or_else(|p| p.into_inner()).push((key, e));
+        self.notify.notify_one();
+    }
+
+    /// The connections asked since the last call, with their keys.
+    pub fn take(&self) -> Vec<(usize, Arc<Entry>)> {
+        std::mem::take(&mut *self.wanted.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 /// Every open client connection. The state gauges are counted from it at
@@ -60,6 +89,11 @@ pub struct Entry {
 pub struct Registry {
     next: AtomicU64,
     conns: Mutex<HashMap<u64, Arc<Entry>>>,
+    /// User-Agents of open connections, each stored once, and the count
+    /// past which the next insert sweeps the unused ones.
+    agents: Mutex<(std::collections::HashSet<Arc<str>>, usize)>,
+    /// Each worker's idle set's inbox, by index.
+    inboxes: std::sync::RwLock<Vec<Arc<ParkInbox>>>,
 }
 
 impl Default for Registry {
@@ -73,7 +107,34 @@ impl Registry {
         Registry {
             next: AtomicU64::new(1),
             conns: Mutex::new(HashMap::new()),
+            agents: Mutex::new((std::collections::HashSet::new(), UA_SWEEP_FROM)),
+            inboxes: std::sync::RwLock::new(Vec::new()),
         }
+    }
+
+    /// A new idle set's inbox and its index (what [`Entry::set_parked`] takes).
+    pub fn add_inbox(&self) -> (u32, Arc<ParkInbox>) {
+        let mut v = self.inboxes.write().unwrap_or_else(|p| p.into_inner());
+        let inbox = Arc::new(ParkInbox::default());
+        v.push(inbox.clone());
+        ((v.len() - 1) as u32, inbox)
+    }
+
+    /// `ua`, shared with every open connection that sent the same one:
+    /// crawlers and clients with many connections send one User-Agent.
+    pub fn intern(&self, ua: &str) -> Arc<str> {
+        let mut guard = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        let (set, mark) = &mut *guard;
+        if let Some(a) = set.get(ua) {
+            return a.clone();
+        }
+        if set.len() >= *mark {
+            set.retain(|a| Arc::strong_count(a) > 1);
+            *mark = (set.len() * 2).max(UA_SWEEP_FROM);
+        }
+        let a: Arc<str> = Arc::from(ua);
+        set.insert(a.clone());
+        a
     }
 
     /// Open connections in each state, indexed like [`ClientState::ALL`].
@@ -101,10 +162,10 @@ impl Registry {
             bytes_out: AtomicU64::new(0),
             user_agent: OnceLock::new(),
             rules: OnceLock::new(),
-            kill: CancellationToken::new(),
             fd: AtomicI32::new(-1),
             flags: AtomicU8::new(0),
-            evict: atomic_waker::AtomicWaker::new(),
+            waker: atomic_waker::AtomicWaker::new(),
+            parked: AtomicU64::new(0),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, entry.clone());
@@ -170,9 +231,13 @@ impl Registry {
         }
         line.truncate(take);
         line.sort_unstable_by_key(|(c, _)| c.key());
+        let inboxes = self.inboxes.read().unwrap_or_else(|p| p.into_inner());
         for (_, e) in &line {
             e.flags.fetch_or(EVICTING, Ordering::Release);
-            e.evict.wake();
+            e.waker.wake();
+            if let Some(inbox) = e.parked_at().and_then(|(i, key)| Some((inboxes.get(i as usize)?, key))) {
+                inbox.0.want(inbox.1, e.clone());
+            }
         }
         Eviction {
             pending,
@@ -203,11 +268,12 @@ impl Registry {
         let stuck: Vec<Arc<Entry>> = self
             .lock()
             .values()
-            .filter(|e| e.state() == ClientState::Lingering && e.in_state_for(now) > limit && !e.kill.is_cancelled())
+            .filter(|e| e.state() == ClientState::Lingering && e.in_state_for(now) > limit && !e.killed())
             .cloned()
             .collect();
         for e in &stuck {
-            e.kill.cancel();
+            e.flags.fetch_or(KILLED, Ordering::Release);
+            e.waker.wake();
         }
         stuck.len()
     }
@@ -250,14 +316,47 @@ impl Entry {
     /// Resolves when this connection is asked to make room (at once if it
     /// was asked before the wait began). One connection waits on it at a time.
     pub fn eviction_wanted(&self) -> impl std::future::Future<Output = ()> + '_ {
-        std::future::poll_fn(|cx| {
-            self.evict.register(cx.waker());
+        self.flagged(EVICTING)
+    }
+
+    /// Resolves when the reaper ends this connection (stuck lingering).
+    pub fn kill_wanted(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.flagged(KILLED)
+    }
+
+    /// Whether the reaper ended it.
+    pub fn killed(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & KILLED != 0
+    }
+
+    fn flagged(&self, flag: u8) -> impl std::future::Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.waker.register(cx.waker());
             // Looked at after registering: a request made meanwhile wakes it.
-            if self.flags.load(Ordering::Acquire) & EVICTING != 0 {
+            if self.flags.load(Ordering::Acquire) & flag != 0 {
                 return std::task::Poll::Ready(());
             }
             std::task::Poll::Pending
         })
+    }
+
+    /// Parked in idle set `inbox` under `key`, without a task: no waker
+    /// of a task that is gone may be kept (it would keep the task's memory).
+    pub fn set_parked(&self, inbox: u32, key: usize) {
+        drop(self.waker.take());
+        let at = (u64::from(inbox) + 1) << 32 | key as u64 & 0xffff_ffff;
+        self.parked.store(at, Ordering::Release);
+    }
+
+    /// Taken out of its idle set.
+    pub fn clear_parked(&self) {
+        self.parked.store(0, Ordering::Release);
+    }
+
+    /// Its idle set's index and its key there, while parked.
+    pub fn parked_at(&self) -> Option<(u32, usize)> {
+        let at = self.parked.load(Ordering::Acquire);
+        (at != 0).then(|| (((at >> 32) - 1) as u32, (at & 0xffff_ffff) as usize))
     }
 
     /// It was asked to make room, but a request is arriving: it stays.
@@ -283,11 +382,12 @@ impl Entry {
             requests: self.requests.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            user_agent: self.user_agent.get().cloned(),
+            user_agent: self.user_agent.get().map(|a| a.to_string()),
             rules: self.rules.get().cloned().unwrap_or_default(),
             evict_rank: None,
             evict_reason: None,
             evicting: self.flags.load(Ordering::Relaxed) & EVICTING != 0,
+            parked: self.parked_at().is_some(),
         }
     }
 }
@@ -343,6 +443,9 @@ pub struct ConnView {
     /// Asked to make room and not gone yet.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub evicting: bool,
+    /// Idle and parked in its worker's idle set, without a task.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub parked: bool,
 }
 
 /// A connection's membership in the registry; dropping it removes the entry.
@@ -401,8 +504,8 @@ mod tests {
         assert_eq!(r.reap_lingering(limit), 0, "not past the limit yet");
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(r.reap_lingering(limit), 1);
-        assert!(lingering.entry.kill.is_cancelled());
-        assert!(!idle.entry.kill.is_cancelled(), "only lingering connections are ended");
+        assert!(lingering.entry.killed());
+        assert!(!idle.entry.killed(), "only lingering connections are ended");
         // The next sweeps do not count it again while it winds down.
         tokio::time::advance(Duration::from_secs(2)).await;
         assert_eq!(r.reap_lingering(limit), 0);

@@ -229,6 +229,13 @@ fn worker(
     upstream::set_worker(w_index);
     rt.block_on(async move {
         let conns = TaskTracker::new();
+        let first = accepting.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let room = first.config.max_connections.min(crate::shared::MAX_PRESIZED) as usize;
+        if let Some((set, poll)) = downstream::parking::start(&first.clients, room) {
+            let (draining, stop) = (first.draining.clone(), accepting.stop.clone());
+            conns.spawn(downstream::parking::drive(set, poll, conns.clone(), draining, stop));
+        }
+        drop(first);
         for (idx, s) in socks {
             match TcpListener::from_std(s) {
                 Ok(l) => {
@@ -472,46 +479,71 @@ async fn serve_proxied(
     serve_in_span(stream, peer, shared, tls, permit, ip_guard, idx).await
 }
 
-/// One accepted connection's task. Its future is what every idle connection
-/// costs in memory, so everything large is boxed and built only when needed.
-async fn serve_accepted(
+/// One accepted connection's task. Its future is what every busy (and TLS
+/// idle) connection costs in memory, so everything large is boxed and built
+/// only when needed. Not `async`: an `async fn` would keep its arguments
+/// beside the future it hands them to.
+fn serve_accepted(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     tls: Option<crate::tls::TlsSettings>,
-    _permit: OwnedSemaphorePermit,
-    _ip: IpGuard,
-) {
+    permit: OwnedSemaphorePermit,
+    ip: IpGuard,
+) -> tokio_util::either::Either<impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>> {
+    use tokio_util::either::Either;
+    let slot = crate::shared::Slot { permit, ip };
     match tls {
-        None => downstream::serve(stream, peer, shared).await,
+        None => Either::Left(downstream::serve(stream, peer, shared, slot)),
         // Boxed: the handshake and HTTP/2 states are large, and a plain
         // connection's task must not carry their size.
-        Some(tls) => Box::pin(serve_tls(stream, peer, shared, tls)).await,
+        Some(tls) => Either::Right(Box::pin(serve_tls(stream, peer, shared, tls, slot))),
     }
 }
 
 /// The TLS handshake, bounded by `handshake_timeout`, then the same client loop.
-async fn serve_tls(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, tls: crate::tls::TlsSettings) {
-    let outcome = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-        Ok(Ok(s)) => {
-            shared.metrics.tls_handshake(TlsHandshake::Ok);
-            if crate::stream::ClientStream::alpn(&s) == Some(b"h2") {
-                return Box::pin(downstream::h2::serve(s, peer, shared)).await;
-            }
-            return downstream::serve(s, peer, shared).await;
-        }
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tls: crate::tls::TlsSettings,
+    slot: crate::shared::Slot,
+) {
+    // A statement of its own: the handshake's state is gone before serving.
+    let s = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake failed");
-            TlsHandshake::Error
+            // The socket went with the handshake future: closed, with RST
+            // if the client's bytes were unread.
+            return shared.metrics.tls_handshake(TlsHandshake::Error);
         }
         Err(_) => {
             debug!(%peer, "TLS handshake not finished within handshake_timeout");
-            TlsHandshake::Timeout
+            return shared.metrics.tls_handshake(TlsHandshake::Timeout);
         }
     };
-    // The socket went with the handshake future: closed, with RST if the
-    // client's bytes were unread.
-    shared.metrics.tls_handshake(outcome);
+    shared.metrics.tls_handshake(TlsHandshake::Ok);
+    after_handshake(s, peer, shared, slot).await;
+}
+
+/// HTTP/2 or the HTTP/1 loop, by ALPN. Not `async`: the stream is moved
+/// into the future that serves it, never kept beside it in the task.
+fn after_handshake(
+    s: tokio_rustls::server::TlsStream<TcpStream>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: crate::shared::Slot,
+) -> tokio_util::either::Either<impl std::future::Future<Output = ()>, impl std::future::Future<Output = ()>> {
+    use tokio_util::either::Either;
+    if crate::stream::ClientStream::alpn(&s) == Some(b"h2") {
+        let h2 = Box::pin(downstream::h2::serve(s, peer, shared));
+        return Either::Left(async move {
+            let _slot = slot;
+            h2.await
+        });
+    }
+    Either::Right(downstream::serve(s, peer, shared, slot))
 }
 
 /// Out of descriptors before the occupancy said so (more files or backend

@@ -14,6 +14,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 
+/// The most connections whose room each idle set reserves up front:
+/// virtual memory, touched only as connections come (filled in order; a
+/// hash table's would not be: its entries land on every page at once).
+pub const MAX_PRESIZED: u32 = 1 << 20;
+
 /// Everything a connection task needs, shared read-only.
 pub struct Shared {
     pub config: Config,
@@ -145,4 +150,60 @@ impl Shared {
             max_linger,
         }
     }
+}
+
+/// Counts a client IP's open connections while alive.
+pub struct IpGuard {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl IpGuard {
+    /// `None` when the IP is at `max_connections_per_ip`.
+    pub(crate) fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpGuard> {
+        // A trusted proxy carries many clients' connections: not limited.
+        let limit = shared
+            .config
+            .max_connections_per_ip
+            .filter(|_| !shared.config.trusts(ip));
+        let Some(max) = limit.map(|m| m.get()) else {
+            return Some(IpGuard {
+                shared: shared.clone(),
+                ip,
+            });
+        };
+        let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpGuard {
+            shared: shared.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpGuard {
+    fn drop(&mut self) {
+        if self.shared.config.max_connections_per_ip.is_none() || self.shared.config.trusts(self.ip) {
+            return;
+        }
+        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What an open client connection holds of the process's limits: its
+/// connection slot and its client IP's count. Whoever owns the connection
+/// owns this (its task, or its worker's idle set while it is parked).
+pub struct Slot {
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+    pub ip: IpGuard,
 }

@@ -22,8 +22,9 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn tcp(&self) -> &TcpStream;
 
     /// Ready when a read may make progress, without holding a buffer (or a
-    /// future's state: an idle connection waits here). TLS may hold
-    /// decrypted bytes already, so it is always ready.
+    /// future's state: an idle connection waits here). TLS: at once when
+    /// rustls holds decrypted bytes or the peer's `close_notify`, else when
+    /// the socket is readable (a stale readiness costs one read that waits).
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 
     /// Ends the stream's own protocol (TLS: `close_notify`, which also shuts
@@ -37,6 +38,28 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The ALPN protocol the client chose, if any.
     fn alpn(&self) -> Option<&[u8]> {
         None
+    }
+
+    /// Whether an idle connection may be parked outside its task
+    /// (`downstream::parking`): its whole state is the socket.
+    const PARKABLE: bool = false;
+
+    /// The socket out of tokio's reactor, for parking: `Err(Ok(self))` when
+    /// this stream cannot be parked, `Err(Err(_))` when it was lost trying.
+    fn into_std(self) -> Result<std::net::TcpStream, io::Result<Self>>
+    where
+        Self: Sized,
+    {
+        Err(Ok(self))
+    }
+
+    /// A parked socket back in tokio's reactor.
+    fn from_std(sock: std::net::TcpStream) -> io::Result<Self>
+    where
+        Self: Sized,
+    {
+        drop(sock);
+        Err(io::Error::other("this stream cannot be parked"))
     }
 }
 
@@ -59,6 +82,16 @@ impl ClientStream for TcpStream {
     fn into_tcp_abort(self) -> TcpStream {
         self
     }
+
+    const PARKABLE: bool = true;
+
+    fn into_std(self) -> Result<std::net::TcpStream, io::Result<Self>> {
+        TcpStream::into_std(self).map_err(Err)
+    }
+
+    fn from_std(sock: std::net::TcpStream) -> io::Result<Self> {
+        TcpStream::from_std(sock)
+    }
 }
 
 impl ClientStream for TlsStream<TcpStream> {
@@ -69,8 +102,12 @@ impl ClientStream for TlsStream<TcpStream> {
         self.get_ref().0
     }
 
-    fn poll_read_ready(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let (tcp, tls) = self.get_ref();
+        if !tls.wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        tcp.poll_read_ready(cx)
     }
 
     async fn into_tcp(mut self) -> TcpStream {

@@ -105,6 +105,33 @@ pub fn inherited_listener(fd: std::os::fd::RawFd) -> std::io::Result<std::net::T
     Ok(sock.into())
 }
 
+/// Watches an idle set's epoll instance for readiness in tokio's reactor.
+pub fn watch_epoll(poll: mio::Poll) -> std::io::Result<tokio::io::unix::AsyncFd<mio::Poll>> {
+    // SAFETY: `mio::Poll` owns its epoll descriptor (an `OwnedFd`) and closes
+    // it only when dropped; the `AsyncFd` takes ownership of the `Poll`, so
+    // the descriptor stays valid and unreplaced for as long as it is
+    // registered, and `AsyncFd`'s drop deregisters it before the `Poll` drops.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
+/// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`,
+/// inherited by children); returns whether it took.
+pub fn disable_thp() -> bool {
+    // SAFETY: `prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)` takes only integer
+    // arguments and touches no memory of ours; it sets a flag on the process.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_THP_DISABLE,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    rc == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -349,3 +349,44 @@ fn an_idle_tls_connection_makes_room_with_a_clean_close() {
         1.0
     );
 }
+
+/// An idle TLS connection waits on its socket's readiness (no read, no
+/// buffer): it still answers the next request, and a client's
+/// `close_notify` and FIN while it idles end it at once (no CLOSE_WAIT).
+#[test]
+fn an_idle_tls_connection_answers_after_a_pause_and_notices_the_clients_close() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::EchoHead);
+    let extra = "[client]\nkeepalive_timeout = \"60s\"\n";
+    let p = Proxy::start_raw(&tls_config(&f, extra), &["--backend", &backend.addr.to_string()]);
+    let mut s = connect(&client(&pki), p.addr, "a.test");
+    let me = s.sock.local_addr().unwrap();
+    let idle = |p: &Proxy| {
+        let (_, body) = p.admin_get("/connections");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["peer"] == me.to_string().as_str() && c["state"] == "idle")
+    };
+    for i in 0..3 {
+        s.write_all(format!("GET /pause-{i} HTTP/1.1\r\nHost: a.test\r\n\r\n").as_bytes())
+            .unwrap();
+        let (head, body) = read_tls_response(&mut s).expect("a response after the pause");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body.starts_with(&format!("GET /pause-{i} HTTP/1.1\r\n")), "{body}");
+        assert!(wait_until(Duration::from_secs(5), || idle(&p)));
+    }
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+    s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    let port = p.addr.port();
+    assert!(wait_until(Duration::from_secs(5), || !idle(&p)));
+    assert!(
+        wait_until(Duration::from_secs(5), || !tcp_states(port, me.port())
+            .contains(&"CLOSE_WAIT")),
+        "{:?}",
+        tcp_states(port, me.port())
+    );
+}

@@ -16,7 +16,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 pub use crate::metrics::CloseOutcome;
 
@@ -27,7 +26,11 @@ const DRAIN_CHUNK: usize = 2048;
 /// bytes were drained and discarded.
 /// `kill` ends the lingering early (the reaper's safety net): it counts as
 /// `linger_time` and follows `on_timeout`.
-pub async fn close(mut stream: TcpStream, settings: &CloseSettings, kill: &CancellationToken) -> (CloseOutcome, u64) {
+pub async fn close(
+    mut stream: TcpStream,
+    settings: &CloseSettings,
+    kill: impl std::future::Future<Output = ()>,
+) -> (CloseOutcome, u64) {
     match settings.mode {
         CloseMode::Immediate => (CloseOutcome::Immediate, 0),
         CloseMode::SoLinger => {
@@ -39,7 +42,7 @@ pub async fn close(mut stream: TcpStream, settings: &CloseSettings, kill: &Cance
             let _ = stream.shutdown().await;
             let (outcome, drained) = tokio::select! {
                 r = drain(&mut stream, settings) => r,
-                () = kill.cancelled() => (CloseOutcome::LingerTime, 0),
+                () = kill => (CloseOutcome::LingerTime, 0),
             };
             let timed_out = matches!(outcome, CloseOutcome::LingerTimeout | CloseOutcome::LingerTime);
             if timed_out && settings.on_timeout == OnTimeout::Reset {
@@ -163,7 +166,7 @@ mod tests {
     async fn a_silent_client_is_let_go_after_linger_timeout() {
         let (server, _client) = pair().await;
         let started = Instant::now();
-        let (outcome, drained) = close(server, &SETTINGS, &CancellationToken::new()).await;
+        let (outcome, drained) = close(server, &SETTINGS, std::future::pending()).await;
         assert_eq!((outcome, drained), (CloseOutcome::LingerTimeout, 0));
         assert_eq!(started.elapsed(), SETTINGS.linger_timeout);
     }
@@ -178,7 +181,7 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let (outcome, drained) = close(server, &SETTINGS, &CancellationToken::new()).await;
+        let (outcome, drained) = close(server, &SETTINGS, std::future::pending()).await;
         assert_eq!(outcome, CloseOutcome::LingerTime);
         assert_eq!(started.elapsed(), SETTINGS.linger_time);
         assert!(drained >= 2900, "{drained}");
@@ -188,10 +191,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_reapers_kill_ends_lingering_at_once() {
         let (server, _client) = pair().await;
-        let kill = CancellationToken::new();
-        kill.cancel();
         let started = Instant::now();
-        let (outcome, _) = close(server, &SETTINGS, &kill).await;
+        let (outcome, _) = close(server, &SETTINGS, std::future::ready(())).await;
         assert_eq!(outcome, CloseOutcome::LingerTime);
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
@@ -263,7 +264,7 @@ mod tests {
         let (server, mut client) = pair().await;
         client.write_all(b"pipelined rest").await.unwrap();
         client.shutdown().await.unwrap();
-        let (outcome, drained) = close(server, &SETTINGS, &CancellationToken::new()).await;
+        let (outcome, drained) = close(server, &SETTINGS, std::future::pending()).await;
         assert_eq!((outcome, drained), (CloseOutcome::ClientFin, 14));
     }
 }

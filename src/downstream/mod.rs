@@ -13,6 +13,7 @@
 
 pub mod h2;
 pub mod linger;
+pub mod parking;
 pub mod tunnel;
 
 use crate::accesslog;
@@ -20,7 +21,7 @@ use crate::exchange;
 use crate::http1::head::{self, Reject};
 use crate::policy::ClientPolicy;
 use crate::registry::{self, ClientState};
-use crate::shared::Shared;
+use crate::shared::{Shared, Slot};
 use crate::stream::ClientStream;
 use crate::timeouts::ClientTimeouts;
 use crate::upstream::HoldCell;
@@ -51,69 +52,178 @@ pub(super) enum Ending {
     /// Idle, and asked to make room for a newcomer: closed at once (FIN;
     /// nothing is in flight and nothing unread, so no lingering).
     Evicted,
+    /// Not an ending: idle past `PARK_AFTER`, to be parked until this
+    /// keep-alive deadline (handled by the loop, never by `finish`).
+    Park(Instant),
 }
 
 /// Serves one client connection to its end.
-pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc<Shared>) {
+///
+/// Not an `async fn`: one would keep its own copy of `stream` beside the
+/// loop's in every connection's task (a TLS stream is large).
+pub fn serve<S: ClientStream>(
+    stream: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: Slot,
+) -> impl std::future::Future<Output = ()> {
     let _ = stream.tcp().set_nodelay(true);
     let track = shared.clients.open(peer);
     track.entry.set_fd(std::os::fd::AsRawFd::as_raw_fd(stream.tcp()));
     track.set_evictable();
-    let accepted = Instant::now();
-    // Allocated when bytes arrive, released while idle: an idle keep-alive
-    // connection costs its socket and a small task, not a buffer.
-    let mut buf = BytesMut::new();
-    let mut conn = ConnState {
-        policy: None,
-        served: 0,
+    let held = Held {
+        shared,
+        track,
+        conn: ConnState {
+            policy: None,
+            served: 0,
+        },
+        _slot: slot,
     };
-    let ending = loop {
-        // Only what the wait needs: everything held across it is in every
-        // idle connection's task.
-        let settings = &conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
-        // The first head is read before the User-Agent is known: up to the
-        // largest limit any rule allows, then held to its own rule's.
-        let max_header_bytes = match conn.policy {
-            None => shared.first_head_limit,
-            Some(_) => settings.max_header_bytes,
-        };
-        let t = ClientTimeouts::new(settings);
-        // The first head must be complete `header_timeout` after accept; later
-        // ones may idle `keepalive_timeout`, then have `header_timeout`.
-        // Under pressure the keep-alive timeout shrinks (`[client.pressure]`).
-        let idle_until = if conn.served == 0 {
-            accepted + t.head
-        } else {
-            Instant::now() + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
-        };
-        track.set(if buf.is_empty() && conn.served > 0 {
-            ClientState::Idle
-        } else {
-            ClientState::Reading
-        });
-        let waited = wait_head(
-            &mut stream,
-            &mut buf,
-            idle_until,
-            t.head,
-            max_header_bytes,
-            &shared,
-            &track,
-            conn.served > 0,
-        );
-        let len = match waited.await {
-            Ok(len) => len,
-            Err(e) => break e,
-        };
-        // Boxed: its state lives on the heap only while a request is served.
-        if let Some(ending) = Box::pin(serve_request(&mut stream, &mut buf, len, &mut conn, &shared, &track)).await {
-            break ending;
+    keep_alive(stream, held, Instant::now(), None)
+}
+
+/// A parked connection handed back by its idle set: on to the same
+/// keep-alive loop, in a task of its own again.
+pub(crate) async fn resume(sock: std::net::TcpStream, held: Held, why: parking::Wake) {
+    let stream = match tokio::net::TcpStream::from_std(sock) {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(peer = %held.track.entry.peer, error = %e, "cannot take a parked connection back; closing it");
+            held.shared.metrics.closed(CloseOutcome::Error, 0);
+            return;
         }
     };
-    let settings = conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
-    let force10 = conn.policy.as_deref().is_some_and(|p| p.force_response_1_0);
-    // Boxed: the drain buffer exists only while lingering, not in every idle task.
-    Box::pin(finish(stream, ending, &settings, force10, &shared, &track)).await;
+    trace!(peer = %held.track.entry.peer, ?why, "idle connection unparked");
+    // Its first request is long served: `accepted` is not looked at again.
+    keep_alive(stream, held, Instant::now(), Some(why)).await;
+}
+
+/// What an open HTTP/1 connection owns between two requests: all a parked
+/// connection keeps (`parking`), beside its socket.
+pub(crate) struct Held {
+    shared: Arc<Shared>,
+    track: registry::Tracked,
+    conn: ConnState,
+    _slot: Slot,
+}
+
+/// The keep-alive loop, from a new connection or a parked one (`woken`:
+/// why its idle set handed it back).
+///
+/// Not an `async fn`: its arguments would be stored twice in every
+/// connection's task (once as arguments, once as the body's locals); an
+/// `async move` block uses what it captured in place.
+// Clippy's `async fn` would be exactly what this avoids.
+#[allow(clippy::manual_async_fn)]
+fn keep_alive<S: ClientStream>(
+    mut stream: S,
+    mut held: Held,
+    accepted: Instant,
+    woken: Option<parking::Wake>,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        // Allocated when bytes arrive, released while idle: an idle keep-alive
+        // connection costs its socket and a small task, not a buffer.
+        let mut buf = BytesMut::new();
+        // A connection handed back for another reason than a readable socket
+        // ends here, as it would have in its own idle wait.
+        let early = match woken {
+            Some(parking::Wake::Timeout | parking::Wake::Drain) => Some(Ending::Close),
+            Some(parking::Wake::Evict) if goes_to_make_room(stream.tcp(), &held.track) => Some(Ending::Evicted),
+            _ => None,
+        };
+        let mut may_park = S::PARKABLE;
+        let ending = match early {
+            Some(e) => e,
+            None => loop {
+                let Held {
+                    shared, track, conn, ..
+                } = &mut held;
+                // Only what the wait needs: everything held across it is in every
+                // idle connection's task.
+                let settings = &conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+                // The first head is read before the User-Agent is known: up to the
+                // largest limit any rule allows, then held to its own rule's.
+                let max_header_bytes = match conn.policy {
+                    None => shared.first_head_limit,
+                    Some(_) => settings.max_header_bytes,
+                };
+                let t = ClientTimeouts::new(settings);
+                // The first head must be complete `header_timeout` after accept; later
+                // ones may idle `keepalive_timeout`, then have `header_timeout`.
+                // Under pressure the keep-alive timeout shrinks (`[client.pressure]`).
+                let now = Instant::now();
+                let idle_until = if conn.served == 0 {
+                    accepted + t.head
+                } else {
+                    now + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
+                };
+                let idle = buf.is_empty() && conn.served > 0;
+                track.set(if idle { ClientState::Idle } else { ClientState::Reading });
+                let wait = Wait {
+                    idle_until,
+                    park_at: (may_park && idle).then(|| now + parking::PARK_AFTER),
+                    header_timeout: t.head,
+                    max: max_header_bytes,
+                    served_before: conn.served > 0,
+                };
+                let len = match wait_head(&mut stream, &mut buf, &wait, shared, track).await {
+                    Ok(len) => len,
+                    Err(Ending::Park(deadline)) => match park(stream, held, deadline) {
+                        Parking::Parked => return,
+                        Parking::Kept(s, h) => {
+                            (stream, held, may_park) = (s, h, false);
+                            continue;
+                        }
+                    },
+                    Err(e) => break e,
+                };
+                // Boxed: its state lives on the heap only while a request is served.
+                if let Some(e) = Box::pin(serve_request(&mut stream, &mut buf, len, conn, shared, track)).await {
+                    break e;
+                }
+            },
+        };
+        let Held {
+            shared, track, conn, ..
+        } = &held;
+        let settings = conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+        let force10 = conn.policy.as_deref().is_some_and(|p| p.force_response_1_0);
+        // Boxed: the drain buffer exists only while lingering, not in every idle task.
+        Box::pin(finish(stream, ending, &settings, force10, shared, track)).await;
+    }
+}
+
+/// What became of a connection offered to the idle set.
+enum Parking<S> {
+    Parked,
+    /// Not parked (no idle set on this thread, draining): it stays in its task.
+    Kept(S, Held),
+}
+
+/// Offers an idle connection to this worker's idle set until `deadline`.
+fn park<S: ClientStream>(stream: S, held: Held, deadline: Instant) -> Parking<S> {
+    let sock = match stream.into_std() {
+        Ok(sock) => sock,
+        Err(Ok(stream)) => return Parking::Kept(stream, held),
+        Err(Err(e)) => {
+            debug!(peer = %held.track.entry.peer, error = %e, "cannot park an idle connection; closing it");
+            held.shared.metrics.closed(CloseOutcome::Error, 0);
+            return Parking::Parked;
+        }
+    };
+    match parking::park(sock, held, deadline) {
+        Ok(()) => Parking::Parked,
+        Err((sock, held)) => match S::from_std(sock) {
+            Ok(stream) => Parking::Kept(stream, held),
+            Err(e) => {
+                debug!(peer = %held.track.entry.peer, error = %e, "cannot take an idle connection back; closing it");
+                held.shared.metrics.closed(CloseOutcome::Error, 0);
+                Parking::Parked
+            }
+        },
+    }
 }
 
 /// What a connection keeps from one request to the next.
@@ -246,7 +356,7 @@ fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, 
 /// the connection (for `/connections`) and counted per matched rule.
 pub(super) fn classify(shared: &Shared, track: &registry::Tracked, ua: &str) -> Arc<ClientPolicy> {
     let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
-    let _ = track.entry.user_agent.set(ua.to_string());
+    let _ = track.entry.user_agent.set(shared.clients.intern(ua));
     if p.reclaim_first {
         track.set_reclaim_first();
     }
@@ -271,22 +381,38 @@ fn reject(r: Reject) -> Ending {
     Ending::Reply(e.status(), e.reason())
 }
 
+/// What a wait for a request head is bounded by.
+struct Wait {
+    /// The keep-alive deadline (the first head's: `header_timeout` after accept).
+    idle_until: Instant,
+    /// Idle still then: handed to the idle set ([`Ending::Park`]).
+    park_at: Option<Instant>,
+    header_timeout: Duration,
+    max: usize,
+    served_before: bool,
+}
+
 /// Waits for a complete request head in `buf`; returns its length. A drain
 /// ends the wait of a connection that was served before (an idle keep-alive
 /// one); a new connection still gets its first request answered (with
 /// `Connection: close`): it may have been accepted just before the drain,
 /// its request on the way, as when a new process takes the listeners over.
-#[allow(clippy::too_many_arguments)]
 async fn wait_head<S: ClientStream>(
     stream: &mut S,
     buf: &mut BytesMut,
-    idle_until: Instant,
-    header_timeout: Duration,
-    max: usize,
+    w: &Wait,
     shared: &Shared,
     track: &registry::Tracked,
-    served_before: bool,
 ) -> Result<usize, Ending> {
+    let Wait {
+        idle_until,
+        header_timeout,
+        max,
+        served_before,
+        ..
+    } = *w;
+    // Parking only pays before the keep-alive deadline.
+    let park_at = w.park_at.filter(|at| *at < idle_until);
     let mut head_until = None;
     loop {
         let skip = head::leading_empty_lines(buf);
@@ -317,12 +443,13 @@ async fn wait_head<S: ClientStream>(
             *buf = BytesMut::new();
             let ready = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(deadline, std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => Some(r),
+                r = tokio::time::timeout_at(park_at.unwrap_or(deadline), std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => Some(r),
                 () = shared.draining.cancelled(), if served_before => return Err(Ending::Close),
                 () = track.entry.eviction_wanted() => None,
             };
             match ready {
                 Some(Ok(Ok(()))) => {}
+                Some(Err(_)) if park_at.is_some() => return Err(Ending::Park(deadline)),
                 Some(_) => return Err(Ending::Close),
                 None if goes_to_make_room(stream.tcp(), track) => return Err(Ending::Evicted),
                 None => {}
@@ -330,7 +457,9 @@ async fn wait_head<S: ClientStream>(
         }
         buf.reserve(2048);
         let read = if idle && S::ENCRYPTED {
-            // A TLS stream is always "ready": its idle wait is this read.
+            // A TLS record may be partial, or carry no application data
+            // (a ticket, a key update): the read may still wait, so it is
+            // one a connection can be asked to make room from.
             // Boxed: a plain connection's task does not carry its size.
             Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
         } else if idle {
@@ -445,7 +574,7 @@ async fn reply<S: ClientStream>(
         status,
         bytes_out: bytes.len() as u64,
         referer: None,
-        user_agent: track.entry.user_agent.get().map(String::as_str),
+        user_agent: track.entry.user_agent.get().map(|a| &**a),
         rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
         backend: None,
         backend_hold: None,
@@ -506,8 +635,8 @@ pub(super) async fn finish<S: ClientStream>(
     }
     track.set(ClientState::Lingering);
     let tcp = stream.into_tcp().await;
-    let (outcome, drained) = linger::close(tcp, &settings.close, &track.entry.kill).await;
-    if track.entry.kill.is_cancelled() {
+    let (outcome, drained) = linger::close(tcp, &settings.close, track.entry.kill_wanted()).await;
+    if track.entry.killed() {
         metrics.client_reaped();
     }
     metrics.closed(outcome, drained);

@@ -5,12 +5,10 @@
 
 use crate::downstream;
 use crate::shared::Shared;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 
 /// The longest a refused connection's answer may take to write, and its
 /// lingering close's `linger_time` and `linger_timeout`. The answer is a few
@@ -19,53 +17,7 @@ use tokio_util::sync::CancellationToken;
 /// socket for `linger_time`.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 
-/// Counts a client IP's open connections while alive.
-pub(super) struct IpGuard {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl IpGuard {
-    /// `None` when the IP is at `max_connections_per_ip`.
-    pub(super) fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<IpGuard> {
-        // A trusted proxy carries many clients' connections: not limited.
-        let limit = shared
-            .config
-            .max_connections_per_ip
-            .filter(|_| !shared.config.trusts(ip));
-        let Some(max) = limit.map(|m| m.get()) else {
-            return Some(IpGuard {
-                shared: shared.clone(),
-                ip,
-            });
-        };
-        let mut map = shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let n = map.entry(ip).or_insert(0);
-        if *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpGuard {
-            shared: shared.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for IpGuard {
-    fn drop(&mut self) {
-        if self.shared.config.max_connections_per_ip.is_none() || self.shared.config.trusts(self.ip) {
-            return;
-        }
-        let mut map = self.shared.per_ip.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
+pub(super) use crate::shared::IpGuard;
 
 /// Answers a connection refused before any request is read (503 over
 /// `max_connections_per_ip`, 400 for a bad PROXY header), then closes it the
@@ -98,6 +50,6 @@ pub(super) async fn refuse(
         .await
         .is_ok()
     {
-        downstream::linger::close(stream, &close, &CancellationToken::new()).await;
+        downstream::linger::close(stream, &close, std::future::pending()).await;
     }
 }
