@@ -15,8 +15,8 @@
 //! - A request that gets no answer within `idle::STUCK_AFTER` on a fresh
 //!   connection may sit in the listen backlog of a backend with a worker
 //!   per connection (Apache prefork) whose workers our idle connections
-//!   hold: an idle connection to that address is closed, and while the
-//!   request waits, connections to it checked in are closed, not kept.
+//!   hold: while it waits, idle connections to that address that nobody
+//!   took for `idle::UNNEEDED_AFTER` are closed, freeing their workers.
 //! - Addresses are chosen round-robin (the pool already keeps load per
 //!   connection even; least-outstanding would need a shared counter on the hot
 //!   path for little gain with a handful of addresses); one that fails to
@@ -159,13 +159,6 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// Raw connections for HTTP/1 exchanges, idle, one list per worker thread.
     raw: Vec<idle::IdleList>,
-    /// Requests waiting on a fresh connection to an address past
-    /// `idle::STUCK_AFTER`: connections to it checked in are closed
-    /// ([`Upstream::read_answer`]).
-    stuck: Mutex<Vec<(u64, SocketAddr)>>,
-    /// `stuck`'s length, read without the lock on every check-in.
-    stuck_len: std::sync::atomic::AtomicUsize,
-    stuck_ids: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Upstream {
@@ -203,9 +196,6 @@ impl Upstream {
             health: Mutex::new(vec![AddrHealth::default(); cfg.addrs.len()]),
             down: cfg.addrs.iter().map(|_| AtomicBool::new(false)).collect(),
             down_count: AtomicUsize::new(0),
-            stuck: Mutex::new(Vec::new()),
-            stuck_len: std::sync::atomic::AtomicUsize::new(0),
-            stuck_ids: std::sync::atomic::AtomicU64::new(0),
             metrics,
             cfg,
         })
