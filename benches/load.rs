@@ -573,10 +573,13 @@ fn main() {
     let rounds = env_num("FINGUARD_LOAD_ROUNDS").map_or(rounds, |r| r.max(1) as usize);
     let secs = env_num("FINGUARD_LOAD_SECS").unwrap_or(secs).max(1);
     let only = std::env::var("FINGUARD_LOAD_ONLY").ok();
-    let selected = |w: &Workload| {
+    // A workload, group or row is run when `FINGUARD_LOAD_ONLY` is unset or
+    // one of its keys is part of the name.
+    let in_only = |name: &str| {
         only.as_deref()
-            .is_none_or(|o| o.split(',').any(|k| w.name().contains(k.trim())))
+            .is_none_or(|o| o.split(',').any(|k| name.contains(k.trim())))
     };
+    let selected = |w: &Workload| in_only(w.name());
     let out_dir = PathBuf::from(std::env::var("FINGUARD_LOAD_OUT").unwrap_or_else(|_| "target/load".into()));
     std::fs::create_dir_all(&out_dir).unwrap();
     let dir = std::env::temp_dir().join(format!("finguard-load-{}", std::process::id()));
@@ -653,10 +656,6 @@ fn main() {
             }
         }
     }
-    let in_only = |name: &str| {
-        only.as_deref()
-            .is_none_or(|o| o.split(',').any(|k| name.contains(k.trim())))
-    };
     let full_house = in_only("hoard").then(|| hoard::run(&dir, backend_port, &hoard::Plan::new(smoke)));
     drop(procs);
     let mut report = render(&samples, &rss, rounds, secs, idle_n);

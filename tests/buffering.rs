@@ -452,13 +452,9 @@ async fn h2_shut_client(
     h2::client::SendRequest<bytes::Bytes>,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
 ) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     let mut builder = h2::client::Builder::new();
     builder.initial_window_size(0);
-    let (client, conn) = builder.handshake(tls).await.unwrap();
-    (client, tokio::spawn(conn))
+    support::h2_client::h2_connect(cfg, addr, builder).await
 }
 
 /// An HTTP/2 client opens `STREAMS` downloads of 16 MiB on one connection
@@ -653,14 +649,7 @@ fn digest_backend() -> SocketAddr {
 fn serve_digest(mut s: TcpStream) {
     let mut buf = Vec::new();
     while let Some(head) = read_head(&mut s, &mut buf) {
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
+        let len = content_length(&head);
         let mut chunk = [0u8; 65536];
         while buf.len() < len {
             match s.read(&mut chunk) {
@@ -915,14 +904,7 @@ fn read_then_answer(len: usize, read: bool) -> (SocketAddr, Arc<AtomicUsize>) {
             thread::spawn(move || {
                 let mut buf = Vec::new();
                 while let Some(head) = read_head(&mut s, &mut buf) {
-                    let want: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
+                    let want = content_length(&head);
                     let mut chunk = [0u8; 65536];
                     while read && buf.len() < want {
                         match s.read(&mut chunk) {

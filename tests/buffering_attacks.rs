@@ -63,15 +63,10 @@ async fn h2_client(
     addr: SocketAddr,
     window: u32,
 ) -> h2::client::SendRequest<bytes::Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
     let mut builder = h2::client::Builder::new();
     builder.initial_window_size(window);
     builder.initial_connection_window_size(64 * 1024 * 1024);
-    let (client, conn) = builder.handshake(tls).await.unwrap();
-    tokio::spawn(conn);
-    client
+    support::h2_client::h2_connect(cfg, addr, builder).await.0
 }
 
 /// The buffer budgets are out, so exchanges relay at the client's pace: an

@@ -85,21 +85,7 @@ fn h2_proxy_top(top: &str, extra: &str, backend: SocketAddr) -> H2Setup {
     }
 }
 
-/// An `h2` client connection to finguard (TLS, ALPN h2), driven on `rt`.
-async fn h2_client(
-    cfg: Arc<rustls::ClientConfig>,
-    addr: SocketAddr,
-    builder: h2::client::Builder,
-) -> (
-    h2::client::SendRequest<Bytes>,
-    tokio::task::JoinHandle<Result<(), h2::Error>>,
-) {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
-    let (client, conn) = builder.handshake(tls).await.unwrap();
-    (client, tokio::spawn(conn))
-}
+use support::h2_client::h2_connect as h2_client;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -453,14 +453,7 @@ fn a_burst_past_the_backends_workers_is_served_without_waiting_for_idle_connecti
 fn continuing_backend(mut s: std::net::TcpStream) {
     let mut buf = Vec::new();
     while let Some(head) = read_head(&mut s, &mut buf) {
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .unwrap_or(0);
+        let len = content_length(&head);
         if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").is_err() {
             return;
         }

@@ -151,3 +151,21 @@ pub fn h2_get(s: &H2Setup, authority: &str, fields: &[(&str, &str)]) -> (u16, Ve
     );
     (a.status, a.body)
 }
+
+/// An `h2` client connection to finguard (TLS, ALPN h2, server name
+/// `a.test`) made with `builder`; its connection task runs on the caller's
+/// runtime.
+pub async fn h2_connect(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    builder: h2::client::Builder,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.unwrap();
+    let (client, conn) = builder.handshake(tls).await.unwrap();
+    (client, tokio::spawn(conn))
+}

@@ -27,6 +27,17 @@ pub fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     }
 }
 
+/// The `Content-Length` of a request or response head (0 without one).
+pub fn content_length(head: &str) -> usize {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
 pub(super) fn fill(s: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> Option<()> {
     while buf.len() < n {
         let mut chunk = [0u8; 65536];
