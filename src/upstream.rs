@@ -12,8 +12,9 @@
 //!   backend announced (`Keep-Alive: timeout=N, max=M`, `Connection: close`),
 //!   trimmed to `pool_max_idle` and expired after `pool_idle_timeout` by
 //!   [`Upstream::reap`].
-//! - A request that gets no answer within `idle::STUCK_AFTER` on a fresh
-//!   connection may sit in the listen backlog of a backend with a worker
+//! - A request that gets no answer on a fresh connection within
+//!   `idle::STUCK_AFTER` (or `idle::STUCK_FACTOR` times the slowest answer
+//!   the backend gave lately, if longer) may sit in the listen backlog of a backend with a worker
 //!   per connection (Apache prefork) whose workers our idle connections
 //!   hold: while it waits, idle connections to that address that nobody
 //!   took for `idle::UNNEEDED_AFTER` are closed, freeing their workers.
@@ -159,6 +160,9 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// Raw connections for HTTP/1 exchanges, idle, one list per worker thread.
     raw: Vec<idle::IdleList>,
+    /// How long this backend takes to answer when it is merely slow: what a
+    /// wait on a fresh connection is measured against (`idle::read_answer`).
+    slowest: idle::SlowestAnswer,
 }
 
 impl Drop for Upstream {
@@ -190,6 +194,7 @@ impl Upstream {
         Arc::new(Upstream {
             connector: Connector::new(&cfg),
             raw: Self::idle_lists(workers),
+            slowest: idle::SlowestAnswer::default(),
             slots: Arc::new(Semaphore::new(cfg.max_connections as usize)),
             freed: Arc::new(Notify::new()),
             next_addr: AtomicUsize::new(0),

@@ -448,6 +448,85 @@ fn a_burst_past_the_backends_workers_is_served_without_waiting_for_idle_connecti
     );
 }
 
+/// A backend that takes 300 ms to answer each request, one thread per
+/// connection (it never runs out of workers), keeping connections open.
+fn slow_backend(mut s: std::net::TcpStream) {
+    let mut buf = Vec::new();
+    while read_head(&mut s, &mut buf).is_some() {
+        thread::sleep(Duration::from_millis(300));
+        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_slow_backend_under_overlapping_bursts_keeps_its_pooled_connections() {
+    // Waves of four requests, a second four 150 ms after the first: the
+    // second four find no idle connection and open fresh ones, which wait
+    // 300 ms for their answers, while the first four come back to the pool
+    // and sit there. A backend that is merely slow has a worker for every
+    // connection: nothing is stuck, and closing the idle ones only makes
+    // the next wave open new connections. Eight connections serve it all.
+    const WAVE: usize = 4;
+    const WAVES: usize = 5;
+    let (addr, accepted) = raw_backend(slow_backend);
+    let p = Proxy::start(
+        &backend_cfg("max_connections = 64\npool_max_idle = 64\npool_idle_timeout = \"60s\""),
+        addr,
+    );
+    let get = |n: usize| -> Vec<thread::JoinHandle<Option<u16>>> {
+        (0..n)
+            .map(|_| {
+                let addr = p.addr;
+                thread::spawn(move || {
+                    let mut s = std::net::TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                        .unwrap();
+                    let mut buf = Vec::new();
+                    read_response(&mut s, &mut buf).map(|r| r.status)
+                })
+            })
+            .collect()
+    };
+    let join = |v: Vec<thread::JoinHandle<Option<u16>>>| {
+        for c in v {
+            assert_eq!(c.join().unwrap(), Some(200));
+        }
+    };
+    // Four connections, each used twice: the pool has seen how slow the
+    // backend is on connections it reused.
+    for _ in 0..2 {
+        join(get(WAVE));
+    }
+    let warm = accepted.load(Ordering::SeqCst);
+    for _ in 0..WAVES {
+        let first = get(WAVE);
+        thread::sleep(Duration::from_millis(150));
+        let second = get(WAVE);
+        join(first);
+        join(second);
+    }
+    let opened = accepted.load(Ordering::SeqCst);
+    eprintln!("backend connections: {warm} after warming up, {opened} after {WAVES} waves");
+    assert!(
+        warm <= WAVE + 1,
+        "{warm} backend connections for {WAVE} requests at a time"
+    );
+    // The first wave's second half opens its own four; from then on eight
+    // pooled connections serve every wave.
+    assert!(
+        opened <= warm + WAVE + 1,
+        "{} more backend connections for {WAVES} waves of {} requests that {} pooled ones could serve",
+        opened - warm,
+        2 * WAVE,
+        warm + WAVE
+    );
+}
+
 /// A backend that sends `100 Continue` before reading every body (asked
 /// or not), then answers 200 with the body's length.
 fn continuing_backend(mut s: std::net::TcpStream) {

@@ -103,6 +103,75 @@ pub const STUCK_AFTER: Duration = Duration::from_millis(100);
 /// a 1,000-connection load: 59 new backend connections per 1,000 requests.)
 pub const UNNEEDED_AFTER: Duration = Duration::from_millis(50);
 
+/// A backend that is merely slow is not stuck: a wait on a fresh connection
+/// counts as stuck only past this many times the slowest answer the backend
+/// gave lately ([`SlowestAnswer`]), if that is longer than [`STUCK_AFTER`].
+/// (Against [`STUCK_AFTER`] alone, a backend that takes 300 ms per request
+/// under bursts lost its idle connections between bursts to the rule and
+/// accepted 111 connections for 158 requests.)
+pub const STUCK_FACTOR: u32 = 3;
+
+/// [`SlowestAnswer`] halves in this time, so that one slow request does not
+/// blunt the rule for good.
+const SLOWEST_HALF_LIFE: Duration = Duration::from_secs(30);
+
+/// A long poll answered after 30 s says nothing of a worker shortage: the
+/// rule waits at most [`STUCK_FACTOR`] times this, still short of Apache's
+/// 5 s `KeepAliveTimeout`.
+const SLOWEST_COUNTED: Duration = Duration::from_secs(1);
+
+/// The slowest recent wait for an answer's first byte from one backend,
+/// decaying by half every [`SLOWEST_HALF_LIFE`], counted up to
+/// [`SLOWEST_COUNTED`]: fed by answers on reused connections (which cannot
+/// sit in a listen backlog) and by those on fresh ones that came before the
+/// wait counted as stuck (a later one may have waited for the backlog, not
+/// the backend). Two relaxed atomics: a lost race loses one sample of a
+/// heuristic.
+pub struct SlowestAnswer {
+    base: Instant,
+    us: AtomicU64,
+    at_ms: AtomicU64,
+}
+
+impl Default for SlowestAnswer {
+    fn default() -> Self {
+        SlowestAnswer {
+            base: Instant::now(),
+            us: AtomicU64::new(0),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl SlowestAnswer {
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The slowest answer, decayed to `now`.
+    fn get(&self, now: Instant) -> Duration {
+        let us = self.us.load(Ordering::Relaxed);
+        let age = self.now_ms(now).saturating_sub(self.at_ms.load(Ordering::Relaxed));
+        let halvings = age / u64::try_from(SLOWEST_HALF_LIFE.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_micros(us.checked_shr(u32::try_from(halvings).unwrap_or(u32::MAX)).unwrap_or(0))
+    }
+
+    fn record(&self, took: Duration, now: Instant) {
+        let took = took.min(SLOWEST_COUNTED);
+        if took > self.get(now) {
+            self.us
+                .store(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+            self.at_ms.store(self.now_ms(now), Ordering::Relaxed);
+        }
+    }
+
+    /// How long a fresh connection may wait for its answer before it counts
+    /// as stuck.
+    pub fn stuck_after(&self, now: Instant) -> Duration {
+        STUCK_AFTER.max(self.get(now).saturating_mul(STUCK_FACTOR))
+    }
+}
+
 /// Since when an exchange holds a connection: observed when it comes back
 /// to the pool or is dropped, whichever path its exchange took.
 struct Hold {
@@ -354,9 +423,9 @@ impl Upstream {
 
     /// Reads the next bytes of a response head from `c` into `resp` until
     /// `deadline` (`None`: it passed). While a fresh connection's answer
-    /// has not begun after [`STUCK_AFTER`], idle connections to the same
-    /// address unused for [`UNNEEDED_AFTER`] are closed, which frees the
-    /// backend workers they held.
+    /// has not begun after [`SlowestAnswer::stuck_after`], idle connections
+    /// to the same address unused for [`UNNEEDED_AFTER`] are closed, which
+    /// frees the backend workers they held.
     pub async fn read_answer(
         &self,
         c: &mut RawConn,
@@ -364,21 +433,51 @@ impl Upstream {
         deadline: Instant,
     ) -> Option<io::Result<usize>> {
         use tokio::io::AsyncReadExt;
-        if c.uses > 0 || !resp.is_empty() {
+        if !resp.is_empty() {
             return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+        }
+        let asked = Instant::now();
+        let answered = |r: &Option<io::Result<usize>>| {
+            if let Some(Ok(n)) = r {
+                if *n > 0 {
+                    let now = Instant::now();
+                    self.slowest.record(now.saturating_duration_since(asked), now);
+                }
+            }
+        };
+        if c.uses > 0 {
+            let r = tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+            answered(&r);
+            return r;
         }
         let addr = c.addr;
         let read = c.stream.read_buf(resp);
         tokio::pin!(read);
-        let mut check = Instant::now() + STUCK_AFTER;
+        let mut check = asked + self.slowest.stuck_after(asked);
+        let mut stuck = false;
         loop {
             tokio::select! {
-                r = &mut read => return Some(r),
+                r = &mut read => {
+                    let r = Some(r);
+                    if !stuck {
+                        answered(&r);
+                    }
+                    return r;
+                }
                 () = tokio::time::sleep_until(check.min(deadline)) => {}
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return None;
             }
+            // An answer on another connection may have shown meanwhile that
+            // the backend is merely slow.
+            let stuck_at = asked + self.slowest.stuck_after(now);
+            if now < stuck_at {
+                check = stuck_at;
+                continue;
+            }
+            stuck = true;
             let closed = self.close_unneeded_to(addr);
             if closed > 0 {
                 debug!(backend = %self.cfg.name, %addr, closed, "closed idle connections: a request waits on a fresh one");
