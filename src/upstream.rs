@@ -14,10 +14,11 @@
 //!   [`Upstream::reap`].
 //! - A request that gets no answer on a fresh connection within
 //!   `idle::STUCK_AFTER` (or `idle::STUCK_FACTOR` times the slowest answer
-//!   the backend gave lately, if longer) may sit in the listen backlog of a backend with a worker
-//!   per connection (Apache prefork) whose workers our idle connections
-//!   hold: while it waits, idle connections to that address that nobody
-//!   took for `idle::UNNEEDED_AFTER` are closed, freeing their workers.
+//!   its address gave lately, if longer) may sit in the listen backlog of
+//!   a backend with a worker per connection (Apache prefork) whose workers
+//!   our idle connections hold: it closes the idle connection to that
+//!   address that nobody took for longest (at least `idle::UNNEEDED_AFTER`),
+//!   one per stuck request, freeing its worker.
 //! - Addresses are chosen round-robin (the pool already keeps load per
 //!   connection even; least-outstanding would need a shared counter on the hot
 //!   path for little gain with a handful of addresses); one that fails to
@@ -160,9 +161,9 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// Raw connections for HTTP/1 exchanges, idle, one list per worker thread.
     raw: Vec<idle::IdleList>,
-    /// How long this backend takes to answer when it is merely slow: what a
-    /// wait on a fresh connection is measured against (`idle::read_answer`).
-    slowest: idle::SlowestAnswer,
+    /// How long each address takes to answer when it is merely slow: what
+    /// a wait on a fresh connection is measured against (`idle::read_answer`).
+    slowest: Vec<idle::SlowestAnswer>,
 }
 
 impl Drop for Upstream {
@@ -194,7 +195,7 @@ impl Upstream {
         Arc::new(Upstream {
             connector: Connector::new(&cfg),
             raw: Self::idle_lists(workers),
-            slowest: idle::SlowestAnswer::default(),
+            slowest: cfg.addrs.iter().map(|_| idle::SlowestAnswer::default()).collect(),
             slots: Arc::new(Semaphore::new(cfg.max_connections as usize)),
             freed: Arc::new(Notify::new()),
             next_addr: AtomicUsize::new(0),

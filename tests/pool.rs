@@ -527,6 +527,60 @@ fn a_slow_backend_under_overlapping_bursts_keeps_its_pooled_connections() {
     );
 }
 
+/// A backend that answers `/poll` after 1.5 s (a long poll) and anything
+/// else at once, one thread per connection, keeping connections open.
+fn long_poll_backend(mut s: std::net::TcpStream) {
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        if head.starts_with("GET /poll ") {
+            thread::sleep(Duration::from_millis(1500));
+        }
+        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+#[test]
+fn a_long_poll_on_a_fresh_connection_does_not_empty_the_pool_while_it_waits() {
+    // The long poll waits 1.5 s on a fresh connection with a backend that
+    // has a worker for every connection. Meanwhile one client makes a GET
+    // every 100 ms, each of which finds the connection the one before
+    // left idle. A wait that long looks stuck; closing idle connections
+    // while it lasts would make every GET open a connection of its own.
+    const GETS: usize = 10;
+    let (addr, accepted) = raw_backend(long_poll_backend);
+    let p = Proxy::start(
+        &backend_cfg("max_connections = 16\npool_max_idle = 16\npool_idle_timeout = \"60s\""),
+        addr,
+    );
+    let proxy = p.addr;
+    let fetch = move |path: &'static str| {
+        let mut s = std::net::TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+        let mut buf = Vec::new();
+        read_response(&mut s, &mut buf).map(|r| r.status)
+    };
+    let poll = thread::spawn(move || fetch("/poll"));
+    assert!(wait_until(Duration::from_secs(5), || accepted.load(Ordering::SeqCst) == 1));
+    for _ in 0..GETS {
+        assert_eq!(fetch("/"), Some(200));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(poll.join().unwrap(), Some(200));
+    let opened = accepted.load(Ordering::SeqCst);
+    eprintln!("backend connections for a long poll and {GETS} GETs beside it: {opened}");
+    // The long poll's, the GETs' own, and at most one the rule closed.
+    assert!(
+        opened <= 3,
+        "{opened} backend connections for a long poll and {GETS} sequential GETs"
+    );
+}
+
 /// A backend that sends `100 Continue` before reading every body (asked
 /// or not), then answers 200 with the body's length.
 fn continuing_backend(mut s: std::net::TcpStream) {

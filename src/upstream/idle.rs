@@ -93,14 +93,17 @@ pub struct RawConn {
 /// default, never meets this.
 pub const STUCK_AFTER: Duration = Duration::from_millis(100);
 
-/// While a request is stuck so, an idle connection to its backend that has
-/// not been taken for this long is closed (checked again at this pace):
-/// nobody needs it, and its backend worker may be what the request waits
-/// for. Under load idle connections are taken again within microseconds,
-/// and a fresh connection is made only when none was idle, so a backend
-/// that is merely slow loses nothing to this rule. (Closing every
-/// connection coming back while a request waited churned connections under
-/// a 1,000-connection load: 59 new backend connections per 1,000 requests.)
+/// While a request is stuck so, the idle connection to its backend that
+/// has not been taken for longest, and for at least this long, is closed
+/// (looked for again at this pace until there is one): nobody needs it,
+/// and its backend worker may be what the request waits for. Under load
+/// idle connections are taken again within microseconds, and a fresh
+/// connection is made only when none was idle, so a busy backend loses
+/// nothing to this rule. (Closing every connection coming back while a
+/// request waited churned connections under a 1,000-connection load: 59
+/// new backend connections per 1,000 requests. Closing every idle one
+/// every 50 ms for as long as a long poll waited made each request beside
+/// it open a connection of its own.)
 pub const UNNEEDED_AFTER: Duration = Duration::from_millis(50);
 
 /// A backend that is merely slow is not stuck: a wait on a fresh connection
@@ -423,9 +426,12 @@ impl Upstream {
 
     /// Reads the next bytes of a response head from `c` into `resp` until
     /// `deadline` (`None`: it passed). While a fresh connection's answer
-    /// has not begun after [`SlowestAnswer::stuck_after`], idle connections
-    /// to the same address unused for [`UNNEEDED_AFTER`] are closed, which
-    /// frees the backend workers they held.
+    /// has not begun after [`SlowestAnswer::stuck_after`], the idle
+    /// connection to the same address unused longest (for at least
+    /// [`UNNEEDED_AFTER`]) is closed, which frees the backend worker it
+    /// held: one per stuck request, as many as there are requests the
+    /// backlog holds. One that closing did not unstick is not a worker
+    /// shortage (a long poll, a hung request): it closes no more.
     pub async fn read_answer(
         &self,
         c: &mut RawConn,
@@ -436,12 +442,22 @@ impl Upstream {
         if !resp.is_empty() {
             return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
         }
+        let addr = c.addr;
+        let Some(slowest) = self
+            .cfg
+            .addrs
+            .iter()
+            .position(|a| *a == addr)
+            .and_then(|i| self.slowest.get(i))
+        else {
+            return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+        };
         let asked = Instant::now();
         let answered = |r: &Option<io::Result<usize>>| {
             if let Some(Ok(n)) = r {
                 if *n > 0 {
                     let now = Instant::now();
-                    self.slowest.record(now.saturating_duration_since(asked), now);
+                    slowest.record(now.saturating_duration_since(asked), now);
                 }
             }
         };
@@ -450,12 +466,14 @@ impl Upstream {
             answered(&r);
             return r;
         }
-        let addr = c.addr;
         let read = c.stream.read_buf(resp);
         tokio::pin!(read);
-        let mut check = asked + self.slowest.stuck_after(asked);
+        let mut check = Some(asked + slowest.stuck_after(asked));
         let mut stuck = false;
         loop {
+            let Some(at) = check else {
+                return tokio::time::timeout_at(deadline, read).await.ok();
+            };
             tokio::select! {
                 r = &mut read => {
                     let r = Some(r);
@@ -464,7 +482,7 @@ impl Upstream {
                     }
                     return r;
                 }
-                () = tokio::time::sleep_until(check.min(deadline)) => {}
+                () = tokio::time::sleep_until(at.min(deadline)) => {}
             }
             let now = Instant::now();
             if now >= deadline {
@@ -472,40 +490,55 @@ impl Upstream {
             }
             // An answer on another connection may have shown meanwhile that
             // the backend is merely slow.
-            let stuck_at = asked + self.slowest.stuck_after(now);
+            let stuck_at = asked + slowest.stuck_after(now);
             if now < stuck_at {
-                check = stuck_at;
+                check = Some(stuck_at);
                 continue;
             }
             stuck = true;
-            let closed = self.close_unneeded_to(addr);
-            if closed > 0 {
-                debug!(backend = %self.cfg.name, %addr, closed, "closed idle connections: a request waits on a fresh one");
+            if self.close_one_unneeded_to(addr) {
+                debug!(backend = %self.cfg.name, %addr, "closed an idle connection: a request waits on a fresh one");
+                check = None;
+            } else {
+                check = Some(now + UNNEEDED_AFTER);
             }
-            check = Instant::now() + UNNEEDED_AFTER;
         }
     }
 
-    /// Closes the idle connections to `addr` unused for [`UNNEEDED_AFTER`],
-    /// from every worker's list; how many.
-    fn close_unneeded_to(&self, addr: SocketAddr) -> usize {
+    /// Closes the idle connection to `addr` unused longest, if it was
+    /// unused for [`UNNEEDED_AFTER`], from any worker's list; whether one
+    /// was closed.
+    fn close_one_unneeded_to(&self, addr: SocketAddr) -> bool {
         let now = Instant::now();
-        let mut closed = Vec::new();
-        for list in &self.raw {
+        let oldest = |idle: &Vec<RawConn>| {
+            idle.iter()
+                .enumerate()
+                .filter(|(_, c)| c.addr == addr && now.saturating_duration_since(c.hold.released) >= UNNEEDED_AFTER)
+                .min_by_key(|(_, c)| c.hold.released)
+                .map(|(i, c)| (i, c.hold.released))
+        };
+        let Some(list) = self
+            .raw
+            .iter()
+            .filter_map(|list| oldest(&lock(&list.conns)).map(|(_, at)| (list, at)))
+            .min_by_key(|(_, at)| *at)
+            .map(|(list, _)| list)
+        else {
+            return false;
+        };
+        // Taken out under the lock again: another request may have taken it.
+        let closed = {
             let mut idle = lock(&list.conns);
-            let mut i = 0;
-            while i < idle.len() {
-                if idle[i].addr == addr && now.saturating_duration_since(idle[i].hold.released) >= UNNEEDED_AFTER {
-                    closed.push(idle.remove(i));
-                } else {
-                    i += 1;
-                }
+            oldest(&idle).map(|(i, _)| idle.remove(i))
+        };
+        match closed {
+            Some(c) => {
+                drop(c);
+                self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
+                true
             }
+            None => false,
         }
-        for _ in &closed {
-            self.metrics.reaped(&self.cfg.name, ReapReason::OverMaxIdle);
-        }
-        closed.len()
     }
 
     /// Closes one idle raw connection to free its slot, from any worker's
