@@ -18,7 +18,8 @@
 //!   a backend with a worker per connection (Apache prefork) whose workers
 //!   our idle connections hold: it closes the idle connection to that
 //!   address that nobody took for longest (at least `idle::UNNEEDED_AFTER`),
-//!   one per stuck request, freeing its worker.
+//!   freeing its worker, while fewer were closed so than requests are stuck
+//!   (`idle::AddrAnswers`).
 //! - Addresses are chosen round-robin (the pool already keeps load per
 //!   connection even; least-outstanding would need a shared counter on the hot
 //!   path for little gain with a handful of addresses); one that fails to
@@ -161,9 +162,9 @@ pub struct Upstream {
     metrics: Arc<Metrics>,
     /// Raw connections for HTTP/1 exchanges, idle, one list per worker thread.
     raw: Vec<idle::IdleList>,
-    /// How long each address takes to answer when it is merely slow: what
-    /// a wait on a fresh connection is measured against (`idle::read_answer`).
-    slowest: Vec<idle::SlowestAnswer>,
+    /// How long each address takes to answer when it is merely slow, and
+    /// its requests stuck in a backlog (`idle::read_answer`).
+    answers: Vec<idle::AddrAnswers>,
 }
 
 impl Drop for Upstream {
@@ -195,7 +196,7 @@ impl Upstream {
         Arc::new(Upstream {
             connector: Connector::new(&cfg),
             raw: Self::idle_lists(workers),
-            slowest: cfg.addrs.iter().map(|_| idle::SlowestAnswer::default()).collect(),
+            answers: cfg.addrs.iter().map(|_| idle::AddrAnswers::default()).collect(),
             slots: Arc::new(Semaphore::new(cfg.max_connections as usize)),
             freed: Arc::new(Notify::new()),
             next_addr: AtomicUsize::new(0),

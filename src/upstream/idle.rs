@@ -18,7 +18,7 @@ use crate::metrics::ReapReason;
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
@@ -122,6 +122,53 @@ const SLOWEST_HALF_LIFE: Duration = Duration::from_secs(30);
 /// rule waits at most [`STUCK_FACTOR`] times this, still short of Apache's
 /// 5 s `KeepAliveTimeout`.
 const SLOWEST_COUNTED: Duration = Duration::from_secs(1);
+
+/// What the pool knows of one backend address's answers: how slow it is
+/// lately, and the requests stuck in its backlog beside the workers freed
+/// for them.
+#[derive(Default)]
+pub struct AddrAnswers {
+    slowest: SlowestAnswer,
+    /// Requests on fresh connections that count as stuck, not answered yet.
+    stuck: AtomicUsize,
+    /// Idle connections closed for them, not yet matched by an answer: no
+    /// more are closed than requests are stuck, so a long poll or a hung
+    /// request costs the pool one connection, while a burst in the backlog
+    /// frees a worker for each of its requests (whichever of them the
+    /// backend then accepts first).
+    freed: AtomicUsize,
+}
+
+/// One request counted as stuck, until it is answered or given up.
+struct Stuck<'a>(&'a AddrAnswers);
+
+impl Drop for Stuck<'_> {
+    fn drop(&mut self) {
+        sub_one(&self.0.stuck);
+        sub_one(&self.0.freed);
+    }
+}
+
+fn sub_one(a: &AtomicUsize) {
+    let _ = a.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
+}
+
+impl AddrAnswers {
+    fn stuck(&self) -> Stuck<'_> {
+        self.stuck.fetch_add(1, Ordering::AcqRel);
+        Stuck(self)
+    }
+
+    /// Takes the right to free one more worker, while fewer were freed than
+    /// requests are stuck.
+    fn may_free(&self) -> bool {
+        self.freed
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |f| {
+                (f < self.stuck.load(Ordering::Acquire)).then_some(f + 1)
+            })
+            .is_ok()
+    }
+}
 
 /// The slowest recent wait for an answer's first byte from one backend,
 /// decaying by half every [`SLOWEST_HALF_LIFE`], counted up to
@@ -429,9 +476,8 @@ impl Upstream {
     /// has not begun after [`SlowestAnswer::stuck_after`], the idle
     /// connection to the same address unused longest (for at least
     /// [`UNNEEDED_AFTER`]) is closed, which frees the backend worker it
-    /// held: one per stuck request, as many as there are requests the
-    /// backlog holds. One that closing did not unstick is not a worker
-    /// shortage (a long poll, a hung request): it closes no more.
+    /// held, as long as fewer were closed so than requests are stuck
+    /// ([`AddrAnswers`]).
     pub async fn read_answer(
         &self,
         c: &mut RawConn,
@@ -443,15 +489,16 @@ impl Upstream {
             return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
         }
         let addr = c.addr;
-        let Some(slowest) = self
+        let Some(answers) = self
             .cfg
             .addrs
             .iter()
             .position(|a| *a == addr)
-            .and_then(|i| self.slowest.get(i))
+            .and_then(|i| self.answers.get(i))
         else {
             return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
         };
+        let slowest = &answers.slowest;
         let asked = Instant::now();
         let answered = |r: &Option<io::Result<usize>>| {
             if let Some(Ok(n)) = r {
@@ -468,21 +515,18 @@ impl Upstream {
         }
         let read = c.stream.read_buf(resp);
         tokio::pin!(read);
-        let mut check = Some(asked + slowest.stuck_after(asked));
-        let mut stuck = false;
+        let mut check = asked + slowest.stuck_after(asked);
+        let mut stuck = None;
         loop {
-            let Some(at) = check else {
-                return tokio::time::timeout_at(deadline, read).await.ok();
-            };
             tokio::select! {
                 r = &mut read => {
                     let r = Some(r);
-                    if !stuck {
+                    if stuck.is_none() {
                         answered(&r);
                     }
                     return r;
                 }
-                () = tokio::time::sleep_until(at.min(deadline)) => {}
+                () = tokio::time::sleep_until(check.min(deadline)) => {}
             }
             let now = Instant::now();
             if now >= deadline {
@@ -491,17 +535,19 @@ impl Upstream {
             // An answer on another connection may have shown meanwhile that
             // the backend is merely slow.
             let stuck_at = asked + slowest.stuck_after(now);
-            if now < stuck_at {
-                check = Some(stuck_at);
+            if stuck.is_none() && now < stuck_at {
+                check = stuck_at;
                 continue;
             }
-            stuck = true;
-            if self.close_one_unneeded_to(addr) {
-                debug!(backend = %self.cfg.name, %addr, "closed an idle connection: a request waits on a fresh one");
-                check = None;
-            } else {
-                check = Some(now + UNNEEDED_AFTER);
+            stuck.get_or_insert_with(|| answers.stuck());
+            if answers.may_free() {
+                if self.close_one_unneeded_to(addr) {
+                    debug!(backend = %self.cfg.name, %addr, "closed an idle connection: a request waits on a fresh one");
+                } else {
+                    sub_one(&answers.freed);
+                }
             }
+            check = now + UNNEEDED_AFTER;
         }
     }
 
