@@ -463,11 +463,12 @@ async fn wait_head<S: ClientStream>(
             // Boxed: a plain connection's task does not carry its size.
             Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
         } else if idle {
-            // The readiness may be stale (only a read that would block
-            // clears it): such a read goes back to the wait above, where
-            // a connection can be asked to make room, rather than idling
-            // in a read that cannot be.
-            match stream.tcp().try_read_buf(buf) {
+            // The readiness may be stale (a read that would block clears
+            // it; so does a read that drained the socket, which spares
+            // the next wait an `EAGAIN`): such a read goes back to the
+            // wait above, where a connection can be asked to make room,
+            // rather than idling in a read that cannot be.
+            match crate::stream::try_read_draining(stream.tcp(), buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 r => Some(Ok(r)),
             }
