@@ -499,3 +499,36 @@ fn pipelined_requests_arriving_while_busy_and_split_anywhere_are_answered_in_ord
     }
     assert_eq!(backend.lines.lock().unwrap().len(), 4 + 2 * 96);
 }
+
+/// The same without the idle set's safety net: with a keep-alive timeout
+/// shorter than the wait before parking, a request whose arrival was not
+/// noticed (its readiness cleared after it came) would see the keep-alive
+/// close instead of its answer. It came while its predecessor was at the
+/// backend, so no keep-alive wait is due: its answer must follow.
+#[test]
+fn a_request_that_came_while_the_one_before_was_at_the_backend_is_not_missed() {
+    let backend = Gated::start();
+    let p = Proxy::start(
+        "workers = 1\n[client]\nkeepalive_timeout = \"5ms\"\nheader_timeout = \"60s\"\n",
+        backend.addr,
+    );
+    let req = |i: usize| format!("GET /r{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+    for round in 0..20 {
+        let mut s = p.connect();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        s.write_all(req(0).as_bytes()).unwrap();
+        backend.wait_for(2 * round + 1);
+        s.write_all(req(1).as_bytes()).unwrap();
+        // In finguard's socket (so in its epoll's ready list) before the
+        // answer to the first request is let go.
+        let me = s.local_addr().unwrap().port();
+        assert!(wait_until(Duration::from_secs(5), || unread_bytes(p.port(), me)
+            .is_some_and(|n| n > 0)));
+        backend.release(1);
+        answered(&mut s, &mut buf, "/r0");
+        backend.wait_for(2 * round + 2);
+        backend.release(1);
+        answered(&mut s, &mut buf, "/r1");
+    }
+}
