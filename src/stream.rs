@@ -7,8 +7,7 @@ use std::future::Future;
 use std::io;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::Interest;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -33,6 +32,11 @@ const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
 ///   event arrived since (its tick): an event that came in between, for
 ///   bytes the `recv` may not have taken, survives;
 /// - a FIN (`READ_CLOSED`) is never cleared: the next read sees it.
+///
+/// (A read also stops short at TCP urgent data with bytes behind it, for
+/// tokio's `poll_read` as here: those bytes wait for the client's next
+/// segment or, on an idle connection, for the idle set, which sees them
+/// when it takes the connection.)
 pub fn try_read_draining(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     let room = buf.capacity() - buf.len();
     let mut got = 0;
