@@ -47,9 +47,8 @@ pub const PARK_AFTER: Duration = Duration::from_millis(10);
 /// long before it is parked the next time, up to `PARK_AFTER` times two to
 /// this power (160 ms). A client that thinks for longer than `PARK_AFTER`
 /// but keeps coming back (1,000 wrk connections on a loaded machine send
-/// one every 50 to 140 ms) was otherwise parked and woken on every
-/// request: 1.2 to 1.6 `epoll_ctl` calls per request, against 0.06 to
-/// 0.09 with this. New connections still park after `PARK_AFTER`, and a
+/// one every 50 to 140 ms) was otherwise parked and woken on most
+/// requests: 0.6 to 1.5 `epoll_ctl` calls per request, 0.11 with this. New connections still park after `PARK_AFTER`, and a
 /// connection that truly idles is parked at most this much later.
 pub const MAX_DOUBLINGS: u8 = 4;
 
