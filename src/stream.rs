@@ -2,16 +2,57 @@
 //! loop is written once over this trait; the close is always done on the TCP
 //! socket itself (after TLS's `close_notify`).
 
+use bytes::BytesMut;
 use std::future::Future;
 use std::io;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// Longest wait for TLS's `close_notify` to be written before the TCP close.
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads what `tcp` holds into `buf`'s spare room without waiting, as
+/// [`TcpStream::try_read_buf`] does, and leaves the read readiness cleared
+/// when the read drained the receive queue, so that the next wait for the
+/// socket goes straight to epoll instead of first making a `recv` that
+/// fails with `EAGAIN` (one system call per keep-alive request).
+///
+/// A read that fills less than the room it was given took everything the
+/// kernel held for this stream socket: nginx's `ngx_unix_recv` clears
+/// `rev->ready` on such a short read, and tokio's own `poll_read` (behind
+/// `read_buf`) does the same; only its `try_read*` calls wait for the
+/// `EAGAIN`. Why no wakeup is lost:
+/// - tokio registers sockets edge-triggered (`EPOLLET`): bytes that arrive
+///   after the `recv` raise a new event, which sets the readiness again;
+/// - the readiness cleared is the one seen before the `recv` (`try_io`
+///   takes it before calling the closure), and tokio clears only when no
+///   event arrived since (its tick): an event that came in between, for
+///   bytes the `recv` may not have taken, survives;
+/// - a FIN (`READ_CLOSED`) is never cleared: the next read sees it.
+///
+/// (A read also stops short at TCP urgent data with bytes behind it, for
+/// tokio's `poll_read` as here: those bytes wait for the client's next
+/// segment or, on an idle connection, for the idle set, which sees them
+/// when it takes the connection.)
+pub fn try_read_draining(tcp: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = 0;
+    let read = tcp.try_io(Interest::READABLE, || {
+        got = tcp.try_read_buf(buf)?;
+        if 0 < got && got < room {
+            // `try_io` clears the readiness it saw on `WouldBlock` alone.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(got)
+    });
+    match read {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
+    }
+}
 
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// `https` or `http`, for `X-Forwarded-Proto` / `Forwarded: proto=`.

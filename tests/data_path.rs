@@ -376,3 +376,159 @@ fn a_slow_reader_gets_the_whole_download_with_keepalive_and_with_close() {
         assert_eq!(Some(got), want, "cut off (reset: {reset})");
     }
 }
+
+/// A backend that answers each request (200, its request line as the
+/// body) only once the test lets it: what it received is recorded first,
+/// so the test knows what finguard has read from its client.
+struct Gated {
+    addr: SocketAddr,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokens: std::sync::Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>,
+}
+
+impl Gated {
+    fn start() -> Gated {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let g = Gated {
+            addr: l.local_addr().unwrap(),
+            lines: Default::default(),
+            tokens: Default::default(),
+        };
+        let (lines, tokens) = (g.lines.clone(), g.tokens.clone());
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                let (lines, tokens) = (lines.clone(), tokens.clone());
+                thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    while let Some(head) = read_head(&mut s, &mut buf) {
+                        let line = head.lines().next().unwrap_or("").to_string();
+                        lines.lock().unwrap().push(line.clone());
+                        let (n, cv) = &*tokens;
+                        let mut n = cv.wait_while(n.lock().unwrap(), |n| *n == 0).unwrap();
+                        *n -= 1;
+                        drop(n);
+                        let r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{line}", line.len());
+                        if s.write_all(r.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        g
+    }
+
+    /// Lets `n` more responses go.
+    fn release(&self, n: usize) {
+        let (tokens, cv) = &*self.tokens;
+        *tokens.lock().unwrap() += n;
+        cv.notify_all();
+    }
+
+    /// Waits until the backend has received `n` requests.
+    fn wait_for(&self, n: usize) {
+        let got = wait_until(Duration::from_secs(5), || self.lines.lock().unwrap().len() >= n);
+        assert!(got, "the backend got {:?}", self.lines.lock().unwrap());
+    }
+}
+
+/// Reads the response to `path` (its body is the request line it answers).
+fn answered(s: &mut TcpStream, buf: &mut Vec<u8>, path: &str) {
+    let r = read_response(s, buf).unwrap_or_else(|| panic!("no response to {path}"));
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(String::from_utf8_lossy(&r.body), format!("GET {path} HTTP/1.1"));
+}
+
+/// A read that drains the client socket clears its readiness (no `EAGAIN`
+/// read before the next wait): bytes that arrive afterwards, while the
+/// connection is busy with the backend, split anywhere, must still be read
+/// and answered, in order, without the client sending anything more.
+#[test]
+fn pipelined_requests_arriving_while_busy_and_split_anywhere_are_answered_in_order() {
+    let backend = Gated::start();
+    let p = Proxy::start(
+        "workers = 1\n[client]\nkeepalive_timeout = \"60s\"\nheader_timeout = \"60s\"\nmax_requests_per_connection = 1000\n",
+        backend.addr,
+    );
+    let req = |i: usize| format!("GET /r{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut s = p.connect();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+
+    // A whole request arrives while the one before is at the backend: the
+    // connection then goes from the response straight to that request.
+    s.write_all(req(0).as_bytes()).unwrap();
+    backend.wait_for(1);
+    s.write_all(req(1).as_bytes()).unwrap();
+    backend.release(1);
+    answered(&mut s, &mut buf, "/r0");
+    backend.wait_for(2);
+    backend.release(1);
+    answered(&mut s, &mut buf, "/r1");
+
+    // A request and a piece of the next; more of it while the first is at
+    // the backend; its last byte after the first's response.
+    let (r2, r3) = (req(2), req(3));
+    s.write_all(format!("{r2}{}", &r3[..7]).as_bytes()).unwrap();
+    backend.wait_for(3);
+    s.write_all(&r3.as_bytes()[7..r3.len() - 1]).unwrap();
+    backend.release(1);
+    answered(&mut s, &mut buf, "/r2");
+    s.write_all(&r3.as_bytes()[r3.len() - 1..]).unwrap();
+    backend.wait_for(4);
+    backend.release(1);
+    answered(&mut s, &mut buf, "/r3");
+
+    // More pipelined requests in one write than one read takes (2 KiB):
+    // a read that fills its buffer leaves the readiness for the next one.
+    let batch: String = (4..100).map(req).collect();
+    assert!(batch.len() > 2048);
+    backend.release(96);
+    s.write_all(batch.as_bytes()).unwrap();
+    for i in 4..100 {
+        answered(&mut s, &mut buf, &format!("/r{i}"));
+    }
+    // The same bytes again, one byte per write.
+    backend.release(96);
+    for b in batch.as_bytes() {
+        s.write_all(std::slice::from_ref(b)).unwrap();
+    }
+    for i in 4..100 {
+        answered(&mut s, &mut buf, &format!("/r{i}"));
+    }
+    assert_eq!(backend.lines.lock().unwrap().len(), 4 + 2 * 96);
+}
+
+/// The same without the idle set's safety net: with a keep-alive timeout
+/// shorter than the wait before parking, a request whose arrival was not
+/// noticed (its readiness cleared after it came) would see the keep-alive
+/// close instead of its answer. It came while its predecessor was at the
+/// backend, so no keep-alive wait is due: its answer must follow.
+#[test]
+fn a_request_that_came_while_the_one_before_was_at_the_backend_is_not_missed() {
+    let backend = Gated::start();
+    let p = Proxy::start(
+        "workers = 1\n[client]\nkeepalive_timeout = \"5ms\"\nheader_timeout = \"60s\"\n",
+        backend.addr,
+    );
+    let req = |i: usize| format!("GET /r{i} HTTP/1.1\r\nHost: a\r\n\r\n");
+    for round in 0..20 {
+        let mut s = p.connect();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        s.write_all(req(0).as_bytes()).unwrap();
+        backend.wait_for(2 * round + 1);
+        s.write_all(req(1).as_bytes()).unwrap();
+        // In finguard's socket (so in its epoll's ready list) before the
+        // answer to the first request is let go.
+        let me = s.local_addr().unwrap().port();
+        assert!(wait_until(Duration::from_secs(5), || unread_bytes(p.port(), me)
+            .is_some_and(|n| n > 0)));
+        backend.release(1);
+        answered(&mut s, &mut buf, "/r0");
+        backend.wait_for(2 * round + 2);
+        backend.release(1);
+        answered(&mut s, &mut buf, "/r1");
+    }
+}

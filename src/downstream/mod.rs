@@ -52,7 +52,7 @@ pub(super) enum Ending {
     /// Idle, and asked to make room for a newcomer: closed at once (FIN;
     /// nothing is in flight and nothing unread, so no lingering).
     Evicted,
-    /// Not an ending: idle past `PARK_AFTER`, to be parked until this
+    /// Not an ending: idle past `parking::park_after`, to be parked until this
     /// keep-alive deadline (handled by the loop, never by `finish`).
     Park(Instant),
 }
@@ -77,6 +77,7 @@ pub fn serve<S: ClientStream>(
         conn: ConnState {
             policy: None,
             served: 0,
+            returns: 0,
         },
         _slot: slot,
     };
@@ -85,7 +86,10 @@ pub fn serve<S: ClientStream>(
 
 /// A parked connection handed back by its idle set: on to the same
 /// keep-alive loop, in a task of its own again.
-pub(crate) async fn resume(sock: std::net::TcpStream, held: Held, why: parking::Wake) {
+pub(crate) async fn resume(sock: std::net::TcpStream, mut held: Held, why: parking::Wake) {
+    if why == parking::Wake::Readable {
+        held.conn.returns = held.conn.returns.saturating_add(1);
+    }
     let stream = match tokio::net::TcpStream::from_std(sock) {
         Ok(s) => s,
         Err(e) => {
@@ -163,7 +167,7 @@ fn keep_alive<S: ClientStream>(
                 track.set(if idle { ClientState::Idle } else { ClientState::Reading });
                 let wait = Wait {
                     idle_until,
-                    park_at: (may_park && idle).then(|| now + parking::PARK_AFTER),
+                    park_at: (may_park && idle).then(|| now + parking::park_after(conn.returns)),
                     header_timeout: t.head,
                     max: max_header_bytes,
                     served_before: conn.served > 0,
@@ -231,6 +235,9 @@ struct ConnState {
     /// Classified on the first request.
     policy: Option<Arc<ClientPolicy>>,
     served: u32,
+    /// Times its client came back while it was parked (saturating): it
+    /// waits longer before it is parked again ([`parking::park_after`]).
+    returns: u8,
 }
 
 /// Serves the request whose head is the first `len` bytes of `buf`: parse,
@@ -463,11 +470,12 @@ async fn wait_head<S: ClientStream>(
             // Boxed: a plain connection's task does not carry its size.
             Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
         } else if idle {
-            // The readiness may be stale (only a read that would block
-            // clears it): such a read goes back to the wait above, where
-            // a connection can be asked to make room, rather than idling
-            // in a read that cannot be.
-            match stream.tcp().try_read_buf(buf) {
+            // The readiness may be stale (a read that would block clears
+            // it; so does a read that drained the socket, which spares
+            // the next wait an `EAGAIN`): such a read goes back to the
+            // wait above, where a connection can be asked to make room,
+            // rather than idling in a read that cannot be.
+            match crate::stream::try_read_draining(stream.tcp(), buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 r => Some(Ok(r)),
             }

@@ -224,6 +224,26 @@ pub fn tcp_sockets(local: u16, remote: u16) -> Vec<(&'static str, u64)> {
     out
 }
 
+/// Bytes received and not yet read by the socket whose local port is
+/// `local` and remote port `remote` (`rx_queue` in `/proc/net/tcp{,6}`).
+pub fn unread_bytes(local: u16, remote: u16) -> Option<usize> {
+    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or("0"), 16).unwrap_or(0);
+            if f.len() < 5 || port(f[1]) != local || port(f[2]) != remote {
+                continue;
+            }
+            let rx = f[4].split(':').nth(1)?;
+            return usize::from_str_radix(rx, 16).ok();
+        }
+    }
+    None
+}
+
 /// Reads from `s` until EOF or an error: the bytes, and whether it ended in a
 /// reset (an abort) rather than a clean FIN.
 pub fn read_to_end_or_reset(s: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
