@@ -191,6 +191,11 @@ reclaim_first = true
         assert!(wait_until(LIMIT, || is_parked(&p, &s)));
         held.push(s);
     }
+    // Every held connection's grace window has passed before the first
+    // newcomer comes; otherwise, on a loaded machine, the oldest browser
+    // could be out of its window while the crawler, served just after it,
+    // was still in its own, and go first.
+    std::thread::sleep(Duration::from_millis(250));
     let closed = |s: &TcpStream| !is_listed(&p, s);
     // Past the grace window, each newcomer closes one parked connection:
     // the crawler first, then the longest idle.
