@@ -22,8 +22,9 @@ use crate::http1::head::{self, Reject};
 use crate::policy::ClientPolicy;
 use crate::registry::{self, ClientState};
 use crate::shared::{Shared, Slot};
-use crate::stream::ClientStream;
+use crate::stream::{ClientStream, Unhooked};
 use crate::timeouts::ClientTimeouts;
+use crate::tls::stream::TlsConn;
 use crate::upstream::HoldCell;
 use bytes::BytesMut;
 use linger::CloseOutcome;
@@ -85,8 +86,17 @@ pub fn serve<S: ClientStream>(
 
 /// A parked connection handed back by its idle set: on to the same
 /// keep-alive loop, in a task of its own again.
-pub(crate) async fn resume(sock: std::net::TcpStream, held: Held, why: parking::Wake) {
-    let stream = match tokio::net::TcpStream::from_std(sock) {
+pub(crate) fn resume(sock: Unhooked, held: Held, why: parking::Wake) -> impl std::future::Future<Output = ()> {
+    use tokio_util::either::Either;
+    // Its first request is long served: `accepted` is not looked at again.
+    match sock.tls {
+        None => Either::Left(resume_as::<tokio::net::TcpStream>(sock, held, why)),
+        Some(_) => Either::Right(resume_as::<TlsConn>(sock, held, why)),
+    }
+}
+
+async fn resume_as<S: ClientStream>(sock: Unhooked, held: Held, why: parking::Wake) {
+    let stream = match S::from_std(sock) {
         Ok(s) => s,
         Err(e) => {
             debug!(peer = %held.track.entry.peer, error = %e, "cannot take a parked connection back; closing it");
@@ -95,7 +105,6 @@ pub(crate) async fn resume(sock: std::net::TcpStream, held: Held, why: parking::
         }
     };
     trace!(peer = %held.track.entry.peer, ?why, "idle connection unparked");
-    // Its first request is long served: `accepted` is not looked at again.
     keep_alive(stream, held, Instant::now(), Some(why)).await;
 }
 
