@@ -627,6 +627,10 @@ pub(super) async fn finish<S: ClientStream>(
     }
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");
+        // TLS: the client's `close_notify` is answered with finguard's before
+        // the close (RFC 8446 §6.1; a client that waits for it, as Python's
+        // `SSLSocket.unwrap` does, otherwise sees a truncation).
+        drop(stream.into_tcp().await);
         metrics.closed(CloseOutcome::ClientFin, 0);
         return;
     }

@@ -17,9 +17,12 @@
 //! `close_notify` is a clean EOF; writes are encrypted into the session and
 //! pushed to the socket as far as it takes them; shutdown queues
 //! `close_notify`, flushes it and shuts the TCP write half. One addition:
-//! records the client sends between requests may ask for an answer (a
-//! `KeyUpdate`); it is written at once, as far as the socket takes it, so
-//! that an idle session has nothing left to send and can be parked.
+//! whatever rustls queues to send while reading (an alert) is written at
+//! once, as far as the socket takes it, so that an idle session owes the
+//! client nothing and can be parked (a session that does is not parked:
+//! the idle set watches for readability only). rustls keeps its answer to
+//! a client's `KeyUpdate` apart and sends it before its next record, so a
+//! key update leaves nothing to write either.
 //!
 //! This module never decides anything about HTTP: it only moves bytes.
 
@@ -91,8 +94,8 @@ impl TlsConn {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
         }
         if self.session.wants_write() {
-            // An answer to what was read (a key update): sent now, so an idle
-            // session owes nothing (see the module doc).
+            // Queued while reading: sent now, so an idle session owes
+            // nothing (see the module doc).
             let _ = self.write_records(cx);
         }
         Poll::Ready(Ok(n))
