@@ -479,3 +479,44 @@ fn curl_http1_reuses_a_tls_connection_across_a_pause() {
     assert_eq!(text.lines().collect::<Vec<_>>(), ["200 1", "200 0"], "{text}");
     assert_eq!(backend.accepted(), 1);
 }
+
+const BIG: usize = 8 << 20;
+
+fn big_body() -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8).collect()
+}
+
+/// Keep-alive: every request gets the 8 MiB pattern.
+fn big_backend(mut s: TcpStream) {
+    let body = big_body();
+    let mut buf = Vec::new();
+    while read_head(&mut s, &mut buf).is_some() {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+        if s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body)).is_err() {
+            return;
+        }
+    }
+}
+
+/// 8 MiB responses (far more than the socket buffers hold: the TLS writes
+/// wait on the socket) before and after a park arrive byte-exact.
+#[test]
+fn large_responses_before_and_after_a_park_arrive_whole() {
+    let pki = pki();
+    let f = files(&pki);
+    let (addr, _) = raw_backend(big_backend);
+    let p = Proxy::start_raw(
+        &config(&f, "keepalive_timeout = \"30s\"\n"),
+        &["--backend", &addr.to_string()],
+    );
+    let mut s = connect(&client(&pki), p.addr);
+    let want = big_body();
+    for i in 0..2 {
+        s.write_all(get(&format!("/big-{i}")).as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let (head, body) = read_response_tls(&mut s, &mut buf).expect("a large response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(body == want, "the body differs ({} bytes)", body.len());
+        assert!(wait_until(LIMIT, || is_parked(&p, &s)));
+    }
+}
