@@ -550,3 +550,34 @@ fn large_responses_before_and_after_a_park_arrive_whole() {
         assert!(wait_until(LIMIT, || is_parked(&p, &s)));
     }
 }
+
+/// Records that bring no request (an empty line each, every 250 ms) to a
+/// parked TLS connection do not buy it a new keep-alive timeout at each
+/// wake: it still ends about its 1 s one, with `close_notify`.
+#[test]
+fn empty_records_to_a_parked_tls_connection_do_not_extend_its_keepalive() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::Ok);
+    let p = start(&f, "keepalive_timeout = \"1s\"\n", &backend);
+    let mut s = served_once(&p, &client(&pki));
+    assert!(wait_until(LIMIT, || is_parked(&p, &s)));
+    // The read's timeout paces the trickle.
+    s.sock.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let mut end = TlsEnd::Open;
+    for _ in 0..24 {
+        if s.write_all(b"\r\n").is_err() {
+            end = TlsEnd::Reset;
+            break;
+        }
+        end = tls_end(&mut s);
+        if end != TlsEnd::Open {
+            break;
+        }
+    }
+    assert_eq!(
+        end,
+        TlsEnd::CloseNotify,
+        "the connection outlived its keep-alive timeout by 5 s"
+    );
+}

@@ -86,16 +86,30 @@ pub fn serve<S: ClientStream>(
 
 /// A parked connection handed back by its idle set: on to the same
 /// keep-alive loop, in a task of its own again.
-pub(crate) fn resume(sock: Unhooked, held: Held, why: parking::Wake) -> impl std::future::Future<Output = ()> {
+/// `until`: the keep-alive deadline it was parked with, which it keeps.
+pub(crate) fn resume(
+    sock: Unhooked,
+    held: Held,
+    why: parking::Wake,
+    until: Instant,
+) -> impl std::future::Future<Output = ()> {
     use tokio_util::either::Either;
-    // Its first request is long served: `accepted` is not looked at again.
+    let woken = Woken { why, until };
     match sock.tls {
-        None => Either::Left(resume_as::<tokio::net::TcpStream>(sock, held, why)),
-        Some(_) => Either::Right(resume_as::<TlsConn>(sock, held, why)),
+        None => Either::Left(resume_as::<tokio::net::TcpStream>(sock, held, woken)),
+        Some(_) => Either::Right(resume_as::<TlsConn>(sock, held, woken)),
     }
 }
 
-async fn resume_as<S: ClientStream>(sock: Unhooked, held: Held, why: parking::Wake) {
+/// Why a parked connection was handed back, and the keep-alive deadline it
+/// was parked with.
+#[derive(Debug, Clone, Copy)]
+struct Woken {
+    why: parking::Wake,
+    until: Instant,
+}
+
+async fn resume_as<S: ClientStream>(sock: Unhooked, held: Held, woken: Woken) {
     let stream = match S::from_std(sock) {
         Ok(s) => s,
         Err(e) => {
@@ -104,8 +118,9 @@ async fn resume_as<S: ClientStream>(sock: Unhooked, held: Held, why: parking::Wa
             return;
         }
     };
-    trace!(peer = %held.track.entry.peer, ?why, "idle connection unparked");
-    keep_alive(stream, held, Instant::now(), Some(why)).await;
+    trace!(peer = %held.track.entry.peer, why = ?woken.why, "idle connection unparked");
+    // Its first request is long served: `accepted` is not looked at again.
+    keep_alive(stream, held, Instant::now(), Some(woken)).await;
 }
 
 /// What an open HTTP/1 connection owns between two requests: all a parked
@@ -129,7 +144,7 @@ fn keep_alive<S: ClientStream>(
     mut stream: S,
     mut held: Held,
     accepted: Instant,
-    woken: Option<parking::Wake>,
+    woken: Option<Woken>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         // Allocated when bytes arrive, released while idle: an idle keep-alive
@@ -137,12 +152,17 @@ fn keep_alive<S: ClientStream>(
         let mut buf = BytesMut::new();
         // A connection handed back for another reason than a readable socket
         // ends here, as it would have in its own idle wait.
-        let early = match woken {
+        let early = match woken.map(|w| w.why) {
             Some(parking::Wake::Timeout | parking::Wake::Drain) => Some(Ending::Close),
             Some(parking::Wake::Evict) if goes_to_make_room(stream.tcp(), &held.track) => Some(Ending::Evicted),
             _ => None,
         };
         let mut may_park = S::PARKABLE;
+        // Woken from the idle set: the keep-alive deadline it was parked
+        // with still holds until a request arrives. Bytes that bring none
+        // (empty lines; over TLS, a record without data) must not buy a new
+        // one at each wake.
+        let mut parked_until = woken.map(|w| w.until);
         let ending = match early {
             Some(e) => e,
             None => loop {
@@ -165,6 +185,8 @@ fn keep_alive<S: ClientStream>(
                 let now = Instant::now();
                 let idle_until = if conn.served == 0 {
                     accepted + t.head
+                } else if let Some(until) = parked_until {
+                    until
                 } else {
                     now + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
                 };
@@ -178,7 +200,10 @@ fn keep_alive<S: ClientStream>(
                     served_before: conn.served > 0,
                 };
                 let len = match wait_head(&mut stream, &mut buf, &wait, shared, track).await {
-                    Ok(len) => len,
+                    Ok(len) => {
+                        parked_until = None;
+                        len
+                    }
                     Err(Ending::Park(deadline)) => match park(stream, held, deadline) {
                         Parking::Parked => return,
                         Parking::Kept(s, h) => {

@@ -299,5 +299,5 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// A connection out of the set, to a task of its own again.
 fn hand_back(tracker: &TaskTracker, p: Parked, why: Wake) {
-    tracker.spawn(super::resume(p.sock, p.held, why));
+    tracker.spawn(super::resume(p.sock, p.held, why, p.deadline));
 }
