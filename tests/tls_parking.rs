@@ -111,6 +111,21 @@ fn is_parked(p: &Proxy, s: &Tls) -> bool {
     is_parked_port(p, s.sock.local_addr().unwrap())
 }
 
+/// Bytes the client sent that finguard's socket has not read yet (its
+/// receive queue in /proc/net/tcp).
+fn unread_by_finguard(p: &Proxy, s: &Tls) -> Option<u64> {
+    let (local, remote) = (p.addr.port(), s.sock.local_addr().unwrap().port());
+    let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    text.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+        if f.len() < 5 || port(f[1])? != local || port(f[2])? != remote {
+            return None;
+        }
+        u64::from_str_radix(f[4].split(':').nth(1)?, 16).ok()
+    })
+}
+
 fn is_listed(p: &Proxy, s: &Tls) -> bool {
     let me = s.sock.local_addr().unwrap().to_string();
     connections(p).iter().any(|c| c["peer"] == me.as_str())
@@ -189,7 +204,9 @@ fn pipelined_requests_to_a_parked_tls_connection_are_answered_in_order() {
 }
 
 /// A request whose TLS record arrives in pieces, the first while parked: the
-/// woken connection keeps the partial record and answers once it is whole.
+/// woken connection reads it (finguard's socket has nothing unread) and is
+/// parked again with the partial record in its session; it answers once
+/// the record is whole.
 #[test]
 fn a_record_split_across_a_park_is_reassembled() {
     let pki = pki();
@@ -206,8 +223,7 @@ fn a_record_split_across_a_park_is_reassembled() {
     }
     assert!(record.len() > 10);
     s.sock.write_all(&record[..3]).unwrap();
-    // Woken by the three bytes, it waits for the rest.
-    assert!(wait_until(LIMIT, || !is_parked(&p, &s)));
+    assert!(wait_until(LIMIT, || unread_by_finguard(&p, &s) == Some(0) && is_parked(&p, &s)));
     s.sock.write_all(&record[3..]).unwrap();
     let mut buf = Vec::new();
     let (head, body) = read_response_tls(&mut s, &mut buf).expect("the split request's answer");
@@ -217,9 +233,9 @@ fn a_record_split_across_a_park_is_reassembled() {
 }
 
 /// A client's `KeyUpdate` (asking for the server's) reaches a parked
-/// connection: the next requests, under the client's new keys, are
-/// answered (rustls sends its own `KeyUpdate` first), and the connection
-/// parks again in between.
+/// connection: it is read and the connection parked again; the next
+/// requests, under the client's new keys, are answered (rustls sends its
+/// own `KeyUpdate` first), and the connection parks again in between.
 #[test]
 fn a_key_update_to_a_parked_tls_connection_is_answered() {
     let pki = pki();
@@ -230,6 +246,8 @@ fn a_key_update_to_a_parked_tls_connection_is_answered() {
     assert!(wait_until(LIMIT, || is_parked(&p, &s)));
     s.conn.refresh_traffic_keys().unwrap();
     s.flush().unwrap();
+    // Read, and parked again (no request came with it).
+    assert!(wait_until(LIMIT, || unread_by_finguard(&p, &s) == Some(0) && is_parked(&p, &s)));
     let mut buf = Vec::new();
     for i in 0..2 {
         let path = format!("/rekeyed-{i}");

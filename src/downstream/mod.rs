@@ -490,29 +490,24 @@ async fn wait_head<S: ClientStream>(
             }
         }
         buf.reserve(2048);
+        // Idle, a read that would wait goes back to the wait above, where a
+        // connection can be asked to make room or be parked again, rather
+        // than idling in a read that can be neither: the readiness may be
+        // stale (only a read that would block clears it), and a TLS record
+        // may be partial (kept in the session, parked or not) or carry no
+        // data (a key update).
         let read = if idle && S::ENCRYPTED {
-            // A TLS record may be partial, or carry no application data
-            // (a ticket, a key update): the read may still wait, so it is
-            // one a connection can be asked to make room from.
-            // Boxed: a plain connection's task does not carry its size.
-            Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
+            match poll_once(stream.read_buf(buf)).await {
+                Some(r) => Ok(r),
+                None => continue,
+            }
         } else if idle {
-            // The readiness may be stale (only a read that would block
-            // clears it): such a read goes back to the wait above, where
-            // a connection can be asked to make room, rather than idling
-            // in a read that cannot be.
             match stream.tcp().try_read_buf(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => Some(Ok(r)),
+                r => Ok(r),
             }
         } else {
-            Some(tokio::time::timeout_at(deadline, stream.read_buf(buf)).await)
-        };
-        let Some(read) = read else {
-            if goes_to_make_room(stream.tcp(), track) {
-                return Err(Ending::Evicted);
-            }
-            continue;
+            tokio::time::timeout_at(deadline, stream.read_buf(buf)).await
         };
         match read {
             Ok(Ok(0)) if buf.is_empty() => return Err(Ending::ClientClosed),
@@ -531,19 +526,15 @@ async fn wait_head<S: ClientStream>(
     }
 }
 
-/// A read bounded by `deadline`; `None` when the connection is asked to
-/// make room first.
-async fn read_unless_evicted<S: ClientStream>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    deadline: Instant,
-    entry: &registry::Entry,
-) -> Option<Result<std::io::Result<usize>, tokio::time::error::Elapsed>> {
-    tokio::select! {
-        biased;
-        r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => Some(r),
-        () = entry.eviction_wanted() => None,
-    }
+/// Polls `f` once: `None` when it would wait (its waker is then registered,
+/// and dropped with it).
+async fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// An idle connection asked to make room: whether it goes. It stays (and
