@@ -106,6 +106,8 @@ impl ClientStream for TcpStream {
     }
 }
 
+/// tokio-rustls's stream, for HTTP/2 (hyper keeps it for the connection's
+/// life; never parked). HTTP/1 over TLS runs on [`TlsConn`].
 impl ClientStream for TlsStream<TcpStream> {
     const SCHEME: &'static str = "https";
     const ENCRYPTED: bool = true;
