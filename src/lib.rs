@@ -12,7 +12,7 @@
 //!   `server/endpoint.rs` what each listening socket speaks across reloads,
 //!   `server/admission.rs` the per-IP count and refusals
 //! - [`shared`]: a configuration generation, shared read-only by connection tasks
-//! - [`downstream`]: the client connection: keep-alive loop, the idle set (idle HTTP/1 connections parked without a task), lingering close, tunnel, HTTP/2
+//! - [`downstream`]: the client connection: keep-alive loop, the idle set (idle HTTP/1 connections, plain or TLS, parked without a task), lingering close, tunnel, HTTP/2
 //! - [`exchange`]: one exchange for both protocols: route, backend head, retry rules;
 //!   `exchange/h1.rs` drives an HTTP/1 client socket, `exchange/h2.rs` an HTTP/2 stream
 //! - [`http1`]: HTTP/1 on the wire: head parse, body framing, forwarded head, response shaping
@@ -29,7 +29,7 @@
 //! - [`admin`]: /healthz, /metrics, /census, /connections
 //! - [`exposition`]: /metrics' two text formats (OpenMetrics, classic), chosen by `Accept`
 //! - [`accesslog`]: combined or JSON access log on stdout
-//! - [`tls`]: rustls termination: certificates, SNI, ALPN
+//! - [`tls`]: rustls termination: certificates, SNI, ALPN; `tls/stream.rs` the HTTP/1 TLS stream (its parts park)
 //! - [`sys`]: the only `unsafe` calls (the socket send queue `SIOCOUTQ`, the TCP state, an inherited descriptor)
 //! - [`spool`]: a body held for a slow side: memory, then an unlinked temporary file, within budgets
 //! - [`simulate`]: the buggy-client simulator and `finguard demo`

@@ -543,6 +543,8 @@ fn after_handshake(
             h2.await
         });
     }
+    // HTTP/1: on a stream of finguard's own, which can be parked while idle.
+    let s = crate::tls::stream::TlsConn::after_handshake(s);
     Either::Right(downstream::serve(s, peer, shared, slot))
 }
 

@@ -2,6 +2,7 @@
 //! loop is written once over this trait; the close is always done on the TCP
 //! socket itself (after TLS's `close_notify`).
 
+use crate::tls::stream::TlsConn;
 use bytes::BytesMut;
 use std::future::Future;
 use std::io;
@@ -82,26 +83,33 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     }
 
     /// Whether an idle connection may be parked outside its task
-    /// (`downstream::parking`): its whole state is the socket.
+    /// (`downstream::parking`): its whole state is [`Unhooked`].
     const PARKABLE: bool = false;
 
-    /// The socket out of tokio's reactor, for parking: `Err(Ok(self))` when
-    /// this stream cannot be parked, `Err(Err(_))` when it was lost trying.
-    fn into_std(self) -> Result<std::net::TcpStream, io::Result<Self>>
+    /// The stream out of tokio's reactor, for parking: `Err(Ok(self))` when
+    /// it cannot be parked (now), `Err(Err(_))` when it was lost trying.
+    fn into_std(self) -> Result<Unhooked, io::Result<Self>>
     where
         Self: Sized,
     {
         Err(Ok(self))
     }
 
-    /// A parked socket back in tokio's reactor.
-    fn from_std(sock: std::net::TcpStream) -> io::Result<Self>
+    /// A parked stream back in tokio's reactor.
+    fn from_std(parts: Unhooked) -> io::Result<Self>
     where
         Self: Sized,
     {
-        drop(sock);
+        drop(parts);
         Err(io::Error::other("this stream cannot be parked"))
     }
+}
+
+/// A parked client stream: its socket, out of tokio's reactor, and its TLS
+/// session if it has one (nothing else: no buffer, no task).
+pub struct Unhooked {
+    pub sock: std::net::TcpStream,
+    pub tls: Option<Box<rustls::ServerConnection>>,
 }
 
 impl ClientStream for TcpStream {
@@ -126,15 +134,21 @@ impl ClientStream for TcpStream {
 
     const PARKABLE: bool = true;
 
-    fn into_std(self) -> Result<std::net::TcpStream, io::Result<Self>> {
-        TcpStream::into_std(self).map_err(Err)
+    fn into_std(self) -> Result<Unhooked, io::Result<Self>> {
+        let sock = TcpStream::into_std(self).map_err(Err)?;
+        Ok(Unhooked { sock, tls: None })
     }
 
-    fn from_std(sock: std::net::TcpStream) -> io::Result<Self> {
-        TcpStream::from_std(sock)
+    fn from_std(parts: Unhooked) -> io::Result<Self> {
+        if parts.tls.is_some() {
+            return Err(io::Error::other("a TLS connection cannot resume as plain TCP"));
+        }
+        TcpStream::from_std(parts.sock)
     }
 }
 
+/// tokio-rustls's stream, for HTTP/2 (hyper keeps it for the connection's
+/// life; never parked). HTTP/1 over TLS runs on [`TlsConn`].
 impl ClientStream for TlsStream<TcpStream> {
     const SCHEME: &'static str = "https";
     const ENCRYPTED: bool = true;
@@ -162,5 +176,60 @@ impl ClientStream for TlsStream<TcpStream> {
 
     fn alpn(&self) -> Option<&[u8]> {
         self.get_ref().1.alpn_protocol()
+    }
+}
+
+/// An HTTP/1 TLS connection: parked while idle like a plain one, with its
+/// session (`crate::tls::stream`).
+impl ClientStream for TlsConn {
+    const SCHEME: &'static str = "https";
+    const ENCRYPTED: bool = true;
+
+    fn tcp(&self) -> &TcpStream {
+        TlsConn::tcp(self)
+    }
+
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.session().wants_read() {
+            return Poll::Ready(Ok(()));
+        }
+        self.tcp().poll_read_ready(cx)
+    }
+
+    async fn into_tcp(mut self) -> TcpStream {
+        let _ = tokio::time::timeout(CLOSE_NOTIFY_WAIT, self.shutdown()).await;
+        self.into_parts().0
+    }
+
+    fn into_tcp_abort(self) -> TcpStream {
+        self.into_parts().0
+    }
+
+    fn alpn(&self) -> Option<&[u8]> {
+        self.session().alpn_protocol()
+    }
+
+    const PARKABLE: bool = true;
+
+    /// Only a session that owes the client nothing: records it could not
+    /// write now would need a writable socket, which the idle set does not
+    /// watch for.
+    fn into_std(mut self) -> Result<Unhooked, io::Result<Self>> {
+        if !self.try_flush() {
+            return Err(Ok(self));
+        }
+        let (tcp, session) = self.into_parts();
+        let sock = TcpStream::into_std(tcp).map_err(Err)?;
+        Ok(Unhooked {
+            sock,
+            tls: Some(session),
+        })
+    }
+
+    fn from_std(parts: Unhooked) -> io::Result<Self> {
+        let Some(session) = parts.tls else {
+            return Err(io::Error::other("a plain connection cannot resume as TLS"));
+        };
+        Ok(TlsConn::from_parts(TcpStream::from_std(parts.sock)?, session))
     }
 }

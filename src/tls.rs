@@ -3,6 +3,8 @@
 //! 1.3 only. Loaded with the config, so a reload (SIGHUP) picks up new files
 //! and a bad file keeps the running certificates.
 
+pub mod stream;
+
 use rustls::crypto::ring as provider;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;

@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 use support::*;
@@ -224,4 +224,32 @@ reclaim_first = true
         assert_eq!(read_response(s, &mut buf).map(|r| r.status), Some(200));
     }
     drop((first, second));
+}
+
+/// Empty lines (which bring no request) sent to a parked connection every
+/// 250 ms do not buy it a new keep-alive timeout each time it wakes: it
+/// still closes about its 1 s one, well within the 6 s the client trickles.
+#[test]
+fn empty_lines_to_a_parked_connection_do_not_extend_its_keepalive() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        "workers = 1\n[admin]\naddr = \"127.0.0.1:0\"\n[client]\nkeepalive_timeout = \"1s\"\n",
+        backend.addr,
+    );
+    let (mut s, _) = served_once(&p, "parker/1");
+    assert!(wait_until(LIMIT, || is_parked(&p, &s)));
+    // The read's timeout paces the trickle.
+    s.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let mut b = [0u8; 64];
+    let closed = (0..24).any(|_| {
+        if s.write_all(b"\r\n").is_err() {
+            return true;
+        }
+        match s.read(&mut b) {
+            Ok(0) => true,
+            Ok(n) => panic!("unexpected bytes: {:?}", String::from_utf8_lossy(&b[..n])),
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    });
+    assert!(closed, "the connection outlived its keep-alive timeout by 5 s");
 }

@@ -390,3 +390,54 @@ fn an_idle_tls_connection_answers_after_a_pause_and_notices_the_clients_close() 
         tcp_states(port, me.port())
     );
 }
+
+/// A WebSocket over TLS: the tunnel runs on finguard's own TLS stream
+/// (the one an idle connection parks with): bytes both ways, the client's
+/// `close_notify` and FIN end it cleanly, nothing left in CLOSE_WAIT.
+#[test]
+fn a_websocket_over_tls_round_trips_and_closes_cleanly() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::UpgradeEcho);
+    let p = Proxy::start_raw(&tls_config(&f, ""), &["--backend", &backend.addr.to_string()]);
+    let mut s = connect(&client(&pki), p.addr, "a.test");
+    let me = s.sock.local_addr().unwrap().port();
+    s.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: a.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nearly",
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut b = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "closed before the 101");
+        buf.extend_from_slice(&b[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    buf.drain(..end);
+    s.write_all(b"ping").unwrap();
+    while buf.len() < 9 {
+        let n = s.read(&mut b).unwrap();
+        assert!(n > 0, "tunnel closed early");
+        buf.extend_from_slice(&b[..n]);
+    }
+    assert_eq!(&buf[..], b"earlyping");
+    s.conn.send_close_notify();
+    s.flush().unwrap();
+    s.sock.shutdown(std::net::Shutdown::Write).unwrap();
+    // The backend's close comes back as finguard's `close_notify`.
+    let mut rest = Vec::new();
+    let r = s.read_to_end(&mut rest);
+    assert!(matches!(r, Ok(0)), "{r:?}");
+    let port = p.addr.port();
+    assert!(
+        wait_until(Duration::from_secs(5), || !tcp_states(port, me).contains(&"CLOSE_WAIT")),
+        "{:?}",
+        tcp_states(port, me)
+    );
+}

@@ -22,8 +22,9 @@ use crate::http1::head::{self, Reject};
 use crate::policy::ClientPolicy;
 use crate::registry::{self, ClientState};
 use crate::shared::{Shared, Slot};
-use crate::stream::ClientStream;
+use crate::stream::{ClientStream, Unhooked};
 use crate::timeouts::ClientTimeouts;
+use crate::tls::stream::TlsConn;
 use crate::upstream::HoldCell;
 use bytes::BytesMut;
 use linger::CloseOutcome;
@@ -86,11 +87,34 @@ pub fn serve<S: ClientStream>(
 
 /// A parked connection handed back by its idle set: on to the same
 /// keep-alive loop, in a task of its own again.
-pub(crate) async fn resume(sock: std::net::TcpStream, mut held: Held, why: parking::Wake) {
+/// `until`: the keep-alive deadline it was parked with, which it keeps.
+pub(crate) fn resume(
+    sock: Unhooked,
+    mut held: Held,
+    why: parking::Wake,
+    until: Instant,
+) -> impl std::future::Future<Output = ()> {
+    use tokio_util::either::Either;
     if why == parking::Wake::Readable {
         held.conn.returns = held.conn.returns.saturating_add(1);
     }
-    let stream = match tokio::net::TcpStream::from_std(sock) {
+    let woken = Woken { why, until };
+    match sock.tls {
+        None => Either::Left(resume_as::<tokio::net::TcpStream>(sock, held, woken)),
+        Some(_) => Either::Right(resume_as::<TlsConn>(sock, held, woken)),
+    }
+}
+
+/// Why a parked connection was handed back, and the keep-alive deadline it
+/// was parked with.
+#[derive(Debug, Clone, Copy)]
+struct Woken {
+    why: parking::Wake,
+    until: Instant,
+}
+
+async fn resume_as<S: ClientStream>(sock: Unhooked, held: Held, woken: Woken) {
+    let stream = match S::from_std(sock) {
         Ok(s) => s,
         Err(e) => {
             debug!(peer = %held.track.entry.peer, error = %e, "cannot take a parked connection back; closing it");
@@ -98,9 +122,9 @@ pub(crate) async fn resume(sock: std::net::TcpStream, mut held: Held, why: parki
             return;
         }
     };
-    trace!(peer = %held.track.entry.peer, ?why, "idle connection unparked");
+    trace!(peer = %held.track.entry.peer, why = ?woken.why, "idle connection unparked");
     // Its first request is long served: `accepted` is not looked at again.
-    keep_alive(stream, held, Instant::now(), Some(why)).await;
+    keep_alive(stream, held, Instant::now(), Some(woken)).await;
 }
 
 /// What an open HTTP/1 connection owns between two requests: all a parked
@@ -124,7 +148,7 @@ fn keep_alive<S: ClientStream>(
     mut stream: S,
     mut held: Held,
     accepted: Instant,
-    woken: Option<parking::Wake>,
+    woken: Option<Woken>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
         // Allocated when bytes arrive, released while idle: an idle keep-alive
@@ -132,12 +156,17 @@ fn keep_alive<S: ClientStream>(
         let mut buf = BytesMut::new();
         // A connection handed back for another reason than a readable socket
         // ends here, as it would have in its own idle wait.
-        let early = match woken {
+        let early = match woken.map(|w| w.why) {
             Some(parking::Wake::Timeout | parking::Wake::Drain) => Some(Ending::Close),
             Some(parking::Wake::Evict) if goes_to_make_room(stream.tcp(), &held.track) => Some(Ending::Evicted),
             _ => None,
         };
         let mut may_park = S::PARKABLE;
+        // Woken from the idle set: the keep-alive deadline it was parked
+        // with still holds until a request arrives. Bytes that bring none
+        // (empty lines; over TLS, a record without data) must not buy a new
+        // one at each wake.
+        let mut parked_until = woken.map(|w| w.until);
         let ending = match early {
             Some(e) => e,
             None => loop {
@@ -160,6 +189,8 @@ fn keep_alive<S: ClientStream>(
                 let now = Instant::now();
                 let idle_until = if conn.served == 0 {
                     accepted + t.head
+                } else if let Some(until) = parked_until {
+                    until
                 } else {
                     now + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
                 };
@@ -173,7 +204,10 @@ fn keep_alive<S: ClientStream>(
                     served_before: conn.served > 0,
                 };
                 let len = match wait_head(&mut stream, &mut buf, &wait, shared, track).await {
-                    Ok(len) => len,
+                    Ok(len) => {
+                        parked_until = None;
+                        len
+                    }
                     Err(Ending::Park(deadline)) => match park(stream, held, deadline) {
                         Parking::Parked => return,
                         Parking::Kept(s, h) => {
@@ -463,30 +497,24 @@ async fn wait_head<S: ClientStream>(
             }
         }
         buf.reserve(2048);
+        // Idle, a read that would wait goes back to the wait above, where a
+        // connection can be asked to make room or be parked again, rather
+        // than idling in a read that can be neither: the readiness may be
+        // stale (only a read that would block clears it), and a TLS record
+        // may be partial (kept in the session, parked or not) or carry no
+        // data (a key update).
         let read = if idle && S::ENCRYPTED {
-            // A TLS record may be partial, or carry no application data
-            // (a ticket, a key update): the read may still wait, so it is
-            // one a connection can be asked to make room from.
-            // Boxed: a plain connection's task does not carry its size.
-            Box::pin(read_unless_evicted(stream, buf, deadline, &track.entry)).await
+            match poll_once(stream.read_buf(buf)).await {
+                Some(r) => Ok(r),
+                None => continue,
+            }
         } else if idle {
-            // The readiness may be stale (a read that would block clears
-            // it; so does a read that drained the socket, which spares
-            // the next wait an `EAGAIN`): such a read goes back to the
-            // wait above, where a connection can be asked to make room,
-            // rather than idling in a read that cannot be.
             match crate::stream::try_read_draining(stream.tcp(), buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                r => Some(Ok(r)),
+                r => Ok(r),
             }
         } else {
-            Some(tokio::time::timeout_at(deadline, stream.read_buf(buf)).await)
-        };
-        let Some(read) = read else {
-            if goes_to_make_room(stream.tcp(), track) {
-                return Err(Ending::Evicted);
-            }
-            continue;
+            tokio::time::timeout_at(deadline, stream.read_buf(buf)).await
         };
         match read {
             Ok(Ok(0)) if buf.is_empty() => return Err(Ending::ClientClosed),
@@ -505,19 +533,15 @@ async fn wait_head<S: ClientStream>(
     }
 }
 
-/// A read bounded by `deadline`; `None` when the connection is asked to
-/// make room first.
-async fn read_unless_evicted<S: ClientStream>(
-    stream: &mut S,
-    buf: &mut BytesMut,
-    deadline: Instant,
-    entry: &registry::Entry,
-) -> Option<Result<std::io::Result<usize>, tokio::time::error::Elapsed>> {
-    tokio::select! {
-        biased;
-        r = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => Some(r),
-        () = entry.eviction_wanted() => None,
-    }
+/// Polls `f` once: `None` when it would wait (its waker is then registered,
+/// and dropped with it).
+async fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| match f.as_mut().poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
 }
 
 /// An idle connection asked to make room: whether it goes. It stays (and
@@ -626,6 +650,10 @@ pub(super) async fn finish<S: ClientStream>(
     }
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");
+        // TLS: the client's `close_notify` is answered with finguard's before
+        // the close (RFC 8446 §6.1; a client that waits for it, as Python's
+        // `SSLSocket.unwrap` does, otherwise sees a truncation).
+        drop(stream.into_tcp().await);
         metrics.closed(CloseOutcome::ClientFin, 0);
         return;
     }

@@ -1,11 +1,13 @@
-//! The idle set: plain HTTP/1 keep-alive connections parked without a task.
+//! The idle set: HTTP/1 keep-alive connections (plain and TLS) parked
+//! without a task.
 //!
 //! An idle keep-alive connection waits, in its task, [`PARK_AFTER`] for the
 //! client's next request (a busy client never leaves its task; one that
 //! came back while parked waits longer next time: [`park_after`]); then its
 //! socket is taken out of tokio's reactor and parked here, with only what
-//! the next request needs ([`super::Held`]): no task, no future, no buffer,
-//! no tokio registration. One per worker thread, one epoll instance (mio)
+//! the next request needs ([`super::Held`]; a TLS connection also keeps its
+//! rustls session): no task, no future, no buffer of finguard's, no tokio
+//! registration. One per worker thread, one epoll instance (mio)
 //! watching every parked socket; one driver task on the worker's runtime
 //! waits on that epoll's descriptor (`AsyncFd`), on the earliest deadline,
 //! on eviction requests and on the drain, and hands each connection that
@@ -21,6 +23,7 @@
 
 use super::Held;
 use crate::registry::{ParkInbox, Registry};
+use crate::stream::Unhooked;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
@@ -76,7 +79,7 @@ pub enum Wake {
 
 /// One parked connection.
 struct Parked {
-    sock: std::net::TcpStream,
+    sock: Unhooked,
     deadline: Instant,
     held: Held,
 }
@@ -138,11 +141,7 @@ pub fn start(clients: &Registry, capacity: usize) -> Option<(Arc<IdleSet>, Poll)
 
 /// Parks `sock` until it is readable or `deadline`; gives it back when this
 /// thread has no idle set or it is closed (draining).
-pub(super) fn park(
-    sock: std::net::TcpStream,
-    held: Held,
-    deadline: Instant,
-) -> Result<(), (std::net::TcpStream, Held)> {
+pub(super) fn park(sock: Unhooked, held: Held, deadline: Instant) -> Result<(), (Unhooked, Held)> {
     let Some(set) = SET.with(|s| s.borrow().clone()) else {
         return Err((sock, held));
     };
@@ -154,19 +153,14 @@ impl IdleSet {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn park(
-        &self,
-        sock: std::net::TcpStream,
-        held: Held,
-        deadline: Instant,
-    ) -> Result<(), (std::net::TcpStream, Held)> {
+    fn park(&self, sock: Unhooked, held: Held, deadline: Instant) -> Result<(), (Unhooked, Held)> {
         let mut inner = self.lock();
         if inner.closed || held.shared.draining.is_cancelled() {
             return Err((sock, held));
         }
         let entry = inner.conns.vacant_entry();
         let key = entry.key();
-        let fd = sock.as_raw_fd();
+        let fd = sock.sock.as_raw_fd();
         if let Err(e) = self
             .registry
             .register(&mut SourceFd(&fd), Token(key), Interest::READABLE)
@@ -189,7 +183,7 @@ impl IdleSet {
     fn take(&self, inner: &mut Inner, key: usize) -> Option<Parked> {
         let p = inner.conns.try_remove(key)?;
         inner.deadlines.remove(&(p.deadline, key));
-        let fd = p.sock.as_raw_fd();
+        let fd = p.sock.sock.as_raw_fd();
         let _ = self.registry.deregister(&mut SourceFd(&fd));
         p.held.track.entry.clear_parked();
         Some(p)
@@ -321,7 +315,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// A connection out of the set, to a task of its own again.
 fn hand_back(tracker: &TaskTracker, p: Parked, why: Wake) {
-    tracker.spawn(super::resume(p.sock, p.held, why));
+    tracker.spawn(super::resume(p.sock, p.held, why, p.deadline));
 }
 
 #[cfg(test)]
