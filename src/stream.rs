@@ -82,6 +82,13 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         None
     }
 
+    /// The client's next bytes have begun to arrive inside the stream's own
+    /// protocol, where the socket's unread count does not show them (TLS:
+    /// part of a record that rustls holds).
+    fn input_begun(&self) -> bool {
+        false
+    }
+
     /// Whether an idle connection may be parked outside its task
     /// (`downstream::parking`): its whole state is [`Unhooked`].
     const PARKABLE: bool = false;
@@ -110,6 +117,8 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 pub struct Unhooked {
     pub sock: std::net::TcpStream,
     pub tls: Option<Box<rustls::ServerConnection>>,
+    /// Where the TLS client's records stand (`TlsConn`).
+    pub records: crate::tls::stream::RecordCursor,
 }
 
 impl ClientStream for TcpStream {
@@ -136,7 +145,11 @@ impl ClientStream for TcpStream {
 
     fn into_std(self) -> Result<Unhooked, io::Result<Self>> {
         let sock = TcpStream::into_std(self).map_err(Err)?;
-        Ok(Unhooked { sock, tls: None })
+        Ok(Unhooked {
+            sock,
+            tls: None,
+            records: Default::default(),
+        })
     }
 
     fn from_std(parts: Unhooked) -> io::Result<Self> {
@@ -205,6 +218,10 @@ impl ClientStream for TlsConn {
         self.into_parts().0
     }
 
+    fn input_begun(&self) -> bool {
+        TlsConn::input_begun(self)
+    }
+
     fn alpn(&self) -> Option<&[u8]> {
         self.session().alpn_protocol()
     }
@@ -213,16 +230,18 @@ impl ClientStream for TlsConn {
 
     /// Only a session that owes the client nothing: records it could not
     /// write now would need a writable socket, which the idle set does not
-    /// watch for.
+    /// watch for. Nor one whose client has begun to send a record: a request is
+    /// arriving, and the connection is not idle.
     fn into_std(mut self) -> Result<Unhooked, io::Result<Self>> {
-        if !self.try_flush() {
+        if self.input_begun() || !self.try_flush() {
             return Err(Ok(self));
         }
-        let (tcp, session) = self.into_parts();
+        let (tcp, session, records) = self.into_parts();
         let sock = TcpStream::into_std(tcp).map_err(Err)?;
         Ok(Unhooked {
             sock,
             tls: Some(session),
+            records,
         })
     }
 
@@ -230,6 +249,10 @@ impl ClientStream for TlsConn {
         let Some(session) = parts.tls else {
             return Err(io::Error::other("a plain connection cannot resume as TLS"));
         };
-        Ok(TlsConn::from_parts(TcpStream::from_std(parts.sock)?, session))
+        Ok(TlsConn::from_parts(
+            TcpStream::from_std(parts.sock)?,
+            session,
+            parts.records,
+        ))
     }
 }

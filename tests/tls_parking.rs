@@ -111,6 +111,15 @@ fn is_parked(p: &Proxy, s: &Tls) -> bool {
     is_parked_port(p, s.sock.local_addr().unwrap())
 }
 
+/// The connection's state in `/connections` (`idle`, `reading`, ...).
+fn state_of(p: &Proxy, s: &Tls) -> Option<String> {
+    let me = s.sock.local_addr().unwrap();
+    connections(p)
+        .iter()
+        .find(|c| c["peer"].as_str() == Some(me.to_string().as_str()))
+        .and_then(|c| c["state"].as_str().map(String::from))
+}
+
 /// Bytes the client sent that finguard's socket has not read yet (its
 /// receive queue in /proc/net/tcp).
 fn unread_by_finguard(p: &Proxy, s: &Tls) -> Option<u64> {
@@ -204,11 +213,11 @@ fn pipelined_requests_to_a_parked_tls_connection_are_answered_in_order() {
 }
 
 /// A request whose TLS record arrives in pieces, the first while parked: the
-/// woken connection reads it (finguard's socket has nothing unread) and is
-/// parked again with the partial record in its session; it answers once
-/// the record is whole.
+/// woken connection reads it (finguard's socket has nothing unread) and
+/// keeps the partial record in its session, reading a request (not parked
+/// again, not idle); it answers once the record is whole, and parks after.
 #[test]
-fn a_record_split_across_a_park_is_reassembled() {
+fn a_record_split_after_a_park_is_reassembled() {
     let pki = pki();
     let f = files(&pki);
     let backend = Backend::start(Reply::EchoHead);
@@ -223,7 +232,11 @@ fn a_record_split_across_a_park_is_reassembled() {
     }
     assert!(record.len() > 10);
     s.sock.write_all(&record[..3]).unwrap();
-    assert!(wait_until(LIMIT, || unread_by_finguard(&p, &s) == Some(0) && is_parked(&p, &s)));
+    // Read into the session, and not idle any more: a request is arriving
+    // (an idle connection would be parked, and could be closed to make room).
+    assert!(wait_until(LIMIT, || unread_by_finguard(&p, &s) == Some(0)
+        && state_of(&p, &s).as_deref() == Some("reading")));
+    assert!(!is_parked(&p, &s));
     s.sock.write_all(&record[3..]).unwrap();
     let mut buf = Vec::new();
     let (head, body) = read_response_tls(&mut s, &mut buf).expect("the split request's answer");
@@ -402,6 +415,51 @@ fn eviction_takes_parked_tls_connections_in_order() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     }
     drop((first, second));
+}
+
+/// A request whose first record has begun to arrive, and that rustls has
+/// read in part (the socket has nothing unread), is not idle: when a
+/// newcomer needs room, the next idle connection goes instead, though the
+/// first is the longest idle, and the request is answered once whole.
+#[test]
+fn a_tls_connection_with_part_of_a_record_read_is_not_evicted() {
+    let pki = pki();
+    let f = files(&pki);
+    let backend = Backend::start(Reply::EchoHead);
+    let client_conf = "max_connections = 2\nkeepalive_timeout = \"60s\"\n[client.pressure]\n\
+                       min_keepalive_timeout = \"60s\"\nhigh_water = 1.0\ngrace = \"1ms\"\n";
+    let p = start(&f, client_conf, &backend);
+    let cfg = client(&pki);
+    let mut arriving = served_once(&p, &cfg);
+    assert!(wait_until(LIMIT, || is_parked(&p, &arriving)));
+    let idle = served_once(&p, &cfg);
+    assert!(wait_until(LIMIT, || is_parked(&p, &idle)));
+    // The request's record, encrypted; its first 20 bytes sent and read.
+    arriving.conn.writer().write_all(get("/arriving").as_bytes()).unwrap();
+    let mut record = Vec::new();
+    while arriving.conn.wants_write() {
+        arriving.conn.write_tls(&mut record).unwrap();
+    }
+    assert!(record.len() > 20);
+    arriving.sock.write_all(&record[..20]).unwrap();
+    assert!(wait_until(LIMIT, || unread_by_finguard(&p, &arriving) == Some(0)));
+    let newcomer = served_once(&p, &cfg);
+    assert!(
+        wait_until(LIMIT, || !is_listed(&p, &idle)),
+        "{:?}\n{}",
+        connections(&p),
+        p.log()
+    );
+    assert!(
+        is_listed(&p, &arriving),
+        "the connection whose request was arriving was closed"
+    );
+    arriving.sock.write_all(&record[20..]).unwrap();
+    let mut buf = Vec::new();
+    let (head, body) = read_response_tls(&mut arriving, &mut buf).expect("the arriving request's answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(String::from_utf8_lossy(&body).starts_with("GET /arriving HTTP/1.1\r\n"));
+    drop(newcomer);
 }
 
 /// Python's `ssl` (OpenSSL): a request, a park (the script waits for a

@@ -158,7 +158,7 @@ fn keep_alive<S: ClientStream>(
         // ends here, as it would have in its own idle wait.
         let early = match woken.map(|w| w.why) {
             Some(parking::Wake::Timeout | parking::Wake::Drain) => Some(Ending::Close),
-            Some(parking::Wake::Evict) if goes_to_make_room(stream.tcp(), &held.track) => Some(Ending::Evicted),
+            Some(parking::Wake::Evict) if goes_to_make_room(&stream, &held.track) => Some(Ending::Evicted),
             _ => None,
         };
         let mut may_park = S::PARKABLE;
@@ -194,7 +194,8 @@ fn keep_alive<S: ClientStream>(
                 } else {
                     now + shared.pressure.keepalive_timeout(t.idle, &shared.config.pressure)
                 };
-                let idle = buf.is_empty() && conn.served > 0;
+                // Part of a TLS record read is a request arriving: not idle.
+                let idle = buf.is_empty() && conn.served > 0 && !stream.input_begun();
                 track.set(if idle { ClientState::Idle } else { ClientState::Reading });
                 let wait = Wait {
                     idle_until,
@@ -206,6 +207,7 @@ fn keep_alive<S: ClientStream>(
                 let len = match wait_head(&mut stream, &mut buf, &wait, shared, track).await {
                     Ok(len) => {
                         parked_until = None;
+                        may_park = S::PARKABLE;
                         len
                     }
                     Err(Ending::Park(deadline)) => match park(stream, held, deadline) {
@@ -492,7 +494,7 @@ async fn wait_head<S: ClientStream>(
                 Some(Ok(Ok(()))) => {}
                 Some(Err(_)) if park_at.is_some() => return Err(Ending::Park(deadline)),
                 Some(_) => return Err(Ending::Close),
-                None if goes_to_make_room(stream.tcp(), track) => return Err(Ending::Evicted),
+                None if goes_to_make_room(&*stream, track) => return Err(Ending::Evicted),
                 None => {}
             }
         }
@@ -506,7 +508,13 @@ async fn wait_head<S: ClientStream>(
         let read = if idle && S::ENCRYPTED {
             match poll_once(stream.read_buf(buf)).await {
                 Some(r) => Ok(r),
-                None => continue,
+                None => {
+                    if stream.input_begun() {
+                        // Part of a record: a request is arriving.
+                        track.set(ClientState::Reading);
+                    }
+                    continue;
+                }
             }
         } else if idle {
             match crate::stream::try_read_draining(stream.tcp(), buf) {
@@ -545,9 +553,10 @@ async fn poll_once<F: std::future::Future>(f: F) -> Option<F::Output> {
 }
 
 /// An idle connection asked to make room: whether it goes. It stays (and
-/// is read) when the client's next request has begun to arrive.
-fn goes_to_make_room(tcp: &tokio::net::TcpStream, track: &registry::Tracked) -> bool {
-    if crate::sys::unread_bytes(tcp).is_some_and(|n| n > 0) {
+/// is read) when the client's next request has begun to arrive: bytes
+/// unread on the socket, or part of a TLS record already read from it.
+fn goes_to_make_room<S: ClientStream>(stream: &S, track: &registry::Tracked) -> bool {
+    if stream.input_begun() || crate::sys::unread_bytes(stream.tcp()).is_some_and(|n| n > 0) {
         debug!(peer = %track.entry.peer, "asked to make room, but a request is arriving");
         track.entry.decline_eviction();
         return false;

@@ -39,6 +39,67 @@ pub struct TlsConn {
     /// Boxed: moved whole when the connection is parked, and kept out of
     /// the size of every connection's task.
     session: Box<ServerConnection>,
+    /// Where the client's record stream stands: whether a record has begun
+    /// to arrive, which rustls keeps to itself.
+    records: RecordCursor,
+}
+
+/// Follows the client's TLS record framing over the bytes read from the
+/// socket (5-byte headers, `type`, `version`, 16-bit length), so that a
+/// record rustls holds in part (a request on its way) is known: the kernel's
+/// count of unread bytes no longer shows it once rustls has read it.
+///
+/// It starts at a record boundary. The one place that may not be one is the
+/// end of the handshake (tokio-rustls may have read part of the record after
+/// the client's `Finished`): a header that cannot be one (not a known
+/// content type, not version 3.x) then says so, and the cursor stays
+/// `lost`, which counts as a record begun: such a connection is not closed
+/// to make room while idle, only at its keep-alive timeout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RecordCursor {
+    /// Header bytes seen of the next record (0 to 4).
+    head: u8,
+    /// A header was not one: where records begin is unknown.
+    lost: bool,
+    /// The header's length, high byte.
+    len_hi: u8,
+    /// Body bytes still to come of the current record.
+    left: u16,
+}
+
+impl RecordCursor {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.lost {
+            if self.left > 0 {
+                let take = usize::from(self.left).min(bytes.len());
+                // `take` is at most `left`, a u16.
+                self.left -= u16::try_from(take).unwrap_or(self.left);
+                bytes = &bytes[take..];
+                continue;
+            }
+            let b = bytes[0];
+            bytes = &bytes[1..];
+            match self.head {
+                // change_cipher_spec, alert, handshake, application_data, heartbeat
+                0 if !(20..=24).contains(&b) => self.lost = true,
+                1 if b != 3 => self.lost = true,
+                3 => self.len_hi = b,
+                4 => {
+                    self.left = u16::from_be_bytes([self.len_hi, b]);
+                    self.head = 0;
+                    continue;
+                }
+                _ => {}
+            }
+            self.head += 1;
+        }
+    }
+
+    /// A record has begun to arrive and is not whole yet (or the framing
+    /// was lost: see the type's doc).
+    pub fn mid_record(&self) -> bool {
+        self.lost || self.head > 0 || self.left > 0
+    }
 }
 
 impl TlsConn {
@@ -46,15 +107,22 @@ impl TlsConn {
     /// for why nothing is lost).
     pub fn after_handshake(s: tokio_rustls::server::TlsStream<TcpStream>) -> Self {
         let (tcp, session) = s.into_inner();
-        Self::from_parts(tcp, Box::new(session))
+        Self::from_parts(tcp, Box::new(session), RecordCursor::default())
     }
 
-    pub fn from_parts(tcp: TcpStream, session: Box<ServerConnection>) -> Self {
-        Self { tcp, session }
+    pub fn from_parts(tcp: TcpStream, session: Box<ServerConnection>, records: RecordCursor) -> Self {
+        Self { tcp, session, records }
     }
 
-    pub fn into_parts(self) -> (TcpStream, Box<ServerConnection>) {
-        (self.tcp, self.session)
+    pub fn into_parts(self) -> (TcpStream, Box<ServerConnection>, RecordCursor) {
+        (self.tcp, self.session, self.records)
+    }
+
+    /// The client has begun to send something rustls holds but cannot give
+    /// yet (part of a record), or gave something not read yet (plaintext,
+    /// or its `close_notify`).
+    pub fn input_begun(&self) -> bool {
+        self.records.mid_record() || !self.session.wants_read()
     }
 
     pub fn tcp(&self) -> &TcpStream {
@@ -81,7 +149,11 @@ impl TlsConn {
     /// Reads records from the socket into the session and processes them.
     /// `Ok(0)`: TCP EOF (or `close_notify` seen before).
     fn read_records(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let mut r = PollRead { tcp: &mut self.tcp, cx };
+        let mut r = PollRead {
+            tcp: &mut self.tcp,
+            cx,
+            records: &mut self.records,
+        };
         let n = match self.session.read_tls(&mut r) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
@@ -262,13 +334,17 @@ impl AsyncWrite for TlsConn {
 struct PollRead<'a, 'b> {
     tcp: &'a mut TcpStream,
     cx: &'a mut Context<'b>,
+    records: &'a mut RecordCursor,
 }
 
 impl Read for PollRead<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut rb = ReadBuf::new(buf);
         match Pin::new(&mut *self.tcp).poll_read(self.cx, &mut rb) {
-            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Ok(())) => {
+                self.records.feed(rb.filled());
+                Ok(rb.filled().len())
+            }
             Poll::Ready(Err(e)) => Err(e),
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -320,5 +396,40 @@ impl Write for TryWrite<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecordCursor;
+
+    fn record(len: u16) -> Vec<u8> {
+        let mut r = vec![23, 3, 3];
+        r.extend_from_slice(&len.to_be_bytes());
+        r.extend(std::iter::repeat_n(0xAB, usize::from(len)));
+        r
+    }
+
+    #[test]
+    fn the_cursor_knows_a_record_begun_at_every_split() {
+        let mut bytes = record(40);
+        bytes.extend(record(300));
+        let whole = [45];
+        for cut in 1..bytes.len() {
+            let mut c = RecordCursor::default();
+            c.feed(&bytes[..cut]);
+            assert_eq!(c.mid_record(), !whole.contains(&cut), "cut at {cut}");
+            c.feed(&bytes[cut..]);
+            assert!(!c.mid_record(), "whole after the cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_cursor_that_starts_inside_a_record_says_it_is_lost() {
+        let mut c = RecordCursor::default();
+        // The tail of a record's ciphertext, then a whole record.
+        c.feed(&[0x9c, 0x41, 0x07]);
+        c.feed(&record(10));
+        assert!(c.mid_record());
     }
 }
