@@ -35,6 +35,7 @@
 use super::Ending;
 use crate::config::ClientSettings;
 use crate::exchange::h2::{self as exchange, RequestCtx};
+use crate::exchange::pump::StreamAbort;
 use crate::policy::ClientPolicy;
 use crate::registry::{ClientState, Tracked};
 use crate::shared::Shared;
@@ -42,7 +43,7 @@ use crate::stream::ClientStream;
 use crate::timeouts::ClientTimeouts;
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -190,7 +191,7 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
     // read), plus HPACK's 32 bytes per field over the HTTP/1 line, so that
     // the request's own rule judges it, on the head it stands for.
     let list_limit = shared.first_head_limit + 32 * crate::http1::head::MAX_HEADERS;
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http2::Builder::new(StreamExec);
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -258,18 +259,42 @@ async fn ack_wait(conn: &H2Conn, since: Instant) {
     quiet_for(conn, since, || limit).await;
 }
 
+/// Runs each stream's task (hyper spawns one per stream) so that it can be
+/// ended from outside ([`StreamAbort`]): a response body that gave up on a
+/// client keeping its stream's window shut is never polled again by hyper,
+/// and only dropping the task makes h2 reset the stream.
+#[derive(Clone, Copy)]
+struct StreamExec;
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(StreamAbort::guard(fut));
+    }
+}
+
+/// How many times per `limit` [`stall_watch`] looks: a stall is seen
+/// within `limit` and an eighth of it.
+const STALL_LOOKS: u32 = 8;
+
 /// Resolves when a response frame has waited for the client for `limit`
 /// with no frame taken on any stream meanwhile.
 async fn stall_watch(conn: &H2Conn, limit: Duration) {
+    let step = (limit / STALL_LOOKS).max(Duration::from_millis(10));
     let mut last = conn.sent.load(Ordering::Relaxed);
+    let mut since = Instant::now();
     loop {
-        tokio::time::sleep(limit).await;
+        tokio::time::sleep(step).await;
         let now = conn.sent.load(Ordering::Relaxed);
-        if now == last && conn.waiting_client.load(Ordering::Acquire) > 0 {
+        if now != last || conn.waiting_client.load(Ordering::Acquire) == 0 {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
             debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; aborting");
             return;
         }
-        last = now;
     }
 }
 
@@ -349,6 +374,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
     let open = OpenStream {
         conn: conn.clone(),
         done: false,
+        abort: StreamAbort::current(),
     };
     let resp = match exchange::handle(req, ctx).await {
         Ok(r) => r,
@@ -422,12 +448,15 @@ impl PendingLog {
 struct OpenStream {
     conn: Arc<H2Conn>,
     done: bool,
+    /// Reset by finguard (the client kept its window shut), not the client.
+    abort: Option<Arc<StreamAbort>>,
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
         let conn = &self.conn;
-        if !self.done && conn.resets.fetch_add(1, Ordering::AcqRel) + 1 == MAX_RESET_STREAMS {
+        let ours = self.abort.as_ref().is_some_and(|a| a.fired());
+        if !self.done && !ours && conn.resets.fetch_add(1, Ordering::AcqRel) + 1 == MAX_RESET_STREAMS {
             debug!(peer = %conn.peer, resets = MAX_RESET_STREAMS, "HTTP/2 client resets its streams; GOAWAY");
             conn.goaway.notify_one();
         }
