@@ -76,6 +76,10 @@ struct H2Conn {
     /// Streams whose last frame h2 has not come back for: it waits for
     /// the client (TCP or flow-control window).
     waiting_client: AtomicU32,
+    /// `sent` + 1 when a stream was reset for keeping the client waiting
+    /// (its body gave up after `body_timeout`), 0 before: until a frame
+    /// is taken again the connection still waits for its client.
+    reset_stalled_at: AtomicU64,
     /// Asks the connection to send GOAWAY (policy `nokeepalive`, request
     /// limit, resets).
     goaway: Notify,
@@ -152,6 +156,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         active: AtomicU32::new(0),
         sent: AtomicU64::new(0),
         waiting_client: AtomicU32::new(0),
+        reset_stalled_at: AtomicU64::new(0),
         goaway: Notify::new(),
         started: Instant::now(),
         streams: AtomicU32::new(0),
@@ -280,7 +285,9 @@ where
 const STALL_LOOKS: u32 = 8;
 
 /// Resolves when a response frame has waited for the client for `limit`
-/// with no frame taken on any stream meanwhile.
+/// with no frame taken on any stream meanwhile. A stream reset for its
+/// stall still counts as waiting (until a frame is taken): its reset
+/// alone must not let a client that took nothing keep the connection.
 async fn stall_watch(conn: &H2Conn, limit: Duration) {
     let step = (limit / STALL_LOOKS).max(Duration::from_millis(10));
     let mut last = conn.sent.load(Ordering::Relaxed);
@@ -288,7 +295,9 @@ async fn stall_watch(conn: &H2Conn, limit: Duration) {
     loop {
         tokio::time::sleep(step).await;
         let now = conn.sent.load(Ordering::Relaxed);
-        if now != last || conn.waiting_client.load(Ordering::Acquire) == 0 {
+        let waiting = conn.waiting_client.load(Ordering::Acquire) > 0
+            || conn.reset_stalled_at.load(Ordering::Acquire) == now.wrapping_add(1);
+        if now != last || !waiting {
             last = now;
             since = Instant::now();
         } else if since.elapsed() >= limit {
@@ -490,6 +499,12 @@ impl StreamBody {
 
 impl Drop for StreamBody {
     fn drop(&mut self) {
+        let conn = &self.open.conn;
+        if self.handed && self.open.abort.as_ref().is_some_and(|a| a.fired()) {
+            // Before `taken`: the connection never looks unwaited-for.
+            let sent = conn.sent.load(Ordering::Relaxed);
+            conn.reset_stalled_at.store(sent.wrapping_add(1), Ordering::Release);
+        }
         self.taken();
         // h2 drops a body it saw end without polling it again.
         self.open.done |= http_body::Body::is_end_stream(&self.inner);
