@@ -98,6 +98,97 @@ fn http2_shut_unbuffered_streams_are_bounded() {
     );
 }
 
+/// One HTTP/2 connection, two unbuffered downloads: the client keeps one
+/// stream's window shut and reads the other. hyper never polls the shut
+/// stream's body again, so its relay giving up after `body_timeout` must
+/// still reach the client as a reset of that stream (not a wait with no
+/// signal, its concurrent-stream slot held), while the other stream and
+/// the connection go on; the shut stream's backend connection is freed.
+#[test]
+fn http2_shut_stream_is_reset_while_another_completes() {
+    use support::tls::*;
+    const BIG: usize = 8 * 1024 * 1024;
+    let b = sized_backend(BIG, true);
+    let pki = pki();
+    let f = files(&pki);
+    // Two backend connections: a third request is served only once the
+    // shut stream gave its connection back.
+    let extra = format!(
+        "[client]\nbody_timeout = \"1s\"\n\
+         [[backend]]\nname = \"b\"\naddrs = [\"{}\"]\nmax_connections = 2\npool_max_idle = 2\nqueue_timeout = \"500ms\"\n",
+        b.addr
+    );
+    let p = Proxy::start_raw(&tls_config(&f, &extra), &[]);
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (cfg, addr) = (Arc::new(cfg), p.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (shut_end, fed, small) = rt.block_on(async move {
+        let mut c = h2_client(cfg, addr, 16 * 1024).await;
+        let get = |path: &str| http::Request::get(format!("https://a.test{path}")).body(()).unwrap();
+        let (shut, _) = c.send_request(get("/big"), true).unwrap();
+        let mut shut = shut.await.unwrap().into_body();
+        let (fed, _) = c.send_request(get("/big"), true).unwrap();
+        let mut fed = fed.await.unwrap().into_body();
+        // The shut stream: read, never released; what ends it, if anything
+        // does within the bound.
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = reset.clone();
+        let watcher = tokio::spawn(async move {
+            let end = tokio::time::timeout(LIMIT / 2, async {
+                loop {
+                    match shut.data().await {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Some(e),
+                        None => return None,
+                    }
+                }
+            })
+            .await;
+            seen.store(true, Ordering::SeqCst);
+            end
+        });
+        // The fed stream moves the connection along, 16 KiB at a time,
+        // until the shut one ended (bounded: at most 400 steps).
+        let mut got = 0;
+        for _ in 0..400 {
+            if reset.load(Ordering::SeqCst) {
+                break;
+            }
+            let Some(Ok(d)) = fed.data().await else { break };
+            got += d.len();
+            let _ = fed.flow_control().release_capacity(d.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let shut_end = watcher.await.unwrap();
+        // The same connection serves a small page (the shut stream's
+        // backend connection is free) while the fed stream is still open.
+        let (small, _) = c.send_request(get("/small"), true).unwrap();
+        let small = tokio::time::timeout(LIMIT, small).await.ok().and_then(Result::ok);
+        let small = small.map(|r| r.status().as_u16());
+        // Then the fed stream reads to its end.
+        let rest = tokio::time::timeout(LIMIT, async {
+            while let Some(Ok(d)) = fed.data().await {
+                got += d.len();
+                let _ = fed.flow_control().release_capacity(d.len());
+            }
+        })
+        .await;
+        (shut_end, rest.is_ok().then_some(got), small)
+    });
+    match shut_end {
+        Ok(Some(e)) => assert!(e.is_reset(), "the shut stream ended with {e:?}, not a reset"),
+        Ok(None) => panic!("the shut stream ended cleanly with its window shut"),
+        Err(_) => panic!("the shut stream was not reset within {:?}", LIMIT / 2),
+    }
+    assert_eq!(small, Some(200), "a small page on the same connection");
+    assert_eq!(fed, Some(BIG), "the read stream's whole body");
+}
+
 /// Two shut streams and a fed one on one HTTP/2 connection, a backend
 /// with three connections; the status another client gets for a small page.
 fn shut_streams_then_another_client(buffer: &str, unbuffered: bool) -> u16 {
