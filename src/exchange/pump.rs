@@ -123,8 +123,17 @@ impl Pump {
 
     async fn run(self, mut w: Writer) {
         let mut trailer = Vec::new();
+        let (abort, stall) = (self.abort.clone(), self.stall);
         let end = self.drive(&mut w, &mut trailer).await;
-        w.finish(end, trailer);
+        let finished = w.finish(end, trailer);
+        // A body that broke off (the backend's side) ends its stream when
+        // polled; one whose window stays shut is not polled, so the stream
+        // is reset once its client takes nothing for `stall`.
+        if let (Err(_), Some(abort)) = (end, abort) {
+            if !abort.fired() && !finished.reader_gone(stall).await {
+                abort.fire();
+            }
+        }
     }
 
     async fn drive(mut self, w: &mut Writer, trailer: &mut Vec<u8>) -> Result<(), &'static str> {
