@@ -11,9 +11,12 @@
 //! HTTP/1's: the first request within `header_timeout` of the start (a client
 //! that sends no preface, or the preface and nothing else, is idle), the next
 //! ones within `keepalive_timeout`. What bounds a stream instead is
-//! progress: a response frame handed to h2 and not taken for `body_timeout`
-//! (the client stopped reading, or keeps its flow-control window shut) ends
-//! the connection with a reset, as a stuck HTTP/1 write does.
+//! progress: a response the client takes nothing of for `body_timeout` (it
+//! keeps the stream's flow-control window shut) has its stream reset (see
+//! [`StreamExec`]: hyper alone would never poll the body to see it fail),
+//! and a response frame handed to h2 with no frame taken on any stream for
+//! `body_timeout` (the client stopped reading) ends the connection with a
+//! reset, as a stuck HTTP/1 write does.
 //!
 //! Every close but an abort starts with GOAWAY (hyper's graceful shutdown:
 //! GOAWAY and a PING, the final GOAWAY when the PING is acked) and lets the

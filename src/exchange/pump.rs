@@ -9,7 +9,10 @@
 //! task waits on the client side only through the spool, and only while
 //! the client side takes something within each `body_timeout` (an HTTP/2
 //! stream whose window stays shut is never polled, so its reader alone
-//! would not bound the wait); dropping the reader ends this task.
+//! would not bound the wait); dropping the reader ends this task. When it
+//! gives up on an HTTP/2 stream, or its body broke off and the stream takes
+//! nothing more for `body_timeout`, it resets the stream ([`StreamAbort`]):
+//! the stream's body is not polled to see the error.
 
 use super::body::Rest;
 use super::upload::RESP_BUF;
