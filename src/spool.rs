@@ -403,11 +403,36 @@ impl Writer {
 
     /// The body is over: `Ok` at its end, or why it broke off; a chunked
     /// body's trailer section goes with it.
-    pub fn finish(self, end: Result<(), &'static str>, trailer: Vec<u8>) {
+    pub fn finish(self, end: Result<(), &'static str>, trailer: Vec<u8>) -> Finished {
         let mut st = self.inner.lock();
         st.end = Some(end);
         st.trailer = trailer;
         self.inner.data.notify_one();
+        drop(st);
+        Finished {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A spool whose writer is done, watched until its reader is.
+pub struct Finished {
+    inner: Arc<Inner>,
+}
+
+impl Finished {
+    /// Waits while the reader takes something within each `stall`, until
+    /// it is gone: `false` when it took nothing for `stall`.
+    pub async fn reader_gone(&self, stall: Duration) -> bool {
+        loop {
+            let space = self.inner.space.notified();
+            if self.inner.lock().reader_gone {
+                return true;
+            }
+            if tokio::time::timeout(stall, space).await.is_err() {
+                return false;
+            }
+        }
     }
 }
 

@@ -98,6 +98,150 @@ fn http2_shut_unbuffered_streams_are_bounded() {
     );
 }
 
+/// One HTTP/2 connection, two unbuffered downloads: the client keeps one
+/// stream's window shut and reads the other. hyper never polls the shut
+/// stream's body again, so its relay giving up after `body_timeout` must
+/// still reach the client as a reset of that stream (not a wait with no
+/// signal, its concurrent-stream slot held), while the other stream and
+/// the connection go on; the shut stream's backend connection is freed.
+#[test]
+fn http2_shut_stream_is_reset_while_another_completes() {
+    let b = sized_backend(BIG, true);
+    let (shut_end, fed, small) = shut_stream_beside_a_read_one(b.addr, "/big");
+    assert_shut_stream_reset(shut_end);
+    assert_eq!(small, Some(200), "a small page on the same connection");
+    assert_eq!(fed, Some(BIG), "the read stream's whole body");
+}
+
+/// The same when the shut stream's response is buffered and its backend
+/// breaks off inside the body: the error would reach hyper only when it
+/// polls the body, which it does not while the window is shut; the stream
+/// is reset once its client took nothing for `body_timeout`.
+#[test]
+fn http2_shut_stream_whose_backend_broke_off_is_reset() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    thread::spawn(move || {
+        for mut s in l.incoming().map_while(Result::ok) {
+            thread::spawn(move || {
+                let mut buf = Vec::new();
+                let body = vec![b'x'; BIG];
+                while let Some(head) = read_head(&mut s, &mut buf) {
+                    let (cut, small) = (head.starts_with("GET /cut"), head.starts_with("GET /small"));
+                    let body: &[u8] = if small { b"small" } else { &body };
+                    // The cut body is buffered: finguard reads it to the break.
+                    let accel = if cut { "" } else { "X-Accel-Buffering: no\r\n" };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{accel}\r\n", body.len());
+                    let sent = if cut { &body[..256 * 1024] } else { body };
+                    if s.write_all(head.as_bytes()).is_err() || s.write_all(sent).is_err() || cut {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let (shut_end, fed, small) = shut_stream_beside_a_read_one(addr, "/cut");
+    assert_shut_stream_reset(shut_end);
+    assert_eq!(small, Some(200), "a small page on the same connection");
+    assert_eq!(fed, Some(BIG), "the read stream's whole body");
+}
+
+const BIG: usize = 8 * 1024 * 1024;
+
+fn assert_shut_stream_reset(end: Result<Option<h2::Error>, tokio::time::error::Elapsed>) {
+    match end {
+        Ok(Some(e)) => assert!(e.is_reset(), "the shut stream ended with {e:?}, not a reset"),
+        Ok(None) => panic!("the shut stream ended cleanly with its window shut"),
+        Err(_) => panic!("the shut stream was not reset within {:?}", LIMIT / 2),
+    }
+}
+
+/// One HTTP/2 connection (`body_timeout` 1 s, two backend connections):
+/// `shut` with its window kept shut, `/big` read 16 KiB at a time until
+/// `shut` ended, then `/small`, then the rest of `/big`. Returns how
+/// `shut` ended, the bytes `/big` had (if it ended), the `/small` status.
+fn shut_stream_beside_a_read_one(
+    backend: SocketAddr,
+    shut: &str,
+) -> (
+    Result<Option<h2::Error>, tokio::time::error::Elapsed>,
+    Option<usize>,
+    Option<u16>,
+) {
+    use support::tls::*;
+    let pki = pki();
+    let f = files(&pki);
+    // Two backend connections: a third request is served only once the
+    // shut stream gave its connection back.
+    let extra = format!(
+        "[client]\nbody_timeout = \"1s\"\n\
+         [[backend]]\nname = \"b\"\naddrs = [\"{backend}\"]\nmax_connections = 2\npool_max_idle = 2\nqueue_timeout = \"500ms\"\n"
+    );
+    let p = Proxy::start_raw(&tls_config(&f, &extra), &[]);
+    let mut cfg = (*client(&pki)).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (cfg, addr) = (Arc::new(cfg), p.addr);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shut = format!("https://a.test{shut}");
+    rt.block_on(async move {
+        let mut c = h2_client(cfg, addr, 16 * 1024).await;
+        let get = |uri: &str| http::Request::get(uri).body(()).unwrap();
+        let (resp, _) = c.send_request(get(&shut), true).unwrap();
+        let mut shut = resp.await.unwrap().into_body();
+        let (fed, _) = c.send_request(get("https://a.test/big"), true).unwrap();
+        let mut fed = fed.await.unwrap().into_body();
+        // The shut stream: read, never released; what ends it, if anything
+        // does within the bound.
+        let reset = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = reset.clone();
+        let watcher = tokio::spawn(async move {
+            let end = tokio::time::timeout(LIMIT / 2, async {
+                loop {
+                    match shut.data().await {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Some(e),
+                        None => return None,
+                    }
+                }
+            })
+            .await;
+            seen.store(true, Ordering::SeqCst);
+            end
+        });
+        // The fed stream moves the connection along, 16 KiB at a time,
+        // until the shut one ended (bounded: at most 400 steps).
+        let mut got = 0;
+        for _ in 0..400 {
+            if reset.load(Ordering::SeqCst) {
+                break;
+            }
+            let Some(Ok(d)) = fed.data().await else { break };
+            got += d.len();
+            let _ = fed.flow_control().release_capacity(d.len());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let shut_end = watcher.await.unwrap();
+        // The same connection serves a small page (the shut stream's
+        // backend connection is free) while the fed stream is still open.
+        let (small, _) = c.send_request(get("https://a.test/small"), true).unwrap();
+        let small = tokio::time::timeout(LIMIT, small).await.ok().and_then(Result::ok);
+        let small = small.map(|r| r.status().as_u16());
+        // Then the fed stream reads to its end.
+        let rest = tokio::time::timeout(LIMIT, async {
+            while let Some(Ok(d)) = fed.data().await {
+                got += d.len();
+                let _ = fed.flow_control().release_capacity(d.len());
+            }
+        })
+        .await;
+        (shut_end, rest.is_ok().then_some(got), small)
+    })
+}
+
 /// Two shut streams and a fed one on one HTTP/2 connection, a backend
 /// with three connections; the status another client gets for a small page.
 fn shut_streams_then_another_client(buffer: &str, unbuffered: bool) -> u16 {

@@ -11,9 +11,12 @@
 //! HTTP/1's: the first request within `header_timeout` of the start (a client
 //! that sends no preface, or the preface and nothing else, is idle), the next
 //! ones within `keepalive_timeout`. What bounds a stream instead is
-//! progress: a response frame handed to h2 and not taken for `body_timeout`
-//! (the client stopped reading, or keeps its flow-control window shut) ends
-//! the connection with a reset, as a stuck HTTP/1 write does.
+//! progress: a response the client takes nothing of for `body_timeout` (it
+//! keeps the stream's flow-control window shut) has its stream reset (see
+//! [`StreamExec`]: hyper alone would never poll the body to see it fail),
+//! and a response frame handed to h2 with no frame taken on any stream for
+//! `body_timeout` (the client stopped reading) ends the connection with a
+//! reset, as a stuck HTTP/1 write does.
 //!
 //! Every close but an abort starts with GOAWAY (hyper's graceful shutdown:
 //! GOAWAY and a PING, the final GOAWAY when the PING is acked) and lets the
@@ -35,6 +38,7 @@
 use super::Ending;
 use crate::config::ClientSettings;
 use crate::exchange::h2::{self as exchange, RequestCtx};
+use crate::exchange::pump::StreamAbort;
 use crate::policy::ClientPolicy;
 use crate::registry::{ClientState, Tracked};
 use crate::shared::Shared;
@@ -42,7 +46,7 @@ use crate::stream::ClientStream;
 use crate::timeouts::ClientTimeouts;
 use http::Request;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -75,6 +79,10 @@ struct H2Conn {
     /// Streams whose last frame h2 has not come back for: it waits for
     /// the client (TCP or flow-control window).
     waiting_client: AtomicU32,
+    /// `sent` + 1 when a stream was reset for keeping the client waiting
+    /// (its body gave up after `body_timeout`), 0 before: until a frame
+    /// is taken again the connection still waits for its client.
+    reset_stalled_at: AtomicU64,
     /// Asks the connection to send GOAWAY (policy `nokeepalive`, request
     /// limit, resets).
     goaway: Notify,
@@ -151,6 +159,7 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         active: AtomicU32::new(0),
         sent: AtomicU64::new(0),
         waiting_client: AtomicU32::new(0),
+        reset_stalled_at: AtomicU64::new(0),
         goaway: Notify::new(),
         started: Instant::now(),
         streams: AtomicU32::new(0),
@@ -190,7 +199,7 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
     // read), plus HPACK's 32 bytes per field over the HTTP/1 line, so that
     // the request's own rule judges it, on the head it stands for.
     let list_limit = shared.first_head_limit + 32 * crate::http1::head::MAX_HEADERS;
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    let mut builder = hyper::server::conn::http2::Builder::new(StreamExec);
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -258,18 +267,46 @@ async fn ack_wait(conn: &H2Conn, since: Instant) {
     quiet_for(conn, since, || limit).await;
 }
 
+/// Runs each stream's task (hyper spawns one per stream) so that it can be
+/// ended from outside ([`StreamAbort`]): a response body that gave up on a
+/// client keeping its stream's window shut is never polled again by hyper,
+/// and only dropping the task makes h2 reset the stream.
+#[derive(Clone, Copy)]
+struct StreamExec;
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(StreamAbort::guard(fut));
+    }
+}
+
+/// How many times per `limit` [`stall_watch`] looks: a stall is seen
+/// within `limit` and an eighth of it.
+const STALL_LOOKS: u32 = 8;
+
 /// Resolves when a response frame has waited for the client for `limit`
-/// with no frame taken on any stream meanwhile.
+/// with no frame taken on any stream meanwhile. A stream reset for its
+/// stall still counts as waiting (until a frame is taken): its reset
+/// alone must not let a client that took nothing keep the connection.
 async fn stall_watch(conn: &H2Conn, limit: Duration) {
+    let step = (limit / STALL_LOOKS).max(Duration::from_millis(10));
     let mut last = conn.sent.load(Ordering::Relaxed);
+    let mut since = Instant::now();
     loop {
-        tokio::time::sleep(limit).await;
+        tokio::time::sleep(step).await;
         let now = conn.sent.load(Ordering::Relaxed);
-        if now == last && conn.waiting_client.load(Ordering::Acquire) > 0 {
+        let waiting = conn.waiting_client.load(Ordering::Acquire) > 0
+            || conn.reset_stalled_at.load(Ordering::Acquire) == now.wrapping_add(1);
+        if now != last || !waiting {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= limit {
             debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; aborting");
             return;
         }
-        last = now;
     }
 }
 
@@ -349,6 +386,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
     let open = OpenStream {
         conn: conn.clone(),
         done: false,
+        abort: StreamAbort::current(),
     };
     let resp = match exchange::handle(req, ctx).await {
         Ok(r) => r,
@@ -422,12 +460,15 @@ impl PendingLog {
 struct OpenStream {
     conn: Arc<H2Conn>,
     done: bool,
+    /// Reset by finguard (the client kept its window shut), not the client.
+    abort: Option<Arc<StreamAbort>>,
 }
 
 impl Drop for OpenStream {
     fn drop(&mut self) {
         let conn = &self.conn;
-        if !self.done && conn.resets.fetch_add(1, Ordering::AcqRel) + 1 == MAX_RESET_STREAMS {
+        let ours = self.abort.as_ref().is_some_and(|a| a.fired());
+        if !self.done && !ours && conn.resets.fetch_add(1, Ordering::AcqRel) + 1 == MAX_RESET_STREAMS {
             debug!(peer = %conn.peer, resets = MAX_RESET_STREAMS, "HTTP/2 client resets its streams; GOAWAY");
             conn.goaway.notify_one();
         }
@@ -461,6 +502,12 @@ impl StreamBody {
 
 impl Drop for StreamBody {
     fn drop(&mut self) {
+        let conn = &self.open.conn;
+        if self.handed && self.open.abort.as_ref().is_some_and(|a| a.fired()) {
+            // Before `taken`: the connection never looks unwaited-for.
+            let sent = conn.sent.load(Ordering::Relaxed);
+            conn.reset_stalled_at.store(sent.wrapping_add(1), Ordering::Release);
+        }
         self.taken();
         // h2 drops a body it saw end without polling it again.
         self.open.done |= http_body::Body::is_end_stream(&self.inner);

@@ -550,6 +550,7 @@ async fn relay<S: ClientStream>(
                 data_only: decode,
                 gap: t.response,
                 stall: t.client.gap,
+                abort: None,
             };
             let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
             let part: &[u8] = if decoded { &scratch } else { &resp[..take] };

@@ -20,7 +20,7 @@
 use super::body::Rest;
 use super::h2_response::{error_response, SpooledBody, Unread};
 pub use super::h2_response::{BoxError, ProxyBody};
-use super::pump::Pump;
+use super::pump::{Pump, StreamAbort};
 use super::request_spool::{self, Prefixed};
 use super::upload::{self, Failure, RequestBody, Sent};
 use super::{Plan, Tries};
@@ -315,6 +315,7 @@ async fn attempt(
             data_only: true,
             gap: t.response,
             stall: t.client.gap,
+            abort: StreamAbort::current(),
         };
         let (cfg, metrics) = (ctx.shared.config.buffer.clone(), ctx.shared.metrics.clone());
         let reader = if buffered {

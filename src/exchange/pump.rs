@@ -9,17 +9,78 @@
 //! task waits on the client side only through the spool, and only while
 //! the client side takes something within each `body_timeout` (an HTTP/2
 //! stream whose window stays shut is never polled, so its reader alone
-//! would not bound the wait); dropping the reader ends this task.
+//! would not bound the wait); dropping the reader ends this task. When it
+//! gives up on an HTTP/2 stream, or its body broke off and the stream takes
+//! nothing more for `body_timeout`, it resets the stream ([`StreamAbort`]):
+//! the stream's body is not polled to see the error.
 
 use super::body::Rest;
 use super::upload::RESP_BUF;
 use crate::http1::response::ReuseHint;
-use crate::spool::{self, Reader, Writer};
+use crate::spool::{self, Reader, Refused, Writer};
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
+use tokio::sync::Notify;
+
+tokio::task_local! {
+    /// The abort of the HTTP/2 stream whose task this is (set by the
+    /// HTTP/2 side's executor around each stream's task).
+    static STREAM_ABORT: Arc<StreamAbort>;
+}
+
+/// Ends an HTTP/2 stream from outside it: its task drops the stream's
+/// response (h2 then sends RST_STREAM, the stream's slot is free).
+///
+/// hyper polls a response body only when the stream has flow-control
+/// window: a chunk taken from the body waits in hyper for window before
+/// the body is polled again. A body that fails while the client keeps the
+/// window shut is never polled, so its error would never become a reset
+/// (the client waits with no signal, its concurrent-stream slot held).
+/// Dropping the stream's task drops hyper's `SendStream` and the body: h2
+/// resets a stream nobody holds (RST_STREAM CANCEL) at once, window or not.
+#[derive(Default)]
+pub struct StreamAbort {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl StreamAbort {
+    /// The abort of the current task's stream, if it runs one.
+    pub fn current() -> Option<Arc<StreamAbort>> {
+        STREAM_ABORT.try_with(|a| a.clone()).ok()
+    }
+
+    /// Ends the stream (no-op once it ended).
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Whether the stream was ended by [`StreamAbort::fire`].
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Runs `fut` (a stream's task) with its abort reachable through
+    /// [`StreamAbort::current`]; it is dropped when the abort fires.
+    pub async fn guard<F: std::future::Future<Output = ()>>(fut: F) {
+        let abort = Arc::new(StreamAbort::default());
+        let fired = abort.clone();
+        STREAM_ABORT
+            .scope(abort, async move {
+                tokio::select! {
+                    biased;
+                    () = fut => {}
+                    () = fired.notify.notified() => {}
+                }
+            })
+            .await;
+    }
+}
 
 /// A response body still to be read from its backend connection.
 pub struct Pump {
@@ -38,6 +99,9 @@ pub struct Pump {
     /// `body_timeout`: the longest wait for the client side to take
     /// something from a spool that can take nothing more.
     pub stall: Duration,
+    /// Ends the client's HTTP/2 stream when the client side took nothing
+    /// for `stall`: its body may never be polled again to see the error.
+    pub abort: Option<Arc<StreamAbort>>,
 }
 
 impl Pump {
@@ -62,8 +126,17 @@ impl Pump {
 
     async fn run(self, mut w: Writer) {
         let mut trailer = Vec::new();
+        let (abort, stall) = (self.abort.clone(), self.stall);
         let end = self.drive(&mut w, &mut trailer).await;
-        w.finish(end, trailer);
+        let finished = w.finish(end, trailer);
+        // A body that broke off (the backend's side) ends its stream when
+        // polled; one whose window stays shut is not polled, so the stream
+        // is reset once its client takes nothing for `stall`.
+        if let (Err(_), Some(abort)) = (end, abort) {
+            if !abort.fired() && !finished.reader_gone(stall).await {
+                abort.fire();
+            }
+        }
     }
 
     async fn drive(mut self, w: &mut Writer, trailer: &mut Vec<u8>) -> Result<(), &'static str> {
@@ -75,9 +148,11 @@ impl Pump {
                 if let (Some(pool), true) = (self.pool.take(), self.buf.is_empty()) {
                     pool.checkin_raw(self.conn, self.reuse);
                 }
-                return w.push(data, self.stall).await.map_err(|r| r.why());
+                let pushed = w.push(data, self.stall).await;
+                return pushed.map_err(|r| refused(r, &self.abort));
             }
-            w.push(data, self.stall).await.map_err(|r| r.why())?;
+            let pushed = w.push(data, self.stall).await;
+            pushed.map_err(|r| refused(r, &self.abort))?;
             self.buf.reserve(RESP_BUF);
             let read = tokio::time::timeout(self.gap, self.conn.stream.read_buf(&mut self.buf)).await;
             match read {
@@ -111,4 +186,12 @@ impl Pump {
             (self.buf.split_to(used).freeze(), done)
         })
     }
+}
+
+/// Why the client side took no more; a stalled HTTP/2 stream is reset.
+fn refused(r: Refused, abort: &Option<Arc<StreamAbort>>) -> &'static str {
+    if let (Refused::Stalled, Some(abort)) = (&r, abort) {
+        abort.fire();
+    }
+    r.why()
 }
