@@ -12,17 +12,6 @@ use std::thread;
 use support::apache::{big_file, Apache};
 use support::*;
 
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        require_peer(tool);
-    }
-    found
-}
-
 /// Runs curl; returns (HTTP status, body).
 fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")

@@ -21,18 +21,6 @@ const LIMIT: Duration = Duration::from_secs(10);
 
 type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-/// Whether `tool` is installed (else the test skips, or fails in CI).
-fn have(tool: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        require_peer(tool);
-    }
-    found
-}
-
 /// One worker (one idle set), a TLS listener, the admin listener.
 fn config(f: &Files, client: &str) -> String {
     format!(
@@ -83,6 +71,16 @@ fn read_response_tls(s: &mut Tls, buf: &mut Vec<u8>) -> Option<(String, Vec<u8>)
         }
         buf.extend_from_slice(&b[..n]);
     }
+}
+
+/// A GET of `path` encrypted into records, not sent.
+fn sealed(s: &mut Tls, path: &str) -> Vec<u8> {
+    s.conn.writer().write_all(get(path).as_bytes()).unwrap();
+    let mut record = Vec::new();
+    while s.conn.wants_write() {
+        s.conn.write_tls(&mut record).unwrap();
+    }
+    record
 }
 
 /// A TLS keep-alive connection that has had one answer.
@@ -225,11 +223,7 @@ fn a_record_split_after_a_park_is_reassembled() {
     let mut s = served_once(&p, &client(&pki));
     assert!(wait_until(LIMIT, || is_parked(&p, &s)));
     // The record, encrypted but not sent.
-    s.conn.writer().write_all(get("/split").as_bytes()).unwrap();
-    let mut record = Vec::new();
-    while s.conn.wants_write() {
-        s.conn.write_tls(&mut record).unwrap();
-    }
+    let record = sealed(&mut s, "/split");
     assert!(record.len() > 10);
     s.sock.write_all(&record[..3]).unwrap();
     // Read into the session, and not idle any more: a request is arriving
@@ -435,11 +429,7 @@ fn a_tls_connection_with_part_of_a_record_read_is_not_evicted() {
     let idle = served_once(&p, &cfg);
     assert!(wait_until(LIMIT, || is_parked(&p, &idle)));
     // The request's record, encrypted; its first 20 bytes sent and read.
-    arriving.conn.writer().write_all(get("/arriving").as_bytes()).unwrap();
-    let mut record = Vec::new();
-    while arriving.conn.wants_write() {
-        arriving.conn.write_tls(&mut record).unwrap();
-    }
+    let record = sealed(&mut arriving, "/arriving");
     assert!(record.len() > 20);
     arriving.sock.write_all(&record[..20]).unwrap();
     assert!(wait_until(LIMIT, || unread_by_finguard(&p, &arriving) == Some(0)));

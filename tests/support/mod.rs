@@ -70,3 +70,15 @@ pub fn require_peer(what: &str) {
     }
     eprintln!("SKIPPED: {what} not installed");
 }
+
+/// Whether the command `tool` is installed (else [`require_peer`]).
+pub fn have(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        require_peer(tool);
+    }
+    found
+}
