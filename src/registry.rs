@@ -14,7 +14,7 @@
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -29,9 +29,20 @@ const RECLAIM_FIRST: u8 = 2;
 const EVICTING: u8 = 4;
 /// Ended by the reaper: stuck lingering past its deadline.
 const KILLED: u8 = 8;
+/// The process drains: an idle keep-alive connection ends its wait.
+const DRAINING: u8 = 16;
 /// Interned User-Agents above this count are swept of those no connection
 /// holds any more (and the mark doubles with what is left).
 const UA_SWEEP_FROM: usize = 1024;
+
+/// What an idle connection was asked ([`Entry::asked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// The process drains.
+    Drain,
+    /// Close to make room for a newcomer.
+    MakeRoom,
+}
 
 /// One open client connection, as `/connections` shows it.
 pub struct Entry {
@@ -94,6 +105,8 @@ pub struct Registry {
     agents: Mutex<(std::collections::HashSet<Arc<str>>, usize)>,
     /// Each worker's idle set's inbox, by index.
     inboxes: std::sync::RwLock<Vec<Arc<ParkInbox>>>,
+    /// Set once, when the process starts draining ([`Registry::drain`]).
+    draining: AtomicBool,
 }
 
 impl Default for Registry {
@@ -109,7 +122,25 @@ impl Registry {
             conns: Mutex::new(HashMap::new()),
             agents: Mutex::new((std::collections::HashSet::new(), UA_SWEEP_FROM)),
             inboxes: std::sync::RwLock::new(Vec::new()),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// The process starts draining: every open connection is told (an idle
+    /// one ends its wait, [`Entry::asked`]), and so is every one opened
+    /// from now on. A flag and a waker per connection, where a
+    /// `CancellationToken` cost two mutex locks on every request.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for e in self.lock().values() {
+            e.flags.fetch_or(DRAINING, Ordering::AcqRel);
+            e.waker.wake();
+        }
+    }
+
+    /// Whether [`Registry::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// A new idle set's inbox and its index (what [`Entry::set_parked`] takes).
@@ -169,6 +200,10 @@ impl Registry {
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, entry.clone());
+        // After the insert: a drain either saw the entry or is seen here.
+        if self.draining.load(Ordering::SeqCst) {
+            entry.flags.fetch_or(DRAINING, Ordering::AcqRel);
+        }
         Tracked {
             registry: self.clone(),
             id,
@@ -313,10 +348,23 @@ impl Entry {
         Some(Candidate { reason, waited })
     }
 
-    /// Resolves when this connection is asked to make room (at once if it
-    /// was asked before the wait began). One connection waits on it at a time.
-    pub fn eviction_wanted(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.flagged(EVICTING)
+    /// Resolves when this connection is asked to make room, or (`drain`)
+    /// the process drains (at once if that happened before the wait
+    /// began); a drain first. One connection waits on it at a time.
+    pub fn asked(&self, drain: bool) -> impl std::future::Future<Output = Asked> + '_ {
+        let watched = if drain { DRAINING | EVICTING } else { EVICTING };
+        std::future::poll_fn(move |cx| {
+            self.waker.register(cx.waker());
+            // Looked at after registering: a request made meanwhile wakes it.
+            let flags = self.flags.load(Ordering::Acquire) & watched;
+            if flags & DRAINING != 0 {
+                std::task::Poll::Ready(Asked::Drain)
+            } else if flags != 0 {
+                std::task::Poll::Ready(Asked::MakeRoom)
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     /// Resolves when the reaper ends this connection (stuck lingering).

@@ -307,6 +307,8 @@ impl Running {
     /// every connection ended in time.
     pub async fn drain(self, timeout: Duration) -> bool {
         self.stop_accepting.cancel();
+        // The registry first: `keepalive_allowed` looks at it.
+        self.shared().clients.drain();
         self.shared().draining.cancel();
         self.tracker.close();
         let drained = tokio::time::timeout(timeout, self.tracker.wait()).await.is_ok();

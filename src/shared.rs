@@ -127,7 +127,7 @@ impl Shared {
     /// Whether a response may keep its connection alive, as far as the
     /// process is concerned: not while draining, nor near saturation.
     pub fn keepalive_allowed(&self) -> bool {
-        !self.draining.is_cancelled() && !self.pressure.saturated(&self.config.pressure)
+        !self.clients.is_draining() && !self.pressure.saturated(&self.config.pressure)
     }
 
     /// What this generation's reaper sweeps.

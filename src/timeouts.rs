@@ -62,3 +62,38 @@ impl Timeouts {
         }
     }
 }
+
+/// One timer for a run of waits, each with its own deadline (a connection's
+/// idle waits between requests, a backend connection's waits for answers):
+/// where `timeout_at` put a new entry in the time driver's wheel and took
+/// it out again, under the driver's lock, twice a request, a later deadline
+/// here only moves the armed entry's expiry (one atomic operation; the
+/// wheel re-files it when its old time comes). Boxed, and made at the
+/// first wait: one allocation for the connection's life.
+#[derive(Debug, Default)]
+pub struct Timer(Option<std::pin::Pin<Box<tokio::time::Sleep>>>);
+
+impl Timer {
+    /// `f`'s output, or `None` if `deadline` comes first.
+    pub async fn timeout<F: std::future::Future>(&mut self, deadline: tokio::time::Instant, f: F) -> Option<F::Output> {
+        use std::future::Future;
+        use std::task::Poll;
+        let sleep = match &mut self.0 {
+            Some(s) => {
+                if s.deadline() != deadline {
+                    s.as_mut().reset(deadline);
+                }
+                s
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        let mut f = std::pin::pin!(f);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = f.as_mut().poll(cx) {
+                return Poll::Ready(Some(v));
+            }
+            sleep.as_mut().poll(cx).map(|()| None)
+        })
+        .await
+    }
+}

@@ -154,6 +154,8 @@ fn keep_alive<S: ClientStream>(
         // Allocated when bytes arrive, released while idle: an idle keep-alive
         // connection costs its socket and a small task, not a buffer.
         let mut buf = BytesMut::new();
+        // Bounds every idle wait of this task (see `Timer`).
+        let mut timer = crate::timeouts::Timer::default();
         // A connection handed back for another reason than a readable socket
         // ends here, as it would have in its own idle wait.
         let early = match woken.map(|w| w.why) {
@@ -204,7 +206,7 @@ fn keep_alive<S: ClientStream>(
                     max: max_header_bytes,
                     served_before: conn.served > 0,
                 };
-                let len = match wait_head(&mut stream, &mut buf, &wait, shared, track).await {
+                let len = match wait_head(&mut stream, &mut buf, &mut timer, &wait, track).await {
                     Ok(len) => {
                         parked_until = None;
                         may_park = S::PARKABLE;
@@ -310,6 +312,10 @@ async fn serve_request<S: ClientStream>(
     head.framing.limit_trailers(policy.settings.max_header_bytes);
     conn.served += 1;
     track.set(ClientState::Active);
+    // Asked to make room since its bytes arrived: it is busy now, and a
+    // request it serves is never cut off (nor the next one, in the grace
+    // window after it).
+    track.entry.decline_eviction();
     track.entry.requests.fetch_add(1, Ordering::Relaxed);
     let keepalive = exchange::KeepAlive::for_request(policy, &head, conn.served);
     let (user_agent, referer) = (head.user_agent.take(), head.referer.take());
@@ -443,8 +449,8 @@ struct Wait {
 async fn wait_head<S: ClientStream>(
     stream: &mut S,
     buf: &mut BytesMut,
+    timer: &mut crate::timeouts::Timer,
     w: &Wait,
-    shared: &Shared,
     track: &registry::Tracked,
 ) -> Result<usize, Ending> {
     let Wait {
@@ -470,6 +476,9 @@ async fn wait_head<S: ClientStream>(
             if buf.len() > max {
                 return Err(reject(head::too_large(buf, max)));
             }
+            // Part of a head: a request is arriving (a whole one goes on to
+            // `Active` at once, without a second change of state).
+            track.set(ClientState::Reading);
         }
         // A keep-alive wait ends when the next head starts: from its first
         // byte it has `header_timeout`. The first head's deadline is fixed at
@@ -486,16 +495,15 @@ async fn wait_head<S: ClientStream>(
             *buf = BytesMut::new();
             let ready = tokio::select! {
                 biased;
-                r = tokio::time::timeout_at(park_at.unwrap_or(deadline), std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => Some(r),
-                () = shared.draining.cancelled(), if served_before => return Err(Ending::Close),
-                () = track.entry.eviction_wanted() => None,
+                r = timer.timeout(park_at.unwrap_or(deadline), std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => Ok(r),
+                why = track.entry.asked(served_before) => Err(why),
             };
             match ready {
-                Some(Ok(Ok(()))) => {}
-                Some(Err(_)) if park_at.is_some() => return Err(Ending::Park(deadline)),
-                Some(_) => return Err(Ending::Close),
-                None if goes_to_make_room(&*stream, track) => return Err(Ending::Evicted),
-                None => {}
+                Ok(Some(Ok(()))) => {}
+                Ok(None) if park_at.is_some() => return Err(Ending::Park(deadline)),
+                Ok(_) | Err(registry::Asked::Drain) => return Err(Ending::Close),
+                Err(registry::Asked::MakeRoom) if goes_to_make_room(&*stream, track) => return Err(Ending::Evicted),
+                Err(registry::Asked::MakeRoom) => {}
             }
         }
         buf.reserve(2048);
@@ -529,7 +537,6 @@ async fn wait_head<S: ClientStream>(
             Ok(Ok(0)) => return Err(Ending::Reply(400, "client closed inside the request head")),
             Ok(Ok(n)) => {
                 track.entry.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                track.set(ClientState::Reading);
             }
             Ok(Err(e)) => {
                 trace!(error = %e, "read error while waiting for a request");

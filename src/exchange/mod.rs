@@ -68,15 +68,34 @@ impl Tries {
         }
     }
 
-    /// A connection for the next attempt.
-    pub async fn checkout(&mut self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
+    /// A connection for the next attempt: an idle one at once when there is
+    /// one, else the whole path (connect, or wait for a slot), boxed so that
+    /// the exchange's state does not carry it.
+    pub fn checkout<'a>(
+        &'a mut self,
+        upstream: &'a Upstream,
+    ) -> impl std::future::Future<Output = Result<RawConn, ProxyError>> + Send + 'a {
+        use tokio_util::either::Either;
+        let fresh = self.plan.fresh || self.retried;
+        match upstream.checkout_idle(fresh, self.plan.client) {
+            Some(c) => Either::Left(std::future::ready(Ok(self.held(c)))),
+            None => Either::Right(Box::pin(self.checkout_slow(upstream))),
+        }
+    }
+
+    async fn checkout_slow(&mut self, upstream: &Upstream) -> Result<RawConn, ProxyError> {
         let p = &self.plan;
         let fresh = p.fresh || self.retried;
-        let mut c = upstream.checkout_raw(fresh, p.client, p.local, &mut self.tried).await?;
+        let c = upstream.checkout_raw(fresh, p.client, p.local, &mut self.tried).await?;
+        Ok(self.held(c))
+    }
+
+    /// The exchange's hold time goes to its access-log line.
+    fn held(&self, mut c: RawConn) -> RawConn {
         if let Some(cell) = &self.hold {
             c.report_hold(cell.clone());
         }
-        Ok(c)
+        c
     }
 
     /// After a failed attempt on a connection (`reused` or not): `Ok` to

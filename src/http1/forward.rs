@@ -296,7 +296,10 @@ fn write_forwarded(out: &mut Vec<u8>, head_bytes: &[u8], prior: &Prior, t: &Targ
                 out.extend_from_slice(v.get(head_bytes));
                 out.extend_from_slice(b", ");
             }
-            let _ = write!(out, "{ip}\r\nX-Forwarded-Proto: {}\r\n", cx.scheme);
+            push_ip(out, ip);
+            out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+            out.extend_from_slice(cx.scheme.as_bytes());
+            out.extend_from_slice(b"\r\n");
             if let Some(h) = t.host {
                 put(out, b"X-Forwarded-Host", h);
             }
@@ -310,7 +313,10 @@ fn write_forwarded(out: &mut Vec<u8>, head_bytes: &[u8], prior: &Prior, t: &Targ
             if ip.is_ipv6() {
                 let _ = write!(out, "for=\"[{ip}]\";proto={}", cx.scheme);
             } else {
-                let _ = write!(out, "for={ip};proto={}", cx.scheme);
+                out.extend_from_slice(b"for=");
+                push_ip(out, ip);
+                out.extend_from_slice(b";proto=");
+                out.extend_from_slice(cx.scheme.as_bytes());
             }
             // RFC 7239 §4: a host that is not plainly a host name, address
             // and port is left out, so no client can forge another element.
@@ -320,6 +326,24 @@ fn write_forwarded(out: &mut Vec<u8>, head_bytes: &[u8], prior: &Prior, t: &Targ
                 out.push(b'"');
             }
             out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// An address as `Display` writes it; IPv4 without the formatter (on
+/// every request, `write!` was 0.5% of the CPU).
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                crate::http1::response::push_num(out, u64::from(octet));
+            }
+        }
+        std::net::IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
         }
     }
 }
@@ -335,6 +359,23 @@ fn is_plain_host(h: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::http1::head;
+
+    #[test]
+    fn an_address_is_written_as_display_writes_it() {
+        for a in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+        ] {
+            let ip: std::net::IpAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string().into_bytes());
+        }
+    }
 
     fn forward(raw: &str, forwarded: Forwarded) -> String {
         let b = raw.as_bytes();

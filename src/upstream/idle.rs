@@ -81,6 +81,8 @@ pub struct RawConn {
     /// Times the exchange that holds it (`finguard_backend_hold_seconds`);
     /// boxed once per connection, so that a lent connection stays small.
     hold: Box<Hold>,
+    /// Bounds each wait for an answer on this connection.
+    timer: crate::timeouts::Timer,
     _slot: SlotGuard,
 }
 
@@ -395,6 +397,18 @@ impl Upstream {
         }
     }
 
+    /// [`Self::checkout_raw`]'s usual case, with nothing to wait for: this
+    /// worker's idle connection (`None`: take the whole path). No waiter is
+    /// registered and no future is built, which on every request cost a
+    /// lock on the pool's `Notify` and a copy of that path's state.
+    pub fn checkout_idle(&self, fresh: bool, client: SocketAddr) -> Option<RawConn> {
+        if fresh || self.all_down() {
+            return None;
+        }
+        let source = (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client);
+        self.pop_raw(worker() % self.raw.len(), source).map(lent)
+    }
+
     /// This worker's most recently used idle connection that is still good.
     fn pop_raw(&self, w: usize, source: Option<SocketAddr>) -> Option<RawConn> {
         loop {
@@ -442,6 +456,8 @@ impl Upstream {
                                 flagged: AtomicBool::new(false),
                                 signal: self.raw[w].signal.clone(),
                             }),
+                            // The old one is filed with the other worker's timers.
+                            timer: crate::timeouts::Timer::default(),
                             ..c
                         };
                         return Some(c);
@@ -486,7 +502,7 @@ impl Upstream {
     ) -> Option<io::Result<usize>> {
         use tokio::io::AsyncReadExt;
         if !resp.is_empty() {
-            return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+            return c.timer.timeout(deadline, c.stream.read_buf(resp)).await;
         }
         let addr = c.addr;
         let Some(answers) = self
@@ -496,7 +512,7 @@ impl Upstream {
             .position(|a| *a == addr)
             .and_then(|i| self.answers.get(i))
         else {
-            return tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+            return c.timer.timeout(deadline, c.stream.read_buf(resp)).await;
         };
         let slowest = &answers.slowest;
         let asked = Instant::now();
@@ -509,7 +525,7 @@ impl Upstream {
             }
         };
         if c.uses > 0 {
-            let r = tokio::time::timeout_at(deadline, c.stream.read_buf(resp)).await.ok();
+            let r = c.timer.timeout(deadline, c.stream.read_buf(resp)).await;
             answered(&r);
             return r;
         }
@@ -635,6 +651,7 @@ impl Upstream {
                 released: Instant::now(),
                 metrics: self.metrics.clone(),
             }),
+            timer: crate::timeouts::Timer::default(),
             _slot: slot,
         })
     }
