@@ -44,6 +44,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod census;
 pub mod cli;
+pub mod clock;
 pub mod compare;
 pub mod config;
 pub mod downstream;

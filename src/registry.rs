@@ -522,7 +522,7 @@ impl Tracked {
     pub fn set(&self, state: ClientState) {
         let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
         if old != state as u8 {
-            let us = self.entry.started.elapsed().as_micros() as u64;
+            let us = crate::clock::since(self.entry.started).as_micros() as u64;
             self.entry.state_since_us.store(us, Ordering::Relaxed);
             tracing::trace!(peer = %self.entry.peer, from = ClientState::from_u8(old).as_str(), to = state.as_str(), "client state");
         }

@@ -82,7 +82,7 @@ pub fn serve<S: ClientStream>(
         },
         _slot: slot,
     };
-    keep_alive(stream, held, Instant::now(), None)
+    crate::clock::Polled::new(keep_alive(stream, held, Instant::now(), None))
 }
 
 /// A parked connection handed back by its idle set: on to the same
@@ -99,10 +99,10 @@ pub(crate) fn resume(
         held.conn.returns = held.conn.returns.saturating_add(1);
     }
     let woken = Woken { why, until };
-    match sock.tls {
+    crate::clock::Polled::new(match sock.tls {
         None => Either::Left(resume_as::<tokio::net::TcpStream>(sock, held, woken)),
         Some(_) => Either::Right(resume_as::<TlsConn>(sock, held, woken)),
-    }
+    })
 }
 
 /// Why a parked connection was handed back, and the keep-alive deadline it
@@ -188,7 +188,7 @@ fn keep_alive<S: ClientStream>(
                 // The first head must be complete `header_timeout` after accept; later
                 // ones may idle `keepalive_timeout`, then have `header_timeout`.
                 // Under pressure the keep-alive timeout shrinks (`[client.pressure]`).
-                let now = Instant::now();
+                let now = crate::clock::now();
                 let idle_until = if conn.served == 0 {
                     accepted + t.head
                 } else if let Some(until) = parked_until {
@@ -346,9 +346,9 @@ async fn serve_request<S: ClientStream>(
         entry: &track.entry,
         hold: hold.as_ref(),
     };
-    let started = Instant::now();
+    let started = crate::clock::now();
     let done = exchange::run(stream, buf, req, &cx).await;
-    let took = started.elapsed();
+    let took = crate::clock::since(started);
     shared.metrics.response(done.status);
     if done.backend.is_some() {
         shared.metrics.buffer.client_took(took);
@@ -486,7 +486,7 @@ async fn wait_head<S: ClientStream>(
         let deadline = if buf.is_empty() {
             idle_until
         } else if served_before {
-            *head_until.get_or_insert_with(|| Instant::now() + header_timeout)
+            *head_until.get_or_insert_with(|| crate::clock::now() + header_timeout)
         } else {
             idle_until
         };

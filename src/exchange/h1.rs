@@ -238,7 +238,7 @@ async fn attempt<S: ClientStream>(
         Err(Failure::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
         Err(Failure::Backend { err, wrote }) => return upload_failed(err, wrote),
     };
-    let started = Instant::now();
+    let started = crate::clock::now();
     let mut chead = Vec::with_capacity(512);
     let parsed = match response_head(
         client,
@@ -256,7 +256,7 @@ async fn attempt<S: ClientStream>(
         Ok(p) => p,
         Err(a) => return a,
     };
-    let backend = Some((bc.addr, started.elapsed()));
+    let backend = Some((bc.addr, crate::clock::since(started)));
     let shaped = match parsed {
         Final::Response(s) => s,
         Final::Switch(len) => return Attempt::Done(switch(client, bc, &mut resp, len, chead, backend, t, conn).await),
@@ -304,7 +304,7 @@ async fn response_head<S: ClientStream>(
     t: &Timeouts,
 ) -> Result<Final, Attempt> {
     let mut view = client_view(req, conn, request_complete);
-    let deadline = Instant::now() + t.response;
+    let deadline = crate::clock::now() + t.response;
     let parsed = read_response(client, bc, upstream, resp, &mut view, conn, chead, deadline, t).await;
     match parsed {
         Ok(p) => Ok(p),
@@ -464,7 +464,7 @@ async fn read_response<S: ClientStream>(
     loop {
         // A read that is always ready never lets `timeout_at` fire: an
         // endless flood of 1xx is held to the deadline here.
-        if Instant::now() >= deadline {
+        if crate::clock::now() >= deadline {
             return Err(HeadError::Failed(ProxyError::ResponseTimeout));
         }
         if !resp.is_empty() {

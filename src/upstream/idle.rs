@@ -258,13 +258,14 @@ impl HoldCell {
 
 impl Hold {
     fn start(&mut self) {
-        self.since = Some(Instant::now());
+        self.since = Some(crate::clock::now());
     }
 
     fn stop(&mut self) {
-        self.released = Instant::now();
+        let now = crate::clock::now();
+        self.released = now;
         if let Some(t) = self.since.take() {
-            let d = t.elapsed();
+            let d = now.saturating_duration_since(t);
             self.metrics.buffer.held_backend(d);
             if let Some(r) = self.report.take() {
                 r.add(d);
@@ -426,7 +427,7 @@ impl Upstream {
                     continue;
                 }
             }
-            if Instant::now() >= c.expires {
+            if crate::clock::now() >= c.expires {
                 self.metrics.reaped(&self.cfg.name, ReapReason::IdleTimeout);
                 continue;
             }
@@ -515,11 +516,11 @@ impl Upstream {
             return c.timer.timeout(deadline, c.stream.read_buf(resp)).await;
         };
         let slowest = &answers.slowest;
-        let asked = Instant::now();
+        let asked = crate::clock::now();
         let answered = |r: &Option<io::Result<usize>>| {
             if let Some(Ok(n)) = r {
                 if *n > 0 {
-                    let now = Instant::now();
+                    let now = crate::clock::now();
                     slowest.record(now.saturating_duration_since(asked), now);
                 }
             }
