@@ -96,4 +96,56 @@ impl Timer {
         })
         .await
     }
+
+    /// Forgets the waker the last wait left in the timer: a connection
+    /// back in its pool must not keep the task that used it (its memory)
+    /// alive until the timer's deadline.
+    pub fn release(&mut self) {
+        if let Some(s) = &mut self.0 {
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let _ = std::future::Future::poll(s.as_mut(), &mut cx);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::sync::Arc;
+    use tokio::time::Instant;
+
+    struct Counted;
+    impl std::task::Wake for Counted {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_wait_ends_at_its_own_deadline_earlier_or_later() {
+        let mut t = Timer::default();
+        let start = Instant::now();
+        let never = std::future::pending::<()>;
+        assert_eq!(t.timeout(start + Duration::from_secs(5), never()).await, None);
+        assert_eq!(Instant::now(), start + Duration::from_secs(5));
+        // A later deadline, then an earlier one than the armed timer's.
+        assert_eq!(t.timeout(start + Duration::from_secs(60), async { 7 }).await, Some(7));
+        assert_eq!(t.timeout(start + Duration::from_secs(6), never()).await, None);
+        assert_eq!(Instant::now(), start + Duration::from_secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_timer_keeps_no_waker() {
+        let mut t = Timer::default();
+        let counted = Arc::new(Counted);
+        let waker = std::task::Waker::from(counted.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        {
+            let wait = t.timeout(Instant::now() + Duration::from_secs(60), std::future::pending::<()>());
+            let mut wait = std::pin::pin!(wait);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        assert!(Arc::strong_count(&counted) > 2, "the armed timer holds the waker");
+        t.release();
+        assert_eq!(Arc::strong_count(&counted), 2, "only `counted` and `waker` are left");
+    }
 }

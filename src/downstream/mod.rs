@@ -151,8 +151,9 @@ fn keep_alive<S: ClientStream>(
     woken: Option<Woken>,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        // Allocated when bytes arrive, released while idle: an idle keep-alive
-        // connection costs its socket and a small task, not a buffer.
+        // Allocated when bytes arrive, released while idle (parked, or in a
+        // long wait): an idle keep-alive connection costs its socket and a
+        // small entry, not a buffer.
         let mut buf = BytesMut::new();
         // Bounds every idle wait of this task (see `Timer`).
         let mut timer = crate::timeouts::Timer::default();
@@ -492,7 +493,13 @@ async fn wait_head<S: ClientStream>(
         };
         let idle = buf.is_empty();
         if idle {
-            *buf = BytesMut::new();
+            // A wait that may be long gives the buffer up. One that ends in
+            // parking within `park_after` keeps it (parking frees it with
+            // the task): a client that comes back sooner, as a busy one
+            // does, costs no allocation and no free per request.
+            if park_at.is_none() {
+                *buf = BytesMut::new();
+            }
             let ready = tokio::select! {
                 biased;
                 r = timer.timeout(park_at.unwrap_or(deadline), std::future::poll_fn(|cx| stream.poll_read_ready(cx))) => Ok(r),

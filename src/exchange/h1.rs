@@ -95,99 +95,112 @@ pub struct Done {
 
 /// Serves one request. On return `buf` holds the bytes the client sent past
 /// this request (a pipelined next one), when the connection may go on.
-pub async fn run<S: ClientStream>(client: &mut S, buf: &mut BytesMut, req: Request, conn: &Conn<'_>) -> Done {
-    let head = &req.head;
-    let hb = &req.head_bytes[..];
-    let mut framing = head.framing.clone();
-    // Whether a body was announced, before any of it is counted as read.
-    let has_body = framing.has_body();
-    let in_buf = match framing.consume(buf) {
-        Ok(n) => n,
-        Err(f) => return refuse(client, &req, conn, f.into(), false).await,
-    };
-    let mut body0 = buf.split_to(in_buf);
-    let target = match forward::target(hb, head) {
-        Ok(t) => t,
-        Err(r) => return refuse(client, &req, conn, r.into(), false).await,
-    };
-    let Some(route) = super::find_route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
-        return refuse(client, &req, conn, ProxyError::NoRoute, framing.is_done()).await;
-    };
-    let buffering = super::Buffering::of(conn.shared, route, conn.policy);
-    let upstream = &conn.shared.upstreams[route.backend];
-    let t = Timeouts::new(&conn.policy.settings, &upstream.cfg);
-    if has_body && body0.is_empty() {
-        // A client that announces a body and never sends it never costs the
-        // backend a connection. `Expect: 100-continue` is answered here.
-        // Not to a client treated as HTTP/1.0 (RFC 9110 §15.2), as Apache's
-        // `downgrade-1.0` does not.
-        let p = conn.policy;
-        let send_continue = head.expect_continue && !(p.downgrade_1_0 || p.force_response_1_0);
-        if let Err(e) = first_body_bytes(client, buf, &mut framing, &mut body0, send_continue, &t, conn.entry).await {
-            return refuse(client, &req, conn, e, false).await;
+///
+/// Not an `async fn`, nor is [`attempt`]: one would store its arguments
+/// twice in its state (as arguments, then as the body's locals), and this
+/// state is built, and copied, once per request.
+#[allow(clippy::manual_async_fn)]
+pub fn run<'a, 'c, S: ClientStream>(
+    client: &'a mut S,
+    buf: &'a mut BytesMut,
+    req: Request,
+    conn: &'a Conn<'c>,
+) -> impl std::future::Future<Output = Done> + use<'a, 'c, S> {
+    async move {
+        let head = &req.head;
+        let hb = &req.head_bytes[..];
+        let mut framing = head.framing.clone();
+        // Whether a body was announced, before any of it is counted as read.
+        let has_body = framing.has_body();
+        let in_buf = match framing.consume(buf) {
+            Ok(n) => n,
+            Err(f) => return refuse(client, &req, conn, f.into(), false).await,
+        };
+        let mut body0 = buf.split_to(in_buf);
+        let target = match forward::target(hb, head) {
+            Ok(t) => t,
+            Err(r) => return refuse(client, &req, conn, r.into(), false).await,
+        };
+        let Some(route) = super::find_route(conn.shared, target.host.unwrap_or_default(), &target.path) else {
+            return refuse(client, &req, conn, ProxyError::NoRoute, framing.is_done()).await;
+        };
+        let buffering = super::Buffering::of(conn.shared, route, conn.policy);
+        let upstream = &conn.shared.upstreams[route.backend];
+        let t = Timeouts::new(&conn.policy.settings, &upstream.cfg);
+        if has_body && body0.is_empty() {
+            // A client that announces a body and never sends it never costs the
+            // backend a connection. `Expect: 100-continue` is answered here.
+            // Not to a client treated as HTTP/1.0 (RFC 9110 §15.2), as Apache's
+            // `downgrade-1.0` does not.
+            let p = conn.policy;
+            let send_continue = head.expect_continue && !(p.downgrade_1_0 || p.force_response_1_0);
+            if let Err(e) = first_body_bytes(client, buf, &mut framing, &mut body0, send_continue, &t, conn.entry).await
+            {
+                return refuse(client, &req, conn, e, false).await;
+            }
         }
-    }
-    // Request buffering: the rest of the body is taken before a backend
-    // connection is (a body complete in the first read goes out at once).
-    let mut pre = None;
-    if buffering.requests && !framing.is_done() {
-        let mut live = H1Body {
-            client: &mut *client,
-            buf: &mut *buf,
-            framing: &mut framing,
-            gap: t.client.gap,
-            entry: conn.entry,
-        };
-        let (cfg, metrics) = (conn.shared.config.buffer.clone(), conn.shared.metrics.clone());
-        match request_spool::take(&mut live, cfg, metrics).await {
-            Ok(p) => pre = Some(p),
-            Err(e) => return refuse(client, &req, conn, e, false).await,
+        // Request buffering: the rest of the body is taken before a backend
+        // connection is (a body complete in the first read goes out at once).
+        let mut pre = None;
+        if buffering.requests && !framing.is_done() {
+            let mut live = H1Body {
+                client: &mut *client,
+                buf: &mut *buf,
+                framing: &mut framing,
+                gap: t.client.gap,
+                entry: conn.entry,
+            };
+            let (cfg, metrics) = (conn.shared.config.buffer.clone(), conn.shared.metrics.clone());
+            match request_spool::take(&mut live, cfg, metrics).await {
+                Ok(p) => pre = Some(p),
+                Err(e) => return refuse(client, &req, conn, e, false).await,
+            }
         }
-    }
-    let mut out = super::backend_head(hb, head, &target, conn.peer, conn.scheme, upstream);
-    out.extend_from_slice(&body0);
-    let out = Bytes::from(out);
-    let plan = Plan {
-        fresh: head.upgrade,
-        client: conn.client,
-        // The address the client reached, for a PROXY protocol header only
-        // (a system call, so not for every request).
-        local: match upstream.cfg.proxy_protocol {
-            crate::config::ProxyProtocol::Off => conn.peer,
-            _ => client.tcp().local_addr().unwrap_or(conn.peer),
-        },
-        // The whole request is in `out`: it can be sent again on a fresh connection.
-        replayable: framing.is_done() && pre.is_none(),
-        idempotent: head.idempotent,
-    };
-    let mut tries = Tries::new(plan);
-    tries.hold = conn.hold.cloned();
-    loop {
-        let bc = match tries.checkout(upstream).await {
-            Ok(bc) => bc,
-            Err(err) => return refuse(client, &req, conn, err, framing.is_done()).await,
+        let mut out = super::backend_head(hb, head, &target, conn.peer, conn.scheme, upstream);
+        out.extend_from_slice(&body0);
+        let out = Bytes::from(out);
+        let plan = Plan {
+            fresh: head.upgrade,
+            client: conn.client,
+            // The address the client reached, for a PROXY protocol header only
+            // (a system call, so not for every request).
+            local: match upstream.cfg.proxy_protocol {
+                crate::config::ProxyProtocol::Off => conn.peer,
+                _ => client.tcp().local_addr().unwrap_or(conn.peer),
+            },
+            // The whole request is in `out`: it can be sent again on a fresh connection.
+            replayable: framing.is_done() && pre.is_none(),
+            idempotent: head.idempotent,
         };
-        let reused = bc.reused();
-        let (err, retry_safe) = match attempt(
-            client,
-            buf,
-            bc,
-            &out,
-            &mut framing,
-            &req,
-            conn,
-            upstream,
-            &t,
-            buffering,
-            &mut pre,
-        )
-        .await
-        {
-            Attempt::Done(done) => return done,
-            Attempt::Failed { err, retry_safe } => (err, retry_safe),
-        };
-        if let Err(err) = tries.again(upstream, &conn.shared.metrics, reused, err, retry_safe) {
-            return refuse(client, &req, conn, err, framing.is_done()).await;
+        let mut tries = Tries::new(plan);
+        tries.hold = conn.hold.cloned();
+        loop {
+            let bc = match tries.checkout(upstream).await {
+                Ok(bc) => bc,
+                Err(err) => return refuse(client, &req, conn, err, framing.is_done()).await,
+            };
+            let reused = bc.reused();
+            let (err, retry_safe) = match attempt(
+                client,
+                buf,
+                bc,
+                &out,
+                &mut framing,
+                &req,
+                conn,
+                upstream,
+                &t,
+                buffering,
+                &mut pre,
+            )
+            .await
+            {
+                Attempt::Done(done) => return done,
+                Attempt::Failed { err, retry_safe } => (err, retry_safe),
+            };
+            if let Err(err) = tries.again(upstream, &conn.shared.metrics, reused, err, retry_safe) {
+                return refuse(client, &req, conn, err, framing.is_done()).await;
+            }
         }
     }
 }
@@ -202,74 +215,78 @@ enum Attempt {
 }
 
 /// One try on one backend connection: send, read the head, relay.
-#[allow(clippy::too_many_arguments)]
-async fn attempt<S: ClientStream>(
-    client: &mut S,
-    buf: &mut BytesMut,
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn attempt<'a, 'c, S: ClientStream>(
+    client: &'a mut S,
+    buf: &'a mut BytesMut,
     mut bc: RawConn,
-    out: &Bytes,
-    framing: &mut Framing,
-    req: &Request,
-    conn: &Conn<'_>,
-    upstream: &Arc<Upstream>,
-    t: &Timeouts,
+    out: &'a Bytes,
+    framing: &'a mut Framing,
+    req: &'a Request,
+    conn: &'a Conn<'c>,
+    upstream: &'a Arc<Upstream>,
+    t: &'a Timeouts,
     buffering: super::Buffering,
-    pre: &mut Option<request_spool::Prefix>,
-) -> Attempt {
-    let mut resp = BytesMut::with_capacity(RESP_BUF);
-    let mut body = Prefixed {
-        pre: pre.take(),
-        live: H1Body {
-            client: &mut *client,
-            buf,
-            framing,
-            gap: t.client.gap,
-            entry: conn.entry,
-        },
-    };
-    let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
-    // What is left of a buffered body (all of it but what went up, after
-    // an early answer) is given up now, not when the response is relayed:
-    // its memory and file count against the budgets.
-    drop(body);
-    let request_complete = match sent {
-        Ok(Sent::Complete) => true,
-        Ok(Sent::Early) => false,
-        Err(Failure::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
-        Err(Failure::Backend { err, wrote }) => return upload_failed(err, wrote),
-    };
-    let started = crate::clock::now();
-    let mut chead = Vec::with_capacity(512);
-    let parsed = match response_head(
-        client,
-        &mut bc,
-        upstream,
-        &mut resp,
-        &mut chead,
-        req,
-        conn,
-        request_complete,
-        t,
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(a) => return a,
-    };
-    let backend = Some((bc.addr, crate::clock::since(started)));
-    let shaped = match parsed {
-        Final::Response(s) => s,
-        Final::Switch(len) => return Attempt::Done(switch(client, bc, &mut resp, len, chead, backend, t, conn).await),
-    };
-    resp.advance(shaped.len);
-    let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
-    let spool = (buffering.responses && !shaped.unbuffered).then_some(conn.shared);
-    let relayed = relay(client, bc, pool, &mut resp, &shaped, chead, t, conn.entry, spool).await;
-    Attempt::Done(Done {
-        status: shaped.status,
-        backend,
-        next: after_relay(relayed, &shaped, conn),
-    })
+    pre: &'a mut Option<request_spool::Prefix>,
+) -> impl std::future::Future<Output = Attempt> + use<'a, 'c, S> {
+    async move {
+        let mut resp = BytesMut::with_capacity(RESP_BUF);
+        let mut body = Prefixed {
+            pre: pre.take(),
+            live: H1Body {
+                client: &mut *client,
+                buf,
+                framing,
+                gap: t.client.gap,
+                entry: conn.entry,
+            },
+        };
+        let sent = upload::upload(&mut bc.stream, out.clone(), &mut body, &mut resp, t).await;
+        // What is left of a buffered body (all of it but what went up, after
+        // an early answer) is given up now, not when the response is relayed:
+        // its memory and file count against the budgets.
+        drop(body);
+        let request_complete = match sent {
+            Ok(Sent::Complete) => true,
+            Ok(Sent::Early) => false,
+            Err(Failure::Client(err)) => return Attempt::Done(refuse(client, req, conn, err, false).await),
+            Err(Failure::Backend { err, wrote }) => return upload_failed(err, wrote),
+        };
+        let started = crate::clock::now();
+        let mut chead = Vec::with_capacity(512);
+        let parsed = match response_head(
+            client,
+            &mut bc,
+            upstream,
+            &mut resp,
+            &mut chead,
+            req,
+            conn,
+            request_complete,
+            t,
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(a) => return a,
+        };
+        let backend = Some((bc.addr, crate::clock::since(started)));
+        let shaped = match parsed {
+            Final::Response(s) => s,
+            Final::Switch(len) => {
+                return Attempt::Done(switch(client, bc, &mut resp, len, chead, backend, t, conn).await)
+            }
+        };
+        resp.advance(shaped.len);
+        let pool = (request_complete && !shaped.reuse.close).then_some(upstream);
+        let spool = (buffering.responses && !shaped.unbuffered).then_some(conn.shared);
+        let relayed = relay(client, Some(bc), pool, &mut resp, &shaped, chead, t, conn.entry, spool).await;
+        Attempt::Done(Done {
+            status: shaped.status,
+            backend,
+            next: after_relay(relayed, &shaped, conn),
+        })
+    }
 }
 
 /// What the client connection does after a relayed response.
@@ -508,79 +525,84 @@ enum Relay {
 /// ended where its framing said, with nothing after it, the connection goes
 /// back to `pool` (if given) before the last bytes are written to the client,
 /// so that the client's next request finds it there.
-#[allow(clippy::too_many_arguments)]
-async fn relay<S: ClientStream>(
-    client: &mut S,
-    bc: RawConn,
-    pool: Option<&Arc<Upstream>>,
-    resp: &mut BytesMut,
-    shaped: &Shaped,
+/// (`bc`: always `Some` when called, then taken when the connection goes
+/// back or to a pump.)
+#[allow(clippy::too_many_arguments, clippy::manual_async_fn)]
+fn relay<'a, S: ClientStream>(
+    client: &'a mut S,
+    mut bc: Option<RawConn>,
+    pool: Option<&'a Arc<Upstream>>,
+    resp: &'a mut BytesMut,
+    shaped: &'a Shaped,
     mut first: Vec<u8>,
-    t: &Timeouts,
-    entry: &Entry,
-    spool: Option<&Arc<Shared>>,
-) -> Result<(), Relay> {
-    let mut rest = Rest::new(shaped.backend_body);
-    let decode = shaped.client_body == ClientBody::ChunkedDecode;
-    let mut scratch = Vec::new();
-    let mut head_pending = true;
-    let mut bc = Some(bc);
-    loop {
-        scratch.clear();
-        let wire: &[u8] = resp;
-        let (take, done) = rest
-            .take(
-                wire,
-                |r| {
-                    if decode {
-                        scratch.extend_from_slice(&wire[r])
-                    }
-                },
-                |_| {},
-            )
-            .map_err(Relay::Backend)?;
-        let decoded = decode;
-        if let (false, Some(shared), Some(conn)) = (done, spool, bc.take_if(|_| !done && spool.is_some())) {
-            let pump = Pump {
-                conn,
-                buf: resp.split_off(take),
-                rest,
-                pool: pool.cloned(),
-                reuse: shaped.reuse,
-                data_only: decode,
-                gap: t.response,
-                stall: t.client.gap,
-                abort: None,
-            };
-            let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
-            let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
-            return drain_spool(client, reader, &mut first, part, &t.client, entry).await;
-        }
-        if done {
-            let conn = bc.take();
-            if let (Some(pool), Some(conn), true) = (pool, conn, resp.len() == take) {
-                pool.checkin_raw(conn, shaped.reuse);
+    t: &'a Timeouts,
+    entry: &'a Entry,
+    spool: Option<&'a Arc<Shared>>,
+) -> impl std::future::Future<Output = Result<(), Relay>> + use<'a, S> {
+    async move {
+        let mut rest = Rest::new(shaped.backend_body);
+        let decode = shaped.client_body == ClientBody::ChunkedDecode;
+        let mut scratch = Vec::new();
+        let mut head_pending = true;
+        loop {
+            scratch.clear();
+            let wire: &[u8] = resp;
+            let (take, done) = rest
+                .take(
+                    wire,
+                    |r| {
+                        if decode {
+                            scratch.extend_from_slice(&wire[r])
+                        }
+                    },
+                    |_| {},
+                )
+                .map_err(Relay::Backend)?;
+            let decoded = decode;
+            if let (false, Some(shared), Some(conn)) = (done, spool, bc.take_if(|_| !done && spool.is_some())) {
+                let pump = Pump {
+                    conn,
+                    buf: resp.split_off(take),
+                    rest,
+                    pool: pool.cloned(),
+                    reuse: shaped.reuse,
+                    data_only: decode,
+                    gap: t.response,
+                    stall: t.client.gap,
+                    abort: None,
+                };
+                let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
+                let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
+                // Boxed: a pumped response is long; a small one, the usual, does
+                // not carry this state.
+                return Box::pin(drain_spool(client, reader, &mut first, part, &t.client, entry)).await;
             }
-        }
-        let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
-        if head_pending {
-            write_head_and(client, &mut first, part, &t.client, entry)
-                .await
-                .map_err(|()| Relay::Client)?;
-            head_pending = false;
-            first = Vec::new();
-        } else if !part.is_empty() {
-            write_client(client, part, &t.client, entry)
-                .await
-                .map_err(|()| Relay::Client)?;
-        }
-        let Some(backend) = bc.as_mut().filter(|_| !done) else {
-            return Ok(());
-        };
-        resp.clear();
-        resp.reserve(RESP_BUF);
-        if read_body_part(backend, resp, &rest, t).await? {
-            return Ok(());
+            if done {
+                let conn = bc.take();
+                if let (Some(pool), Some(conn), true) = (pool, conn, resp.len() == take) {
+                    pool.checkin_raw(conn, shaped.reuse);
+                }
+            }
+            let part: &[u8] = if decoded { &scratch } else { &resp[..take] };
+            if head_pending {
+                write_head_and(client, &mut first, part, &t.client, entry)
+                    .await
+                    .map_err(|()| Relay::Client)?;
+                head_pending = false;
+                first = Vec::new();
+            } else if !part.is_empty() {
+                write_client(client, part, &t.client, entry)
+                    .await
+                    .map_err(|()| Relay::Client)?;
+            }
+            let Some(backend) = bc.as_mut().filter(|_| !done) else {
+                return Ok(());
+            };
+            resp.clear();
+            resp.reserve(RESP_BUF);
+            if read_body_part(backend, resp, &rest, t).await? {
+                return Ok(());
+            }
         }
     }
 }

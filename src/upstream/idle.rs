@@ -661,6 +661,7 @@ impl Upstream {
     /// said it will not take another request on it.
     pub fn checkin_raw(self: &Arc<Self>, mut c: RawConn, hint: super::ReuseHint) {
         c.hold.stop();
+        c.timer.release();
         c.uses += 1;
         if let Some(m) = hint.max {
             // The backend's count already includes this request.
