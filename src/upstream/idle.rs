@@ -81,8 +81,6 @@ pub struct RawConn {
     /// Times the exchange that holds it (`finguard_backend_hold_seconds`);
     /// boxed once per connection, so that a lent connection stays small.
     hold: Box<Hold>,
-    /// Bounds each wait for an answer on this connection.
-    timer: crate::timeouts::Timer,
     _slot: SlotGuard,
 }
 
@@ -234,6 +232,9 @@ struct Hold {
     metrics: Arc<crate::metrics::Metrics>,
     /// The exchange's own record of it (its access-log line), if it asked.
     report: Option<Arc<HoldCell>>,
+    /// Bounds each wait for an answer on the connection (here, in the box,
+    /// so that a lent connection stays small).
+    timer: crate::timeouts::Timer,
 }
 
 /// What one exchange held its backend connections for, summed over its
@@ -457,10 +458,10 @@ impl Upstream {
                                 flagged: AtomicBool::new(false),
                                 signal: self.raw[w].signal.clone(),
                             }),
-                            // The old one is filed with the other worker's timers.
-                            timer: crate::timeouts::Timer::default(),
                             ..c
                         };
+                        // The old one is filed with the other worker's timers.
+                        c.hold.timer = crate::timeouts::Timer::default();
                         return Some(c);
                     }
                     Err(e) => {
@@ -503,7 +504,7 @@ impl Upstream {
     ) -> Option<io::Result<usize>> {
         use tokio::io::AsyncReadExt;
         if !resp.is_empty() {
-            return c.timer.timeout(deadline, c.stream.read_buf(resp)).await;
+            return c.hold.timer.timeout(deadline, c.stream.read_buf(resp)).await;
         }
         let addr = c.addr;
         let Some(answers) = self
@@ -513,7 +514,7 @@ impl Upstream {
             .position(|a| *a == addr)
             .and_then(|i| self.answers.get(i))
         else {
-            return c.timer.timeout(deadline, c.stream.read_buf(resp)).await;
+            return c.hold.timer.timeout(deadline, c.stream.read_buf(resp)).await;
         };
         let slowest = &answers.slowest;
         let asked = crate::clock::now();
@@ -526,7 +527,7 @@ impl Upstream {
             }
         };
         if c.uses > 0 {
-            let r = c.timer.timeout(deadline, c.stream.read_buf(resp)).await;
+            let r = c.hold.timer.timeout(deadline, c.stream.read_buf(resp)).await;
             answered(&r);
             return r;
         }
@@ -651,8 +652,8 @@ impl Upstream {
                 since: None,
                 released: Instant::now(),
                 metrics: self.metrics.clone(),
+                timer: crate::timeouts::Timer::default(),
             }),
-            timer: crate::timeouts::Timer::default(),
             _slot: slot,
         })
     }
@@ -661,7 +662,7 @@ impl Upstream {
     /// said it will not take another request on it.
     pub fn checkin_raw(self: &Arc<Self>, mut c: RawConn, hint: super::ReuseHint) {
         c.hold.stop();
-        c.timer.release();
+        c.hold.timer.release();
         c.uses += 1;
         if let Some(m) = hint.max {
             // The backend's count already includes this request.
