@@ -103,7 +103,13 @@ impl Timer {
     pub fn release(&mut self) {
         if let Some(s) = &mut self.0 {
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            let _ = std::future::Future::poll(s.as_mut(), &mut cx);
+            // Outside the task's budget: a poll refused for want of budget
+            // would keep the old waker.
+            let swap = std::future::poll_fn(|cx| {
+                let _ = std::future::Future::poll(s.as_mut(), cx);
+                std::task::Poll::Ready(())
+            });
+            let _ = std::future::Future::poll(std::pin::pin!(tokio::task::unconstrained(swap)), &mut cx);
         }
     }
 }
@@ -147,5 +153,27 @@ mod tests {
         assert!(Arc::strong_count(&counted) > 2, "the armed timer holds the waker");
         t.release();
         assert_eq!(Arc::strong_count(&counted), 2, "only `counted` and `waker` are left");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_released_by_a_task_out_of_budget_keeps_no_waker() {
+        let mut t = Timer::default();
+        let counted = Arc::new(Counted);
+        let waker = std::task::Waker::from(counted.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        {
+            let wait = t.timeout(Instant::now() + Duration::from_secs(60), std::future::pending::<()>());
+            let mut wait = std::pin::pin!(wait);
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+        }
+        std::future::poll_fn(|cx| {
+            // The task spends its budget, as a long relay does, then
+            // checks the connection in.
+            while std::pin::pin!(tokio::task::consume_budget()).poll(cx).is_ready() {}
+            t.release();
+            std::task::Poll::Ready(())
+        })
+        .await;
+        assert_eq!(Arc::strong_count(&counted), 2, "the waker was dropped all the same");
     }
 }
