@@ -206,6 +206,7 @@ fn keep_alive<S: ClientStream>(
                     header_timeout: t.head,
                     max: max_header_bytes,
                     served_before: conn.served > 0,
+                    keep_buf: conn.served > 1,
                 };
                 let len = match wait_head(&mut stream, &mut buf, &mut timer, &wait, track).await {
                     Ok(len) => {
@@ -440,6 +441,9 @@ struct Wait {
     header_timeout: Duration,
     max: usize,
     served_before: bool,
+    /// The client came back at least once: its buffer is kept while it
+    /// waits to be parked.
+    keep_buf: bool,
 }
 
 /// Waits for a complete request head in `buf`; returns its length. A drain
@@ -493,11 +497,13 @@ async fn wait_head<S: ClientStream>(
         };
         let idle = buf.is_empty();
         if idle {
-            // A wait that may be long gives the buffer up. One that ends in
-            // parking within `park_after` keeps it (parking frees it with
-            // the task): a client that comes back sooner, as a busy one
-            // does, costs no allocation and no free per request.
-            if park_at.is_none() {
+            // A wait that may be long gives the buffer up, and so does a
+            // connection that served one request (many never send
+            // another). One that came back before, and will be parked
+            // within `park_after` (which frees the buffer with the task),
+            // keeps it: a busy client costs no allocation and no free per
+            // request.
+            if park_at.is_none() || !w.keep_buf {
                 *buf = BytesMut::new();
             }
             let ready = tokio::select! {
