@@ -300,11 +300,25 @@ async fn attempt(
     } else {
         Unread::new(up.live.rest.take().map(|l| l.rest), up.live.linger)
     };
-    // A body goes through a pump task, buffered or not: an HTTP/2 stream
-    // whose window stays shut never polls its body, and only the pump's
-    // own wait (`body_timeout` for the client side to take something)
-    // bounds how long it holds its backend connection.
-    let body = if !rest.is_done() {
+    // A small body that came whole with its head (the usual 12 B page) is
+    // sent from memory, and the connection goes back at once: no pump
+    // task, no spool, nothing held of the backend. (A pump per response
+    // was a task spawn, a channel and a spool: with the copies of their
+    // state, a third of this path's CPU under h2load.) A stream whose
+    // window stays shut holds at most these bytes, as it would an error
+    // page of finguard's.
+    let whole = matches!(head.body, response::BodyMode::Length(n) if n == resp.len() as u64 && resp.len() <= WHOLE_MAX);
+    let body = if whole {
+        let bytes = resp.split().freeze();
+        if let Some(pool) = pool {
+            pool.checkin_raw(bc, head.reuse);
+        }
+        ProxyBody::Full(Some(bytes), unread)
+    } else if !rest.is_done() {
+        // A body goes through a pump task, buffered or not: an HTTP/2 stream
+        // whose window stays shut never polls its body, and only the pump's
+        // own wait (`body_timeout` for the client side to take something)
+        // bounds how long it holds its backend connection.
         let buffered = how.buffer_response && !head.unbuffered;
         let pump = Pump {
             conn: bc,
@@ -340,6 +354,9 @@ async fn attempt(
     out.extensions_mut().insert(answered);
     Ok(out)
 }
+
+/// The largest body sent from memory when it came whole with its head.
+const WHOLE_MAX: usize = 16 * 1024;
 
 /// Reads the final response head within `response_timeout` (1xx skipped).
 async fn read_head(
