@@ -353,23 +353,22 @@ impl Entry {
     /// began); a drain first. One connection waits on it at a time.
     pub fn asked(&self, drain: bool) -> impl std::future::Future<Output = Asked> + '_ {
         let watched = if drain { DRAINING | EVICTING } else { EVICTING };
-        std::future::poll_fn(move |cx| {
-            self.waker.register(cx.waker());
-            // Looked at after registering: a request made meanwhile wakes it.
-            let flags = self.flags.load(Ordering::Acquire) & watched;
-            if flags & DRAINING != 0 {
-                std::task::Poll::Ready(Asked::Drain)
-            } else if flags != 0 {
-                std::task::Poll::Ready(Asked::MakeRoom)
+        let seen = self.flagged(watched);
+        async move {
+            if seen.await & DRAINING != 0 {
+                Asked::Drain
             } else {
-                std::task::Poll::Pending
+                Asked::MakeRoom
             }
-        })
+        }
     }
 
     /// Resolves when the reaper ends this connection (stuck lingering).
     pub fn kill_wanted(&self) -> impl std::future::Future<Output = ()> + '_ {
-        self.flagged(KILLED)
+        let seen = self.flagged(KILLED);
+        async move {
+            seen.await;
+        }
     }
 
     /// Whether the reaper ended it.
@@ -377,14 +376,15 @@ impl Entry {
         self.flags.load(Ordering::Relaxed) & KILLED != 0
     }
 
-    fn flagged(&self, flag: u8) -> impl std::future::Future<Output = ()> + '_ {
+    /// Resolves with those of `flags` that are set, once any is.
+    fn flagged(&self, flags: u8) -> impl std::future::Future<Output = u8> + '_ {
         std::future::poll_fn(move |cx| {
             self.waker.register(cx.waker());
             // Looked at after registering: a request made meanwhile wakes it.
-            if self.flags.load(Ordering::Acquire) & flag != 0 {
-                return std::task::Poll::Ready(());
+            match self.flags.load(Ordering::Acquire) & flags {
+                0 => std::task::Poll::Pending,
+                set => std::task::Poll::Ready(set),
             }
-            std::task::Poll::Pending
         })
     }
 
@@ -409,7 +409,11 @@ impl Entry {
 
     /// It was asked to make room, but a request is arriving: it stays.
     pub fn decline_eviction(&self) {
-        self.flags.fetch_and(!EVICTING, Ordering::Relaxed);
+        // Looked at first: this runs for every request, and an atomic
+        // read-modify-write costs more than a load.
+        if self.flags.load(Ordering::Relaxed) & EVICTING != 0 {
+            self.flags.fetch_and(!EVICTING, Ordering::Relaxed);
+        }
     }
 
     /// Whether its client matched a `reclaim_first` rule.

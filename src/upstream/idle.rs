@@ -362,7 +362,7 @@ impl Upstream {
         local: SocketAddr,
         tried: &mut Tried,
     ) -> Result<RawConn, UpstreamError> {
-        let source = (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client);
+        let source = self.source(client);
         if self.all_down() {
             // No waiting on a connect that the health check says is futile.
             return Err(UpstreamError::AllDown);
@@ -407,8 +407,14 @@ impl Upstream {
         if fresh || self.all_down() {
             return None;
         }
-        let source = (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client);
+        let source = self.source(client);
         self.pop_raw(worker() % self.raw.len(), source).map(lent)
+    }
+
+    /// The client an idle connection must speak for: only a PROXY protocol
+    /// backend's connections carry one.
+    fn source(&self, client: SocketAddr) -> Option<SocketAddr> {
+        (self.cfg.proxy_protocol != ProxyProtocol::Off).then_some(client)
     }
 
     /// This worker's most recently used idle connection that is still good.
