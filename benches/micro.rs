@@ -5,7 +5,6 @@
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use finguard::config::{self, Overrides};
 use finguard::http1::{forward, head};
-use std::sync::Arc;
 
 const CONF: &str = include_str!("../conf/finguard.toml");
 const UAS: &str = include_str!("../tests/data/user-agents.tsv");
@@ -19,18 +18,18 @@ fn uas() -> Vec<&'static str> {
 
 fn classify(c: &mut Criterion) {
     let cfg = config::parse("finguard.toml", CONF, &Overrides::default()).expect("shipped config");
-    let base = Arc::new(finguard::policy::ClientPolicy::base(cfg.client));
+    let policies = finguard::policy::Policies::new(cfg.client);
     let uas = uas();
     c.bench_function("classify: every UA of the data set (classic rules)", |b| {
         b.iter(|| {
             for ua in &uas {
-                black_box(cfg.rules.classify_shared(&base, black_box(ua)));
+                black_box(policies.classify(&cfg.rules, black_box(ua)));
             }
         })
     });
     let browser = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
     c.bench_function("classify: one browser UA (no rule matches)", |b| {
-        b.iter(|| black_box(cfg.rules.classify_shared(&base, black_box(browser))))
+        b.iter(|| black_box(policies.classify(&cfg.rules, black_box(browser))))
     });
 }
 

@@ -57,7 +57,7 @@ pub struct Entry {
     pub bytes_out: AtomicU64,
     /// Shared by every connection that sent the same one ([`Registry::intern`]).
     pub user_agent: OnceLock<Arc<str>>,
-    pub rules: OnceLock<Vec<String>>,
+    pub rules: OnceLock<Arc<[String]>>,
     /// The client socket's descriptor (-1: not known), for the abort of
     /// what is still in flight when `shutdown_timeout` ends the process.
     fd: AtomicI32,
@@ -435,7 +435,7 @@ impl Entry {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             user_agent: self.user_agent.get().map(|a| a.to_string()),
-            rules: self.rules.get().cloned().unwrap_or_default(),
+            rules: self.rules.get().map(|r| r.to_vec()).unwrap_or_default(),
             evict_rank: None,
             evict_reason: None,
             evicting: self.flags.load(Ordering::Relaxed) & EVICTING != 0,

@@ -454,7 +454,7 @@ async fn serve_proxied(
     idx: usize,
     refusals: Arc<Semaphore>,
 ) {
-    let limit = crate::timeouts::ClientTimeouts::new(&shared.base_policy.settings).head;
+    let limit = crate::timeouts::ClientTimeouts::new(&shared.policies.base().settings).head;
     let read = tokio::time::timeout(limit, crate::proxy_protocol::read(&mut stream)).await;
     let peer = match read {
         Ok(Ok(named)) => {

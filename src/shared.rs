@@ -6,7 +6,7 @@
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::policy::ClientPolicy;
+use crate::policy::Policies;
 use crate::registry::Registry;
 use crate::upstream::Upstream;
 use std::collections::HashMap;
@@ -22,7 +22,8 @@ pub const MAX_PRESIZED: u32 = 1 << 20;
 /// Everything a connection task needs, shared read-only.
 pub struct Shared {
     pub config: Config,
-    pub base_policy: Arc<ClientPolicy>,
+    /// The policy of each client: by the rules its User-Agent matched.
+    pub policies: Policies,
     pub upstreams: Vec<Arc<Upstream>>,
     /// Cancelled when the process starts draining.
     pub draining: CancellationToken,
@@ -87,7 +88,7 @@ impl Shared {
         let shared = Arc::new(Shared {
             first_head_limit,
             access: crate::accesslog::Logger::new(config.access_log, log),
-            base_policy: Arc::new(ClientPolicy::base(config.client)),
+            policies: Policies::new(config.client),
             upstreams,
             metrics,
             clients,

@@ -105,7 +105,7 @@ impl H2Conn {
     fn settings(&self) -> ClientSettings {
         self.policy
             .get()
-            .map_or(self.shared.base_policy.settings, |p| p.settings)
+            .map_or(self.shared.policies.base().settings, |p| p.settings)
     }
 
     /// How long the connection may have no stream: as for HTTP/1, the first
@@ -447,7 +447,7 @@ impl PendingLog {
             bytes_out: self.bytes_out,
             referer: l.referer.as_deref(),
             user_agent: l.user_agent.as_deref(),
-            rules: conn.track.entry.rules.get().map_or(&[][..], |r| r.as_slice()),
+            rules: conn.track.entry.rules.get().map_or(&[][..], |r| &r[..]),
             backend: self.backend,
             backend_hold: self.hold.as_ref().and_then(|h| h.get()),
             client_time: Some(self.started.elapsed()),

@@ -178,7 +178,7 @@ fn keep_alive<S: ClientStream>(
                 } = &mut held;
                 // Only what the wait needs: everything held across it is in every
                 // idle connection's task.
-                let settings = &conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+                let settings = &conn.policy.as_deref().unwrap_or(shared.policies.base()).settings;
                 // The first head is read before the User-Agent is known: up to the
                 // largest limit any rule allows, then held to its own rule's.
                 let max_header_bytes = match conn.policy {
@@ -232,7 +232,7 @@ fn keep_alive<S: ClientStream>(
         let Held {
             shared, track, conn, ..
         } = &held;
-        let settings = conn.policy.as_deref().unwrap_or(&shared.base_policy).settings;
+        let settings = conn.policy.as_deref().unwrap_or(shared.policies.base()).settings;
         let force10 = conn.policy.as_deref().is_some_and(|p| p.force_response_1_0);
         // Boxed: the drain buffer exists only while lingering, not in every idle task.
         Box::pin(finish(stream, ending, &settings, force10, shared, track)).await;
@@ -396,7 +396,7 @@ fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, 
         bytes_out,
         referer: logged.referer,
         user_agent: logged.user_agent,
-        rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
+        rules: track.entry.rules.get().map_or(&[], |r| &r[..]),
         backend: done.backend,
         backend_hold: logged.backend_hold,
         client_time: Some(logged.client_time),
@@ -406,22 +406,17 @@ fn log_request(shared: &Shared, track: &registry::Tracked, logged: &Logged<'_>, 
 /// The connection's policy from its first request's User-Agent: recorded on
 /// the connection (for `/connections`) and counted per matched rule.
 pub(super) fn classify(shared: &Shared, track: &registry::Tracked, ua: &str) -> Arc<ClientPolicy> {
-    let p = shared.config.rules.classify_shared(&shared.base_policy, ua);
+    let p = shared.policies.classify(&shared.config.rules, ua);
     let _ = track.entry.user_agent.set(shared.clients.intern(ua));
     if p.reclaim_first {
         track.set_reclaim_first();
     }
-    if !p.matched.is_empty() {
-        let rules: Vec<String> = p
-            .matched
-            .iter()
-            .map(|&i| shared.config.rules.rules()[i].pattern.clone())
-            .collect();
-        debug!(peer = %track.entry.peer, user_agent = ua, ?rules, "user-agent rules matched");
-        for r in &rules {
+    if !p.names.is_empty() {
+        debug!(peer = %track.entry.peer, user_agent = ua, rules = ?p.names, "user-agent rules matched");
+        for r in p.names.iter() {
             shared.metrics.ua_rule_matched(r);
         }
-        let _ = track.entry.rules.set(rules);
+        let _ = track.entry.rules.set(p.names.clone());
     }
     p
 }
@@ -589,7 +584,7 @@ fn goes_to_make_room<S: ClientStream>(stream: &S, track: &registry::Tracked) -> 
 async fn evicted<S: ClientStream>(stream: S, shared: &Shared, track: &registry::Tracked) {
     use crate::metrics::{EvictReason, NO_RULE};
     let rules = shared.config.rules.rules();
-    let matched = track.entry.rules.get().map_or(&[][..], |r| r.as_slice());
+    let matched = track.entry.rules.get().map_or(&[][..], |r| &r[..]);
     let (reason, rule) = if track.entry.reclaim_first() {
         let reclaims = |m: &&String| rules.iter().any(|r| &r.pattern == *m && r.reclaim_first == Some(true));
         (EvictReason::ReclaimFirst, matched.iter().rev().find(reclaims))
@@ -636,7 +631,7 @@ async fn reply<S: ClientStream>(
         bytes_out: bytes.len() as u64,
         referer: None,
         user_agent: track.entry.user_agent.get().map(|a| &**a),
-        rules: track.entry.rules.get().map_or(&[], |r| r.as_slice()),
+        rules: track.entry.rules.get().map_or(&[], |r| &r[..]),
         backend: None,
         backend_hold: None,
         client_time: None,

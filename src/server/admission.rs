@@ -39,7 +39,7 @@ pub(super) async fn refuse(
     let Ok(_closing) = refusals.try_acquire_owned() else {
         return downstream::linger::abort(stream);
     };
-    let configured = shared.base_policy.settings.close;
+    let configured = shared.policies.base().settings.close;
     let close = crate::config::CloseSettings {
         linger_time: configured.linger_time.min(REFUSAL_LINGER),
         linger_timeout: configured.linger_timeout.min(REFUSAL_LINGER),
