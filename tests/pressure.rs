@@ -142,10 +142,24 @@ reclaim_first = true
     assert_eq!(first["evict_reason"], "reclaim_first", "{first}");
 
     // Twenty-two more hoarders arrive one at a time (forty for twenty
-    // slots); each gets in at once.
+    // slots); each gets in at once, an idle one closed to make room. Each
+    // comes once one may be closed: after the eighteen above, the next is
+    // the oldest of these, past its grace window only (eighteen arrivals
+    // may take less than 300 ms). One that found nothing to close would be
+    // told `Connection: close` (saturated, as designed): a close that is
+    // no eviction.
     let mut late = Vec::new();
     for i in 0..22 {
+        assert!(wait_until(limit, || {
+            let (_, body) = p.admin_get("/connections");
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            v.as_array().unwrap().iter().any(|c| c["evict_rank"].is_u64())
+        }));
         let h = Hoarder::open(p.addr, BROWSER, limit).unwrap_or_else(|| panic!("late hoarder {i} was locked out"));
+        assert!(
+            !h.told_close,
+            "late hoarder {i} was told to close: nothing was closed to make room"
+        );
         late.push(h);
         // Settled: nothing asked to close is still open, and every
         // connection closed so far was counted.
