@@ -267,6 +267,60 @@ fn an_http2_client_that_keeps_its_window_shut_is_cut_off_after_body_timeout() {
     assert!(wait_until(Duration::from_secs(3), || open().is_empty()), "{:?}", open());
 }
 
+/// Answers every request on its connection with a small chunked body in one
+/// write (chunk extensions included), as a dynamic page comes; `/empty`: an
+/// empty chunked body; `/garbage`: bytes after the body.
+fn chunked_backend(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        let mut out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n".to_vec();
+        if path != "/empty" {
+            out.extend_from_slice(b"5;name=v\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        if path == "/garbage" {
+            out.extend_from_slice(b"XYZ");
+        }
+        if s.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// A small chunked answer that came whole is relayed from memory: its
+/// data without the framing, the backend connection reused at once; one
+/// with bytes after it still comes right, and its connection is not reused.
+#[test]
+fn small_chunked_answers_come_whole_over_http2() {
+    let (backend, accepted) = raw_backend(chunked_backend);
+    let s = h2_proxy("", backend);
+    let port = s.proxy.addr.port();
+    let get = |paths: &[&str]| {
+        let mut cmd = curl_to(port, &s.ca);
+        cmd.args(["-w", "|%{http_version} %{http_code}\\n"]);
+        for p in paths {
+            cmd.arg(format!("https://a.test:{port}{p}"));
+        }
+        let out = cmd.output().expect("curl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // One after another on one HTTP/2 connection: one backend connection.
+    let out = get(&["/a", "/b", "/c", "/empty", "/d"]);
+    assert_eq!(
+        out,
+        "hello world|2 200\nhello world|2 200\nhello world|2 200\n|2 200\nhello world|2 200\n",
+        "{}",
+        s.proxy.log()
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Bytes after the body: the answer is whole, the connection is dropped.
+    let out = get(&["/garbage", "/e"]);
+    assert_eq!(out, "hello world|2 200\nhello world|2 200\n", "{}", s.proxy.log());
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 #[test]
 fn trailers_travel_both_ways_over_http2() {
     let (backend, _) = raw_backend(trailer_backend);

@@ -9,7 +9,7 @@ use crate::http1::response::BodyMode;
 use std::ops::Range;
 
 /// How much of a response body is still to come.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Rest {
     Empty,
     Length(u64),

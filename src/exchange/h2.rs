@@ -300,16 +300,14 @@ async fn attempt(
     } else {
         Unread::new(up.live.rest.take().map(|l| l.rest), up.live.linger)
     };
-    // A small body that came whole with its head (the usual 12 B page) is
-    // sent from memory, and the connection goes back at once: no pump
-    // task, no spool, nothing held of the backend. (A pump per response
-    // was a task spawn, a channel and a spool: with the copies of their
-    // state, a third of this path's CPU under h2load.) A stream whose
-    // window stays shut holds at most these bytes, as it would an error
-    // page of finguard's.
-    let whole = matches!(head.body, response::BodyMode::Length(n) if n == resp.len() as u64 && resp.len() <= WHOLE_MAX);
-    let body = if whole {
-        let bytes = resp.split().freeze();
+    // A small body that came whole with its head (the usual 12 B page, or
+    // a dynamic page's chunks) is sent from memory, and the connection
+    // goes back at once: no pump task, no spool, nothing held of the
+    // backend. (A pump per response was a task spawn, a channel and a
+    // spool: with the copies of their state, a third of this path's CPU
+    // under h2load.) A stream whose window stays shut holds at most these
+    // bytes, as it would an error page of finguard's.
+    let body = if let Some(bytes) = whole_body(&rest, &mut resp) {
         if let Some(pool) = pool {
             pool.checkin_raw(bc, head.reuse);
         }
@@ -357,6 +355,35 @@ async fn attempt(
 
 /// The largest body sent from memory when it came whole with its head.
 const WHOLE_MAX: usize = 16 * 1024;
+
+/// The body, taken out of `buf`, when all of it came with its head, nothing
+/// followed it, and it is at most [`WHOLE_MAX`] on the wire: its data (a
+/// chunked body's without its framing). `None` (`buf` untouched) when more
+/// is to come, bytes follow it, it is malformed, or a chunked body has
+/// trailer fields: the pump reads it then, as any other (its framing is
+/// judged in one place, [`Rest::take`]).
+fn whole_body(rest: &Rest, buf: &mut BytesMut) -> Option<Bytes> {
+    if rest.is_done() || buf.len() > WHOLE_MAX {
+        return None;
+    }
+    // The trailer section of a chunked body without fields is its final
+    // CRLF alone.
+    let mut trailer = 0usize;
+    let (used, done) = rest.clone().take(buf, |_| {}, |_| trailer += 1).ok()?;
+    if !done || used != buf.len() || trailer > 2 {
+        return None;
+    }
+    if !rest.is_chunked() {
+        return Some(buf.split().freeze());
+    }
+    let mut data = BytesMut::with_capacity(buf.len());
+    let wire: &[u8] = buf;
+    rest.clone()
+        .take(wire, |r| data.extend_from_slice(&wire[r]), |_| {})
+        .ok()?;
+    buf.clear();
+    Some(data.freeze())
+}
 
 /// Reads the final response head within `response_timeout` (1xx skipped).
 async fn read_head(
