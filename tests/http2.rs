@@ -267,6 +267,41 @@ fn an_http2_client_that_keeps_its_window_shut_is_cut_off_after_body_timeout() {
     assert!(wait_until(Duration::from_secs(3), || open().is_empty()), "{:?}", open());
 }
 
+/// A small page (with a length, and chunked) is sent from memory, not by a
+/// pump that would give up on it: a client that keeps its window shut on
+/// it is still cut off after `body_timeout`, not held for good.
+#[test]
+fn an_http2_client_that_keeps_its_window_shut_on_a_small_page_is_cut_off_too() {
+    let (backend, _) = raw_backend(chunked_backend);
+    let s = h2_proxy(
+        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
+        backend,
+    );
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let (ended, took) = rt().block_on(async move {
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(0);
+        let (mut client, conn) = h2_client(cfg, addr, builder).await;
+        let req = http::Request::get("https://a.test/page").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        // Never opens the window: finguard cannot send a byte of the body.
+        let started = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(15), conn).await.is_ok();
+        (ended, started.elapsed())
+    });
+    assert!(ended, "the stuck connection was kept");
+    assert!(took >= Duration::from_secs(1), "cut before body_timeout: {took:?}");
+    let open = || {
+        tcp_states(s.proxy.port(), 0)
+            .into_iter()
+            .filter(|st| *st != "LISTEN")
+            .collect::<Vec<_>>()
+    };
+    assert!(wait_until(Duration::from_secs(3), || open().is_empty()), "{:?}", open());
+}
+
 /// Answers every request on its connection with a small chunked body in one
 /// write (chunk extensions included), as a dynamic page comes; `/empty`: an
 /// empty chunked body; `/garbage`: bytes after the body.

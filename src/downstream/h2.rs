@@ -349,6 +349,7 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
         })
         .clone();
     conn.admit(policy.settings.max_requests)?;
+    let body_timeout = policy.settings.body_timeout;
     conn.track.entry.requests.fetch_add(1, Ordering::Relaxed);
     conn.active.fetch_add(1, Ordering::AcqRel);
     conn.track.set(ClientState::Active);
@@ -408,9 +409,20 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
         })
     });
     let proxied = resp.extensions().get::<crate::exchange::Answered>().is_some();
+    // A body from memory waits for the client as a pumped frame would:
+    // counted as waiting (the connection's stall watch) until h2 has it
+    // all, and its stream ended if that is not within `body_timeout`.
+    let waits = resp.body().waits_in_memory();
+    if waits {
+        conn.waiting_client.fetch_add(1, Ordering::AcqRel);
+        if let Some(a) = &open.abort {
+            a.wait_for_client(body_timeout);
+        }
+    }
     Ok(resp.map(|inner| StreamBody {
         inner,
-        handed: false,
+        handed: waits,
+        in_memory: waits,
         open,
         log,
         proxied,
@@ -485,6 +497,10 @@ pub struct StreamBody {
     inner: exchange::ProxyBody,
     /// The last frame went to h2 and h2 has not asked for more yet.
     handed: bool,
+    /// A body from memory: hyper takes its one frame at once and holds it
+    /// until the stream has window, so it waits for the client until h2
+    /// has it all (the body dropped), not until it is polled.
+    in_memory: bool,
     open: OpenStream,
     log: Option<Box<PendingLog>>,
     /// Answered by a backend (timed in `finguard_client_exchange_seconds`).
@@ -496,6 +512,9 @@ impl StreamBody {
     fn taken(&mut self) {
         if std::mem::take(&mut self.handed) {
             self.open.conn.waiting_client.fetch_sub(1, Ordering::AcqRel);
+            if let Some(a) = &self.open.abort {
+                a.client_took();
+            }
         }
     }
 }
@@ -530,7 +549,9 @@ impl http_body::Body for StreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let this = &mut *self;
-        this.taken();
+        if !this.in_memory {
+            this.taken();
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         // Ended, or failed on the backend's side: not the client's reset.
         if matches!(polled, Poll::Ready(None | Some(Err(_)))) {

@@ -311,7 +311,8 @@ async fn attempt(
         if let Some(pool) = pool {
             pool.checkin_raw(bc, head.reuse);
         }
-        ProxyBody::Full(Some(bytes), unread)
+        // An empty one goes with the head (END_STREAM on HEADERS).
+        ProxyBody::Full((!bytes.is_empty()).then_some(bytes), unread)
     } else if !rest.is_done() {
         // A body goes through a pump task, buffered or not: an HTTP/2 stream
         // whose window stays shut never polls its body, and only the pump's

@@ -168,6 +168,14 @@ fn parse_trailers(raw: &[u8]) -> Option<HeaderMap> {
     (!map.is_empty()).then_some(map)
 }
 
+impl ProxyBody {
+    /// A body sent from memory, not taken yet: nothing but the client's
+    /// window bounds how long it waits (see `StreamAbort::wait_for_client`).
+    pub fn waits_in_memory(&self) -> bool {
+        matches!(self, ProxyBody::Full(Some(_), _))
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;

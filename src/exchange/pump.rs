@@ -20,11 +20,12 @@ use crate::http1::response::ReuseHint;
 use crate::spool::{self, Reader, Refused, Writer};
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::Notify;
 
 tokio::task_local! {
     /// The abort of the HTTP/2 stream whose task this is (set by the
@@ -42,10 +43,18 @@ tokio::task_local! {
 /// (the client waits with no signal, its concurrent-stream slot held).
 /// Dropping the stream's task drops hyper's `SendStream` and the body: h2
 /// resets a stream nobody holds (RST_STREAM CANCEL) at once, window or not.
+///
+/// A body sent from memory (small, whole from the backend, or finguard's
+/// own answer) has no pump to give up on it: the stream's task itself ends
+/// it when it was not taken within its `body_timeout` ([`StreamAbort::wait_for_client`]).
 #[derive(Default)]
 pub struct StreamAbort {
     fired: AtomicBool,
-    notify: Notify,
+    /// The stream's task (see [`StreamAbort::guard`]).
+    waker: atomic_waker::AtomicWaker,
+    /// A body from memory waits for the client: how long it may (in
+    /// nanoseconds; 0: none waits).
+    whole_waits: AtomicU64,
 }
 
 impl StreamAbort {
@@ -57,7 +66,7 @@ impl StreamAbort {
     /// Ends the stream (no-op once it ended).
     pub fn fire(&self) {
         self.fired.store(true, Ordering::Release);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
     /// Whether the stream was ended by [`StreamAbort::fire`].
@@ -65,18 +74,52 @@ impl StreamAbort {
         self.fired.load(Ordering::Acquire)
     }
 
+    /// A body from memory is handed to h2 and waits for the client to take
+    /// it; if it has not within `limit`, the stream ends.
+    pub fn wait_for_client(&self, limit: Duration) {
+        let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.whole_waits.store(nanos, Ordering::Release);
+    }
+
+    /// The body from memory was taken (or dropped).
+    pub fn client_took(&self) {
+        self.whole_waits.store(0, Ordering::Release);
+    }
+
     /// Runs `fut` (a stream's task) with its abort reachable through
-    /// [`StreamAbort::current`]; it is dropped when the abort fires.
+    /// [`StreamAbort::current`]; it is dropped when the abort fires, or when
+    /// a body from memory was not taken in time. That wait has its timer
+    /// only when the body was not taken in the poll that sent the head (a
+    /// client with window takes it at once): no timer per response.
     pub async fn guard<F: std::future::Future<Output = ()>>(fut: F) {
         let abort = Arc::new(StreamAbort::default());
-        let fired = abort.clone();
+        let me = abort.clone();
         STREAM_ABORT
             .scope(abort, async move {
-                tokio::select! {
-                    biased;
-                    () = fut => {}
-                    () = fired.notify.notified() => {}
-                }
+                let mut fut = std::pin::pin!(fut);
+                let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+                std::future::poll_fn(|cx| {
+                    if me.fired() || fut.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                    me.waker.register(cx.waker());
+                    if me.fired() {
+                        return Poll::Ready(());
+                    }
+                    match me.whole_waits.load(Ordering::Acquire) {
+                        0 => timer = None,
+                        nanos => {
+                            let t =
+                                timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_nanos(nanos))));
+                            if std::future::Future::poll(t.as_mut(), cx).is_ready() {
+                                me.fire();
+                                return Poll::Ready(());
+                            }
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
             })
             .await;
     }
