@@ -583,20 +583,26 @@ fn a_burst_past_apache_prefork_workers_does_not_wait_on_idle_pooled_connections(
         request(p.addr, "GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n").status,
         200
     );
-    let started = Instant::now();
+    // A burst: every client is connected before any sends (threads that
+    // started one by one once sent one after another, each reusing the
+    // connection the one before had just given back).
+    let ready = Arc::new(std::sync::Barrier::new(BURST + 1));
     let clients: Vec<_> = (0..BURST)
         .map(|_| {
-            let addr = p.addr;
+            let (addr, ready) = (p.addr, ready.clone());
             thread::spawn(move || {
                 let mut s = TcpStream::connect(addr).unwrap();
                 s.set_read_timeout(Some(LIMIT)).unwrap();
+                ready.wait();
+                let sent = Instant::now();
                 s.write_all(b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n")
                     .unwrap();
                 let mut buf = Vec::new();
-                (read_response(&mut s, &mut buf).map(|r| r.status), started.elapsed())
+                (read_response(&mut s, &mut buf).map(|r| r.status), sent.elapsed())
             })
         })
         .collect();
+    ready.wait();
     let mut slowest = Duration::ZERO;
     for c in clients {
         let (status, took) = c.join().unwrap();
