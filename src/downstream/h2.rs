@@ -412,22 +412,24 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
     // A body from memory waits for the client as a pumped frame would:
     // counted as waiting (the connection's stall watch) until h2 has it
     // all, and its stream ended if that is not within `body_timeout`.
-    let waits = resp.body().waits_in_memory();
-    if waits {
-        conn.waiting_client.fetch_add(1, Ordering::AcqRel);
-        if let Some(a) = &open.abort {
-            a.wait_for_client(body_timeout);
-        }
-    }
-    Ok(resp.map(|inner| StreamBody {
+    let in_memory = resp.body().waits_in_memory();
+    let mut resp = resp.map(|inner| StreamBody {
         inner,
-        handed: waits,
-        in_memory: waits,
+        handed: false,
+        in_memory,
         open,
         log,
         proxied,
         started,
-    }))
+    });
+    if in_memory {
+        let body = resp.body_mut();
+        body.hand();
+        if let Some(a) = &body.open.abort {
+            a.wait_for_client(body_timeout);
+        }
+    }
+    Ok(resp)
 }
 
 /// What the access log needs of an HTTP/2 request.
@@ -509,10 +511,16 @@ pub struct StreamBody {
 }
 
 impl StreamBody {
+    /// What it handed to h2 waits for the client.
+    fn hand(&mut self) {
+        self.handed = true;
+        self.open.conn.waiting_client.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn taken(&mut self) {
         if std::mem::take(&mut self.handed) {
             self.open.conn.waiting_client.fetch_sub(1, Ordering::AcqRel);
-            if let Some(a) = &self.open.abort {
+            if let (true, Some(a)) = (self.in_memory, &self.open.abort) {
                 a.client_took();
             }
         }
@@ -567,8 +575,7 @@ impl http_body::Body for StreamBody {
                 }
             }
             if !this.inner.is_end_stream() {
-                this.handed = true;
-                conn.waiting_client.fetch_add(1, Ordering::AcqRel);
+                this.hand();
             }
         }
         polled
