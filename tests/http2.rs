@@ -285,6 +285,83 @@ fn an_http2_client_that_keeps_its_window_shut_on_a_small_page_is_cut_off_too() {
     window_shut_is_cut_off(with_length.addr, "/page");
 }
 
+/// `/big`: `DOWNLOAD` bytes; any other path: a 12-byte page.
+fn big_or_small_backend(mut s: TcpStream) {
+    let big = vec![b'd'; DOWNLOAD];
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        let body: &[u8] = if head.starts_with("GET /big ") {
+            &big
+        } else {
+            b"hello, world"
+        };
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+        if s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).is_err() {
+            return;
+        }
+    }
+}
+
+/// A client that stops taking one download (its stream's window stays
+/// shut once the first 64 KiB came) while it keeps the connection busy
+/// with small pages: the download, spooled whole long since and its
+/// backend connection given back, is reset after `body_timeout`, not
+/// held for as long as the connection lives; the other streams go on.
+#[test]
+fn one_shut_stream_on_a_busy_http2_connection_is_reset_after_body_timeout() {
+    let (backend, _) = raw_backend(big_or_small_backend);
+    let s = h2_proxy(
+        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
+        backend,
+    );
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let (reset_after, small_pages) = rt().block_on(async move {
+        let mut builder = h2::client::Builder::new();
+        // The connection's window never runs out: only the stream's does.
+        builder
+            .initial_window_size(65_535)
+            .initial_connection_window_size(64 << 20);
+        let (mut client, _conn) = h2_client(cfg, addr, builder).await;
+        let req = http::Request::get("https://a.test/big").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let mut big = resp.await.unwrap().into_body();
+        let started = Instant::now();
+        // Reads what came (never releasing capacity) until the reset.
+        let watch = tokio::spawn(async move {
+            let mut got = 0;
+            loop {
+                match big.data().await {
+                    Some(Ok(d)) => got += d.len(),
+                    Some(Err(e)) => return Ok((started.elapsed(), got, e.reason())),
+                    None => return Err(format!("the download ended after {got} bytes")),
+                }
+            }
+        });
+        let mut small_pages = 0;
+        // A small page every 100 ms: the connection is never idle.
+        while !watch.is_finished() && started.elapsed() < Duration::from_secs(8) {
+            let req = http::Request::get("https://a.test/small").body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            let mut body = resp.await.unwrap().into_body();
+            while let Some(d) = body.data().await {
+                let d = d.unwrap();
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            small_pages += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let reset = tokio::time::timeout(Duration::from_secs(1), watch).await;
+        (reset.ok().map(|r| r.unwrap()), small_pages)
+    });
+    let (took, got, why) = reset_after
+        .expect("the shut stream was held for 8 s on a busy connection")
+        .unwrap();
+    assert!(took >= Duration::from_secs(1), "reset before body_timeout: {took:?}");
+    assert!(got < DOWNLOAD, "{got} bytes: the window was not shut");
+    assert_eq!(why, Some(h2::Reason::CANCEL), "not reset by finguard");
+    assert!(small_pages >= 5, "only {small_pages} small pages beside it");
+}
+
 /// Answers every request on its connection with a small chunked body in one
 /// write (chunk extensions included), as a dynamic page comes; `/empty`: an
 /// empty chunked body; `/garbage`: bytes after the body.

@@ -10,9 +10,9 @@
 //! the client side takes something within each `body_timeout` (an HTTP/2
 //! stream whose window stays shut is never polled, so its reader alone
 //! would not bound the wait); dropping the reader ends this task. When it
-//! gives up on an HTTP/2 stream, or its body broke off and the stream takes
-//! nothing more for `body_timeout`, it resets the stream ([`StreamAbort`]):
-//! the stream's body is not polled to see the error.
+//! gives up on an HTTP/2 stream, or the stream takes nothing for
+//! `body_timeout` after the body was all read (or broke off), it resets the
+//! stream ([`StreamAbort`]): a shut window is never polled to see the end.
 
 use super::body::Rest;
 use super::upload::RESP_BUF;
@@ -172,10 +172,12 @@ impl Pump {
         let (abort, stall) = (self.abort.clone(), self.stall);
         let end = self.drive(&mut w, &mut trailer).await;
         let finished = w.finish(end, trailer);
-        // A body that broke off (the backend's side) ends its stream when
-        // polled; one whose window stays shut is not polled, so the stream
-        // is reset once its client takes nothing for `stall`.
-        if let (Err(_), Some(abort)) = (end, abort) {
+        // An HTTP/2 stream whose window stays shut never polls its body:
+        // neither the rest of a body spooled whole nor a break-off would
+        // ever reach it, and the connection's own stall watch does not fire
+        // while other streams go on. The stream is reset once its client
+        // takes nothing for `stall`.
+        if let Some(abort) = abort {
             if !abort.fired() && !finished.reader_gone(stall).await {
                 abort.fire();
             }
