@@ -514,6 +514,13 @@ impl Reader {
         Ok(Bytes::from(buf))
     }
 
+    /// Whether the body ended cleanly with nothing left to read: the
+    /// bytes taken last were its last.
+    pub fn at_clean_end(&self) -> bool {
+        let st = self.inner.lock();
+        matches!(st.end, Some(Ok(()))) && st.mem.is_empty() && st.tail.is_empty() && !st.file_pending()
+    }
+
     /// A chunked body's trailer section, once the body ended.
     pub fn take_trailer(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.inner.lock().trailer)

@@ -285,81 +285,173 @@ fn an_http2_client_that_keeps_its_window_shut_on_a_small_page_is_cut_off_too() {
     window_shut_is_cut_off(with_length.addr, "/page");
 }
 
-/// `/big`: `DOWNLOAD` bytes; any other path: a 12-byte page.
-fn big_or_small_backend(mut s: TcpStream) {
-    let big = vec![b'd'; DOWNLOAD];
+/// `/big`: `DOWNLOAD` bytes; `/{n}k`: n KiB; any other path: a 12-byte page.
+fn sized_backend(mut s: TcpStream) {
     let mut buf = Vec::new();
     while let Some(head) = read_head(&mut s, &mut buf) {
-        let body: &[u8] = if head.starts_with("GET /big ") {
-            &big
-        } else {
-            b"hello, world"
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        let len = match path.strip_prefix('/').and_then(|p| p.strip_suffix('k')) {
+            _ if path == "/big" => DOWNLOAD,
+            Some(k) => k.parse::<usize>().unwrap_or(0) * 1024,
+            None => 12,
         };
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
-        if s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).is_err() {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
+        if s.write_all(head.as_bytes())
+            .and_then(|()| s.write_all(&vec![b'd'; len]))
+            .is_err()
+        {
             return;
         }
     }
 }
 
-/// A client that stops taking one download (its stream's window stays
-/// shut once the first 64 KiB came) while it keeps the connection busy
-/// with small pages: the download, spooled whole long since and its
-/// backend connection given back, is reset after `body_timeout`, not
-/// held for as long as the connection lives; the other streams go on.
+/// What a client that stops taking one response saw.
+struct Held {
+    /// From its last window update to the stream's reset, and the reason.
+    reset: Option<(Duration, Option<h2::Reason>)>,
+    got: usize,
+    /// Small pages answered on other streams meanwhile.
+    small_pages: usize,
+}
+
+/// Takes `path` (`size` bytes) with a stream window of `window`, giving
+/// the window back as data comes until all but `short` bytes could come,
+/// then never again; meanwhile a small page every 100 ms on other streams
+/// keeps the connection busy. For at most 8 s.
+fn stop_short(s: &H2Setup, path: &'static str, size: usize, window: u32, short: usize) -> Held {
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    rt().block_on(async move {
+        let mut builder = h2::client::Builder::new();
+        // The connection's window never runs out: only the stream's does.
+        builder
+            .initial_window_size(window)
+            .initial_connection_window_size(64 << 20);
+        let (mut client, _conn) = h2_client(cfg, addr, builder).await;
+        let req = http::Request::get(format!("https://a.test{path}")).body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        let watch = tokio::spawn(async move {
+            let (mut got, mut last_update) = (0, Instant::now());
+            // Window given so far: never more than the size less `short`.
+            let mut granted = window as usize;
+            loop {
+                match body.data().await {
+                    Some(Ok(d)) => {
+                        got += d.len();
+                        let give = d.len().min((size - short).saturating_sub(granted));
+                        if give > 0 {
+                            let _ = body.flow_control().release_capacity(give);
+                            granted += give;
+                            last_update = Instant::now();
+                        }
+                    }
+                    Some(Err(e)) => return (Some((last_update.elapsed(), e.reason())), got),
+                    None => return (None, got),
+                }
+            }
+        });
+        let (started, mut small_pages) = (Instant::now(), 0);
+        while !watch.is_finished() && started.elapsed() < Duration::from_secs(8) {
+            let req = http::Request::get("https://a.test/small").body(()).unwrap();
+            let (resp, _) = client.send_request(req, true).unwrap();
+            let mut page = resp.await.unwrap().into_body();
+            while let Some(d) = page.data().await {
+                let _ = page.flow_control().release_capacity(d.unwrap().len());
+            }
+            small_pages += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (reset, got) = match tokio::time::timeout(Duration::from_secs(1), watch).await {
+            Ok(r) => r.unwrap(),
+            Err(_) => (None, 0),
+        };
+        Held {
+            reset,
+            got,
+            small_pages,
+        }
+    })
+}
+
+/// A client that stops taking one response while it keeps the connection
+/// busy with small pages: the response is reset after `body_timeout`, not
+/// held for as long as the connection lives, whether it stops after the
+/// first window (a download spooled whole long since, its backend
+/// connection given back) or a few KiB short of the end (the rest handed
+/// to h2 already: a small page from memory, a pumped one); the other
+/// streams go on.
 #[test]
-fn one_shut_stream_on_a_busy_http2_connection_is_reset_after_body_timeout() {
-    let (backend, _) = raw_backend(big_or_small_backend);
+fn a_stream_that_stops_taking_on_a_busy_http2_connection_is_reset_after_body_timeout() {
+    let (backend, _) = raw_backend(sized_backend);
+    let s = h2_proxy(
+        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
+        backend,
+    );
+    let cases = [
+        ("/big", DOWNLOAD, 65_535, DOWNLOAD),
+        ("/20k", 20 * 1024, 4096, 6000),
+        ("/1024k", 1 << 20, 65_535, 6000),
+    ];
+    for (path, size, window, short) in cases {
+        let held = stop_short(&s, path, size, window, short);
+        let (took, why) = held
+            .reset
+            .unwrap_or_else(|| panic!("{path}: held for 8 s on a busy connection, {} bytes", held.got));
+        // Its wait started when finguard handed the frame to h2, a moment
+        // before the client's last window update reached it.
+        assert!(
+            took >= Duration::from_millis(900),
+            "{path}: reset before body_timeout: {took:?}"
+        );
+        assert!(held.got < size, "{path}: {} bytes, the window was not shut", held.got);
+        assert_eq!(why, Some(h2::Reason::CANCEL), "{path}: not reset by finguard");
+        assert!(
+            held.small_pages >= 5,
+            "{path}: only {} small pages beside it",
+            held.small_pages
+        );
+    }
+}
+
+/// A client that takes a download slowly but steadily (8 KiB of window
+/// every 250 ms, a frame well within each `body_timeout`, though a spool's
+/// 64 KiB file read is not) is never cut off: after 4 s of it, the rest
+/// comes whole.
+#[test]
+fn a_slow_but_steady_http2_reader_is_not_cut_off() {
+    let (backend, _) = raw_backend(sized_backend);
     let s = h2_proxy(
         "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
         backend,
     );
     let (cfg, addr) = (s.client.clone(), s.proxy.addr);
-    let (reset_after, small_pages) = rt().block_on(async move {
-        let mut builder = h2::client::Builder::new();
-        // The connection's window never runs out: only the stream's does.
-        builder
-            .initial_window_size(65_535)
-            .initial_connection_window_size(64 << 20);
-        let (mut client, _conn) = h2_client(cfg, addr, builder).await;
-        let req = http::Request::get("https://a.test/big").body(()).unwrap();
-        let (resp, _) = client.send_request(req, true).unwrap();
-        let mut big = resp.await.unwrap().into_body();
-        let started = Instant::now();
-        // Reads what came (never releasing capacity) until the reset.
-        let watch = tokio::spawn(async move {
-            let mut got = 0;
-            loop {
-                match big.data().await {
-                    Some(Ok(d)) => got += d.len(),
-                    Some(Err(e)) => return Ok((started.elapsed(), got, e.reason())),
-                    None => return Err(format!("the download ended after {got} bytes")),
-                }
-            }
-        });
-        let mut small_pages = 0;
-        // A small page every 100 ms: the connection is never idle.
-        while !watch.is_finished() && started.elapsed() < Duration::from_secs(8) {
-            let req = http::Request::get("https://a.test/small").body(()).unwrap();
+    let (got, slow_part) = rt()
+        .block_on(async move {
+            let mut builder = h2::client::Builder::new();
+            builder
+                .initial_window_size(8192)
+                .initial_connection_window_size(64 << 20);
+            let (mut client, _conn) = h2_client(cfg, addr, builder).await;
+            let req = http::Request::get("https://a.test/big").body(()).unwrap();
             let (resp, _) = client.send_request(req, true).unwrap();
             let mut body = resp.await.unwrap().into_body();
+            let (started, mut got, mut slow_part) = (Instant::now(), 0, 0);
             while let Some(d) = body.data().await {
-                let d = d.unwrap();
-                let _ = body.flow_control().release_capacity(d.len());
+                let n = d
+                    .map_err(|e| format!("reset after {got} bytes, {:?}: {e}", started.elapsed()))?
+                    .len();
+                got += n;
+                if started.elapsed() < Duration::from_secs(4) {
+                    slow_part = got;
+                    tokio::time::sleep(Duration::from_millis(250 * n as u64 / 8192)).await;
+                }
+                let _ = body.flow_control().release_capacity(n);
             }
-            small_pages += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let reset = tokio::time::timeout(Duration::from_secs(1), watch).await;
-        (reset.ok().map(|r| r.unwrap()), small_pages)
-    });
-    let (took, got, why) = reset_after
-        .expect("the shut stream was held for 8 s on a busy connection")
+            Ok::<_, String>((got, slow_part))
+        })
         .unwrap();
-    assert!(took >= Duration::from_secs(1), "reset before body_timeout: {took:?}");
-    assert!(got < DOWNLOAD, "{got} bytes: the window was not shut");
-    assert_eq!(why, Some(h2::Reason::CANCEL), "not reset by finguard");
-    assert!(small_pages >= 5, "only {small_pages} small pages beside it");
+    assert_eq!(got, DOWNLOAD);
+    assert!(slow_part < 256 * 1024, "not slow: {slow_part} bytes in 4 s");
 }
 
 /// Answers every request on its connection with a small chunked body in one

@@ -409,26 +409,16 @@ async fn handle(req: Request<Incoming>, conn: Arc<H2Conn>) -> Result<http::Respo
         })
     });
     let proxied = resp.extensions().get::<crate::exchange::Answered>().is_some();
-    // A body from memory waits for the client as a pumped frame would:
-    // counted as waiting (the connection's stall watch) until h2 has it
-    // all, and its stream ended if that is not within `body_timeout`.
-    let in_memory = resp.body().waits_in_memory();
-    let mut resp = resp.map(|inner| StreamBody {
+    let resp = resp.map(|inner| StreamBody {
         inner,
+        rest: None,
         handed: false,
-        in_memory,
+        body_timeout,
         open,
         log,
         proxied,
         started,
     });
-    if in_memory {
-        let body = resp.body_mut();
-        body.hand();
-        if let Some(a) = &body.open.abort {
-            a.wait_for_client(body_timeout);
-        }
-    }
     Ok(resp)
 }
 
@@ -493,16 +483,29 @@ impl Drop for OpenStream {
     }
 }
 
+/// The most a frame handed to h2 holds (h2's default largest frame): the
+/// grain at which a client's progress is seen. A client that takes less
+/// than this within `body_timeout` is cut off.
+const PIECE: usize = 16 * 1024;
+
 /// A response body as h2 sends it: counts progress towards the client and
 /// keeps its stream open until h2 is done with it.
+///
+/// Each frame handed to h2 waits for the client: hyper polls the body
+/// again (or drops it at its end) only once the stream has window past
+/// what it holds already. A frame not taken within `body_timeout` ends the
+/// stream ([`StreamAbort`]), and counts as waiting for the connection's
+/// stall watch. A body's last byte goes as a frame of its own: hyper takes
+/// it only when all before it was sent, so when the body ends (and the
+/// watch with it) at most that byte is left with h2; a client that keeps
+/// its window shut short of the end is cut off like any other.
 pub struct StreamBody {
     inner: exchange::ProxyBody,
+    /// Data taken from `inner`, not handed yet.
+    rest: Option<bytes::Bytes>,
     /// The last frame went to h2 and h2 has not asked for more yet.
     handed: bool,
-    /// A body from memory: hyper takes its one frame at once and holds it
-    /// until the stream has window, so it waits for the client until h2
-    /// has it all (the body dropped), not until it is polled.
-    in_memory: bool,
+    body_timeout: std::time::Duration,
     open: OpenStream,
     log: Option<Box<PendingLog>>,
     /// Answered by a backend (timed in `finguard_client_exchange_seconds`).
@@ -513,17 +516,32 @@ pub struct StreamBody {
 impl StreamBody {
     /// What it handed to h2 waits for the client.
     fn hand(&mut self) {
-        self.handed = true;
-        self.open.conn.waiting_client.fetch_add(1, Ordering::AcqRel);
+        if !std::mem::replace(&mut self.handed, true) {
+            self.open.conn.waiting_client.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(a) = &self.open.abort {
+            a.handed(self.body_timeout);
+        }
     }
 
     fn taken(&mut self) {
         if std::mem::take(&mut self.handed) {
             self.open.conn.waiting_client.fetch_sub(1, Ordering::AcqRel);
-            if let (true, Some(a)) = (self.in_memory, &self.open.abort) {
-                a.client_took();
+            if let Some(a) = &self.open.abort {
+                a.taken();
             }
         }
+    }
+
+    /// The next frame's data out of `data`, the rest kept for later: at
+    /// most [`PIECE`], and the body's last byte on its own.
+    fn piece(&mut self, mut data: bytes::Bytes) -> bytes::Bytes {
+        if data.len() > PIECE {
+            self.rest = Some(data.split_off(PIECE));
+        } else if data.len() > 1 && self.inner.data_ended() {
+            self.rest = Some(data.split_off(data.len() - 1));
+        }
+        data
     }
 }
 
@@ -537,7 +555,7 @@ impl Drop for StreamBody {
         }
         self.taken();
         // h2 drops a body it saw end without polling it again.
-        self.open.done |= http_body::Body::is_end_stream(&self.inner);
+        self.open.done |= http_body::Body::is_end_stream(self);
         let conn = &self.open.conn;
         if self.proxied {
             conn.shared.metrics.buffer.client_took(self.started.elapsed());
@@ -557,35 +575,51 @@ impl http_body::Body for StreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
         let this = &mut *self;
-        if !this.in_memory {
-            this.taken();
-        }
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        // Ended, or failed on the backend's side: not the client's reset.
-        if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
-            this.open.done = true;
-        }
-        if let Poll::Ready(Some(Ok(f))) = &polled {
-            let conn = &this.open.conn;
-            conn.sent.fetch_add(1, Ordering::Relaxed);
-            if let Some(d) = f.data_ref() {
-                conn.track.entry.bytes_out.fetch_add(d.len() as u64, Ordering::Relaxed);
-                if let Some(l) = &mut this.log {
-                    l.bytes_out += d.len() as u64;
+        this.taken();
+        let frame = match this.rest.take() {
+            Some(rest) => http_body::Frame::data(this.piece(rest)),
+            None => match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(f))) => match f.into_data() {
+                    Ok(data) => http_body::Frame::data(this.piece(data)),
+                    Err(f) => f,
+                },
+                other => {
+                    // Ended, or failed on the backend's side: not the
+                    // client's reset.
+                    if matches!(other, Poll::Ready(None | Some(Err(_)))) {
+                        this.open.done = true;
+                    }
+                    return other;
                 }
-            }
-            if !this.inner.is_end_stream() {
-                this.hand();
+            },
+        };
+        let conn = &this.open.conn;
+        conn.sent.fetch_add(1, Ordering::Relaxed);
+        if let Some(d) = frame.data_ref() {
+            conn.track.entry.bytes_out.fetch_add(d.len() as u64, Ordering::Relaxed);
+            if let Some(l) = &mut this.log {
+                l.bytes_out += d.len() as u64;
             }
         }
-        polled
+        this.hand();
+        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        if let Some(rest) = &self.rest {
+            let n = rest.len() as u64;
+            let lower = hint.lower() + n;
+            // The upper bound first: a lower one above it panics.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
+            hint.set_lower(lower);
+        }
+        hint
     }
 }

@@ -119,7 +119,16 @@ impl SpooledBody {
         self.next = None;
         match r {
             Some(Ok(b)) => {
-                self.reader = Some(reader);
+                // Known to be the last data now (the usual case: the pump
+                // read the end before this was taken): said with it, so
+                // that h2 can end the stream on it and the stream's last
+                // bytes are watched as such (`StreamBody`).
+                if reader.at_clean_end() {
+                    self.done = true;
+                    self.trailers = parse_trailers(&reader.take_trailer());
+                } else {
+                    self.reader = Some(reader);
+                }
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
             Some(Err(why)) => Poll::Ready(Some(Err(format!("{why} from the backend").into()))),
@@ -169,10 +178,12 @@ fn parse_trailers(raw: &[u8]) -> Option<HeaderMap> {
 }
 
 impl ProxyBody {
-    /// A body sent from memory, not taken yet: nothing but the client's
-    /// window bounds how long it waits (see `StreamAbort::wait_for_client`).
-    pub fn waits_in_memory(&self) -> bool {
-        matches!(self, ProxyBody::Full(Some(_), _))
+    /// No data is left to send (trailers may be).
+    pub fn data_ended(&self) -> bool {
+        match self {
+            ProxyBody::Full(b, _) => b.is_none(),
+            ProxyBody::Spooled(b) => b.done,
+        }
     }
 }
 

@@ -10,9 +10,9 @@
 //! the client side takes something within each `body_timeout` (an HTTP/2
 //! stream whose window stays shut is never polled, so its reader alone
 //! would not bound the wait); dropping the reader ends this task. When it
-//! gives up on an HTTP/2 stream, or the stream takes nothing for
-//! `body_timeout` after the body was all read (or broke off), it resets the
-//! stream ([`StreamAbort`]): a shut window is never polled to see the end.
+//! gives up on an HTTP/2 stream, or its body broke off and the stream takes
+//! nothing more for `body_timeout`, it resets the stream ([`StreamAbort`]):
+//! the stream's body is not polled to see the error.
 
 use super::body::Rest;
 use super::upload::RESP_BUF;
@@ -37,24 +37,27 @@ tokio::task_local! {
 /// response (h2 then sends RST_STREAM, the stream's slot is free).
 ///
 /// hyper polls a response body only when the stream has flow-control
-/// window: a chunk taken from the body waits in hyper for window before
+/// window: a frame taken from the body waits in hyper for window before
 /// the body is polled again. A body that fails while the client keeps the
 /// window shut is never polled, so its error would never become a reset
 /// (the client waits with no signal, its concurrent-stream slot held).
 /// Dropping the stream's task drops hyper's `SendStream` and the body: h2
 /// resets a stream nobody holds (RST_STREAM CANCEL) at once, window or not.
 ///
-/// A body sent from memory (small, whole from the backend, or finguard's
-/// own answer) has no pump to give up on it: the stream's task itself ends
-/// it when it was not taken within its `body_timeout` ([`StreamAbort::wait_for_client`]).
+/// The same shut window holds a frame hyper took: each frame the body
+/// hands over ([`StreamAbort::handed`]) must be taken (the body polled
+/// again, or dropped once h2 has it all) within its `body_timeout`, or the
+/// stream's task ends it ([`StreamAbort::guard`]).
 #[derive(Default)]
 pub struct StreamAbort {
     fired: AtomicBool,
     /// The stream's task (see [`StreamAbort::guard`]).
     waker: atomic_waker::AtomicWaker,
-    /// A body from memory waits for the client: how long it may (in
+    /// How long the frame handed last may wait for the client (in
     /// nanoseconds; 0: none waits).
-    whole_waits: AtomicU64,
+    waits: AtomicU64,
+    /// Counts the frames handed: each one's wait starts afresh.
+    handed: AtomicU64,
 }
 
 impl StreamAbort {
@@ -74,30 +77,32 @@ impl StreamAbort {
         self.fired.load(Ordering::Acquire)
     }
 
-    /// A body from memory is handed to h2 and waits for the client to take
-    /// it; if it has not within `limit`, the stream ends.
-    pub fn wait_for_client(&self, limit: Duration) {
+    /// A frame went to h2 and waits for the client's window; if it is not
+    /// taken within `limit`, the stream ends.
+    pub fn handed(&self, limit: Duration) {
         let nanos = u64::try_from(limit.as_nanos()).unwrap_or(u64::MAX).max(1);
-        self.whole_waits.store(nanos, Ordering::Release);
+        self.waits.store(nanos, Ordering::Release);
+        self.handed.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// The body from memory was taken (or dropped).
-    pub fn client_took(&self) {
-        self.whole_waits.store(0, Ordering::Release);
+    /// The frame handed last was taken.
+    pub fn taken(&self) {
+        self.waits.store(0, Ordering::Release);
     }
 
     /// Runs `fut` (a stream's task) with its abort reachable through
     /// [`StreamAbort::current`]; it is dropped when the abort fires, or when
-    /// a body from memory was not taken in time. That wait has its timer
-    /// only when the body was not taken in the poll that sent the head (a
-    /// client with window takes it at once): no timer per response.
+    /// a frame handed to h2 was not taken in time. The body is polled
+    /// inside `fut`, so the wait is looked at after each poll: a timer only
+    /// when a frame is still waiting then (a client with window takes it
+    /// at once), re-armed when it is a new frame.
     pub async fn guard<F: std::future::Future<Output = ()>>(fut: F) {
         let abort = Arc::new(StreamAbort::default());
         let me = abort.clone();
         STREAM_ABORT
             .scope(abort, async move {
                 let mut fut = std::pin::pin!(fut);
-                let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+                let mut timer: Option<(u64, Pin<Box<tokio::time::Sleep>>)> = None;
                 std::future::poll_fn(|cx| {
                     if me.fired() || fut.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(());
@@ -106,14 +111,24 @@ impl StreamAbort {
                     if me.fired() {
                         return Poll::Ready(());
                     }
-                    match me.whole_waits.load(Ordering::Acquire) {
+                    match me.waits.load(Ordering::Acquire) {
                         0 => timer = None,
                         nanos => {
-                            let t =
-                                timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_nanos(nanos))));
-                            if std::future::Future::poll(t.as_mut(), cx).is_ready() {
-                                me.fire();
-                                return Poll::Ready(());
+                            let frame = me.handed.load(Ordering::Acquire);
+                            let deadline = tokio::time::Instant::now() + Duration::from_nanos(nanos);
+                            match &mut timer {
+                                Some((armed, t)) if *armed != frame => {
+                                    *armed = frame;
+                                    t.as_mut().reset(deadline);
+                                }
+                                Some(_) => {}
+                                None => timer = Some((frame, Box::pin(tokio::time::sleep_until(deadline)))),
+                            }
+                            if let Some((_, t)) = &mut timer {
+                                if std::future::Future::poll(t.as_mut(), cx).is_ready() {
+                                    me.fire();
+                                    return Poll::Ready(());
+                                }
                             }
                         }
                     }
@@ -172,12 +187,10 @@ impl Pump {
         let (abort, stall) = (self.abort.clone(), self.stall);
         let end = self.drive(&mut w, &mut trailer).await;
         let finished = w.finish(end, trailer);
-        // An HTTP/2 stream whose window stays shut never polls its body:
-        // neither the rest of a body spooled whole nor a break-off would
-        // ever reach it, and the connection's own stall watch does not fire
-        // while other streams go on. The stream is reset once its client
-        // takes nothing for `stall`.
-        if let Some(abort) = abort {
+        // A body that broke off (the backend's side) ends its stream when
+        // polled; one whose window stays shut is not polled, so the stream
+        // is reset once its client takes nothing for `stall`.
+        if let (Err(_), Some(abort)) = (end, abort) {
             if !abort.fired() && !finished.reader_gone(stall).await {
                 abort.fire();
             }
