@@ -5,7 +5,7 @@
 //! proxy once per workload per round) and the median is reported, as ratios
 //! to nginx measured in the same run.
 //!
-//!   cargo bench --bench load               # full: 3 rounds x 5 s per cell
+//!   cargo bench --bench load               # full: 5 rounds x 5 s per cell, proxies in turn
 //!   cargo bench --bench load -- --smoke    # CI: 1 round x 1 s per cell
 //!   FINGUARD_LOAD_OUT=dir                  # where report.md / report.svg go (default target/load)
 //!   FINGUARD_LOAD_ONLY="12 B,16 KiB"       # only workloads whose name contains one of these
@@ -603,7 +603,9 @@ fn main() {
         return;
     }
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let (rounds, secs) = if smoke { (1, 1) } else { (3, 5) };
+    // Five rounds: on a shared 2-core machine one round in three can be
+    // 20% off; the median of five is steadier.
+    let (rounds, secs) = if smoke { (1, 1) } else { (5, 5) };
     let env_num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     let rounds = env_num("FINGUARD_LOAD_ROUNDS").map_or(rounds, |r| r.max(1) as usize);
     let secs = env_num("FINGUARD_LOAD_SECS").unwrap_or(secs).max(1);
@@ -655,7 +657,12 @@ fn main() {
     let tick_hz = ticks_per_sec();
     for round in 0..rounds {
         for w in Workload::ALL.into_iter().filter(selected) {
-            for p in Proxy::ALL {
+            // Each round starts with the next proxy: none always runs right
+            // after the same other one (a cell inherits the TIME_WAIT
+            // sockets, pooled connections and page cache the one before
+            // left), nor always first or last in the round.
+            let n = Proxy::ALL.len();
+            for p in (0..n).map(|i| Proxy::ALL[(i + round) % n]) {
                 if w.tls() && p == Proxy::Direct {
                     continue; // the backend speaks plain HTTP
                 }
