@@ -236,8 +236,9 @@ pub struct Writer {
 
 impl Writer {
     /// Appends `b`; waits while the spool cannot take it, as long as the
-    /// reader takes something within each `stall`.
-    pub async fn push(&mut self, mut b: Bytes, stall: Duration) -> Result<(), Refused> {
+    /// reader takes something within each `stall` (`None`: as long as the
+    /// reader lives).
+    pub async fn push(&mut self, mut b: Bytes, stall: Option<Duration>) -> Result<(), Refused> {
         if b.is_empty() {
             return Ok(());
         }
@@ -257,11 +258,14 @@ impl Writer {
                         self.inner.lock().impatient = true;
                     }
                 }
-                Place::Wait(false) => {
-                    if tokio::time::timeout(stall, space).await.is_err() {
-                        return Err(Refused::Stalled);
+                Place::Wait(false) => match stall {
+                    Some(stall) => {
+                        if tokio::time::timeout(stall, space).await.is_err() {
+                            return Err(Refused::Stalled);
+                        }
                     }
-                }
+                    None => space.await,
+                },
             }
         }
     }
@@ -403,36 +407,11 @@ impl Writer {
 
     /// The body is over: `Ok` at its end, or why it broke off; a chunked
     /// body's trailer section goes with it.
-    pub fn finish(self, end: Result<(), &'static str>, trailer: Vec<u8>) -> Finished {
+    pub fn finish(self, end: Result<(), &'static str>, trailer: Vec<u8>) {
         let mut st = self.inner.lock();
         st.end = Some(end);
         st.trailer = trailer;
         self.inner.data.notify_one();
-        drop(st);
-        Finished {
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-/// A spool whose writer is done, watched until its reader is.
-pub struct Finished {
-    inner: Arc<Inner>,
-}
-
-impl Finished {
-    /// Waits while the reader takes something within each `stall`, until
-    /// it is gone: `false` when it took nothing for `stall`.
-    pub async fn reader_gone(&self, stall: Duration) -> bool {
-        loop {
-            let space = self.inner.space.notified();
-            if self.inner.lock().reader_gone {
-                return true;
-            }
-            if tokio::time::timeout(stall, space).await.is_err() {
-                return false;
-            }
-        }
     }
 }
 
@@ -514,11 +493,15 @@ impl Reader {
         Ok(Bytes::from(buf))
     }
 
-    /// Whether the body ended cleanly with nothing left to read: the
-    /// bytes taken last were its last.
-    pub fn at_clean_end(&self) -> bool {
+    /// What is known to follow the bytes taken last: `Some(true)` more
+    /// bytes (held now), `Some(false)` the clean end (they were the last),
+    /// `None` not known yet.
+    pub fn after(&self) -> Option<bool> {
         let st = self.inner.lock();
-        matches!(st.end, Some(Ok(()))) && st.mem.is_empty() && st.tail.is_empty() && !st.file_pending()
+        if !st.mem.is_empty() || !st.tail.is_empty() || st.file_pending() {
+            return Some(true);
+        }
+        matches!(st.end, Some(Ok(()))).then_some(false)
     }
 
     /// A chunked body's trailer section, once the body ended.

@@ -285,21 +285,43 @@ fn an_http2_client_that_keeps_its_window_shut_on_a_small_page_is_cut_off_too() {
     window_shut_is_cut_off(with_length.addr, "/page");
 }
 
-/// `/big`: `DOWNLOAD` bytes; `/{n}k`: n KiB; any other path: a 12-byte page.
+/// `/big`: `DOWNLOAD` bytes; `/{n}k`: n KiB; any other path: a 12-byte
+/// page; with a Content-Length. `-nobuf` after the path: with
+/// `X-Accel-Buffering: no`; `-late`: chunked instead, its data in one
+/// write and its last chunk in another, 100 ms later (as a backend that
+/// flushes the page before it knows it is done).
 fn sized_backend(mut s: TcpStream) {
     let mut buf = Vec::new();
     while let Some(head) = read_head(&mut s, &mut buf) {
-        let path = head.split(' ').nth(1).unwrap_or("/");
+        let target = head.split(' ').nth(1).unwrap_or("/");
+        let (path, how) = target.split_once('-').unwrap_or((target, ""));
         let len = match path.strip_prefix('/').and_then(|p| p.strip_suffix('k')) {
             _ if path == "/big" => DOWNLOAD,
             Some(k) => k.parse::<usize>().unwrap_or(0) * 1024,
             None => 12,
         };
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n");
-        if s.write_all(head.as_bytes())
-            .and_then(|()| s.write_all(&vec![b'd'; len]))
-            .is_err()
-        {
+        let body = vec![b'd'; len];
+        let sent = match how {
+            "late" => {
+                let head = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{len:x}\r\n");
+                let data = s
+                    .write_all(head.as_bytes())
+                    .and_then(|()| s.write_all(&body))
+                    .and_then(|()| s.write_all(b"\r\n"));
+                std::thread::sleep(Duration::from_millis(100));
+                data.and_then(|()| s.write_all(b"0\r\n\r\n"))
+            }
+            _ => {
+                let nobuf = if how == "nobuf" {
+                    "X-Accel-Buffering: no\r\n"
+                } else {
+                    ""
+                };
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n{nobuf}\r\n");
+                s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body))
+            }
+        };
+        if sent.is_err() {
             return;
         }
     }
@@ -391,6 +413,10 @@ fn a_stream_that_stops_taking_on_a_busy_http2_connection_is_reset_after_body_tim
         ("/big", DOWNLOAD, 65_535, DOWNLOAD),
         ("/20k", 20 * 1024, 4096, 6000),
         ("/1024k", 1 << 20, 65_535, 6000),
+        ("/1024k-nobuf", 1 << 20, 65_535, 1),
+        // The end comes after the data: the data's last byte is held back.
+        ("/20k-late", 20 * 1024, 4096, 100),
+        ("/1k-late", 1024, 100, 1),
     ];
     for (path, size, window, short) in cases {
         let held = stop_short(&s, path, size, window, short);
@@ -414,9 +440,9 @@ fn a_stream_that_stops_taking_on_a_busy_http2_connection_is_reset_after_body_tim
 }
 
 /// A client that takes a download slowly but steadily (8 KiB of window
-/// every 250 ms, a frame well within each `body_timeout`, though a spool's
-/// 64 KiB file read is not) is never cut off: after 4 s of it, the rest
-/// comes whole.
+/// every 250 ms: twice a 16 KiB frame per `body_timeout`, though not a
+/// spool's 64 KiB file read, or a backend read when the body is not
+/// buffered) is never cut off: after 4 s of it, the rest comes whole.
 #[test]
 fn a_slow_but_steady_http2_reader_is_not_cut_off() {
     let (backend, _) = raw_backend(sized_backend);
@@ -424,34 +450,36 @@ fn a_slow_but_steady_http2_reader_is_not_cut_off() {
         "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
         backend,
     );
-    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
-    let (got, slow_part) = rt()
-        .block_on(async move {
-            let mut builder = h2::client::Builder::new();
-            builder
-                .initial_window_size(8192)
-                .initial_connection_window_size(64 << 20);
-            let (mut client, _conn) = h2_client(cfg, addr, builder).await;
-            let req = http::Request::get("https://a.test/big").body(()).unwrap();
-            let (resp, _) = client.send_request(req, true).unwrap();
-            let mut body = resp.await.unwrap().into_body();
-            let (started, mut got, mut slow_part) = (Instant::now(), 0, 0);
-            while let Some(d) = body.data().await {
-                let n = d
-                    .map_err(|e| format!("reset after {got} bytes, {:?}: {e}", started.elapsed()))?
-                    .len();
-                got += n;
-                if started.elapsed() < Duration::from_secs(4) {
-                    slow_part = got;
-                    tokio::time::sleep(Duration::from_millis(250 * n as u64 / 8192)).await;
+    for path in ["/big", "/big-nobuf"] {
+        let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+        let (got, slow_part) = rt()
+            .block_on(async move {
+                let mut builder = h2::client::Builder::new();
+                builder
+                    .initial_window_size(8192)
+                    .initial_connection_window_size(64 << 20);
+                let (mut client, _conn) = h2_client(cfg, addr, builder).await;
+                let req = http::Request::get(format!("https://a.test{path}")).body(()).unwrap();
+                let (resp, _) = client.send_request(req, true).unwrap();
+                let mut body = resp.await.unwrap().into_body();
+                let (started, mut got, mut slow_part) = (Instant::now(), 0, 0);
+                while let Some(d) = body.data().await {
+                    let n = d
+                        .map_err(|e| format!("{path}: reset after {got} bytes, {:?}: {e}", started.elapsed()))?
+                        .len();
+                    got += n;
+                    if started.elapsed() < Duration::from_secs(4) {
+                        slow_part = got;
+                        tokio::time::sleep(Duration::from_millis(250 * n as u64 / 8192)).await;
+                    }
+                    let _ = body.flow_control().release_capacity(n);
                 }
-                let _ = body.flow_control().release_capacity(n);
-            }
-            Ok::<_, String>((got, slow_part))
-        })
-        .unwrap();
-    assert_eq!(got, DOWNLOAD);
-    assert!(slow_part < 256 * 1024, "not slow: {slow_part} bytes in 4 s");
+                Ok::<_, String>((got, slow_part))
+            })
+            .unwrap();
+        assert_eq!(got, DOWNLOAD, "{path}");
+        assert!(slow_part < 256 * 1024, "{path}: not slow: {slow_part} bytes in 4 s");
+    }
 }
 
 /// Answers every request on its connection with a small chunked body in one

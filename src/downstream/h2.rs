@@ -80,7 +80,7 @@ struct H2Conn {
     /// the client (TCP or flow-control window).
     waiting_client: AtomicU32,
     /// `sent` + 1 when a stream was reset for keeping the client waiting
-    /// (its body gave up after `body_timeout`), 0 before: until a frame
+    /// (a frame of its waited `body_timeout`), 0 before: until a frame
     /// is taken again the connection still waits for its client.
     reset_stalled_at: AtomicU64,
     /// Asks the connection to send GOAWAY (policy `nokeepalive`, request
@@ -268,9 +268,10 @@ async fn ack_wait(conn: &H2Conn, since: Instant) {
 }
 
 /// Runs each stream's task (hyper spawns one per stream) so that it can be
-/// ended from outside ([`StreamAbort`]): a response body that gave up on a
-/// client keeping its stream's window shut is never polled again by hyper,
-/// and only dropping the task makes h2 reset the stream.
+/// ended from outside ([`StreamAbort`]): a frame that waits for a client
+/// keeping its stream's window shut holds hyper's task in that wait (the
+/// body is not polled again), and only dropping the task makes h2 reset
+/// the stream.
 #[derive(Clone, Copy)]
 struct StreamExec;
 
@@ -495,10 +496,12 @@ const PIECE: usize = 16 * 1024;
 /// again (or drops it at its end) only once the stream has window past
 /// what it holds already. A frame not taken within `body_timeout` ends the
 /// stream ([`StreamAbort`]), and counts as waiting for the connection's
-/// stall watch. A body's last byte goes as a frame of its own: hyper takes
-/// it only when all before it was sent, so when the body ends (and the
-/// watch with it) at most that byte is left with h2; a client that keeps
-/// its window shut short of the end is cut off like any other.
+/// stall watch. A body's last byte goes as a frame of its own (and so does
+/// the last byte of data when nothing more is held yet: the end may come
+/// after it): hyper takes it only when all before it was sent, so when the
+/// body ends (and the watch with it) at most that byte is left with h2; a
+/// client that keeps its window shut short of the end is cut off like any
+/// other.
 pub struct StreamBody {
     inner: exchange::ProxyBody,
     /// Data taken from `inner`, not handed yet.
@@ -534,11 +537,13 @@ impl StreamBody {
     }
 
     /// The next frame's data out of `data`, the rest kept for later: at
-    /// most [`PIECE`], and the body's last byte on its own.
+    /// most [`PIECE`], and a last byte on its own unless more data is
+    /// known to follow (a streamed body's end may come later, on its own:
+    /// the byte before it must be a frame of its own too).
     fn piece(&mut self, mut data: bytes::Bytes) -> bytes::Bytes {
         if data.len() > PIECE {
             self.rest = Some(data.split_off(PIECE));
-        } else if data.len() > 1 && self.inner.data_ended() {
+        } else if data.len() > 1 && !self.inner.more_follows() {
             self.rest = Some(data.split_off(data.len() - 1));
         }
         data

@@ -568,8 +568,7 @@ fn relay<'a, S: ClientStream>(
                     reuse: shaped.reuse,
                     data_only: decode,
                     gap: t.response,
-                    stall: t.client.gap,
-                    abort: None,
+                    stall: Some(t.client.gap),
                 };
                 let reader = pump.start(shared.config.buffer.clone(), shared.metrics.clone());
                 let part: &[u8] = if decoded { &scratch } else { &resp[..take] };

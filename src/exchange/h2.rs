@@ -20,7 +20,7 @@
 use super::body::Rest;
 use super::h2_response::{error_response, SpooledBody, Unread};
 pub use super::h2_response::{BoxError, ProxyBody};
-use super::pump::{Pump, StreamAbort};
+use super::pump::Pump;
 use super::request_spool::{self, Prefixed};
 use super::upload::{self, Failure, RequestBody, Sent};
 use super::{Plan, Tries};
@@ -314,10 +314,9 @@ async fn attempt(
         // An empty one goes with the head (END_STREAM on HEADERS).
         ProxyBody::Full((!bytes.is_empty()).then_some(bytes), unread)
     } else if !rest.is_done() {
-        // A body goes through a pump task, buffered or not: an HTTP/2 stream
-        // whose window stays shut never polls its body, and only the pump's
-        // own wait (`body_timeout` for the client side to take something)
-        // bounds how long it holds its backend connection.
+        // A body goes through a pump task, buffered or not. An HTTP/2
+        // stream whose window stays shut never polls its body: the stream's
+        // watch (`StreamAbort`) ends it, and with it the pump's wait.
         let buffered = how.buffer_response && !head.unbuffered;
         let pump = Pump {
             conn: bc,
@@ -327,8 +326,7 @@ async fn attempt(
             reuse: head.reuse,
             data_only: true,
             gap: t.response,
-            stall: t.client.gap,
-            abort: StreamAbort::current(),
+            stall: None,
         };
         let (cfg, metrics) = (ctx.shared.config.buffer.clone(), ctx.shared.metrics.clone());
         let reader = if buffered {

@@ -85,6 +85,8 @@ pub struct SpooledBody {
     /// Trailers to hand on after the last data; `done` once they went.
     trailers: Option<HeaderMap>,
     done: bool,
+    /// More data is held already after the data taken last.
+    more: bool,
     _unread: Option<Unread>,
 }
 
@@ -95,6 +97,7 @@ impl SpooledBody {
             next: None,
             trailers: None,
             done: false,
+            more: false,
             _unread: unread,
         }
     }
@@ -119,15 +122,18 @@ impl SpooledBody {
         self.next = None;
         match r {
             Some(Ok(b)) => {
-                // Known to be the last data now (the usual case: the pump
-                // read the end before this was taken): said with it, so
-                // that h2 can end the stream on it and the stream's last
-                // bytes are watched as such (`StreamBody`).
-                if reader.at_clean_end() {
-                    self.done = true;
-                    self.trailers = parse_trailers(&reader.take_trailer());
-                } else {
-                    self.reader = Some(reader);
+                match reader.after() {
+                    // Known to be the last data now (the usual case: the
+                    // pump read the end before this was taken): said with
+                    // it, so that h2 can end the stream on it.
+                    Some(false) => {
+                        self.done = true;
+                        self.trailers = parse_trailers(&reader.take_trailer());
+                    }
+                    after => {
+                        self.more = after.is_some();
+                        self.reader = Some(reader);
+                    }
                 }
                 Poll::Ready(Some(Ok(Frame::data(b))))
             }
@@ -178,11 +184,12 @@ fn parse_trailers(raw: &[u8]) -> Option<HeaderMap> {
 }
 
 impl ProxyBody {
-    /// No data is left to send (trailers may be).
-    pub fn data_ended(&self) -> bool {
+    /// More data is known to follow the data taken last (else it may
+    /// have been the last).
+    pub fn more_follows(&self) -> bool {
         match self {
-            ProxyBody::Full(b, _) => b.is_none(),
-            ProxyBody::Spooled(b) => b.done,
+            ProxyBody::Full(b, _) => b.is_some(),
+            ProxyBody::Spooled(b) => !b.done && b.more,
         }
     }
 }

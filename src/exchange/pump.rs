@@ -6,18 +6,17 @@
 //! its own pace, so a slow client holds a spool, never a backend connection.
 //!
 //! Every read of the backend has `response_timeout` as its deadline; the
-//! task waits on the client side only through the spool, and only while
-//! the client side takes something within each `body_timeout` (an HTTP/2
-//! stream whose window stays shut is never polled, so its reader alone
-//! would not bound the wait); dropping the reader ends this task. When it
-//! gives up on an HTTP/2 stream, or its body broke off and the stream takes
-//! nothing more for `body_timeout`, it resets the stream ([`StreamAbort`]):
-//! the stream's body is not polled to see the error.
+//! task waits on the client side only through the spool. An HTTP/1 client
+//! side must take something within each `body_timeout`; an HTTP/2 stream's
+//! reader is waited for as long as it lives: the stream's own watch
+//! ([`StreamAbort`]) ends it when a frame it handed to h2 waits
+//! `body_timeout` for the client's window, and dropping the reader ends
+//! this task.
 
 use super::body::Rest;
 use super::upload::RESP_BUF;
 use crate::http1::response::ReuseHint;
-use crate::spool::{self, Reader, Refused, Writer};
+use crate::spool::{self, Reader, Writer};
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use std::pin::Pin;
@@ -155,11 +154,9 @@ pub struct Pump {
     /// `response_timeout`: the longest wait for the backend's next bytes.
     pub gap: Duration,
     /// `body_timeout`: the longest wait for the client side to take
-    /// something from a spool that can take nothing more.
-    pub stall: Duration,
-    /// Ends the client's HTTP/2 stream when the client side took nothing
-    /// for `stall`: its body may never be polled again to see the error.
-    pub abort: Option<Arc<StreamAbort>>,
+    /// something from a spool that can take nothing more; `None` (an
+    /// HTTP/2 stream): as long as the reader lives.
+    pub stall: Option<Duration>,
 }
 
 impl Pump {
@@ -184,17 +181,8 @@ impl Pump {
 
     async fn run(self, mut w: Writer) {
         let mut trailer = Vec::new();
-        let (abort, stall) = (self.abort.clone(), self.stall);
         let end = self.drive(&mut w, &mut trailer).await;
-        let finished = w.finish(end, trailer);
-        // A body that broke off (the backend's side) ends its stream when
-        // polled; one whose window stays shut is not polled, so the stream
-        // is reset once its client takes nothing for `stall`.
-        if let (Err(_), Some(abort)) = (end, abort) {
-            if !abort.fired() && !finished.reader_gone(stall).await {
-                abort.fire();
-            }
-        }
+        w.finish(end, trailer);
     }
 
     async fn drive(mut self, w: &mut Writer, trailer: &mut Vec<u8>) -> Result<(), &'static str> {
@@ -206,11 +194,9 @@ impl Pump {
                 if let (Some(pool), true) = (self.pool.take(), self.buf.is_empty()) {
                     pool.checkin_raw(self.conn, self.reuse);
                 }
-                let pushed = w.push(data, self.stall).await;
-                return pushed.map_err(|r| refused(r, &self.abort));
+                return w.push(data, self.stall).await.map_err(|r| r.why());
             }
-            let pushed = w.push(data, self.stall).await;
-            pushed.map_err(|r| refused(r, &self.abort))?;
+            w.push(data, self.stall).await.map_err(|r| r.why())?;
             self.buf.reserve(RESP_BUF);
             let read = tokio::time::timeout(self.gap, self.conn.stream.read_buf(&mut self.buf)).await;
             match read {
@@ -244,12 +230,4 @@ impl Pump {
             (self.buf.split_to(used).freeze(), done)
         })
     }
-}
-
-/// Why the client side took no more; a stalled HTTP/2 stream is reset.
-fn refused(r: Refused, abort: &Option<Arc<StreamAbort>>) -> &'static str {
-    if let (Refused::Stalled, Some(abort)) = (&r, abort) {
-        abort.fire();
-    }
-    r.why()
 }
