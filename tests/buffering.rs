@@ -1025,3 +1025,40 @@ fn a_request_body_spool_is_released_when_the_backend_answers_early() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An HTTP/1 client that reads slowly but steadily (8 KiB every 250 ms,
+/// through a 16 KiB receive buffer) is never cut off, though each chunk
+/// finguard writes (a spool's read, up to 64 KiB) takes it longer than
+/// `body_timeout`: the timeout runs between two writes that take something,
+/// as nginx's `send_timeout`. After 5 s of it, the rest comes whole.
+#[test]
+fn a_slow_but_steady_http1_reader_is_not_cut_off() {
+    const LEN: usize = 4 * 1024 * 1024;
+    let body = Arc::new(pattern(LEN));
+    let b = body_backend(body.clone());
+    let dir = temp_dir("steady");
+    let p = Proxy::start(&config(&dir, "[client]\nbody_timeout = \"1s\""), b.addr);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    sock.connect(&p.addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(LIMIT)).unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    let head = read_head(&mut c, &mut buf).expect("response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let started = std::time::Instant::now();
+    let mut chunk = [0u8; 8192];
+    while started.elapsed() < Duration::from_secs(5) {
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => panic!("cut off after {} bytes, {:?}", buf.len(), started.elapsed()),
+            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+        }
+        thread::sleep(Duration::from_millis(250 * buf.len().min(8192) as u64 / 8192));
+    }
+    let slow_part = buf.len();
+    read_rest(&mut c, &mut buf, LEN);
+    assert_eq!(buf.len(), LEN, "cut off after {slow_part} bytes read slowly");
+    assert!(buf == *body, "the body changed on the way");
+    assert!(slow_part < 1024 * 1024, "not slow: {slow_part} bytes in 5 s");
+}

@@ -38,6 +38,7 @@ use crate::timeouts::{ClientTimeouts, Timeouts};
 use crate::upstream::{RawConn, Upstream};
 use bytes::{Buf, Bytes, BytesMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -659,27 +660,47 @@ async fn write_head_and<S: ClientStream>(
     }
     let total = head.len() + part.len();
     let mut done = 0;
-    let w = async {
-        while done < total {
-            let n = if done < head.len() {
+    let fd = client.tcp().as_raw_fd();
+    // `body_timeout` without the client taking anything (see `taking`).
+    while done < total {
+        let w = async {
+            if done < head.len() {
                 let bufs = [std::io::IoSlice::new(&head[done..]), std::io::IoSlice::new(part)];
-                client.write_vectored(&bufs).await?
+                client.write_vectored(&bufs).await
             } else {
-                client.write(&part[done - head.len()..]).await?
-            };
-            if n == 0 {
-                return Err(std::io::ErrorKind::WriteZero.into());
+                client.write(&part[done - head.len()..]).await
             }
-            done += n;
+        };
+        match taking(fd, t.gap, w).await {
+            Ok(Ok(n)) if n > 0 => done += n,
+            _ => return Err(()),
         }
-        client.flush().await
-    };
-    match tokio::time::timeout(t.gap, w).await {
-        Ok(Ok(())) => {
-            entry.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
-            Ok(())
+    }
+    if !matches!(taking(fd, t.gap, client.flush()).await, Ok(Ok(()))) {
+        return Err(());
+    }
+    entry.bytes_out.fetch_add(total as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Waits for `w`, a write to the client, as long as the client takes
+/// something within each `gap`: what the write takes, or what leaves the
+/// kernel's send queue (acknowledged by the client). A large send buffer
+/// (the kernel grows it to megabytes) is writable again only once much of
+/// it drained: a client reading a few KiB a second takes something all
+/// along, though no write may go through for longer than `gap`. `Err`:
+/// it took nothing for `gap`.
+async fn taking<F: std::future::Future>(fd: std::os::fd::RawFd, gap: Duration, w: F) -> Result<F::Output, ()> {
+    let mut w = std::pin::pin!(w);
+    let mut queued = crate::sys::unsent_bytes(&fd);
+    loop {
+        match tokio::time::timeout(gap, w.as_mut()).await {
+            Ok(out) => return Ok(out),
+            Err(_) => match (queued, crate::sys::unsent_bytes(&fd)) {
+                (Some(before), Some(now)) if now < before => queued = Some(now),
+                _ => return Err(()),
+            },
         }
-        _ => Err(()),
     }
 }
 
@@ -708,13 +729,18 @@ async fn write_client<S: ClientStream>(
     })
     .await?;
     if !at_once {
-        let rest = async {
-            client.write_all(&bytes[off..]).await?;
-            client.flush().await
-        };
-        match tokio::time::timeout(t.gap, rest).await {
-            Ok(Ok(())) => {}
-            _ => return Err(()),
+        // `body_timeout` without the client taking anything, not for the
+        // whole write: a slow reader that keeps taking bytes is never cut
+        // off because one chunk takes it longer than that.
+        let fd = client.tcp().as_raw_fd();
+        while off < bytes.len() {
+            match taking(fd, t.gap, client.write(&bytes[off..])).await {
+                Ok(Ok(n)) if n > 0 => off += n,
+                _ => return Err(()),
+            }
+        }
+        if !matches!(taking(fd, t.gap, client.flush()).await, Ok(Ok(()))) {
+            return Err(());
         }
     }
     entry.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
