@@ -235,14 +235,34 @@ fn curl_downloads_over_http2_at_a_limited_rate() {
     assert!(ok && size == DOWNLOAD, "{size} of {DOWNLOAD} bytes, {err}");
 }
 
+/// A proxy to `backend` with `body_timeout = 1s`, and a keep-alive timeout
+/// no test here reaches.
+fn proxy_with_1s_body_timeout(backend: SocketAddr) -> H2Setup {
+    h2_proxy(
+        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
+        backend,
+    )
+}
+
+/// A client whose streams start with `window` bytes of window, on a
+/// connection whose own window never runs out: only a stream's does.
+async fn stream_window_client(
+    cfg: Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    window: u32,
+) -> h2::client::SendRequest<Bytes> {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_window_size(window)
+        .initial_connection_window_size(64 << 20);
+    h2_client(cfg, addr, builder).await.0
+}
+
 /// A client that never opens its window on the answer to `path` (from
 /// `backend`) is cut off after `body_timeout` (1 s): its connection ends,
 /// not before, and finguard keeps no socket of it.
 fn window_shut_is_cut_off(backend: SocketAddr, path: &'static str) {
-    let s = h2_proxy(
-        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
-        backend,
-    );
+    let s = proxy_with_1s_body_timeout(backend);
     let (cfg, addr) = (s.client.clone(), s.proxy.addr);
     let (ended, took) = rt().block_on(async move {
         let mut builder = h2::client::Builder::new();
@@ -343,12 +363,7 @@ struct Held {
 fn stop_short(s: &H2Setup, path: &'static str, size: usize, window: u32, short: usize) -> Held {
     let (cfg, addr) = (s.client.clone(), s.proxy.addr);
     rt().block_on(async move {
-        let mut builder = h2::client::Builder::new();
-        // The connection's window never runs out: only the stream's does.
-        builder
-            .initial_window_size(window)
-            .initial_connection_window_size(64 << 20);
-        let (mut client, _conn) = h2_client(cfg, addr, builder).await;
+        let mut client = stream_window_client(cfg, addr, window).await;
         let req = http::Request::get(format!("https://a.test{path}")).body(()).unwrap();
         let (resp, _) = client.send_request(req, true).unwrap();
         let mut body = resp.await.unwrap().into_body();
@@ -405,10 +420,7 @@ fn stop_short(s: &H2Setup, path: &'static str, size: usize, window: u32, short: 
 #[test]
 fn a_stream_that_stops_taking_on_a_busy_http2_connection_is_reset_after_body_timeout() {
     let (backend, _) = raw_backend(sized_backend);
-    let s = h2_proxy(
-        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
-        backend,
-    );
+    let s = proxy_with_1s_body_timeout(backend);
     let cases = [
         ("/big", DOWNLOAD, 65_535, DOWNLOAD),
         ("/20k", 20 * 1024, 4096, 6000),
@@ -446,19 +458,12 @@ fn a_stream_that_stops_taking_on_a_busy_http2_connection_is_reset_after_body_tim
 #[test]
 fn a_slow_but_steady_http2_reader_is_not_cut_off() {
     let (backend, _) = raw_backend(sized_backend);
-    let s = h2_proxy(
-        "[client]\nbody_timeout = \"1s\"\nkeepalive_timeout = \"60s\"\n",
-        backend,
-    );
+    let s = proxy_with_1s_body_timeout(backend);
     for path in ["/big", "/big-nobuf"] {
         let (cfg, addr) = (s.client.clone(), s.proxy.addr);
         let (got, slow_part) = rt()
             .block_on(async move {
-                let mut builder = h2::client::Builder::new();
-                builder
-                    .initial_window_size(8192)
-                    .initial_connection_window_size(64 << 20);
-                let (mut client, _conn) = h2_client(cfg, addr, builder).await;
+                let mut client = stream_window_client(cfg, addr, 8192).await;
                 let req = http::Request::get(format!("https://a.test{path}")).body(()).unwrap();
                 let (resp, _) = client.send_request(req, true).unwrap();
                 let mut body = resp.await.unwrap().into_body();

@@ -517,11 +517,11 @@ pub struct StreamBody {
 }
 
 impl StreamBody {
-    /// What it handed to h2 waits for the client.
+    /// What it handed to h2 waits for the client (until `taken`, which
+    /// each poll begins with).
     fn hand(&mut self) {
-        if !std::mem::replace(&mut self.handed, true) {
-            self.open.conn.waiting_client.fetch_add(1, Ordering::AcqRel);
-        }
+        self.handed = true;
+        self.open.conn.waiting_client.fetch_add(1, Ordering::AcqRel);
         if let Some(a) = &self.open.abort {
             a.handed(self.body_timeout);
         }

@@ -690,8 +690,13 @@ async fn write_head_and<S: ClientStream>(
 /// it drained: a client reading a few KiB a second takes something all
 /// along, though no write may go through for longer than `gap`. `Err`:
 /// it took nothing for `gap`.
+/// A write that goes through at once costs no system call here: the send
+/// queue is looked at only when it has to wait.
 async fn taking<F: std::future::Future>(fd: std::os::fd::RawFd, gap: Duration, w: F) -> Result<F::Output, ()> {
     let mut w = std::pin::pin!(w);
+    if let Poll::Ready(out) = std::future::poll_fn(|cx| Poll::Ready(w.as_mut().poll(cx))).await {
+        return Ok(out);
+    }
     let mut queued = crate::sys::unsent_bytes(&fd);
     loop {
         match tokio::time::timeout(gap, w.as_mut()).await {
