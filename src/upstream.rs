@@ -177,12 +177,16 @@ impl Drop for Upstream {
 /// until the connection closes. Whenever it is given back (the connection
 /// closed, or the connect failed) a queued request is woken to use it.
 struct SlotGuard {
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
     freed: Arc<Notify>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
+        // The slot first, then the wake: a request woken on another worker
+        // thread before the permit was back found no slot, waited again and
+        // was never woken (503 after `queue_timeout` with the slot free).
+        drop(self.permit.take());
         self.freed.notify_one();
     }
 }
@@ -212,7 +216,7 @@ impl Upstream {
     fn take_slot(&self) -> Option<SlotGuard> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
         Some(SlotGuard {
-            _permit: permit,
+            permit: Some(permit),
             freed: self.freed.clone(),
         })
     }
