@@ -53,12 +53,34 @@ fn serve_body(mut s: TcpStream, body: &[u8], written: &AtomicUsize) {
     }
 }
 
-/// A directory of the test's own for temporary files.
-fn temp_dir(name: &str) -> std::path::PathBuf {
+/// A directory of the test's own for temporary files, removed when the
+/// test ends, a failed one included.
+fn temp_dir(name: &str) -> SpoolDir {
     let d = std::env::temp_dir().join(format!("finguard-buf-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    SpoolDir(d)
+}
+
+struct SpoolDir(std::path::PathBuf);
+
+impl std::ops::Deref for SpoolDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for SpoolDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for SpoolDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn config(dir: &std::path::Path, extra: &str) -> String {
@@ -177,7 +199,6 @@ fn a_slow_reader_gets_the_whole_file_while_the_backend_is_released_early() {
     assert!(wait_until(LIMIT, || p
         .metric("finguard_buffered_bytes{where=\"disk\"}")
         == 0.0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Resets process `pid`'s peak RSS (`VmHWM`) to its RSS where the kernel
@@ -222,7 +243,6 @@ fn without_response_buffering_the_slow_reader_holds_the_backend() {
     assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
     read_rest(&mut c, &mut got, BIG);
     assert!(got == *body);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -239,7 +259,6 @@ fn no_temporary_file_remains_after_sigkill_mid_transfer() {
     assert!(p.child.try_wait().unwrap().is_some(), "finguard outlived SIGKILL");
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -257,7 +276,6 @@ fn when_the_budgets_run_out_exchanges_stream_and_nothing_fails() {
     assert!(p.metric("finguard_buffer_fallbacks_total{reason=\"memory_total\"}") >= 1.0);
     assert_eq!(p.metric("finguard_requests_total{code=\"5xx\"}"), 0.0);
     assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -304,7 +322,6 @@ fn a_streamed_response_reaches_the_client_event_by_event() {
         ack_tx.send(i).unwrap();
     }
     assert!(!stalled.load(Ordering::SeqCst));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -337,7 +354,6 @@ fn x_accel_buffering_no_is_honoured_and_not_relayed() {
     read_rest(&mut c, &mut buf, BIG);
     assert_eq!(buf.len(), BIG);
     assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One backend connection at most, and a short wait for it.
@@ -379,7 +395,6 @@ fn a_slow_upload_holds_no_backend_connection() {
     assert_eq!(String::from_utf8_lossy(&resp.body).trim(), LEN.to_string());
     assert!(p.metric("finguard_buffer_spills_total") >= 1.0);
     assert_eq!(b.max_open.load(Ordering::SeqCst), 1);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -393,7 +408,6 @@ fn without_request_buffering_the_slow_upload_holds_the_backend() {
     assert!(wait_until(LIMIT, || b.accepted() == 1));
     let r = request(p.addr, "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
     assert_eq!(r.status, 503);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -424,7 +438,6 @@ fn a_route_and_a_user_agent_rule_can_turn_request_buffering_off() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("request_buffering = false"), "{text}");
     assert!(text.contains("[buffer]"), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -460,7 +473,7 @@ async fn h2_shut_client(
 /// An HTTP/2 client opens `STREAMS` downloads of 16 MiB on one connection
 /// and never opens their windows; whether every backend could write its
 /// whole response (within `wait`), and finguard's metrics after.
-fn shut_streams(buffer: &str, wait: Duration) -> (bool, Proxy, std::path::PathBuf) {
+fn shut_streams(buffer: &str, wait: Duration) -> (bool, Proxy, SpoolDir) {
     use support::tls::*;
     let body = Arc::new(pattern(16 * 1024 * 1024));
     let b = body_backend(body);
@@ -513,7 +526,6 @@ fn http2_streams_with_shut_windows_hold_no_backend_connection() {
     assert!(wait_until(LIMIT, || p.metric("finguard_backend_hold_seconds_count")
         >= STREAMS as f64));
     assert!(p.metric("finguard_buffer_spills_total") >= STREAMS as f64);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -522,7 +534,6 @@ fn without_buffering_http2_streams_with_shut_windows_hold_their_backends() {
     let (finished, p, dir) = shut_streams("responses = false", Duration::from_secs(2));
     assert!(!finished);
     assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `finguard simulate` with a slow scenario; its JSON report.
@@ -568,7 +579,6 @@ fn the_slow_scenarios_run_and_complete_through_finguard() {
     );
     assert_eq!(r["responses_complete"], 4, "{r}");
     assert_eq!(r["statuses"]["200"], 4, "{r}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The JSON access-log line of each request, once written.
@@ -603,7 +613,6 @@ fn the_access_log_shows_the_backend_released_before_the_slow_client_finished() {
         "held {hold} ms of the client's {client} ms: {req}"
     );
     assert!(p.metric("finguard_client_exchange_seconds_count") >= 1.0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -621,7 +630,6 @@ fn an_http2_stream_is_logged_when_it_ends_with_the_bytes_it_sent() {
     assert_eq!(req["bytes_out"].as_u64(), Some(body.len() as u64), "{req}");
     assert!(req["backend_hold_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{req}");
     assert!(req["client_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{req}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A digest of a body that shows loss and reordering: its length and a
@@ -788,7 +796,6 @@ fn trickled_uploads_cost_the_memory_they_are_counted_for() {
         assert_eq!(String::from_utf8_lossy(&r.body), digest(&body));
     }
     assert!(wait_until(LIMIT, || p.metric(mem) == 0.0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A backend that answers every request with `body`, written `step`
@@ -885,7 +892,6 @@ fn a_trickling_backend_costs_the_memory_it_is_counted_for() {
     };
     shut(TRICKLERS, &check);
     assert!(wait_until(LIMIT, || p.metric(mem) == 0.0));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A backend that reads each request's body (or, not `read`, none of it:
@@ -967,7 +973,6 @@ fn a_request_body_spool_is_released_once_uploaded() {
     // The response is still under way, and arrives whole.
     assert_eq!(p.metric("finguard_client_connections{state=\"active\"}"), 1.0);
     assert!(read_body_of(&mut c, DOWN) == pattern(DOWN));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Reads a 200 response's head and `len` bytes of body.
@@ -1023,7 +1028,6 @@ fn a_request_body_spool_is_released_when_the_backend_answers_early() {
         "the answer arrived altered: {} bytes, first difference at {diff:?}",
         buf.len()
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An HTTP/1 client that reads slowly but steadily (8 KiB every 250 ms,
