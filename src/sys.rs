@@ -66,6 +66,22 @@ const TCP_CLOSE: u8 = 7;
 /// peer, or closed both ways). Its send queue then never drains: what was
 /// unacknowledged when the reset came stays counted in `SIOCOUTQ`.
 pub fn tcp_closed(sock: &impl AsRawFd) -> bool {
+    tcp_info(sock).is_some_and(|i| i.tcpi_state == TCP_CLOSE)
+}
+
+/// Whether the peer's TCP stack still answers: no retransmission waits
+/// for an acknowledgement (`tcpi_retransmits`), and at most one probe of
+/// its shut window does (`tcpi_probes`, the probes sent since the last
+/// acknowledgement). One is usual: the last may be on its way, and a
+/// receiver answers such probes at most once per `tcp_invalid_ratelimit`
+/// (500 ms), while the first probes come faster. A client whose program
+/// sleeps with its receive buffer full answers; one whose host or network
+/// went away does not, and its probes pile up.
+pub fn peer_answers(sock: &impl AsRawFd) -> bool {
+    tcp_info(sock).is_some_and(|i| i.tcpi_state != TCP_CLOSE && i.tcpi_probes <= 1 && i.tcpi_retransmits == 0)
+}
+
+fn tcp_info(sock: &impl AsRawFd) -> Option<libc::tcp_info> {
     // SAFETY: `tcp_info` is a plain struct of integers, for which all zero
     // bytes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
@@ -85,7 +101,7 @@ pub fn tcp_closed(sock: &impl AsRawFd) -> bool {
             &mut len,
         )
     };
-    rc == 0 && info.tcpi_state == TCP_CLOSE
+    (rc == 0).then_some(info)
 }
 
 /// Takes ownership of a listening socket received from another process

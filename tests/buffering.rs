@@ -521,7 +521,7 @@ const STREAMS: usize = 4;
 
 #[test]
 fn http2_streams_with_shut_windows_hold_no_backend_connection() {
-    let (finished, p, dir) = shut_streams("", LIMIT);
+    let (finished, p, _dir) = shut_streams("", LIMIT);
     assert!(finished, "the backends could not finish while the streams were shut");
     assert!(wait_until(LIMIT, || p.metric("finguard_backend_hold_seconds_count")
         >= STREAMS as f64));
@@ -531,7 +531,7 @@ fn http2_streams_with_shut_windows_hold_no_backend_connection() {
 #[test]
 fn without_buffering_http2_streams_with_shut_windows_hold_their_backends() {
     // The control: unbuffered, each stream keeps its backend writing.
-    let (finished, p, dir) = shut_streams("responses = false", Duration::from_secs(2));
+    let (finished, p, _dir) = shut_streams("responses = false", Duration::from_secs(2));
     assert!(!finished);
     assert_eq!(p.metric("finguard_buffer_spills_total"), 0.0);
 }

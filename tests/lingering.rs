@@ -214,3 +214,71 @@ linger_time = "1s""#,
         .collect();
     assert!(held.is_empty(), "finguard still holds the socket: {held:?}");
 }
+
+/// 1 MiB after any request head, on a connection kept open.
+const MIB: usize = 1024 * 1024;
+
+fn mib_backend(mut s: TcpStream) {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&b[..n]),
+        }
+    }
+    let body: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {MIB}\r\n\r\n").as_bytes());
+    let _ = s.write_all(&body);
+    while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+}
+
+/// A client whose program sleeps with its receive buffer full (as `curl
+/// --limit-rate` does after a fast start) while its response still sits in
+/// finguard's send queue: the lingering close times out with `on_timeout =
+/// "reset"`, yet the client's stack answers, so the rest is not thrown away
+/// by a reset: once awake, the client reads all of it, then EOF.
+#[test]
+fn a_client_asleep_with_its_response_queued_gets_all_of_it_after_the_close() {
+    let (backend, _) = raw_backend(mib_backend);
+    let cfg = "[client]\nkeepalive_timeout = \"300ms\"\n[client.close]\nmode = \"lingering\"\n\
+               linger_time = \"1s\"\nlinger_timeout = \"300ms\"\non_timeout = \"reset\"\n\
+               [admin]\naddr = \"127.0.0.1:0\"\n";
+    let p = Proxy::start(cfg, backend);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.connect(&p.addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = vec![0u8; 16 * 1024];
+    let first = std::io::Read::read(&mut c, &mut got).unwrap();
+    got.truncate(first);
+    // Asleep until finguard's close has timed out and been decided.
+    let timed_out = || {
+        p.metric("finguard_lingering_closes_total{outcome=\"linger_timeout\"}")
+            + p.metric("finguard_lingering_closes_total{outcome=\"linger_time\"}")
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || timed_out() >= 1.0),
+        "the lingering close did not time out"
+    );
+    let mut end = None;
+    let mut b = [0u8; 65536];
+    while end.is_none() {
+        match std::io::Read::read(&mut c, &mut b) {
+            Ok(0) => end = Some(Ok(())),
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) => end = Some(Err(e.kind())),
+        }
+    }
+    let head_len = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert_eq!(end, Some(Ok(())), "after {} body bytes", got.len() - head_len);
+    let body = &got[head_len..];
+    assert_eq!(body.len(), MIB);
+    assert!(
+        body.iter().enumerate().all(|(i, &v)| v == (i % 251) as u8),
+        "the body changed on the way"
+    );
+}

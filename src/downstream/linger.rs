@@ -8,7 +8,9 @@
 //! client's stack throws away the response it had not read yet.
 //!
 //! On a timeout, `on_timeout = "reset"` aborts with RST (`SO_LINGER {on, 0}`):
-//! no orphaned FIN_WAIT_2 is left to the kernel's `tcp_fin_timeout`.
+//! no orphaned FIN_WAIT_2 is left to the kernel's `tcp_fin_timeout`. The
+//! exception: response bytes still queued for a client whose stack answers
+//! go to the kernel with a plain close, never thrown away by a reset.
 //! User-space lingering and SO_LINGER are never both applied to one socket.
 
 use crate::config::{CloseMode, CloseSettings, OnTimeout};
@@ -48,19 +50,29 @@ pub async fn close(
             if timed_out && settings.on_timeout == OnTimeout::Reset {
                 // A reset throws away what the client has not received yet. A
                 // slow reader still taking the response is waited for while
-                // its send queue drains (no progress for `linger_time`: it
-                // stopped reading), then given one more `linger_timeout` to
-                // read what its own receive buffer holds. Looked at only
-                // here: the common close, ended by the client's FIN, makes
-                // no system call for it.
+                // its send queue drains, then given one more `linger_timeout`
+                // to read what its own receive buffer holds. One that took
+                // nothing for `linger_time` but whose stack still answers (a
+                // program asleep with its buffer full: `curl --limit-rate`
+                // sleeping off a fast start) is closed without a reset: the
+                // kernel delivers the rest, or ends the orphan by its own
+                // limits (`tcp_orphan_retries`, `tcp_max_orphans`), as nginx's
+                // close does. Only a client whose stack is gone is reset with
+                // response bytes still queued. Looked at only here: the
+                // common close, ended by the client's FIN, makes no system
+                // call for it.
                 let queued = crate::sys::unsent_bytes(&stream).is_some_and(|q| q > 0);
-                if queued && wait_sent(&stream, settings.linger_time).await {
-                    let grace = CloseSettings {
-                        linger_time: settings.linger_timeout,
-                        ..*settings
-                    };
-                    if let (CloseOutcome::ClientFin, more) = drain(&mut stream, &grace).await {
-                        return (CloseOutcome::ClientFin, drained + more);
+                if queued {
+                    if wait_sent(&stream, settings.linger_time).await {
+                        let grace = CloseSettings {
+                            linger_time: settings.linger_timeout,
+                            ..*settings
+                        };
+                        if let (CloseOutcome::ClientFin, more) = drain(&mut stream, &grace).await {
+                            return (CloseOutcome::ClientFin, drained + more);
+                        }
+                    } else if crate::sys::peer_answers(&stream) {
+                        return (outcome, drained);
                     }
                 }
                 abort(stream);
