@@ -260,7 +260,9 @@ async fn stream_window_client(
 
 /// A client that never opens its window on the answer to `path` (from
 /// `backend`) is cut off after `body_timeout` (1 s): its connection ends,
-/// not before, and finguard keeps no socket of it.
+/// not before, and finguard keeps no socket of it (TIME_WAIT, the kernel's
+/// after a close finguard began, holds none: the client still reads, so
+/// the connection ends with GOAWAY and a close, not a reset).
 fn window_shut_is_cut_off(backend: SocketAddr, path: &'static str) {
     let s = proxy_with_1s_body_timeout(backend);
     let (cfg, addr) = (s.client.clone(), s.proxy.addr);
@@ -282,7 +284,7 @@ fn window_shut_is_cut_off(backend: SocketAddr, path: &'static str) {
     let open = || {
         tcp_states(s.proxy.port(), 0)
             .into_iter()
-            .filter(|st| *st != "LISTEN")
+            .filter(|st| *st != "LISTEN" && *st != "TIME_WAIT")
             .collect::<Vec<_>>()
     };
     assert!(wait_until(Duration::from_secs(3), || open().is_empty()), "{:?}", open());
@@ -449,6 +451,38 @@ fn a_stream_that_stops_taking_on_a_busy_http2_connection_is_reset_after_body_tim
             held.small_pages
         );
     }
+}
+
+/// A client that keeps one stream's window shut on an otherwise quiet
+/// connection: after `body_timeout` the stream is reset and the connection
+/// ended with GOAWAY, which the client reads (its stack takes everything),
+/// so it knows not to send on it; the connection is not aborted without a
+/// word, which lost a request sent right after the reset.
+#[test]
+fn a_stalled_http2_connection_is_ended_with_goaway() {
+    let (backend, _) = raw_backend(sized_backend);
+    let s = proxy_with_1s_body_timeout(backend);
+    let (cfg, addr) = (s.client.clone(), s.proxy.addr);
+    let (reason, ended) = rt().block_on(async move {
+        let mut builder = h2::client::Builder::new();
+        builder.initial_window_size(1).initial_connection_window_size(64 << 20);
+        let (mut client, conn) = h2_client(cfg, addr, builder).await;
+        let req = http::Request::get("https://a.test/20k").body(()).unwrap();
+        let (resp, _) = client.send_request(req, true).unwrap();
+        let mut body = resp.await.unwrap().into_body();
+        // One byte came; the window is never opened again.
+        let reason = loop {
+            match tokio::time::timeout(Duration::from_secs(10), body.data()).await {
+                Ok(Some(Ok(_))) => continue,
+                Ok(Some(Err(e))) => break e.reason(),
+                Ok(None) | Err(_) => break None,
+            }
+        };
+        let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+        (reason, ended.map(|r| r.unwrap().map_err(|e| e.to_string())))
+    });
+    assert_eq!(reason, Some(h2::Reason::CANCEL), "the stalled stream was not reset");
+    assert_eq!(ended, Ok(Ok(())), "the connection did not end with GOAWAY");
 }
 
 /// A client that takes a download slowly but steadily (8 KiB of window

@@ -15,8 +15,10 @@
 //! keeps the stream's flow-control window shut) has its stream reset (see
 //! [`StreamExec`]: hyper alone would never poll the body to see it fail),
 //! and a response frame handed to h2 with no frame taken on any stream for
-//! `body_timeout` (the client stopped reading) ends the connection with a
-//! reset, as a stuck HTTP/1 write does.
+//! `body_timeout` ends the connection: with GOAWAY, which a client that only
+//! kept windows shut still reads, then, if its PING is not acked within
+//! `linger_timeout` (the client stopped reading), with a reset, as a stuck
+//! HTTP/1 write does.
 //!
 //! Every close but an abort starts with GOAWAY (hyper's graceful shutdown:
 //! GOAWAY and a PING, the final GOAWAY when the PING is acked) and lets the
@@ -216,8 +218,21 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         () = quiet_for(conn, conn.started, || conn.idle_limit()) => Some(false),
         () = stall() => Some(true),
     };
-    if stalled != Some(false) {
-        return stalled == Some(true);
+    match stalled {
+        None => return false,
+        Some(true) => {
+            // GOAWAY first, as for any other end: a client that kept one
+            // stream's window shut still reads, and learns not to send on
+            // this connection (a request sent after the abort was lost).
+            // One whose stack took nothing is aborted once the wait for
+            // GOAWAY's PING runs out.
+            conn.streams_at_goaway
+                .store(conn.streams.load(Ordering::Acquire), Ordering::Release);
+            h2.as_mut().graceful_shutdown();
+            let wait = conn.settings().close.linger_timeout;
+            return tokio::time::timeout(wait, h2.as_mut()).await.is_err();
+        }
+        Some(false) => {}
     }
     // GOAWAY, then the open streams run to their end (or stall).
     conn.streams_at_goaway
