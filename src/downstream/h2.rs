@@ -210,31 +210,27 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         .keep_alive_interval(None);
     let h2 = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(h2);
-    let stall = || stall_watch(conn, conn.timeouts().gap);
+    let gap = conn.timeouts().gap;
     let stalled = tokio::select! {
-        _ = h2.as_mut() => None,
-        () = conn.goaway.notified() => Some(false),
-        () = shared.draining.cancelled() => Some(false),
-        () = quiet_for(conn, conn.started, || conn.idle_limit()) => Some(false),
-        () = stall() => Some(true),
+        _ = h2.as_mut() => return false,
+        () = conn.goaway.notified() => false,
+        () = shared.draining.cancelled() => false,
+        () = quiet_for(conn, conn.started, || conn.idle_limit()) => false,
+        () = stall_watch(conn, gap) => true,
     };
-    match stalled {
-        None => return false,
-        Some(true) => {
-            // GOAWAY first, as for any other end: a client that kept one
-            // stream's window shut still reads, and learns not to send on
-            // this connection (a request sent after the abort was lost).
-            // One whose stack took nothing is aborted once the wait for
-            // GOAWAY's PING runs out.
-            conn.streams_at_goaway
-                .store(conn.streams.load(Ordering::Acquire), Ordering::Release);
-            h2.as_mut().graceful_shutdown();
-            let wait = conn.settings().close.linger_timeout;
-            return tokio::time::timeout(wait, h2.as_mut()).await.is_err();
-        }
-        Some(false) => {}
-    }
-    // GOAWAY, then the open streams run to their end (or stall).
+    // GOAWAY, then the open streams run to their end (or stall). A
+    // connection that stalled gets GOAWAY too: a client that only kept one
+    // stream's window shut still reads, and learns not to send on it (an
+    // abort lost a request sent right after the stream's reset), and a
+    // stream it opens before the final GOAWAY is served; but one more
+    // `linger_timeout` without a frame taken (the client stopped reading)
+    // aborts it.
+    let stall_limit = if stalled {
+        debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; GOAWAY");
+        conn.settings().close.linger_timeout
+    } else {
+        gap
+    };
     conn.streams_at_goaway
         .store(conn.streams.load(Ordering::Acquire), Ordering::Release);
     h2.as_mut().graceful_shutdown();
@@ -244,7 +240,10 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         // (`linger_timeout` may be, outside the lingering mode).
         biased;
         _ = h2.as_mut() => false,
-        () = stall() => true,
+        () = stall_watch(conn, stall_limit) => {
+            debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; aborting");
+            true
+        }
         () = conn.flood.notified() => {
             debug!(peer = %conn.peer, "HTTP/2 client opens streams past GOAWAY; aborting");
             true
@@ -320,7 +319,6 @@ async fn stall_watch(conn: &H2Conn, limit: Duration) {
             last = now;
             since = Instant::now();
         } else if since.elapsed() >= limit {
-            debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; aborting");
             return;
         }
     }
