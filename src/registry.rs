@@ -31,6 +31,9 @@ const EVICTING: u8 = 4;
 const KILLED: u8 = 8;
 /// The process drains: an idle keep-alive connection ends its wait.
 const DRAINING: u8 = 16;
+/// Lingering, its close waits for the send queue to drain (a slow reader
+/// still taking the response): not stuck, whatever its time.
+const SENDING: u8 = 32;
 /// Interned User-Agents above this count are swept of those no connection
 /// holds any more (and the mark doubles with what is left).
 const UA_SWEEP_FROM: usize = 1024;
@@ -297,13 +300,18 @@ impl Registry {
     }
 
     /// Cancels connections that have been lingering longer than `limit`;
-    /// returns how many. A safety net: the lingering loop has its own deadline.
+    /// returns how many. A safety net: the lingering loop has its own
+    /// deadline. One whose close waits for its send queue is not stuck: the
+    /// close waits for a slow reader as long as it takes some within each
+    /// `linger_time` (`linger::close`), and its clock restarts once the
+    /// wait is over ([`Tracked::sending`]).
     pub fn reap_lingering(&self, limit: Duration) -> usize {
         let now = Instant::now();
         let stuck: Vec<Arc<Entry>> = self
             .lock()
             .values()
-            .filter(|e| e.state() == ClientState::Lingering && e.in_state_for(now) > limit && !e.killed())
+            .filter(|e| e.state() == ClientState::Lingering && e.in_state_for(now) > limit)
+            .filter(|e| e.flags.load(Ordering::Acquire) & (KILLED | SENDING) == 0)
             .cloned()
             .collect();
         for e in &stuck {
@@ -521,6 +529,19 @@ impl Tracked {
     /// Its client matched a `reclaim_first` rule.
     pub fn set_reclaim_first(&self) {
         self.entry.flags.fetch_or(RECLAIM_FIRST, Ordering::Relaxed);
+    }
+
+    /// Its close waits for the send queue (`true`), or no longer: then the
+    /// clock of its state restarts, the reaper's measure of what is left of
+    /// the close (see [`Registry::reap_lingering`]).
+    pub fn sending(&self, waits: bool) {
+        if waits {
+            self.entry.flags.fetch_or(SENDING, Ordering::Release);
+        } else {
+            let us = crate::clock::since(self.entry.started).as_micros() as u64;
+            self.entry.state_since_us.store(us, Ordering::Relaxed);
+            self.entry.flags.fetch_and(!SENDING, Ordering::Release);
+        }
     }
 
     pub fn set(&self, state: ClientState) {

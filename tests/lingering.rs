@@ -234,27 +234,58 @@ fn mib_backend(mut s: TcpStream) {
     while matches!(s.read(&mut b), Ok(n) if n > 0) {}
 }
 
+/// How the sleeping client of [`asleep_with_response_queued`] talks.
+#[derive(PartialEq)]
+enum Sleeper {
+    Plain,
+    /// Sends a line end 1 s into its sleep.
+    Pokes,
+    /// Over TLS, and asleep past `body_timeout` (1 s) too.
+    Tls,
+}
+
 /// A client whose program sleeps with its receive buffer full (as `curl
 /// --limit-rate` does after a fast start) while its response still sits in
 /// finguard's send queue: the lingering close times out with `on_timeout =
 /// "reset"`, yet the client's stack answers, so the rest is not thrown away
-/// by a reset: once awake, the client reads all of it, then EOF.
-#[test]
-fn a_client_asleep_with_its_response_queued_gets_all_of_it_after_the_close() {
+/// by a reset: once awake, the client reads all of it, then the end (TLS:
+/// `close_notify`). [`Sleeper::Pokes`] sends a line end 1 s into its sleep,
+/// while finguard waits for the queue (the lingering read saw 300 ms of
+/// silence 600 ms after the response; the wait lasts 3 s): read, it does
+/// not turn the close into a reset either. Over TLS the response also
+/// outlasts `body_timeout` in the queue, which aborted it before.
+fn asleep_with_response_queued(how: Sleeper) {
+    use std::io::Read;
     let (backend, _) = raw_backend(mib_backend);
-    let cfg = "[client]\nkeepalive_timeout = \"300ms\"\n[client.close]\nmode = \"lingering\"\n\
-               linger_time = \"1s\"\nlinger_timeout = \"300ms\"\non_timeout = \"reset\"\n\
-               [admin]\naddr = \"127.0.0.1:0\"\n";
-    let p = Proxy::start(cfg, backend);
+    let close = "[client]\nkeepalive_timeout = \"300ms\"\nbody_timeout = \"1s\"\n[client.close]\n\
+                 mode = \"lingering\"\nlinger_time = \"3s\"\nlinger_timeout = \"300ms\"\non_timeout = \"reset\"\n";
+    let pki = tls::pki();
+    let files = tls::files(&pki);
+    let p = if how == Sleeper::Tls {
+        Proxy::start_raw(&tls::tls_config(&files, close), &["--backend", &backend.to_string()])
+    } else {
+        Proxy::start(&format!("{close}[admin]\naddr = \"127.0.0.1:0\"\n"), backend)
+    };
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(64 * 1024).unwrap();
     sock.connect(&p.addr.into()).unwrap();
-    let mut c: TcpStream = sock.into();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let tcp: TcpStream = sock.into();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut c: Box<dyn ReadWrite> = if how == Sleeper::Tls {
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let conn = rustls::ClientConnection::new(tls::client(&pki), name).unwrap();
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
     c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let mut got = vec![0u8; 16 * 1024];
-    let first = std::io::Read::read(&mut c, &mut got).unwrap();
+    let first = c.read(&mut got).unwrap();
     got.truncate(first);
+    if how == Sleeper::Pokes {
+        std::thread::sleep(Duration::from_secs(1));
+        c.write_all(b"\r\n").unwrap();
+    }
     // Asleep until finguard's close has timed out and been decided.
     let timed_out = || {
         p.metric("finguard_lingering_closes_total{outcome=\"linger_timeout\"}")
@@ -267,7 +298,7 @@ fn a_client_asleep_with_its_response_queued_gets_all_of_it_after_the_close() {
     let mut end = None;
     let mut b = [0u8; 65536];
     while end.is_none() {
-        match std::io::Read::read(&mut c, &mut b) {
+        match c.read(&mut b) {
             Ok(0) => end = Some(Ok(())),
             Ok(n) => got.extend_from_slice(&b[..n]),
             Err(e) => end = Some(Err(e.kind())),
@@ -281,4 +312,71 @@ fn a_client_asleep_with_its_response_queued_gets_all_of_it_after_the_close() {
         body.iter().enumerate().all(|(i, &v)| v == (i % 251) as u8),
         "the body changed on the way"
     );
+}
+
+trait ReadWrite: std::io::Read + Write {}
+impl<T: std::io::Read + Write> ReadWrite for T {}
+
+#[test]
+fn a_client_asleep_with_its_response_queued_gets_all_of_it_after_the_close() {
+    asleep_with_response_queued(Sleeper::Plain);
+}
+
+#[test]
+fn a_client_that_sends_a_byte_while_its_response_is_queued_still_gets_all_of_it() {
+    asleep_with_response_queued(Sleeper::Pokes);
+}
+
+#[test]
+fn a_tls_client_asleep_past_body_timeout_with_its_response_queued_gets_all_of_it() {
+    asleep_with_response_queued(Sleeper::Tls);
+}
+
+/// A client that reads its response steadily (64 KiB every 250 ms through a
+/// 64 KiB receive buffer) well after finguard began closing: the close
+/// waits for the send queue while it drains, past `linger_time` and the
+/// reaper's limit (`linger_time` + `interval`), and the reaper leaves it
+/// alone: not counted as stuck, and every byte arrives, then EOF.
+#[test]
+fn a_close_waiting_for_a_steady_reader_is_not_reaped_as_stuck() {
+    use std::io::Read;
+    let (backend, _) = raw_backend(mib_backend);
+    let cfg = "[client]\nkeepalive_timeout = \"300ms\"\n[client.close]\nmode = \"lingering\"\n\
+               linger_time = \"1s\"\nlinger_timeout = \"300ms\"\non_timeout = \"reset\"\n\
+               [reaper]\ninterval = \"200ms\"\n[admin]\naddr = \"127.0.0.1:0\"\n";
+    let p = Proxy::start(cfg, backend);
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    sock.connect(&p.addr.into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let (mut got, mut b) = (Vec::new(), vec![0u8; 64 * 1024]);
+    let started = std::time::Instant::now();
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) => panic!("{e} after {} bytes, {:?}", got.len(), started.elapsed()),
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let head_len = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    assert_eq!(got.len() - head_len, MIB);
+    assert!(
+        started.elapsed() > Duration::from_millis(2500),
+        "read too fast to outlast the reaper's limit: {:?}",
+        started.elapsed()
+    );
+    let closes = || {
+        ["client_fin", "linger_timeout", "linger_time", "reset", "error"]
+            .iter()
+            .map(|o| p.metric(&format!("finguard_lingering_closes_total{{outcome=\"{o}\"}}")))
+            .sum::<f64>()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || closes() >= 1.0),
+        "the close did not end"
+    );
+    assert_eq!(p.metric("finguard_client_reaped_total{reason=\"linger_expired\"}"), 0.0);
 }

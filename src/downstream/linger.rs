@@ -27,11 +27,13 @@ const DRAIN_CHUNK: usize = 2048;
 /// Closes `stream` the way `settings` says. Returns how it ended and how many
 /// bytes were drained and discarded.
 /// `kill` ends the lingering early (the reaper's safety net): it counts as
-/// `linger_time` and follows `on_timeout`.
+/// `linger_time` and follows `on_timeout`. `sending` is told when the close
+/// begins to wait for the send queue (`true`) and when that wait is over.
 pub async fn close(
     mut stream: TcpStream,
     settings: &CloseSettings,
     kill: impl std::future::Future<Output = ()>,
+    sending: impl Fn(bool),
 ) -> (CloseOutcome, u64) {
     match settings.mode {
         CloseMode::Immediate => (CloseOutcome::Immediate, 0),
@@ -42,7 +44,7 @@ pub async fn close(
         CloseMode::Lingering => {
             // Already done after a TLS close_notify; the drain tells the rest.
             let _ = stream.shutdown().await;
-            let (outcome, drained) = tokio::select! {
+            let (outcome, mut drained) = tokio::select! {
                 r = drain(&mut stream, settings) => r,
                 () = kill => (CloseOutcome::LingerTime, 0),
             };
@@ -63,7 +65,11 @@ pub async fn close(
                 // call for it.
                 let queued = crate::sys::unsent_bytes(&stream).is_some_and(|q| q > 0);
                 if queued {
-                    if wait_sent(&stream, settings.linger_time).await {
+                    sending(true);
+                    let (queue_sent, more) = wait_sent_reading(&stream, settings.linger_time).await;
+                    sending(false);
+                    drained += more;
+                    if queue_sent {
                         let grace = CloseSettings {
                             linger_time: settings.linger_timeout,
                             ..*settings
@@ -139,6 +145,28 @@ pub async fn wait_sent(stream: &TcpStream, stall: Duration) -> bool {
     }
 }
 
+/// [`wait_sent`], reading and discarding what the client sends meanwhile
+/// (unread input would turn the close into a reset, and the queued
+/// response with it). Returns `wait_sent`'s answer and the bytes read.
+async fn wait_sent_reading(stream: &TcpStream, stall: Duration) -> (bool, u64) {
+    let sent = wait_sent(stream, stall);
+    tokio::pin!(sent);
+    let mut buf = [0u8; DRAIN_CHUNK];
+    let (mut drained, mut open) = (0u64, true);
+    loop {
+        tokio::select! {
+            biased;
+            done = &mut sent => return (done, drained),
+            r = stream.readable(), if open => match r.and_then(|()| stream.try_read(&mut buf)) {
+                Ok(0) => open = false,
+                Ok(n) => drained += n as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => open = false,
+            },
+        }
+    }
+}
+
 /// Closes with RST: `SO_LINGER {on, 0}` then close.
 pub fn abort(stream: TcpStream) {
     // Linger 0 never blocks: close() sends RST and returns at once.
@@ -178,7 +206,7 @@ mod tests {
     async fn a_silent_client_is_let_go_after_linger_timeout() {
         let (server, _client) = pair().await;
         let started = Instant::now();
-        let (outcome, drained) = close(server, &SETTINGS, std::future::pending()).await;
+        let (outcome, drained) = close(server, &SETTINGS, std::future::pending(), |_| ()).await;
         assert_eq!((outcome, drained), (CloseOutcome::LingerTimeout, 0));
         assert_eq!(started.elapsed(), SETTINGS.linger_timeout);
     }
@@ -193,7 +221,7 @@ mod tests {
             }
         });
         let started = Instant::now();
-        let (outcome, drained) = close(server, &SETTINGS, std::future::pending()).await;
+        let (outcome, drained) = close(server, &SETTINGS, std::future::pending(), |_| ()).await;
         assert_eq!(outcome, CloseOutcome::LingerTime);
         assert_eq!(started.elapsed(), SETTINGS.linger_time);
         assert!(drained >= 2900, "{drained}");
@@ -204,7 +232,7 @@ mod tests {
     async fn the_reapers_kill_ends_lingering_at_once() {
         let (server, _client) = pair().await;
         let started = Instant::now();
-        let (outcome, _) = close(server, &SETTINGS, std::future::ready(())).await;
+        let (outcome, _) = close(server, &SETTINGS, std::future::ready(()), |_| ()).await;
         assert_eq!(outcome, CloseOutcome::LingerTime);
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
@@ -276,7 +304,7 @@ mod tests {
         let (server, mut client) = pair().await;
         client.write_all(b"pipelined rest").await.unwrap();
         client.shutdown().await.unwrap();
-        let (outcome, drained) = close(server, &SETTINGS, std::future::pending()).await;
+        let (outcome, drained) = close(server, &SETTINGS, std::future::pending(), |_| ()).await;
         assert_eq!((outcome, drained), (CloseOutcome::ClientFin, 14));
     }
 }

@@ -687,15 +687,24 @@ pub(super) async fn finish<S: ClientStream>(
         }
     }
     // TLS: `close_notify` must not wait behind a response a slow reader is
-    // still taking. (Plain TCP: the lingering close looks at the send queue
-    // itself before a reset.)
-    if S::ENCRYPTED && !linger::wait_sent(stream.tcp(), ClientTimeouts::new(settings).gap).await {
+    // still taking. One that took nothing for `body_timeout` is aborted,
+    // unless its stack still answers (a program asleep with its buffer
+    // full): then it is closed as usual, and the lingering close hands what
+    // is still queued to the kernel rather than reset it. (Plain TCP: the
+    // lingering close looks at the send queue itself before a reset.)
+    if S::ENCRYPTED
+        && !linger::wait_sent(stream.tcp(), ClientTimeouts::new(settings).gap).await
+        && !crate::sys::peer_answers(stream.tcp())
+    {
         debug!(%peer, "client stopped reading; aborting");
         return abort(stream, metrics);
     }
     track.set(ClientState::Lingering);
     let tcp = stream.into_tcp().await;
-    let (outcome, drained) = linger::close(tcp, &settings.close, track.entry.kill_wanted()).await;
+    let (outcome, drained) = linger::close(tcp, &settings.close, track.entry.kill_wanted(), |waits| {
+        track.sending(waits)
+    })
+    .await;
     if track.entry.killed() {
         metrics.client_reaped();
     }

@@ -50,6 +50,6 @@ pub(super) async fn refuse(
         .await
         .is_ok()
     {
-        downstream::linger::close(stream, &close, std::future::pending()).await;
+        downstream::linger::close(stream, &close, std::future::pending(), |_| ()).await;
     }
 }
