@@ -538,17 +538,20 @@ impl Tracked {
         if waits {
             self.entry.flags.fetch_or(SENDING, Ordering::Release);
         } else {
-            let us = crate::clock::since(self.entry.started).as_micros() as u64;
-            self.entry.state_since_us.store(us, Ordering::Relaxed);
+            self.restart_state_clock();
             self.entry.flags.fetch_and(!SENDING, Ordering::Release);
         }
+    }
+
+    fn restart_state_clock(&self) {
+        let us = crate::clock::since(self.entry.started).as_micros() as u64;
+        self.entry.state_since_us.store(us, Ordering::Relaxed);
     }
 
     pub fn set(&self, state: ClientState) {
         let old = self.entry.state.swap(state as u8, Ordering::Relaxed);
         if old != state as u8 {
-            let us = crate::clock::since(self.entry.started).as_micros() as u64;
-            self.entry.state_since_us.store(us, Ordering::Relaxed);
+            self.restart_state_clock();
             tracing::trace!(peer = %self.entry.peer, from = ClientState::from_u8(old).as_str(), to = state.as_str(), "client state");
         }
     }

@@ -1042,10 +1042,7 @@ fn a_slow_but_steady_http1_reader_is_not_cut_off() {
     let b = body_backend(body.clone());
     let dir = temp_dir("steady");
     let p = Proxy::start(&config(&dir, "[client]\nbody_timeout = \"1s\""), b.addr);
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(16 * 1024).unwrap();
-    sock.connect(&p.addr.into()).unwrap();
-    let mut c: TcpStream = sock.into();
+    let mut c = connect_with_receive_buffer(p.addr, 16 * 1024);
     c.set_read_timeout(Some(LIMIT)).unwrap();
     c.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
     let mut buf = Vec::new();

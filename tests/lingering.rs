@@ -219,19 +219,20 @@ linger_time = "1s""#,
 const MIB: usize = 1024 * 1024;
 
 fn mib_backend(mut s: TcpStream) {
-    use std::io::Read;
-    let mut head = Vec::new();
-    let mut b = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&b[..n]),
+    let body: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
+    let mut buf = Vec::new();
+    while read_head(&mut s, &mut buf).is_some() {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {MIB}\r\n\r\n");
+        if s.write_all(head.as_bytes()).and_then(|()| s.write_all(&body)).is_err() {
+            return;
         }
     }
-    let body: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
-    let _ = s.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {MIB}\r\n\r\n").as_bytes());
-    let _ = s.write_all(&body);
-    while matches!(s.read(&mut b), Ok(n) if n > 0) {}
+}
+
+/// The body of the one response in `got`, a head and what followed it.
+fn body_of(got: &[u8]) -> &[u8] {
+    let head_len = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+    &got[head_len..]
 }
 
 /// How the sleeping client of [`asleep_with_response_queued`] talks.
@@ -266,10 +267,7 @@ fn asleep_with_response_queued(how: Sleeper) {
     } else {
         Proxy::start(&format!("{close}[admin]\naddr = \"127.0.0.1:0\"\n"), backend)
     };
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(64 * 1024).unwrap();
-    sock.connect(&p.addr.into()).unwrap();
-    let tcp: TcpStream = sock.into();
+    let tcp = connect_with_receive_buffer(p.addr, 64 * 1024);
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut c: Box<dyn ReadWrite> = if how == Sleeper::Tls {
         let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
@@ -304,9 +302,8 @@ fn asleep_with_response_queued(how: Sleeper) {
             Err(e) => end = Some(Err(e.kind())),
         }
     }
-    let head_len = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-    assert_eq!(end, Some(Ok(())), "after {} body bytes", got.len() - head_len);
-    let body = &got[head_len..];
+    let body = body_of(&got);
+    assert_eq!(end, Some(Ok(())), "after {} body bytes", body.len());
     assert_eq!(body.len(), MIB);
     assert!(
         body.iter().enumerate().all(|(i, &v)| v == (i % 251) as u8),
@@ -345,10 +342,7 @@ fn a_close_waiting_for_a_steady_reader_is_not_reaped_as_stuck() {
                linger_time = \"1s\"\nlinger_timeout = \"300ms\"\non_timeout = \"reset\"\n\
                [reaper]\ninterval = \"200ms\"\n[admin]\naddr = \"127.0.0.1:0\"\n";
     let p = Proxy::start(cfg, backend);
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.set_recv_buffer_size(64 * 1024).unwrap();
-    sock.connect(&p.addr.into()).unwrap();
-    let mut c: TcpStream = sock.into();
+    let mut c = connect_with_receive_buffer(p.addr, 64 * 1024);
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     let (mut got, mut b) = (Vec::new(), vec![0u8; 64 * 1024]);
@@ -361,8 +355,7 @@ fn a_close_waiting_for_a_steady_reader_is_not_reaped_as_stuck() {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    let head_len = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
-    assert_eq!(got.len() - head_len, MIB);
+    assert_eq!(body_of(&got).len(), MIB);
     assert!(
         started.elapsed() > Duration::from_millis(2500),
         "read too fast to outlast the reaper's limit: {:?}",

@@ -11,6 +11,16 @@ pub(super) enum BodyFraming {
     Chunked,
 }
 
+/// A connection to `addr` whose receive buffer is `size` bytes (set before
+/// the connect, so the window it announces is small from the start): a
+/// client that can hold only that much of a response it has not read.
+pub fn connect_with_receive_buffer(addr: SocketAddr, size: usize) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(size).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    sock.into()
+}
+
 /// Reads a head (through CRLF CRLF) from `s`, keeping extra bytes in `buf`.
 pub fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     loop {
