@@ -373,3 +373,95 @@ fn a_close_waiting_for_a_steady_reader_is_not_reaped_as_stuck() {
     );
     assert_eq!(p.metric("finguard_client_reaped_total{reason=\"linger_expired\"}"), 0.0);
 }
+
+/// Whether finguard, with `on_timeout`, answers a client whose host goes
+/// away ([`go_deaf`]) while 1 MiB of its response still sits in finguard's
+/// send queue.
+#[derive(PartialEq)]
+enum Gone {
+    /// Plain TCP, `on_timeout = "reset"`.
+    Reset,
+    /// Plain TCP, `on_timeout = "close"`.
+    Close,
+    /// TLS, `on_timeout = "reset"`.
+    Tls,
+}
+
+/// A client that takes the first bytes of a 1 MiB response, then whose host
+/// goes away: its stack no longer acknowledges or answers anything, so what
+/// finguard queued will never be taken. With `on_timeout = "reset"` the
+/// connection is reset once the close has waited for the queue (plain TCP:
+/// at the end of the lingering close; TLS: before `close_notify`, the queue
+/// having made no progress for `body_timeout`), and nothing is left of it in
+/// the kernel. With `on_timeout = "close"` the kernel is left an orphan in
+/// FIN_WAIT1 that retransmits to nobody for minutes: what the reset spares.
+/// (A client whose stack still answers, asleep, keeps its response instead:
+/// `asleep_with_response_queued`.)
+fn gone_with_response_queued(how: Gone) {
+    use std::io::Read;
+    let (backend, _) = raw_backend(mib_backend);
+    let on_timeout = if how == Gone::Close { "close" } else { "reset" };
+    let close = format!(
+        "[client]\nkeepalive_timeout = \"300ms\"\nbody_timeout = \"1s\"\n[client.close]\n\
+         mode = \"lingering\"\nlinger_time = \"1s\"\nlinger_timeout = \"300ms\"\non_timeout = \"{on_timeout}\"\n"
+    );
+    let pki = tls::pki();
+    let files = tls::files(&pki);
+    let p = if how == Gone::Tls {
+        Proxy::start_raw(&tls::tls_config(&files, &close), &["--backend", &backend.to_string()])
+    } else {
+        Proxy::start(&format!("{close}[admin]\naddr = \"127.0.0.1:0\"\n"), backend)
+    };
+    let tcp = connect_with_receive_buffer(p.addr, 64 * 1024);
+    let port = tcp.local_addr().unwrap().port();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let client_end = tcp.try_clone().unwrap();
+    let mut c: Box<dyn ReadWrite> = if how == Gone::Tls {
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let conn = rustls::ClientConnection::new(tls::client(&pki), name).unwrap();
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut b = vec![0u8; 16 * 1024];
+    assert!(c.read(&mut b).unwrap() > 0, "no response began");
+    go_deaf(&client_end);
+    // finguard's socket for this client, while it still has one.
+    let finguards = || tcp_sockets(p.port(), port);
+    assert!(
+        !finguards().is_empty(),
+        "finguard's socket is gone before the client went away"
+    );
+    if how == Gone::Close {
+        // Let go by finguard (inode 0), still in the kernel, still sending.
+        assert!(
+            wait_until(Duration::from_secs(10), || finguards() == vec![("FIN_WAIT1", 0)]),
+            "expected an orphan in FIN_WAIT1, found {:?}",
+            finguards()
+        );
+    } else {
+        assert!(
+            wait_until(Duration::from_secs(10), || finguards().is_empty()),
+            "finguard's socket is still there: {:?}",
+            finguards()
+        );
+    }
+    drop(c);
+    reset_and_drop(client_end);
+}
+
+#[test]
+fn a_client_whose_host_went_away_with_its_response_queued_is_reset() {
+    gone_with_response_queued(Gone::Reset);
+}
+
+#[test]
+fn a_client_whose_host_went_away_is_left_to_the_kernel_with_on_timeout_close() {
+    gone_with_response_queued(Gone::Close);
+}
+
+#[test]
+fn a_tls_client_whose_host_went_away_with_its_response_queued_is_reset() {
+    gone_with_response_queued(Gone::Tls);
+}

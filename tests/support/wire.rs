@@ -21,6 +21,28 @@ pub fn connect_with_receive_buffer(addr: SocketAddr, size: usize) -> TcpStream {
     sock.into()
 }
 
+/// The client's host goes away: from now on its stack drops every segment
+/// that arrives for `s` (a socket filter that accepts nothing), so nothing
+/// finguard sends is acknowledged or answered, as after a power cut or a
+/// broken network. [`reset_and_drop`] ends such a socket without leaving
+/// the test's own kernel an orphan.
+pub fn go_deaf(s: &TcpStream) {
+    // Classic BPF `ret #0`: accept zero bytes of every packet.
+    let drop_all = libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    socket2::SockRef::from(s).attach_filter(&[drop_all]).unwrap();
+}
+
+/// Closes `s` with a reset (`SO_LINGER` 0): the socket is gone at once,
+/// whatever its peer did or did not acknowledge.
+pub fn reset_and_drop(s: TcpStream) {
+    socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO)).unwrap();
+}
+
 /// Reads a head (through CRLF CRLF) from `s`, keeping extra bytes in `buf`.
 pub fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
     loop {
