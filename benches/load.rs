@@ -742,6 +742,24 @@ fn med(samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>, w: Workload, p: Proxy
     }
 }
 
+/// The spread of `p`'s req/s over nginx's, round by round (in a round, a
+/// workload's cells run one after the other, seconds apart): a row whose
+/// range spans 1.00 is within this machine's noise, whatever its median
+/// says.
+fn round_ratios(samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>, w: Workload, p: Proxy) -> String {
+    let (Some(mine), Some(nginx)) = (samples.get(&(w, p)), samples.get(&(w, Proxy::Nginx))) else {
+        return "-".to_string();
+    };
+    let ratios: Vec<f64> = mine.iter().zip(nginx).map(|(m, n)| m.rps / n.rps.max(1e-9)).collect();
+    let min = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if ratios.is_empty() {
+        "-".to_string()
+    } else {
+        format!("{min:.2}–{max:.2}")
+    }
+}
+
 fn render(
     samples: &BTreeMap<(Workload, Proxy), Vec<Sample>>,
     rss: &BTreeMap<Proxy, (Rss, Option<Rss>)>,
@@ -756,9 +774,9 @@ fn render(
     );
     let _ = writeln!(
         o,
-        "| workload | proxy | req/s | × nginx | p50 ms | p99 ms | p99 × nginx | proxy CPU µs/req | CPU × nginx | backend conns / 1k req |"
+        "| workload | proxy | req/s | × nginx | × nginx by round (min–max) | p50 ms | p99 ms | p99 × nginx | proxy CPU µs/req | CPU × nginx | backend conns / 1k req |"
     );
-    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for w in Workload::ALL {
         let n = med(samples, w, Proxy::Nginx);
         for p in Proxy::ALL {
@@ -768,11 +786,12 @@ fn render(
             let s = med(samples, w, p);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
+                "| {} | {} | {} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} |",
                 w.name(),
                 p.name(),
                 rate(s.rps),
                 s.rps / n.rps.max(1e-9),
+                round_ratios(samples, w, p),
                 s.p50_ms,
                 s.p99_ms,
                 s.p99_ms / n.p99_ms.max(1e-9),
