@@ -286,12 +286,22 @@ impl Registry {
     /// When `shutdown_timeout` ran out: every connection still reading a
     /// request or serving one is made to close with RST when the process
     /// exits (a clean close would pass a cut response off as whole, one
-    /// that ends at the close above all); returns how many.
+    /// that ends at the close above all); so is a lingering one whose
+    /// client's stack no longer answers ([`crate::sys::peer_answers`]: its
+    /// FIN or the end of its response unacknowledged, retransmitted to
+    /// nobody), which the exit would otherwise leave the kernel as an
+    /// orphan for minutes. A lingering client that still answers keeps the
+    /// plain close: the kernel delivers what is queued. Returns how many.
     pub fn reset_in_flight(&self) -> usize {
         let mut n = 0;
         for e in self.lock().values() {
             let fd = e.fd.load(Ordering::Relaxed);
-            if fd >= 0 && matches!(e.state(), ClientState::Reading | ClientState::Active) {
+            let reset = match e.state() {
+                ClientState::Reading | ClientState::Active => true,
+                ClientState::Lingering => !crate::sys::peer_answers(&fd),
+                _ => false,
+            };
+            if fd >= 0 && reset {
                 crate::sys::reset_on_close(fd);
                 n += 1;
             }

@@ -511,18 +511,29 @@ async fn serve_tls(
     tls: crate::tls::TlsSettings,
     slot: crate::shared::Slot,
 ) {
-    // A statement of its own: the handshake's state is gone before serving.
-    let s = match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "TLS handshake failed");
-            // The socket went with the handshake future: closed, with RST
-            // if the client's bytes were unread.
-            return shared.metrics.tls_handshake(TlsHandshake::Error);
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake not finished within handshake_timeout");
-            return shared.metrics.tls_handshake(TlsHandshake::Timeout);
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+    // A block of its own: the handshake's state is gone before serving.
+    let s = {
+        let accept = tls.acceptor.accept(stream);
+        tokio::pin!(accept);
+        match tokio::time::timeout(tls.handshake_timeout, accept.as_mut()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "TLS handshake failed");
+                // The socket went with the handshake future: closed, with RST
+                // if the client's bytes were unread.
+                return shared.metrics.tls_handshake(TlsHandshake::Error);
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake not finished within handshake_timeout");
+                // Reset, not closed: nothing is owed to a client that did not
+                // finish its handshake, and a plain close left the kernel an
+                // orphan retransmitting finguard's flight (or its FIN) for
+                // minutes to a client whose host had gone. `accept` still owns
+                // the socket, and closes it as it is dropped here.
+                crate::sys::reset_on_close(fd);
+                return shared.metrics.tls_handshake(TlsHandshake::Timeout);
+            }
         }
     };
     shared.metrics.tls_handshake(TlsHandshake::Ok);

@@ -9,7 +9,9 @@ use std::os::fd::AsRawFd;
 /// Makes the socket behind `fd` close with RST (`SO_LINGER {on, 0}`): for
 /// the client connections still in flight when `shutdown_timeout` ends the
 /// process, whose responses must not end in a clean close that would pass
-/// them off as whole. Failures (the connection closed meanwhile) are ignored.
+/// them off as whole, and for a TLS handshake that timed out (its socket
+/// still held by the handshake). Failures (the connection closed
+/// meanwhile) are ignored.
 pub fn reset_on_close(fd: std::os::fd::RawFd) {
     let linger = libc::linger {
         l_onoff: 1,
@@ -79,6 +81,19 @@ pub fn tcp_closed(sock: &impl AsRawFd) -> bool {
 /// went away does not, and its probes pile up.
 pub fn peer_answers(sock: &impl AsRawFd) -> bool {
     tcp_info(sock).is_some_and(|i| i.tcpi_state != TCP_CLOSE && i.tcpi_probes <= 1 && i.tcpi_retransmits == 0)
+}
+
+/// Whether the peer's host is gone: what was sent to it waits for an
+/// acknowledgement (a retransmission, or a probe of its shut window after
+/// another, went unanswered) and nothing at all came back from it for
+/// `silent`, or the connection is over. A peer that reads nothing but whose
+/// stack answers (its window shut, its probes acknowledged) is not gone;
+/// nor is one with nothing to acknowledge.
+pub fn peer_gone(sock: &impl AsRawFd, silent: std::time::Duration) -> bool {
+    tcp_info(sock).is_some_and(|i| {
+        let waits = i.tcpi_retransmits > 0 || i.tcpi_probes > 1;
+        i.tcpi_state == TCP_CLOSE || (waits && u128::from(i.tcpi_last_ack_recv) >= silent.as_millis())
+    })
 }
 
 fn tcp_info(sock: &impl AsRawFd) -> Option<libc::tcp_info> {

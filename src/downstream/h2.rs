@@ -50,6 +50,7 @@ use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -208,6 +209,7 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         .max_header_list_size(u32::try_from(list_limit).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .keep_alive_interval(None);
+    let fd = stream.tcp().as_raw_fd();
     let h2 = builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(h2);
     let gap = conn.timeouts().gap;
@@ -216,7 +218,7 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         () = conn.goaway.notified() => false,
         () = shared.draining.cancelled() => false,
         () = quiet_for(conn, conn.started, || conn.idle_limit()) => false,
-        () = stall_watch(conn, gap) => true,
+        () = stall_watch(conn, gap, fd) => true,
     };
     // GOAWAY, then the open streams run to their end (or stall). A
     // connection that stalled gets GOAWAY too: a client that only kept one
@@ -240,7 +242,7 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         // (`linger_timeout` may be, outside the lingering mode).
         biased;
         _ = h2.as_mut() => false,
-        () = stall_watch(conn, stall_limit) => {
+        () = stall_watch(conn, stall_limit, fd) => {
             debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; aborting");
             true
         }
@@ -306,13 +308,27 @@ const STALL_LOOKS: u32 = 8;
 /// with no frame taken on any stream meanwhile. A stream reset for its
 /// stall still counts as waiting (until a frame is taken): its reset
 /// alone must not let a client that took nothing keep the connection.
-async fn stall_watch(conn: &H2Conn, limit: Duration) {
+/// Also when the client's host went away (`fd`, looked at every half
+/// `limit` while frames are taken: [`crate::sys::peer_gone`] with `limit`
+/// of silence): frames of a trickling response still go into the kernel's
+/// buffer for it, so none waits, and the connection would be held until the
+/// kernel gave up its retransmissions, about 15 minutes.
+async fn stall_watch(conn: &H2Conn, limit: Duration, fd: RawFd) {
     let step = (limit / STALL_LOOKS).max(Duration::from_millis(10));
     let mut last = conn.sent.load(Ordering::Relaxed);
     let mut since = Instant::now();
+    let (mut steps, mut looked_at) = (0, last);
     loop {
         tokio::time::sleep(step).await;
         let now = conn.sent.load(Ordering::Relaxed);
+        steps += 1;
+        if steps == STALL_LOOKS / 2 {
+            steps = 0;
+            if now != looked_at && crate::sys::peer_gone(&fd, limit) {
+                return;
+            }
+            looked_at = now;
+        }
         let waiting = conn.waiting_client.load(Ordering::Acquire) > 0
             || conn.reset_stalled_at.load(Ordering::Acquire) == now.wrapping_add(1);
         if now != last || !waiting {

@@ -8,7 +8,8 @@
 //! have closed, when neither direction moved for `upgrade_idle_timeout`, or
 //! when a side stops reading: a write that makes no progress for that same
 //! time ends it, so a peer that floods one that does not read cannot pin the
-//! task and both sockets.
+//! task and both sockets; or when a side's host went away (its stack
+//! acknowledges nothing), which heartbeats from the other side would hide.
 
 use crate::metrics::TunnelEnd;
 use crate::registry::Entry;
@@ -16,6 +17,7 @@ use crate::stream::ClientStream;
 use crate::upstream::RawConn;
 use bytes::BytesMut;
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -35,9 +37,10 @@ pub async fn run<S: ClientStream>(
     idle: Duration,
     entry: &Entry,
 ) -> TunnelEnd {
+    let peers = [client.tcp().as_raw_fd(), conn.stream.as_raw_fd()];
     let backend = &mut conn.stream;
     let end = match tokio::time::timeout(idle, backend.write_all(&pending)).await {
-        Ok(Ok(())) => pump(&mut client, backend, idle, entry).await,
+        Ok(Ok(())) => pump(&mut client, backend, idle, peers, entry).await,
         Ok(Err(_)) => TunnelEnd::Error,
         Err(_) => TunnelEnd::Stalled,
     };
@@ -52,8 +55,9 @@ pub async fn run<S: ClientStream>(
 }
 
 /// Copies both ways, each direction on its own, until both sides have
-/// closed, one fails, or the watch says the tunnel is idle or stalled.
-async fn pump<A, B>(client: &mut A, backend: &mut B, idle: Duration, entry: &Entry) -> TunnelEnd
+/// closed, one fails, or the watch says the tunnel is idle or stalled
+/// (`peers`: the two sockets, client first, whose hosts it looks after).
+async fn pump<A, B>(client: &mut A, backend: &mut B, idle: Duration, peers: [RawFd; 2], entry: &Entry) -> TunnelEnd
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -67,7 +71,7 @@ where
             Err(_) if clock.client_reset.load(Ordering::Relaxed) => TunnelEnd::ClientReset,
             Err(_) => TunnelEnd::Error,
         },
-        end = clock.watch(idle) => end,
+        end = clock.watch(idle, peers) => end,
     }
 }
 
@@ -128,8 +132,14 @@ impl Clock {
     }
 
     /// Ends the tunnel when a write waited `idle` (stalled) or, with no write
-    /// waiting, when nothing moved for `idle`.
-    async fn watch(&self, idle: Duration) -> TunnelEnd {
+    /// waiting, when nothing moved for `idle`; and when the host of either
+    /// side went away (looked at every half `idle`: [`crate::sys::peer_gone`]
+    /// with `idle` of silence): the other side's messages (a backend's
+    /// heartbeats) still go into the kernel's buffer for it, so neither a
+    /// write waits nor the tunnel falls silent, and it would be held until
+    /// the kernel gave up its retransmissions, about 15 minutes.
+    async fn watch(&self, idle: Duration, peers: [RawFd; 2]) -> TunnelEnd {
+        let mut look = Instant::now() + idle / 2;
         loop {
             let oldest_write = self
                 .blocked
@@ -146,12 +156,19 @@ impl Clock {
                     TunnelEnd::IdleTimeout,
                 ),
             };
-            if Instant::now() >= due {
+            let now = Instant::now();
+            if now >= due {
                 return end;
+            }
+            if now >= look {
+                if peers.iter().any(|fd| crate::sys::peer_gone(fd, idle)) {
+                    return TunnelEnd::Stalled;
+                }
+                look = now + idle / 2;
             }
             // Whatever moves meanwhile only pushes the deadline later: waking
             // at `due` and looking again never oversleeps one.
-            tokio::time::sleep_until(due).await;
+            tokio::time::sleep_until(due.min(look)).await;
         }
     }
 }
@@ -245,7 +262,8 @@ mod tests {
         let track = Arc::new(Registry::new()).open("127.0.0.1:1".parse().unwrap());
         let run = tokio::spawn(async move {
             let start = Instant::now();
-            let end = pump(&mut near_client, &mut near_backend, IDLE, &track.entry).await;
+            // In-memory pipes: no socket whose host could go away.
+            let end = pump(&mut near_client, &mut near_backend, IDLE, [-1, -1], &track.entry).await;
             (end, start.elapsed())
         });
         (client, backend, run)

@@ -545,6 +545,7 @@ fn relay<'a, S: ClientStream>(
         let decode = shaped.client_body == ClientBody::ChunkedDecode;
         let mut scratch = Vec::new();
         let mut head_pending = true;
+        let mut heard = Heard::new(client.tcp().as_raw_fd(), t.client.gap);
         loop {
             scratch.clear();
             let wire: &[u8] = resp;
@@ -594,6 +595,9 @@ fn relay<'a, S: ClientStream>(
                 write_client(client, part, &t.client, entry)
                     .await
                     .map_err(|()| Relay::Client)?;
+                if heard.gone() {
+                    return Err(Relay::Client);
+                }
             }
             let Some(backend) = bc.as_mut().filter(|_| !done) else {
                 return Ok(());
@@ -620,13 +624,53 @@ async fn drain_spool<S: ClientStream>(
     write_head_and(client, head, part, t, entry)
         .await
         .map_err(|()| Relay::Client)?;
+    let mut heard = Heard::new(client.tcp().as_raw_fd(), t.gap);
     while let Some(next) = reader.next().await {
         let bytes = next.map_err(Relay::Backend)?;
         write_client(client, &bytes, t, entry)
             .await
             .map_err(|()| Relay::Client)?;
+        if heard.gone() {
+            return Err(Relay::Client);
+        }
     }
     Ok(())
+}
+
+/// Whether the client of a long response is still there, looked at
+/// ([`crate::sys::peer_gone`], `body_timeout` of silence) at most once per
+/// half `body_timeout`, after a write. Writes that go straight into the
+/// kernel's buffer (a trickle, or a spool fed slowly) never wait, so a
+/// client whose host went away would otherwise hold the exchange, and its
+/// backend connection, until the kernel gave up its retransmissions
+/// (`tcp_retries2`: about 15 minutes). A response of one write never looks.
+struct Heard {
+    fd: std::os::fd::RawFd,
+    silent: Duration,
+    next: Instant,
+}
+
+impl Heard {
+    fn new(fd: std::os::fd::RawFd, silent: Duration) -> Self {
+        Heard {
+            fd,
+            silent,
+            next: crate::clock::now() + silent / 2,
+        }
+    }
+
+    fn gone(&mut self) -> bool {
+        let now = crate::clock::now();
+        if now < self.next {
+            return false;
+        }
+        self.next = now + self.silent / 2;
+        let gone = crate::sys::peer_gone(&self.fd, self.silent);
+        if gone {
+            debug!("the client's host no longer answers");
+        }
+        gone
+    }
 }
 
 /// Reads the next part of the response body; `true` when the body ended
