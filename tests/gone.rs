@@ -222,3 +222,49 @@ fn a_client_gone_when_the_process_exits_leaves_no_orphan() {
     );
     reset_and_drop(c);
 }
+
+/// A client out of reach for longer than `body_timeout` in the middle of a
+/// trickling response (a network outage): finguard lets go of the exchange
+/// (its backend connection is freed while the client is away), but with a
+/// plain close the kernel keeps trying to deliver: once back, within
+/// `linger_time`, the client gets what was queued and then the end (a FIN:
+/// the chunked body is seen cut short), where a reset, sent once while it
+/// was away, would have left it waiting for bytes that never come.
+#[test]
+fn a_client_back_from_an_outage_learns_that_its_response_was_cut() {
+    let (backend, _) = raw_backend(trickle_backend);
+    let p = Proxy::start(
+        "[client]\nbody_timeout = \"1s\"\n[client.close]\nlinger_time = \"8s\"\nlinger_timeout = \"300ms\"\n",
+        backend,
+    );
+    let mut c = p.connect();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"GET /nobuf HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let head = read_head(&mut c, &mut got).expect("a response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    while !got.windows(5).any(|w| w == b"hello") {
+        let mut b = [0u8; 512];
+        let n = c.read(&mut b).unwrap();
+        assert!(n > 0, "the response ended early");
+        got.extend_from_slice(&b[..n]);
+    }
+    go_deaf(&c);
+    // Let go while the client is away: its backend connection is freed.
+    assert!(
+        wait_until(BOUND, || !tcp_states(0, backend.port()).contains(&"ESTABLISHED")),
+        "finguard still holds the backend connection: {:?}",
+        tcp_states(0, backend.port())
+    );
+    hear_again(&c);
+    let end = loop {
+        let mut b = [0u8; 4096];
+        match c.read(&mut b) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&b[..n]),
+            Err(e) => break Err(e.kind()),
+        }
+    };
+    assert_eq!(end, Ok(()), "no end after {} bytes", got.len());
+    assert!(!got.windows(5).any(|w| w == b"0\r\n\r\n"), "the cut body looks whole");
+}

@@ -171,8 +171,10 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
         flood: Notify::new(),
         idle: Notify::new(),
     });
-    if drive(&mut stream, &conn, &shared).await {
-        return super::abort(stream, &shared.metrics);
+    match drive(&mut stream, &conn, &shared).await {
+        Driven::Abort => return super::abort(stream, &shared.metrics),
+        Driven::Gone => return super::let_go(stream, &conn.settings(), &shared.metrics),
+        Driven::Close => {}
     }
     let settings = conn.settings();
     Box::pin(super::finish(
@@ -186,10 +188,19 @@ pub async fn serve<S: ClientStream>(mut stream: S, peer: SocketAddr, shared: Arc
     .await;
 }
 
+/// How an HTTP/2 connection is to be closed once [`drive`] is done with it.
+enum Driven {
+    /// The configured close.
+    Close,
+    /// Aborted: the client stopped taking responses, or ignores GOAWAY.
+    Abort,
+    /// Let go (`super::let_go`): the client's host stopped answering.
+    Gone,
+}
+
 /// Runs the HTTP/2 connection until it ends, or GOAWAY (policy, limits,
-/// drain, idle) and its open streams end. Returns `true` when the connection
-/// is to be aborted: the client stopped taking responses, or ignores GOAWAY.
-async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Shared) -> bool {
+/// drain, idle) and its open streams end.
+async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Shared) -> Driven {
     let svc = {
         let conn = conn.clone();
         hyper::service::service_fn(move |req| {
@@ -214,11 +225,17 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
     tokio::pin!(h2);
     let gap = conn.timeouts().gap;
     let stalled = tokio::select! {
-        _ = h2.as_mut() => return false,
+        _ = h2.as_mut() => return Driven::Close,
         () = conn.goaway.notified() => false,
         () = shared.draining.cancelled() => false,
         () = quiet_for(conn, conn.started, || conn.idle_limit()) => false,
-        () = stall_watch(conn, gap, fd) => true,
+        gone = stall_watch(conn, gap, fd) => {
+            if gone {
+                debug!(peer = %conn.peer, "the HTTP/2 client's host no longer answers; letting go");
+                return Driven::Gone;
+            }
+            true
+        }
     };
     // GOAWAY, then the open streams run to their end (or stall). A
     // connection that stalled gets GOAWAY too: a client that only kept one
@@ -241,18 +258,22 @@ async fn drive<S: ClientStream>(stream: &mut S, conn: &Arc<H2Conn>, shared: &Sha
         // h2 first: GOAWAY is written even when the wait below is zero
         // (`linger_timeout` may be, outside the lingering mode).
         biased;
-        _ = h2.as_mut() => false,
-        () = stall_watch(conn, stall_limit, fd) => {
+        _ = h2.as_mut() => Driven::Close,
+        gone = stall_watch(conn, stall_limit, fd) => {
+            if gone {
+                debug!(peer = %conn.peer, "the HTTP/2 client's host no longer answers; letting go");
+                return Driven::Gone;
+            }
             debug!(peer = %conn.peer, "HTTP/2 client stopped taking responses; aborting");
-            true
+            Driven::Abort
         }
         () = conn.flood.notified() => {
             debug!(peer = %conn.peer, "HTTP/2 client opens streams past GOAWAY; aborting");
-            true
+            Driven::Abort
         }
         () = ack_wait(conn, goaway) => {
             debug!(peer = %conn.peer, "HTTP/2 client did not ack GOAWAY's PING; closing");
-            false
+            Driven::Close
         }
     }
 }
@@ -312,8 +333,9 @@ const STALL_LOOKS: u32 = 8;
 /// `limit` while frames are taken: [`crate::sys::peer_gone`] with `limit`
 /// of silence): frames of a trickling response still go into the kernel's
 /// buffer for it, so none waits, and the connection would be held until the
-/// kernel gave up its retransmissions, about 15 minutes.
-async fn stall_watch(conn: &H2Conn, limit: Duration, fd: RawFd) {
+/// kernel gave up its retransmissions, about 15 minutes. Returns whether
+/// that is why.
+async fn stall_watch(conn: &H2Conn, limit: Duration, fd: RawFd) -> bool {
     let step = (limit / STALL_LOOKS).max(Duration::from_millis(10));
     let mut last = conn.sent.load(Ordering::Relaxed);
     let mut since = Instant::now();
@@ -325,7 +347,7 @@ async fn stall_watch(conn: &H2Conn, limit: Duration, fd: RawFd) {
         if steps == STALL_LOOKS / 2 {
             steps = 0;
             if now != looked_at && crate::sys::peer_gone(&fd, limit) {
-                return;
+                return true;
             }
             looked_at = now;
         }
@@ -335,7 +357,7 @@ async fn stall_watch(conn: &H2Conn, limit: Duration, fd: RawFd) {
             last = now;
             since = Instant::now();
         } else if since.elapsed() >= limit {
-            return;
+            return false;
         }
     }
 }

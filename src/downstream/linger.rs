@@ -174,6 +174,19 @@ pub fn abort(stream: TcpStream) {
     drop(stream);
 }
 
+/// Closes `stream` to a peer whose host stopped answering
+/// ([`crate::sys::peer_gone`]): a plain close, so that the kernel keeps
+/// retransmitting what is queued, and the FIN, to a peer that was only out
+/// of reach (a network outage) and comes back; bounded by
+/// `TCP_USER_TIMEOUT` (`within`, counted from the first unanswered
+/// retransmission), past which the kernel drops the orphan without a word.
+/// A reset would go out once, be lost while the peer is out of reach, and
+/// leave a client that comes back waiting for bytes that never come.
+pub fn let_go(stream: TcpStream, within: Duration) {
+    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(within));
+    drop(stream);
+}
+
 /// `SO_LINGER {on, t}` makes `close()` block up to `t` even on a non-blocking
 /// socket, so the close runs on the blocking pool, never on a reactor thread.
 async fn close_so_linger(stream: TcpStream, t: Duration) {

@@ -47,6 +47,9 @@ pub(super) enum Ending {
     Reply(u16, &'static str),
     /// A response could not be completed: RST, so that it never looks whole.
     Abort,
+    /// The client's host stopped answering: a plain close bounded by
+    /// `TCP_USER_TIMEOUT` (`linger::let_go`), no lingering.
+    LetGo,
     /// The backend switched protocols: tunnel bytes both ways (the bytes
     /// the client sent past its request go first).
     Tunnel(crate::upstream::RawConn, BytesMut),
@@ -371,6 +374,7 @@ async fn serve_request<S: ClientStream>(
         exchange::Next::KeepAlive => None,
         exchange::Next::Tunnel(bc) => Some(Ending::Tunnel(bc, std::mem::take(buf))),
         exchange::Next::Abort => Some(Ending::Abort),
+        exchange::Next::LetGo => Some(Ending::LetGo),
         _ => Some(Ending::Close),
     }
 }
@@ -605,6 +609,20 @@ async fn evicted<S: ClientStream>(stream: S, shared: &Shared, track: &registry::
 
 /// Ends a connection with RST (no TLS `close_notify`: nothing may look
 /// complete), counted as an `error` close.
+/// Lets go of a client whose host stopped answering after `body_timeout`
+/// of silence: the kernel keeps trying to deliver what is queued, and the
+/// end, for `linger_time` more (counted from the first unanswered
+/// retransmission, so `body_timeout` plus `linger_time` in all).
+pub(super) fn let_go<S: ClientStream>(
+    stream: S,
+    settings: &crate::config::ClientSettings,
+    metrics: &crate::metrics::Metrics,
+) {
+    let within = ClientTimeouts::new(settings).gap + settings.close.linger_time;
+    linger::let_go(stream.into_tcp_abort(), within);
+    metrics.closed(CloseOutcome::Error, 0);
+}
+
 pub(super) fn abort<S: ClientStream>(stream: S, metrics: &crate::metrics::Metrics) {
     linger::abort(stream.into_tcp_abort());
     metrics.closed(CloseOutcome::Error, 0);
@@ -658,7 +676,15 @@ pub(super) async fn finish<S: ClientStream>(
     let ending = match ending {
         Ending::Tunnel(conn, pending) => {
             let t = ClientTimeouts::new(settings);
-            let end = tunnel::run(stream, conn, pending, t.upgrade_idle, &track.entry).await;
+            let end = tunnel::run(
+                stream,
+                conn,
+                pending,
+                t.upgrade_idle,
+                settings.close.linger_time,
+                &track.entry,
+            )
+            .await;
             metrics.tunnel_closed(end);
             trace!(%peer, outcome = end.as_str(), "tunnel closed");
             return;
@@ -671,6 +697,9 @@ pub(super) async fn finish<S: ClientStream>(
     if let Ending::Abort = ending {
         trace!(%peer, "aborting the client connection");
         return abort(stream, metrics);
+    }
+    if let Ending::LetGo = ending {
+        return let_go(stream, settings, metrics);
     }
     if let Ending::ClientClosed = ending {
         trace!(%peer, "client closed an idle connection");

@@ -29,25 +29,33 @@ const CHUNK: usize = 8 * 1024;
 
 /// Tunnels until both sides closed, one failed or stalled, or neither
 /// direction moved for `idle`. `conn` keeps its backend pool slot until the
-/// tunnel ends; a tunnel that did not end cleanly resets both sockets.
+/// tunnel ends; a tunnel that did not end cleanly resets both sockets, but
+/// for a side whose host stopped answering: that one is let go
+/// (`linger::let_go`, for `idle` and `grace` from its silence on).
 pub async fn run<S: ClientStream>(
     mut client: S,
     mut conn: RawConn,
     pending: BytesMut,
     idle: Duration,
+    grace: Duration,
     entry: &Entry,
 ) -> TunnelEnd {
     let peers = [client.tcp().as_raw_fd(), conn.stream.as_raw_fd()];
     let backend = &mut conn.stream;
-    let end = match tokio::time::timeout(idle, backend.write_all(&pending)).await {
+    let (end, gone) = match tokio::time::timeout(idle, backend.write_all(&pending)).await {
         Ok(Ok(())) => pump(&mut client, backend, idle, peers, entry).await,
-        Ok(Err(_)) => TunnelEnd::Error,
-        Err(_) => TunnelEnd::Stalled,
+        Ok(Err(_)) => (TunnelEnd::Error, [false; 2]),
+        Err(_) => (TunnelEnd::Stalled, [false; 2]),
     };
     if end != TunnelEnd::Closed {
-        // Idle, stalled or broken: no orphan left behind on either side.
-        super::linger::abort(client.into_tcp_abort());
-        super::linger::abort(conn.stream);
+        // Idle, stalled or broken: no orphan left behind on either side,
+        // but what the kernel still tries to deliver to a side out of reach.
+        let close = |tcp, gone| match gone {
+            true => super::linger::let_go(tcp, idle + grace),
+            false => super::linger::abort(tcp),
+        };
+        close(client.into_tcp_abort(), gone[Side::Client as usize]);
+        close(conn.stream, gone[Side::Backend as usize]);
         return end;
     }
     drop(client.into_tcp().await);
@@ -57,7 +65,14 @@ pub async fn run<S: ClientStream>(
 /// Copies both ways, each direction on its own, until both sides have
 /// closed, one fails, or the watch says the tunnel is idle or stalled
 /// (`peers`: the two sockets, client first, whose hosts it looks after).
-async fn pump<A, B>(client: &mut A, backend: &mut B, idle: Duration, peers: [RawFd; 2], entry: &Entry) -> TunnelEnd
+/// Also returns which sides' hosts stopped answering.
+async fn pump<A, B>(
+    client: &mut A,
+    backend: &mut B,
+    idle: Duration,
+    peers: [RawFd; 2],
+    entry: &Entry,
+) -> (TunnelEnd, [bool; 2])
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -67,9 +82,9 @@ where
     let mut b = Watched::new(backend, Side::Backend, &clock, &entry.bytes_out);
     tokio::select! {
         r = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, CHUNK, CHUNK) => match r {
-            Ok(_) => TunnelEnd::Closed,
-            Err(_) if clock.client_reset.load(Ordering::Relaxed) => TunnelEnd::ClientReset,
-            Err(_) => TunnelEnd::Error,
+            Ok(_) => (TunnelEnd::Closed, [false; 2]),
+            Err(_) if clock.client_reset.load(Ordering::Relaxed) => (TunnelEnd::ClientReset, [false; 2]),
+            Err(_) => (TunnelEnd::Error, [false; 2]),
         },
         end = clock.watch(idle, peers) => end,
     }
@@ -138,7 +153,7 @@ impl Clock {
     /// heartbeats) still go into the kernel's buffer for it, so neither a
     /// write waits nor the tunnel falls silent, and it would be held until
     /// the kernel gave up its retransmissions, about 15 minutes.
-    async fn watch(&self, idle: Duration, peers: [RawFd; 2]) -> TunnelEnd {
+    async fn watch(&self, idle: Duration, peers: [RawFd; 2]) -> (TunnelEnd, [bool; 2]) {
         let mut look = Instant::now() + idle / 2;
         loop {
             let oldest_write = self
@@ -158,11 +173,12 @@ impl Clock {
             };
             let now = Instant::now();
             if now >= due {
-                return end;
+                return (end, [false; 2]);
             }
             if now >= look {
-                if peers.iter().any(|fd| crate::sys::peer_gone(fd, idle)) {
-                    return TunnelEnd::Stalled;
+                let gone = peers.map(|fd| crate::sys::peer_gone(&fd, idle));
+                if gone.contains(&true) {
+                    return (TunnelEnd::Stalled, gone);
                 }
                 look = now + idle / 2;
             }
@@ -263,7 +279,7 @@ mod tests {
         let run = tokio::spawn(async move {
             let start = Instant::now();
             // In-memory pipes: no socket whose host could go away.
-            let end = pump(&mut near_client, &mut near_backend, IDLE, [-1, -1], &track.entry).await;
+            let (end, _) = pump(&mut near_client, &mut near_backend, IDLE, [-1, -1], &track.entry).await;
             (end, start.elapsed())
         });
         (client, backend, run)

@@ -82,6 +82,10 @@ pub enum Next {
     Close,
     /// RST: a response could not be completed and must not look whole.
     Abort,
+    /// The client's host stopped answering in the middle of a response:
+    /// let go of it with a plain close the kernel keeps trying to deliver
+    /// for a while (`linger::let_go`).
+    LetGo,
     /// The backend switched protocols: tunnel bytes both ways.
     Tunnel(RawConn),
 }
@@ -304,6 +308,10 @@ fn after_relay(relayed: Result<(), Relay>, shaped: &Shaped, conn: &Conn<'_>) -> 
             debug!(peer = %conn.peer, "client stopped reading the response");
             Next::Abort
         }
+        Err(Relay::Gone) => {
+            debug!(peer = %conn.peer, "the client's host no longer answers; letting go of the response");
+            Next::LetGo
+        }
     }
 }
 
@@ -520,6 +528,8 @@ enum Relay {
     /// The backend broke the body off (a reason for the log).
     Backend(&'static str),
     Client,
+    /// The client's host stopped answering ([`Heard`]).
+    Gone,
 }
 
 /// Writes the client head and relays the body by its framing. When the body
@@ -596,7 +606,7 @@ fn relay<'a, S: ClientStream>(
                     .await
                     .map_err(|()| Relay::Client)?;
                 if heard.gone() {
-                    return Err(Relay::Client);
+                    return Err(Relay::Gone);
                 }
             }
             let Some(backend) = bc.as_mut().filter(|_| !done) else {
@@ -631,7 +641,7 @@ async fn drain_spool<S: ClientStream>(
             .await
             .map_err(|()| Relay::Client)?;
         if heard.gone() {
-            return Err(Relay::Client);
+            return Err(Relay::Gone);
         }
     }
     Ok(())
@@ -665,11 +675,7 @@ impl Heard {
             return false;
         }
         self.next = now + self.silent / 2;
-        let gone = crate::sys::peer_gone(&self.fd, self.silent);
-        if gone {
-            debug!("the client's host no longer answers");
-        }
-        gone
+        crate::sys::peer_gone(&self.fd, self.silent)
     }
 }
 

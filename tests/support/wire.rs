@@ -37,6 +37,12 @@ pub fn go_deaf(s: &TcpStream) {
     socket2::SockRef::from(s).attach_filter(&[drop_all]).unwrap();
 }
 
+/// The client's host is back ([`go_deaf`] undone): its stack takes and
+/// answers segments again.
+pub fn hear_again(s: &TcpStream) {
+    socket2::SockRef::from(s).detach_filter().unwrap();
+}
+
 /// Closes `s` with a reset (`SO_LINGER` 0): the socket is gone at once,
 /// whatever its peer did or did not acknowledge.
 pub fn reset_and_drop(s: TcpStream) {
