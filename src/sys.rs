@@ -80,19 +80,23 @@ pub fn tcp_closed(sock: &impl AsRawFd) -> bool {
 /// sleeps with its receive buffer full answers; one whose host or network
 /// went away does not, and its probes pile up.
 pub fn peer_answers(sock: &impl AsRawFd) -> bool {
-    tcp_info(sock).is_some_and(|i| i.tcpi_state != TCP_CLOSE && i.tcpi_probes <= 1 && i.tcpi_retransmits == 0)
+    tcp_info(sock).is_some_and(|i| answers(&i))
 }
 
-/// Whether the peer's host is gone: what was sent to it waits for an
-/// acknowledgement (a retransmission, or a probe of its shut window after
-/// another, went unanswered) and nothing at all came back from it for
-/// `silent`, or the connection is over. A peer that reads nothing but whose
-/// stack answers (its window shut, its probes acknowledged) is not gone;
-/// nor is one with nothing to acknowledge.
+/// [`peer_answers`], of one reading.
+fn answers(i: &libc::tcp_info) -> bool {
+    i.tcpi_state != TCP_CLOSE && i.tcpi_probes <= 1 && i.tcpi_retransmits == 0
+}
+
+/// Whether the peer's host is gone: it does not answer ([`peer_answers`]:
+/// a retransmission, or a probe of its shut window after another, went
+/// unanswered) and nothing at all came back from it for `silent`, or the
+/// connection is over. A peer that reads nothing but whose stack answers
+/// (its window shut, its probes acknowledged) is not gone; nor is one with
+/// nothing to acknowledge.
 pub fn peer_gone(sock: &impl AsRawFd, silent: std::time::Duration) -> bool {
     tcp_info(sock).is_some_and(|i| {
-        let waits = i.tcpi_retransmits > 0 || i.tcpi_probes > 1;
-        i.tcpi_state == TCP_CLOSE || (waits && u128::from(i.tcpi_last_ack_recv) >= silent.as_millis())
+        i.tcpi_state == TCP_CLOSE || (!answers(&i) && u128::from(i.tcpi_last_ack_recv) >= silent.as_millis())
     })
 }
 

@@ -74,25 +74,44 @@ fn gone_soon(p: &Proxy, port: u16, backend: u16) {
     );
 }
 
-/// An HTTP/1 client takes the start of a trickling response, then its host
-/// goes away.
-fn plain_trickle(path: &str) {
-    let (backend, _) = raw_backend(trickle_backend);
-    let p = Proxy::start(CONFIG, backend);
+/// Connects to `p`, sends `request`, checks the response head begins with
+/// `status`, and reads on until what came after the head satisfies `until`:
+/// the client and what it got so far, the response flowing.
+fn flowing(
+    p: &Proxy,
+    request: &[u8],
+    status: &str,
+    read_limit: Duration,
+    until: fn(&[u8]) -> bool,
+) -> (TcpStream, Vec<u8>) {
     let mut c = p.connect();
-    let port = c.local_addr().unwrap().port();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
-        .unwrap();
+    c.set_read_timeout(Some(read_limit)).unwrap();
+    c.write_all(request).unwrap();
     let mut got = Vec::new();
     let head = read_head(&mut c, &mut got).expect("a response head");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    while !got.windows(5).any(|w| w == b"hello") {
+    assert!(head.starts_with(status), "{head}");
+    while !until(&got) {
         let mut b = [0u8; 512];
         let n = c.read(&mut b).unwrap();
         assert!(n > 0, "the response ended early");
         got.extend_from_slice(&b[..n]);
     }
+    (c, got)
+}
+
+/// A chunk of [`trickle_backend`]'s body has come.
+fn a_chunk(got: &[u8]) -> bool {
+    got.windows(5).any(|w| w == b"hello")
+}
+
+/// An HTTP/1 client takes the start of a trickling response, then its host
+/// goes away.
+fn plain_trickle(path: &str) {
+    let (backend, _) = raw_backend(trickle_backend);
+    let p = Proxy::start(CONFIG, backend);
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let (c, _) = flowing(&p, request.as_bytes(), "HTTP/1.1 200", Duration::from_secs(10), a_chunk);
+    let port = c.local_addr().unwrap().port();
     go_deaf(&c);
     gone_soon(&p, port, backend.port());
     reset_and_drop(c);
@@ -114,23 +133,15 @@ fn a_client_gone_from_a_buffered_trickle_is_let_go() {
 fn a_client_gone_from_a_tunnel_with_heartbeats_is_let_go() {
     let (backend, _) = raw_backend(trickle_backend);
     let p = Proxy::start(CONFIG, backend);
-    let mut c = p.connect();
-    let port = c.local_addr().unwrap().port();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(
+    let (c, _) = flowing(
+        &p,
         b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .unwrap();
-    let mut got = Vec::new();
-    let head = read_head(&mut c, &mut got).expect("a response head");
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    while got.is_empty() {
-        let mut b = [0u8; 64];
-        let n = c.read(&mut b).unwrap();
-        assert!(n > 0, "the tunnel ended early");
-        got.extend_from_slice(&b[..n]);
-    }
+        "HTTP/1.1 101",
+        Duration::from_secs(10),
+        |got| !got.is_empty(),
+    );
+    let port = c.local_addr().unwrap().port();
     go_deaf(&c);
     gone_soon(&p, port, backend.port());
     reset_and_drop(c);
@@ -237,18 +248,13 @@ fn a_client_back_from_an_outage_learns_that_its_response_was_cut() {
         "[client]\nbody_timeout = \"1s\"\n[client.close]\nlinger_time = \"8s\"\nlinger_timeout = \"300ms\"\n",
         backend,
     );
-    let mut c = p.connect();
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(b"GET /nobuf HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut got = Vec::new();
-    let head = read_head(&mut c, &mut got).expect("a response head");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    while !got.windows(5).any(|w| w == b"hello") {
-        let mut b = [0u8; 512];
-        let n = c.read(&mut b).unwrap();
-        assert!(n > 0, "the response ended early");
-        got.extend_from_slice(&b[..n]);
-    }
+    let (mut c, mut got) = flowing(
+        &p,
+        b"GET /nobuf HTTP/1.1\r\nHost: t\r\n\r\n",
+        "HTTP/1.1 200",
+        Duration::from_secs(20),
+        a_chunk,
+    );
     go_deaf(&c);
     // Let go while the client is away: its backend connection is freed.
     assert!(

@@ -235,6 +235,51 @@ fn body_of(got: &[u8]) -> &[u8] {
     &got[head_len..]
 }
 
+/// A client of [`mib_backend`] through finguard started with `close` (plain,
+/// or over TLS with `tls`), connected with a 64 KiB receive buffer, that
+/// asked for the 1 MiB and read its first bytes (returned). `tcp` is the
+/// client's socket, for what the tests do to it beside the stream.
+struct BigClient {
+    p: Proxy,
+    c: Box<dyn ReadWrite>,
+    tcp: std::net::TcpStream,
+    _files: tls::Files,
+}
+
+fn big_client(close: &str, tls: bool) -> (BigClient, Vec<u8>) {
+    use std::io::Read;
+    let (backend, _) = raw_backend(mib_backend);
+    let pki = tls::pki();
+    let files = tls::files(&pki);
+    let p = if tls {
+        Proxy::start_raw(&tls::tls_config(&files, close), &["--backend", &backend.to_string()])
+    } else {
+        Proxy::start(&format!("{close}[admin]\naddr = \"127.0.0.1:0\"\n"), backend)
+    };
+    let tcp = connect_with_receive_buffer(p.addr, 64 * 1024);
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let side = tcp.try_clone().unwrap();
+    let mut c: Box<dyn ReadWrite> = if tls {
+        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+        let conn = rustls::ClientConnection::new(tls::client(&pki), name).unwrap();
+        Box::new(rustls::StreamOwned::new(conn, tcp))
+    } else {
+        Box::new(tcp)
+    };
+    c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut first = vec![0u8; 16 * 1024];
+    let n = c.read(&mut first).unwrap();
+    assert!(n > 0, "no response began");
+    first.truncate(n);
+    let client = BigClient {
+        p,
+        c,
+        tcp: side,
+        _files: files,
+    };
+    (client, first)
+}
+
 /// How the sleeping client of [`asleep_with_response_queued`] talks.
 #[derive(PartialEq)]
 enum Sleeper {
@@ -257,29 +302,9 @@ enum Sleeper {
 /// outlasts `body_timeout` in the queue, which aborted it before.
 fn asleep_with_response_queued(how: Sleeper) {
     use std::io::Read;
-    let (backend, _) = raw_backend(mib_backend);
     let close = "[client]\nkeepalive_timeout = \"300ms\"\nbody_timeout = \"1s\"\n[client.close]\n\
                  mode = \"lingering\"\nlinger_time = \"3s\"\nlinger_timeout = \"300ms\"\non_timeout = \"reset\"\n";
-    let pki = tls::pki();
-    let files = tls::files(&pki);
-    let p = if how == Sleeper::Tls {
-        Proxy::start_raw(&tls::tls_config(&files, close), &["--backend", &backend.to_string()])
-    } else {
-        Proxy::start(&format!("{close}[admin]\naddr = \"127.0.0.1:0\"\n"), backend)
-    };
-    let tcp = connect_with_receive_buffer(p.addr, 64 * 1024);
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut c: Box<dyn ReadWrite> = if how == Sleeper::Tls {
-        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
-        let conn = rustls::ClientConnection::new(tls::client(&pki), name).unwrap();
-        Box::new(rustls::StreamOwned::new(conn, tcp))
-    } else {
-        Box::new(tcp)
-    };
-    c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut got = vec![0u8; 16 * 1024];
-    let first = c.read(&mut got).unwrap();
-    got.truncate(first);
+    let (BigClient { p, mut c, .. }, mut got) = big_client(close, how == Sleeper::Tls);
     if how == Sleeper::Pokes {
         std::thread::sleep(Duration::from_secs(1));
         c.write_all(b"\r\n").unwrap();
@@ -398,34 +423,18 @@ enum Gone {
 /// (A client whose stack still answers, asleep, keeps its response instead:
 /// `asleep_with_response_queued`.)
 fn gone_with_response_queued(how: Gone) {
-    use std::io::Read;
-    let (backend, _) = raw_backend(mib_backend);
     let on_timeout = if how == Gone::Close { "close" } else { "reset" };
     let close = format!(
         "[client]\nkeepalive_timeout = \"300ms\"\nbody_timeout = \"1s\"\n[client.close]\n\
          mode = \"lingering\"\nlinger_time = \"1s\"\nlinger_timeout = \"300ms\"\non_timeout = \"{on_timeout}\"\n"
     );
-    let pki = tls::pki();
-    let files = tls::files(&pki);
-    let p = if how == Gone::Tls {
-        Proxy::start_raw(&tls::tls_config(&files, &close), &["--backend", &backend.to_string()])
-    } else {
-        Proxy::start(&format!("{close}[admin]\naddr = \"127.0.0.1:0\"\n"), backend)
-    };
-    let tcp = connect_with_receive_buffer(p.addr, 64 * 1024);
-    let port = tcp.local_addr().unwrap().port();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let client_end = tcp.try_clone().unwrap();
-    let mut c: Box<dyn ReadWrite> = if how == Gone::Tls {
-        let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
-        let conn = rustls::ClientConnection::new(tls::client(&pki), name).unwrap();
-        Box::new(rustls::StreamOwned::new(conn, tcp))
-    } else {
-        Box::new(tcp)
-    };
-    c.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let mut b = vec![0u8; 16 * 1024];
-    assert!(c.read(&mut b).unwrap() > 0, "no response began");
+    let (
+        BigClient {
+            p, c, tcp: client_end, ..
+        },
+        _,
+    ) = big_client(&close, how == Gone::Tls);
+    let port = client_end.local_addr().unwrap().port();
     go_deaf(&client_end);
     // finguard's socket for this client, while it still has one.
     let finguards = || tcp_sockets(p.port(), port);
