@@ -100,6 +100,24 @@ pub fn peer_gone(sock: &impl AsRawFd, silent: std::time::Duration) -> bool {
     })
 }
 
+/// Bounds the orphan that closing `sock` will leave: the kernel drops it
+/// after `within` of unanswered (re)transmissions (`TCP_USER_TIMEOUT`),
+/// instead of after its own retries (`tcp_orphan_retries`, about two
+/// minutes), should the peer's host have gone away unseen. Only when that
+/// cuts nothing the peer would still take: nothing is queued (only the FIN
+/// will be), or the peer does not answer ([`peer_answers`]). A live peer
+/// with bytes queued and its window shut (asleep, its buffer full) would
+/// be cut by the bound once it slept that long (Linux counts unanswered
+/// window probes against it since 5.11), so its orphan is left to the
+/// kernel, as after nginx's close. Returns whether it bounded.
+pub fn bound_orphan<S: AsRawFd + std::os::fd::AsFd>(sock: &S, within: std::time::Duration) -> bool {
+    let bound = unsent_bytes(sock) == Some(0) || !peer_answers(sock);
+    if bound {
+        let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(within));
+    }
+    bound
+}
+
 fn tcp_info(sock: &impl AsRawFd) -> Option<libc::tcp_info> {
     // SAFETY: `tcp_info` is a plain struct of integers, for which all zero
     // bytes is a valid value.

@@ -274,3 +274,188 @@ fn a_client_back_from_an_outage_learns_that_its_response_was_cut() {
     assert_eq!(end, Ok(()), "no end after {} bytes", got.len());
     assert!(!got.windows(5).any(|w| w == b"0\r\n\r\n"), "the cut body looks whole");
 }
+
+/// finguard's socket for the client on `port` is gone within [`BOUND`].
+fn closed_soon(p: &Proxy, port: u16) {
+    assert!(
+        wait_until(BOUND, || tcp_sockets(p.port(), port).is_empty()),
+        "finguard's socket is still there: {:?}",
+        tcp_sockets(p.port(), port)
+    );
+}
+
+/// A client that got its response, closed its end (FIN) and whose host then
+/// went away: finguard's close answers with a FIN nobody acknowledges. That
+/// orphan (LAST_ACK) is dropped within `linger_time`, not left to the
+/// kernel's retransmissions for minutes.
+#[test]
+fn a_client_gone_after_its_fin_leaves_no_orphan() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(CONFIG, backend.addr);
+    let mut c = p.connect();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, &mut Vec::new()).expect("a response").status, 200);
+    let port = c.local_addr().unwrap().port();
+    go_deaf(&c);
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    closed_soon(&p, port);
+    reset_and_drop(c);
+}
+
+/// An idle keep-alive client whose host went away is evicted to make room
+/// for a newcomer: the eviction's FIN, which nobody acknowledges, leaves no
+/// orphan past `linger_time`.
+#[test]
+fn an_evicted_client_that_is_gone_leaves_no_orphan() {
+    let backend = Backend::start(Reply::Ok);
+    let p = Proxy::start(
+        "[admin]\naddr = \"127.0.0.1:0\"\n\
+         [client]\nmax_connections = 2\nkeepalive_timeout = \"60s\"\n\
+         [client.pressure]\nmin_keepalive_timeout = \"60s\"\ngrace = \"100ms\"\n\
+         [client.close]\nlinger_time = \"1s\"\nlinger_timeout = \"300ms\"\n",
+        backend.addr,
+    );
+    let get = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
+    let mut gone = p.connect();
+    gone.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    gone.write_all(get).unwrap();
+    assert_eq!(
+        read_response(&mut gone, &mut Vec::new()).expect("a response").status,
+        200
+    );
+    let port = gone.local_addr().unwrap().port();
+    go_deaf(&gone);
+    // A second client fills the house; past their grace, the gone client is
+    // the longest idle, and a newcomer makes it go.
+    let mut second = p.connect();
+    second.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    second.write_all(get).unwrap();
+    assert_eq!(
+        read_response(&mut second, &mut Vec::new()).expect("a response").status,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let mut newcomer = p.connect();
+    newcomer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    newcomer.write_all(get).unwrap();
+    assert_eq!(
+        read_response(&mut newcomer, &mut Vec::new())
+            .expect("a response")
+            .status,
+        200
+    );
+    assert!(
+        wait_until(BOUND, || p
+            .metric("finguard_client_evictions_total{reason=\"idle\",rule=\"none\"}")
+            == 1.0),
+        "the gone client was not evicted"
+    );
+    closed_soon(&p, port);
+    reset_and_drop(gone);
+}
+
+/// A backend that takes the request head and then goes away, its host no
+/// longer answering.
+fn deaf_after_request(mut s: TcpStream) {
+    if read_head(&mut s, &mut Vec::new()).is_some() {
+        go_deaf(&s);
+        std::thread::sleep(Duration::from_secs(30));
+    }
+    reset_and_drop(s);
+}
+
+/// A backend that answers one request, keeps the connection, then goes away.
+fn deaf_after_answer(mut s: TcpStream) {
+    if read_head(&mut s, &mut Vec::new()).is_some()
+        && s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_ok()
+    {
+        go_deaf(&s);
+        std::thread::sleep(Duration::from_secs(30));
+    }
+    reset_and_drop(s);
+}
+
+/// finguard holds nothing to `backend` within [`BOUND`], not even an orphan.
+fn backend_left_soon(backend: u16) {
+    assert!(
+        wait_until(BOUND, || tcp_sockets(0, backend).is_empty()),
+        "finguard's backend socket is still there: {:?}",
+        tcp_sockets(0, backend)
+    );
+}
+
+/// A backend whose host goes away in the middle of an exchange: the client
+/// gets its 504 at `response_timeout`, and the backend connection finguard
+/// closes leaves no orphan retransmitting its FIN for minutes.
+#[test]
+fn a_backend_gone_mid_exchange_leaves_no_orphan() {
+    let (backend, _) = raw_backend(deaf_after_request);
+    let p = Proxy::start(
+        "[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:1\"]\nresponse_timeout = \"1s\"\n",
+        backend,
+    );
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 504, "{r:?}");
+    backend_left_soon(backend.port());
+}
+
+/// A pooled backend connection whose host goes away while it is idle: the
+/// pool's idle timeout closes it, and that close leaves no orphan.
+#[test]
+fn an_idle_backend_connection_that_is_gone_leaves_no_orphan() {
+    let (backend, accepted) = raw_backend(deaf_after_answer);
+    let p = Proxy::start(
+        "[[backend]]\nname = \"b\"\naddrs = [\"127.0.0.1:1\"]\npool_idle_timeout = \"1s\"\n",
+        backend,
+    );
+    let r = request(p.addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!((r.status, &r.body[..]), (200, &b"ok"[..]), "{r:?}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    backend_left_soon(backend.port());
+}
+
+/// Body bytes of [`big_answer`].
+const BIG: usize = 100_000;
+
+/// A backend that answers with a [`BIG`]-byte body.
+fn big_answer(mut s: TcpStream) {
+    if read_head(&mut s, &mut Vec::new()).is_some() {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
+        let _ = s.write_all(head.as_bytes());
+        let _ = s.write_all(&[b'b'; BIG]);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+}
+
+/// What the bound on orphans must not cut: a client that sent its request
+/// and its FIN at once (a half-close, as `nc -N` does) and sleeps with its
+/// receive buffer full, part of its response still queued when finguard
+/// answers its FIN with a close. Its stack answers the window probes, so
+/// the kernel keeps the orphan, however long past `linger_time` the client
+/// sleeps, and the whole response arrives when it reads.
+#[test]
+fn a_half_closed_client_asleep_keeps_its_queued_response() {
+    let (backend, _) = raw_backend(big_answer);
+    let p = Proxy::start(CONFIG, backend);
+    let mut c = connect_with_receive_buffer(p.addr, 4096);
+    let port = c.local_addr().unwrap().port();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    // finguard has closed (an orphan, inode 0) with the response queued.
+    assert!(
+        wait_until(BOUND, || tcp_sockets(p.port(), port)
+            .iter()
+            .any(|&(_, inode)| inode == 0)),
+        "finguard did not close: {:?}",
+        tcp_sockets(p.port(), port)
+    );
+    // Asleep for three times `linger_time`.
+    std::thread::sleep(Duration::from_secs(3));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("the response and then the end");
+    let body = got.len() - find(&got, b"\r\n\r\n").expect("a head") - 4;
+    assert_eq!(body, BIG, "the response was cut");
+}

@@ -52,7 +52,7 @@ pub(super) enum Ending {
     LetGo,
     /// The backend switched protocols: tunnel bytes both ways (the bytes
     /// the client sent past its request go first).
-    Tunnel(crate::upstream::RawConn, BytesMut),
+    Tunnel(Box<crate::upstream::RawConn>, BytesMut),
     /// Idle, and asked to make room for a newcomer: closed at once (FIN;
     /// nothing is in flight and nothing unread, so no lingering).
     Evicted,
@@ -585,7 +585,12 @@ fn goes_to_make_room<S: ClientStream>(stream: &S, track: &registry::Tracked) -> 
 
 /// Closes an evicted connection (FIN: TLS `close_notify` first, nothing in
 /// flight, nothing unread) and counts it by reason and User-Agent rule.
-async fn evicted<S: ClientStream>(stream: S, shared: &Shared, track: &registry::Tracked) {
+async fn evicted<S: ClientStream>(
+    stream: S,
+    settings: &crate::config::ClientSettings,
+    shared: &Shared,
+    track: &registry::Tracked,
+) {
     use crate::metrics::{EvictReason, NO_RULE};
     let rules = shared.config.rules.rules();
     let matched = track.entry.rules.get().map_or(&[][..], |r| &r[..]);
@@ -601,7 +606,11 @@ async fn evicted<S: ClientStream>(stream: S, shared: &Shared, track: &registry::
     let peer = track.entry.peer;
     debug!(%peer, reason = reason.as_str(), rule, "closing an idle connection to make room");
     shared.metrics.pressure.evicted(reason, rule);
-    drop(stream.into_tcp().await);
+    // Idle, so nothing to linger for; a client whose host went away while
+    // idle never acknowledges the FIN, and its orphan ends at `linger_time`.
+    let tcp = stream.into_tcp().await;
+    crate::sys::bound_orphan(&tcp, settings.close.linger_time);
+    drop(tcp);
     shared.metrics.closed(CloseOutcome::Immediate, 0);
     let requests = track.entry.requests.load(Ordering::Relaxed);
     shared.access.close(peer, "evicted", requests, 0);
@@ -678,7 +687,7 @@ pub(super) async fn finish<S: ClientStream>(
             let t = ClientTimeouts::new(settings);
             let end = tunnel::run(
                 stream,
-                conn,
+                *conn,
                 pending,
                 t.upgrade_idle,
                 settings.close.linger_time,
@@ -692,7 +701,7 @@ pub(super) async fn finish<S: ClientStream>(
         other => other,
     };
     if let Ending::Evicted = ending {
-        return evicted(stream, shared, track).await;
+        return evicted(stream, settings, shared, track).await;
     }
     if let Ending::Abort = ending {
         trace!(%peer, "aborting the client connection");
@@ -706,7 +715,12 @@ pub(super) async fn finish<S: ClientStream>(
         // TLS: the client's `close_notify` is answered with finguard's before
         // the close (RFC 8446 §6.1; a client that waits for it, as Python's
         // `SSLSocket.unwrap` does, otherwise sees a truncation).
-        drop(stream.into_tcp().await);
+        // Its FIN is answered with finguard's; a client whose host went away
+        // after sending it never acknowledges that, and the orphan (LAST_ACK)
+        // ends at `linger_time`.
+        let tcp = stream.into_tcp().await;
+        crate::sys::bound_orphan(&tcp, settings.close.linger_time);
+        drop(tcp);
         metrics.closed(CloseOutcome::ClientFin, 0);
         return;
     }

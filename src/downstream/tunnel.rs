@@ -41,7 +41,7 @@ pub async fn run<S: ClientStream>(
     entry: &Entry,
 ) -> TunnelEnd {
     let peers = [client.tcp().as_raw_fd(), conn.stream.as_raw_fd()];
-    let backend = &mut conn.stream;
+    let backend = &mut *conn.stream;
     let (end, gone) = match tokio::time::timeout(idle, backend.write_all(&pending)).await {
         Ok(Ok(())) => pump(&mut client, backend, idle, peers, entry).await,
         Ok(Err(_)) => (TunnelEnd::Error, [false; 2]),
@@ -50,12 +50,15 @@ pub async fn run<S: ClientStream>(
     if end != TunnelEnd::Closed {
         // Idle, stalled or broken: no orphan left behind on either side,
         // but what the kernel still tries to deliver to a side out of reach.
-        let close = |tcp, gone| match gone {
-            true => super::linger::let_go(tcp, idle + grace),
-            false => super::linger::abort(tcp),
-        };
-        close(client.into_tcp_abort(), gone[Side::Client as usize]);
-        close(conn.stream, gone[Side::Backend as usize]);
+        let within = idle + grace;
+        match gone[Side::Client as usize] {
+            true => super::linger::let_go(client.into_tcp_abort(), within),
+            false => super::linger::abort(client.into_tcp_abort()),
+        }
+        match gone[Side::Backend as usize] {
+            true => conn.let_go(within),
+            false => conn.abort(),
+        }
         return end;
     }
     drop(client.into_tcp().await);

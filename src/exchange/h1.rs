@@ -86,8 +86,9 @@ pub enum Next {
     /// let go of it with a plain close the kernel keeps trying to deliver
     /// for a while (`linger::let_go`).
     LetGo,
-    /// The backend switched protocols: tunnel bytes both ways.
-    Tunnel(RawConn),
+    /// The backend switched protocols: tunnel bytes both ways (boxed: the
+    /// rare case, kept from sizing every exchange's result).
+    Tunnel(Box<RawConn>),
 }
 
 /// How an exchange ended.
@@ -370,7 +371,7 @@ async fn switch<S: ClientStream>(
     Done {
         status: 101,
         backend,
-        next: Next::Tunnel(bc),
+        next: Next::Tunnel(Box::new(bc)),
     }
 }
 

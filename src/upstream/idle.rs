@@ -66,9 +66,49 @@ impl Wake for IdleWake {
     }
 }
 
+/// A backend connection's socket, whose close is bounded ([`Drop`]).
+pub struct Socket {
+    /// `None` only once [`Upstream::steal`] took it to move it to another
+    /// reactor and failed: then the connection is dropped at once.
+    io: Option<TcpStream>,
+    /// The bound: the backend's `connect_timeout`, or what
+    /// [`RawConn::let_go`] says.
+    gone_after: Duration,
+}
+
+impl Drop for Socket {
+    /// A close of a backend connection whose host went away unseen ends
+    /// within `gone_after`, not after the kernel's retries
+    /// ([`crate::sys::bound_orphan`]). Set at the close only: on a live
+    /// connection the same `TCP_USER_TIMEOUT` would also cut a backend that
+    /// is still there but keeps its receive window shut that long.
+    fn drop(&mut self) {
+        if let Some(io) = &self.io {
+            crate::sys::bound_orphan(io, self.gone_after);
+        }
+    }
+}
+
+impl std::ops::Deref for Socket {
+    type Target = TcpStream;
+    fn deref(&self) -> &TcpStream {
+        self.io
+            .as_ref()
+            .expect("a backend socket is taken only to be put back or dropped")
+    }
+}
+
+impl std::ops::DerefMut for Socket {
+    fn deref_mut(&mut self) -> &mut TcpStream {
+        self.io
+            .as_mut()
+            .expect("a backend socket is taken only to be put back or dropped")
+    }
+}
+
 /// A backend connection lent to one exchange at a time.
 pub struct RawConn {
-    pub stream: TcpStream,
+    pub stream: Socket,
     pub addr: SocketAddr,
     /// The client it speaks for (PROXY protocol), if any.
     source: Option<SocketAddr>,
@@ -300,6 +340,20 @@ impl RawConn {
     pub fn report_hold(&mut self, cell: Arc<HoldCell>) {
         self.hold.report = Some(cell);
     }
+
+    /// Closes with RST (`crate::downstream::linger::abort`): no orphan.
+    pub fn abort(mut self) {
+        if let Some(io) = self.stream.io.take() {
+            let _ = socket2::SockRef::from(&io).set_linger(Some(Duration::ZERO));
+        }
+    }
+
+    /// Closes to a backend whose host stopped answering, the orphan bounded
+    /// by `within` rather than `connect_timeout`
+    /// (`crate::downstream::linger::let_go`).
+    pub fn let_go(mut self, within: Duration) {
+        self.stream.gone_after = within;
+    }
 }
 
 /// A connection handed to an exchange: its hold begins.
@@ -454,18 +508,15 @@ impl Upstream {
         let n = self.raw.len();
         for k in 1..n {
             while let Some(mut c) = self.pop_raw((w + k) % n, source) {
-                let moved = c.stream.into_std().and_then(TcpStream::from_std);
-                match moved {
+                let Some(io) = c.stream.io.take() else { continue };
+                match io.into_std().and_then(TcpStream::from_std) {
                     Ok(stream) => {
-                        c = RawConn {
-                            stream,
-                            home: w,
-                            wake: Arc::new(IdleWake {
-                                flagged: AtomicBool::new(false),
-                                signal: self.raw[w].signal.clone(),
-                            }),
-                            ..c
-                        };
+                        c.stream.io = Some(stream);
+                        c.home = w;
+                        c.wake = Arc::new(IdleWake {
+                            flagged: AtomicBool::new(false),
+                            signal: self.raw[w].signal.clone(),
+                        });
                         // The old one is filed with the other worker's timers.
                         c.hold.timer = crate::timeouts::Timer::default();
                         return Some(c);
@@ -642,7 +693,10 @@ impl Upstream {
         self.metrics.backend_connected(&self.cfg.name);
         debug!(backend = %self.cfg.name, %addr, "opened backend connection");
         Ok(RawConn {
-            stream,
+            stream: Socket {
+                io: Some(stream),
+                gone_after: self.cfg.connect_timeout,
+            },
             addr,
             source,
             uses: 0,
