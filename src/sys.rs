@@ -104,14 +104,27 @@ pub fn peer_gone(sock: &impl AsRawFd, silent: std::time::Duration) -> bool {
 /// after `within` of unanswered (re)transmissions (`TCP_USER_TIMEOUT`),
 /// instead of after its own retries (`tcp_orphan_retries`, about two
 /// minutes), should the peer's host have gone away unseen. Only when that
-/// cuts nothing the peer would still take: nothing is queued (only the FIN
-/// will be), or the peer does not answer ([`peer_answers`]). A live peer
-/// with bytes queued and its window shut (asleep, its buffer full) would
-/// be cut by the bound once it slept that long (Linux counts unanswered
-/// window probes against it since 5.11), so its orphan is left to the
-/// kernel, as after nginx's close. Returns whether it bounded.
+/// cuts nothing the peer would still take:
+/// - everything queued has gone out once and the FIN fits in the window the
+///   peer offers: a live peer's stack acknowledges all of it within a round
+///   trip, whether its program reads or not;
+/// - or the peer does not answer ([`peer_answers`]).
+///
+/// A live peer whose window is shut (asleep, its buffer full), with bytes
+/// queued or only the FIN, would be cut by the bound once it slept that
+/// long (Linux counts unanswered window probes against it since 5.11), and
+/// see a reset where a FIN was due; its orphan is left to the kernel, as
+/// after nginx's close. Returns whether it bounded.
 pub fn bound_orphan<S: AsRawFd + std::os::fd::AsFd>(sock: &S, within: std::time::Duration) -> bool {
-    let bound = unsent_bytes(sock) == Some(0) || !peer_answers(sock);
+    let Some(queued) = unsent_bytes(sock) else {
+        return false;
+    };
+    let Some(i) = tcp_info(sock) else {
+        return false;
+    };
+    // A kernel older than 5.4 reports no window (zero): never bounded.
+    let all_out = i.tcpi_notsent_bytes == 0 && queued < i.tcpi_snd_wnd;
+    let bound = all_out || !answers(&i);
     if bound {
         let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(within));
     }

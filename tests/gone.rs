@@ -459,3 +459,105 @@ fn a_half_closed_client_asleep_keeps_its_queued_response() {
     let body = got.len() - find(&got, b"\r\n\r\n").expect("a head") - 4;
     assert_eq!(body, BIG, "the response was cut");
 }
+
+/// A backend that answers `GET /N` with an N-byte body, keeping the connection.
+fn sized_answers(mut s: TcpStream) {
+    let mut buf = Vec::new();
+    while let Some(head) = read_head(&mut s, &mut buf) {
+        let n: usize = head.split(' ').nth(1).and_then(|p| p[1..].parse().ok()).unwrap_or(0);
+        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n{}", "x".repeat(n));
+        if s.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// What the bound on orphans must not cut, when nothing is queued: a
+/// keep-alive client whose response filled its receive buffer (all of it
+/// acknowledged, its window shut) sends its FIN, then sleeps longer than
+/// `linger_time`. finguard's FIN waits for the window like any byte; bounded,
+/// the orphan would be dropped while the client sleeps, and the client
+/// would find a reset where its end was due. The responses' sizes span its
+/// buffer, so that some leave the window exactly shut.
+#[test]
+fn a_client_asleep_with_its_window_shut_gets_its_end_after_its_fin() {
+    let (backend, _) = raw_backend(sized_answers);
+    let p = Proxy::start(CONFIG, backend);
+    let clients: Vec<_> = (3950..4150)
+        .map(|n: usize| {
+            let addr = p.addr;
+            std::thread::spawn(move || {
+                let mut c = connect_with_receive_buffer(addr, 4096);
+                write!(c, "GET /{n} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+                // finguard's response is out and acknowledged, its connection idle.
+                std::thread::sleep(Duration::from_secs(1));
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                // Asleep for twice `linger_time`.
+                std::thread::sleep(Duration::from_secs(2));
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut got = Vec::new();
+                let end = c.read_to_end(&mut got).map(|_| ()).map_err(|e| e.kind());
+                let body = find(&got, b"\r\n\r\n").map(|h| got.len() - h - 4);
+                (n, body, end)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (n, body, end) = client.join().unwrap();
+        assert_eq!((body, end), (Some(n), Ok(())), "the client asking for {n} bytes");
+    }
+}
+
+/// [`a_client_gone_after_its_fin_leaves_no_orphan`] over TLS: finguard's
+/// `close_notify` is still unacknowledged when it closes, and the orphan
+/// is bounded all the same.
+#[test]
+fn a_tls_client_gone_after_its_fin_leaves_no_orphan() {
+    let backend = Backend::start(Reply::Ok);
+    let pki = tls::pki();
+    let files = tls::files(&pki);
+    let p = Proxy::start_raw(
+        &tls::tls_config(&files, CONFIG),
+        &["--backend", &backend.addr.to_string()],
+    );
+    let tcp = p.connect();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let side = tcp.try_clone().unwrap();
+    let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
+    let conn = rustls::ClientConnection::new(tls::client(&pki), name).unwrap();
+    let mut c = rustls::StreamOwned::new(conn, tcp);
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"hello\n") {
+        let mut b = [0u8; 1024];
+        let n = c.read(&mut b).unwrap();
+        assert!(n > 0, "the response ended early");
+        got.extend_from_slice(&b[..n]);
+    }
+    go_deaf(&side);
+    side.shutdown(std::net::Shutdown::Write).unwrap();
+    closed_soon(&p, port);
+    reset_and_drop(side);
+}
+
+/// A WebSocket client whose host goes away after its FIN: the tunnel ends
+/// both ways (the backend closes in turn), and finguard's FIN to the client
+/// leaves no orphan past `linger_time`.
+#[test]
+fn a_tunnel_client_gone_after_its_fin_leaves_no_orphan() {
+    let backend = Backend::start(Reply::UpgradeEcho);
+    let p = Proxy::start(CONFIG, backend.addr);
+    let (c, _) = flowing(
+        &p,
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        "HTTP/1.1 101",
+        Duration::from_secs(10),
+        |_| true,
+    );
+    let port = c.local_addr().unwrap().port();
+    go_deaf(&c);
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    closed_soon(&p, port);
+    reset_and_drop(c);
+}

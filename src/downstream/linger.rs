@@ -12,6 +12,9 @@
 //! exception: response bytes still queued for a client whose stack answers
 //! go to the kernel with a plain close, never thrown away by a reset.
 //! User-space lingering and SO_LINGER are never both applied to one socket.
+//! When the client's FIN came first, the close is at once, its orphan
+//! bounded by `linger_time` ([`crate::sys::bound_orphan`]): a client whose
+//! host went away after its FIN never acknowledges finguard's.
 
 use crate::config::{CloseMode, CloseSettings, OnTimeout};
 use std::time::Duration;
@@ -44,10 +47,22 @@ pub async fn close(
         CloseMode::Lingering => {
             // Already done after a TLS close_notify; the drain tells the rest.
             let _ = stream.shutdown().await;
+            let early = match read_at_once(&mut stream) {
+                Some(0) => {
+                    // The client's FIN came first: finguard's goes out last,
+                    // and a client whose host went away after sending its
+                    // own never acknowledges it (LAST_ACK).
+                    crate::sys::bound_orphan(&stream, settings.linger_time);
+                    return (CloseOutcome::ClientFin, 0);
+                }
+                Some(n) => n as u64,
+                None => 0,
+            };
             let (outcome, mut drained) = tokio::select! {
                 r = drain(&mut stream, settings) => r,
                 () = kill => (CloseOutcome::LingerTime, 0),
             };
+            drained += early;
             let timed_out = matches!(outcome, CloseOutcome::LingerTimeout | CloseOutcome::LingerTime);
             if timed_out && settings.on_timeout == OnTimeout::Reset {
                 // A reset throws away what the client has not received yet. A
@@ -85,6 +100,20 @@ pub async fn close(
             }
             (outcome, drained)
         }
+    }
+}
+
+/// What a read of `stream` gives at once, from the readiness finguard
+/// already has (no system call when it has none): `Some(0)`, the client's
+/// FIN is in; `Some(n)`, bytes read and discarded; `None`, it would wait.
+fn read_at_once(stream: &mut TcpStream) -> Option<usize> {
+    use tokio::io::AsyncRead;
+    let mut b = [0u8; DRAIN_CHUNK];
+    let mut buf = tokio::io::ReadBuf::new(&mut b);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::Pin::new(stream).poll_read(&mut cx, &mut buf) {
+        std::task::Poll::Ready(Ok(())) => Some(buf.filled().len()),
+        _ => None,
     }
 }
 

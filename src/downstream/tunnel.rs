@@ -31,7 +31,9 @@ const CHUNK: usize = 8 * 1024;
 /// direction moved for `idle`. `conn` keeps its backend pool slot until the
 /// tunnel ends; a tunnel that did not end cleanly resets both sockets, but
 /// for a side whose host stopped answering: that one is let go
-/// (`linger::let_go`, for `idle` and `grace` from its silence on).
+/// (`linger::let_go`, for `idle` and `grace` from its silence on). A tunnel
+/// closed both ways bounds the client's orphan by `grace`
+/// ([`crate::sys::bound_orphan`]).
 pub async fn run<S: ClientStream>(
     mut client: S,
     mut conn: RawConn,
@@ -61,7 +63,11 @@ pub async fn run<S: ClientStream>(
         }
         return end;
     }
-    drop(client.into_tcp().await);
+    // Both sides closed: a client whose host went away after its FIN never
+    // acknowledges finguard's (TLS: nor its `close_notify`).
+    let tcp = client.into_tcp().await;
+    crate::sys::bound_orphan(&tcp, grace);
+    drop(tcp);
     end
 }
 
