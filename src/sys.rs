@@ -116,15 +116,14 @@ pub fn peer_gone(sock: &impl AsRawFd, silent: std::time::Duration) -> bool {
 /// see a reset where a FIN was due; its orphan is left to the kernel, as
 /// after nginx's close. Returns whether it bounded.
 pub fn bound_orphan<S: AsRawFd + std::os::fd::AsFd>(sock: &S, within: std::time::Duration) -> bool {
-    let Some(queued) = unsent_bytes(sock) else {
-        return false;
-    };
     let Some(i) = tcp_info(sock) else {
         return false;
     };
-    // A kernel older than 5.4 reports no window (zero): never bounded.
-    let all_out = i.tcpi_notsent_bytes == 0 && queued < i.tcpi_snd_wnd;
-    let bound = all_out || !answers(&i);
+    // All out: nothing unsent, and what is unacknowledged (`SIOCOUTQ`) leaves
+    // the FIN room in the window. A kernel older than 5.4 reports no window
+    // (zero): never bounded so.
+    let all_out = || i.tcpi_notsent_bytes == 0 && unsent_bytes(sock).is_some_and(|q| q < i.tcpi_snd_wnd);
+    let bound = !answers(&i) || all_out();
     if bound {
         let _ = socket2::SockRef::from(sock).set_tcp_user_timeout(Some(within));
     }

@@ -74,6 +74,15 @@ fn gone_soon(p: &Proxy, port: u16, backend: u16) {
     );
 }
 
+/// finguard's socket for the client on `port` is gone within [`BOUND`].
+fn closed_soon(p: &Proxy, port: u16) {
+    assert!(
+        wait_until(BOUND, || tcp_sockets(p.port(), port).is_empty()),
+        "finguard's socket is still there: {:?}",
+        tcp_sockets(p.port(), port)
+    );
+}
+
 /// Connects to `p`, sends `request`, checks the response head begins with
 /// `status`, and reads on until what came after the head satisfies `until`:
 /// the client and what it got so far, the response flowing.
@@ -197,11 +206,7 @@ fn a_client_gone_before_its_tls_handshake_leaves_no_orphan() {
     let c = TcpStream::connect(p.addr).unwrap();
     let port = c.local_addr().unwrap().port();
     go_deaf(&c);
-    assert!(
-        wait_until(BOUND, || tcp_sockets(p.port(), port).is_empty()),
-        "finguard's socket is still there: {:?}",
-        tcp_sockets(p.port(), port)
-    );
+    closed_soon(&p, port);
     reset_and_drop(c);
 }
 
@@ -275,13 +280,24 @@ fn a_client_back_from_an_outage_learns_that_its_response_was_cut() {
     assert!(!got.windows(5).any(|w| w == b"0\r\n\r\n"), "the cut body looks whole");
 }
 
-/// finguard's socket for the client on `port` is gone within [`BOUND`].
-fn closed_soon(p: &Proxy, port: u16) {
-    assert!(
-        wait_until(BOUND, || tcp_sockets(p.port(), port).is_empty()),
-        "finguard's socket is still there: {:?}",
-        tcp_sockets(p.port(), port)
-    );
+/// A client on `p` that has had one 200, its connection kept.
+fn answered_once(p: &Proxy) -> TcpStream {
+    let mut c = p.connect();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut c, &mut Vec::new()).expect("a response").status, 200);
+    c
+}
+
+/// `c`'s host goes away right after its FIN: finguard's close answers with
+/// a FIN nobody acknowledges, and its socket for `c` must be gone within
+/// [`BOUND`] all the same.
+fn gone_after_fin(p: &Proxy, c: TcpStream) {
+    let port = c.local_addr().unwrap().port();
+    go_deaf(&c);
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    closed_soon(p, port);
+    reset_and_drop(c);
 }
 
 /// A client that got its response, closed its end (FIN) and whose host then
@@ -292,15 +308,7 @@ fn closed_soon(p: &Proxy, port: u16) {
 fn a_client_gone_after_its_fin_leaves_no_orphan() {
     let backend = Backend::start(Reply::Ok);
     let p = Proxy::start(CONFIG, backend.addr);
-    let mut c = p.connect();
-    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    assert_eq!(read_response(&mut c, &mut Vec::new()).expect("a response").status, 200);
-    let port = c.local_addr().unwrap().port();
-    go_deaf(&c);
-    c.shutdown(std::net::Shutdown::Write).unwrap();
-    closed_soon(&p, port);
-    reset_and_drop(c);
+    gone_after_fin(&p, answered_once(&p));
 }
 
 /// An idle keep-alive client whose host went away is evicted to make room
@@ -316,35 +324,14 @@ fn an_evicted_client_that_is_gone_leaves_no_orphan() {
          [client.close]\nlinger_time = \"1s\"\nlinger_timeout = \"300ms\"\n",
         backend.addr,
     );
-    let get = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n";
-    let mut gone = p.connect();
-    gone.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    gone.write_all(get).unwrap();
-    assert_eq!(
-        read_response(&mut gone, &mut Vec::new()).expect("a response").status,
-        200
-    );
+    let gone = answered_once(&p);
     let port = gone.local_addr().unwrap().port();
     go_deaf(&gone);
     // A second client fills the house; past their grace, the gone client is
     // the longest idle, and a newcomer makes it go.
-    let mut second = p.connect();
-    second.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    second.write_all(get).unwrap();
-    assert_eq!(
-        read_response(&mut second, &mut Vec::new()).expect("a response").status,
-        200
-    );
+    let _second = answered_once(&p);
     std::thread::sleep(Duration::from_millis(200));
-    let mut newcomer = p.connect();
-    newcomer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    newcomer.write_all(get).unwrap();
-    assert_eq!(
-        read_response(&mut newcomer, &mut Vec::new())
-            .expect("a response")
-            .status,
-        200
-    );
+    let _newcomer = answered_once(&p);
     assert!(
         wait_until(BOUND, || p
             .metric("finguard_client_evictions_total{reason=\"idle\",rule=\"none\"}")
@@ -355,25 +342,23 @@ fn an_evicted_client_that_is_gone_leaves_no_orphan() {
     reset_and_drop(gone);
 }
 
-/// A backend that takes the request head and then goes away, its host no
-/// longer answering.
-fn deaf_after_request(mut s: TcpStream) {
-    if read_head(&mut s, &mut Vec::new()).is_some() {
+/// A backend that takes a request head, answers it (`answer`) or not,
+/// keeps the connection, and then goes away, its host no longer answering.
+fn deaf_after(mut s: TcpStream, answer: bool) {
+    let took = read_head(&mut s, &mut Vec::new()).is_some();
+    if took && (!answer || s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_ok()) {
         go_deaf(&s);
         std::thread::sleep(Duration::from_secs(30));
     }
     reset_and_drop(s);
 }
 
-/// A backend that answers one request, keeps the connection, then goes away.
-fn deaf_after_answer(mut s: TcpStream) {
-    if read_head(&mut s, &mut Vec::new()).is_some()
-        && s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").is_ok()
-    {
-        go_deaf(&s);
-        std::thread::sleep(Duration::from_secs(30));
-    }
-    reset_and_drop(s);
+fn deaf_after_request(s: TcpStream) {
+    deaf_after(s, false);
+}
+
+fn deaf_after_answer(s: TcpStream) {
+    deaf_after(s, true);
 }
 
 /// finguard holds nothing to `backend` within [`BOUND`], not even an orphan.
@@ -415,19 +400,8 @@ fn an_idle_backend_connection_that_is_gone_leaves_no_orphan() {
     backend_left_soon(backend.port());
 }
 
-/// Body bytes of [`big_answer`].
+/// Body bytes of the response a half-closed client asks for.
 const BIG: usize = 100_000;
-
-/// A backend that answers with a [`BIG`]-byte body.
-fn big_answer(mut s: TcpStream) {
-    if read_head(&mut s, &mut Vec::new()).is_some() {
-        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {BIG}\r\n\r\n");
-        let _ = s.write_all(head.as_bytes());
-        let _ = s.write_all(&[b'b'; BIG]);
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
-    }
-}
 
 /// What the bound on orphans must not cut: a client that sent its request
 /// and its FIN at once (a half-close, as `nc -N` does) and sleeps with its
@@ -437,11 +411,11 @@ fn big_answer(mut s: TcpStream) {
 /// sleeps, and the whole response arrives when it reads.
 #[test]
 fn a_half_closed_client_asleep_keeps_its_queued_response() {
-    let (backend, _) = raw_backend(big_answer);
+    let (backend, _) = raw_backend(sized_answers);
     let p = Proxy::start(CONFIG, backend);
     let mut c = connect_with_receive_buffer(p.addr, 4096);
     let port = c.local_addr().unwrap().port();
-    c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+    write!(c, "GET /{BIG} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
     c.shutdown(std::net::Shutdown::Write).unwrap();
     // finguard has closed (an orphan, inode 0) with the response queued.
     assert!(
@@ -522,7 +496,6 @@ fn a_tls_client_gone_after_its_fin_leaves_no_orphan() {
     );
     let tcp = p.connect();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let port = tcp.local_addr().unwrap().port();
     let side = tcp.try_clone().unwrap();
     let name = rustls::pki_types::ServerName::try_from("a.test").unwrap();
     let conn = rustls::ClientConnection::new(tls::client(&pki), name).unwrap();
@@ -535,10 +508,7 @@ fn a_tls_client_gone_after_its_fin_leaves_no_orphan() {
         assert!(n > 0, "the response ended early");
         got.extend_from_slice(&b[..n]);
     }
-    go_deaf(&side);
-    side.shutdown(std::net::Shutdown::Write).unwrap();
-    closed_soon(&p, port);
-    reset_and_drop(side);
+    gone_after_fin(&p, side);
 }
 
 /// A WebSocket client whose host goes away after its FIN: the tunnel ends
@@ -555,9 +525,5 @@ fn a_tunnel_client_gone_after_its_fin_leaves_no_orphan() {
         Duration::from_secs(10),
         |_| true,
     );
-    let port = c.local_addr().unwrap().port();
-    go_deaf(&c);
-    c.shutdown(std::net::Shutdown::Write).unwrap();
-    closed_soon(&p, port);
-    reset_and_drop(c);
+    gone_after_fin(&p, c);
 }

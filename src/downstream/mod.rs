@@ -607,17 +607,13 @@ async fn evicted<S: ClientStream>(
     debug!(%peer, reason = reason.as_str(), rule, "closing an idle connection to make room");
     shared.metrics.pressure.evicted(reason, rule);
     // Idle, so nothing to linger for; a client whose host went away while
-    // idle never acknowledges the FIN, and its orphan ends at `linger_time`.
-    let tcp = stream.into_tcp().await;
-    crate::sys::bound_orphan(&tcp, settings.close.linger_time);
-    drop(tcp);
+    // idle never acknowledges the FIN.
+    close_bounded(stream, settings.close.linger_time).await;
     shared.metrics.closed(CloseOutcome::Immediate, 0);
     let requests = track.entry.requests.load(Ordering::Relaxed);
     shared.access.close(peer, "evicted", requests, 0);
 }
 
-/// Ends a connection with RST (no TLS `close_notify`: nothing may look
-/// complete), counted as an `error` close.
 /// Lets go of a client whose host stopped answering after `body_timeout`
 /// of silence: the kernel keeps trying to deliver what is queued, and the
 /// end, for `linger_time` more (counted from the first unanswered
@@ -632,9 +628,19 @@ pub(super) fn let_go<S: ClientStream>(
     metrics.closed(CloseOutcome::Error, 0);
 }
 
+/// Ends a connection with RST (no TLS `close_notify`: nothing may look
+/// complete), counted as an `error` close.
 pub(super) fn abort<S: ClientStream>(stream: S, metrics: &crate::metrics::Metrics) {
     linger::abort(stream.into_tcp_abort());
     metrics.closed(CloseOutcome::Error, 0);
+}
+
+/// A plain close with nothing to linger for (TLS: `close_notify` first),
+/// whose orphan ends within `within` should the client have gone away
+/// unseen ([`crate::sys::bound_orphan`]).
+async fn close_bounded<S: ClientStream>(stream: S, within: std::time::Duration) {
+    let tcp = stream.into_tcp().await;
+    crate::sys::bound_orphan(&tcp, within);
 }
 
 /// finguard's own answer before the close (logged like a request); `false`
@@ -716,11 +722,8 @@ pub(super) async fn finish<S: ClientStream>(
         // the close (RFC 8446 §6.1; a client that waits for it, as Python's
         // `SSLSocket.unwrap` does, otherwise sees a truncation).
         // Its FIN is answered with finguard's; a client whose host went away
-        // after sending it never acknowledges that, and the orphan (LAST_ACK)
-        // ends at `linger_time`.
-        let tcp = stream.into_tcp().await;
-        crate::sys::bound_orphan(&tcp, settings.close.linger_time);
-        drop(tcp);
+        // after sending it never acknowledges that (LAST_ACK).
+        close_bounded(stream, settings.close.linger_time).await;
         metrics.closed(CloseOutcome::ClientFin, 0);
         return;
     }

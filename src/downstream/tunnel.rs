@@ -53,21 +53,21 @@ pub async fn run<S: ClientStream>(
         // Idle, stalled or broken: no orphan left behind on either side,
         // but what the kernel still tries to deliver to a side out of reach.
         let within = idle + grace;
-        match gone[Side::Client as usize] {
-            true => super::linger::let_go(client.into_tcp_abort(), within),
-            false => super::linger::abort(client.into_tcp_abort()),
+        if gone[Side::Client as usize] {
+            super::linger::let_go(client.into_tcp_abort(), within);
+        } else {
+            super::linger::abort(client.into_tcp_abort());
         }
-        match gone[Side::Backend as usize] {
-            true => conn.let_go(within),
-            false => conn.abort(),
+        if gone[Side::Backend as usize] {
+            conn.let_go(within);
+        } else {
+            conn.abort();
         }
         return end;
     }
     // Both sides closed: a client whose host went away after its FIN never
     // acknowledges finguard's (TLS: nor its `close_notify`).
-    let tcp = client.into_tcp().await;
-    crate::sys::bound_orphan(&tcp, grace);
-    drop(tcp);
+    super::close_bounded(client, grace).await;
     end
 }
 

@@ -68,8 +68,8 @@ impl Wake for IdleWake {
 
 /// A backend connection's socket, whose close is bounded ([`Drop`]).
 pub struct Socket {
-    /// `None` only once [`Upstream::steal`] took it to move it to another
-    /// reactor and failed: then the connection is dropped at once.
+    /// `None` only when the connection is being dropped: [`RawConn::abort`]
+    /// took it, or [`Upstream::steal`] failed to move it to another reactor.
     io: Option<TcpStream>,
     /// The bound: the backend's `connect_timeout`, or what
     /// [`RawConn::let_go`] says.
@@ -341,10 +341,10 @@ impl RawConn {
         self.hold.report = Some(cell);
     }
 
-    /// Closes with RST (`crate::downstream::linger::abort`): no orphan.
+    /// Closes with RST: no orphan, so nothing to bound.
     pub fn abort(mut self) {
         if let Some(io) = self.stream.io.take() {
-            let _ = socket2::SockRef::from(&io).set_linger(Some(Duration::ZERO));
+            crate::downstream::linger::abort(io);
         }
     }
 
